@@ -1,0 +1,99 @@
+"""Text data through `datasets`: documents split into train/held-out, tokenized and packed."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from distill.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+FILE_BUILDERS = ("text", "json", "csv", "parquet")
+BUILTIN_CORPORA = ("pydoc-topics",)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where the text comes from and how it is cut (the `[data]` section of a study spec)."""
+
+    source: str = "pydoc-topics"
+    """a `datasets` builder for local files (text, json, csv, parquet), a dataset name on the
+    hub, or `pydoc-topics` (Python's documentation topics, shipped with Python)"""
+    files: tuple[str, ...] = ()
+    """local files for a file builder, relative to the spec's folder"""
+    text_column: str = "text"
+    """the column that holds the text"""
+    split: str = "train"
+    """the split to read from the source"""
+    eval_fraction: float = 0.1
+    """share of documents held out for evaluation"""
+    block_length: int = 128
+    """tokens per packed block"""
+    train_blocks: int = 0
+    """at most this many training blocks (0: all)"""
+    eval_blocks: int = 64
+    """at most this many held-out blocks (0: all)"""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "files", tuple(self.files))
+        if self.source in FILE_BUILDERS and not self.files:
+            raise ValueError(f"files: source {self.source!r} needs at least one file")
+        if self.files and self.source not in FILE_BUILDERS:
+            raise ValueError(f"source: files need a file builder, one of {', '.join(FILE_BUILDERS)}")
+        if not 0.0 < self.eval_fraction < 1.0:
+            raise ValueError(f"eval_fraction: must be between 0 and 1, got {self.eval_fraction}")
+        if self.block_length < 8:
+            raise ValueError(f"block_length: must be at least 8, got {self.block_length}")
+        if self.train_blocks < 0 or self.eval_blocks < 0:
+            raise ValueError("train_blocks/eval_blocks: must be >= 0 (0 means all)")
+
+
+def load_documents(cfg: DataConfig, base_dir: Path, seed: int) -> tuple[list[str], list[str]]:
+    """The training and held-out documents; held-out documents never reach training."""
+    import datasets
+
+    if cfg.source == "pydoc-topics":
+        from pydoc_data.topics import topics
+
+        ds = datasets.Dataset.from_dict({cfg.text_column: [topics[k] for k in sorted(topics)]})
+    elif cfg.source in FILE_BUILDERS:
+        paths = [str((base_dir / f).resolve()) for f in cfg.files]
+        missing = [f for f, p in zip(cfg.files, paths) if not Path(p).exists()]
+        if missing:
+            raise InputError(f"data.files: {missing[0]!r} does not exist")
+        ds = datasets.load_dataset(cfg.source, data_files=paths, split=cfg.split)
+    else:
+        ds = datasets.load_dataset(cfg.source, split=cfg.split)
+    if cfg.text_column not in ds.column_names:
+        raise InputError(
+            f"data.text_column: {cfg.text_column!r} is not a column of the data; columns: {', '.join(ds.column_names)}"
+        )
+    ds = ds.select_columns([cfg.text_column]).filter(lambda r: bool(r[cfg.text_column]))
+    if len(ds) < 2:
+        raise InputError(f"data.source: needs at least 2 non-empty documents, found {len(ds)}")
+    parts = ds.train_test_split(test_size=cfg.eval_fraction, seed=seed)
+    return list(parts["train"][cfg.text_column]), list(parts["test"][cfg.text_column])
+
+
+def pack(texts: list[str], tokenizer: Any, block_length: int, max_blocks: int = 0) -> np.ndarray:
+    """Tokenize documents, join them with the EOS token and cut into (N, block_length) int32."""
+    eos = tokenizer.eos_token_id
+    ids: list[int] = []
+    for enc in tokenizer(texts, add_special_tokens=False)["input_ids"]:
+        ids.extend(enc)
+        if eos is not None:
+            ids.append(eos)
+    n = len(ids) // block_length
+    if max_blocks:
+        n = min(n, max_blocks)
+    if n == 0:
+        raise InputError(
+            f"data.block_length: {len(ids)} tokens do not fill one block of {block_length}; "
+            "give more text or a smaller data.block_length"
+        )
+    return np.asarray(ids[: n * block_length], dtype=np.int32).reshape(n, block_length)

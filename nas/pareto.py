@@ -1,0 +1,73 @@
+"""The Pareto front as rows: a table for people, JSON for machines."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import optuna
+
+from nas.search import front_trials
+
+_FMT = {
+    "perplexity": "{:.2f}",
+    "kl": "{:.4f}",
+    "top1_agreement": "{:.3f}",
+    "params": "{:,}",
+    "non_embedding_params": "{:,}",
+    "latency_ms": "{:.4f}",
+    "peak_memory_mb": "{:.2f}",
+}
+
+
+def front_rows(study: optuna.Study) -> list[dict[str, Any]]:
+    """One dict per front trial, smallest first by the first size objective."""
+    names = study.metric_names or [f"objective_{i}" for i in range(len(study.directions))]
+    rows = []
+    for t in front_trials(study):
+        rows.append(
+            {
+                "trial": t.number,
+                "arch": t.user_attrs.get("arch"),
+                "arch_short": t.user_attrs.get("arch_short", ""),
+                "objectives": dict(zip(names, t.values)),
+                "metrics": {k: t.user_attrs[k] for k in _FMT if k in t.user_attrs},
+            }
+        )
+    rows.sort(key=lambda r: list(r["objectives"].values())[::-1])
+    return rows
+
+
+def front_json(study: optuna.Study) -> str:
+    return json.dumps(
+        {
+            "study": study.study_name,
+            "directions": [d.name.lower() for d in study.directions],
+            "teacher_metrics": study.user_attrs.get("teacher_metrics"),
+            "front": front_rows(study),
+        },
+        indent=2,
+    )
+
+
+def front_table(study: optuna.Study) -> str:
+    """A plain-text table: trial, architecture in short, every objective."""
+    rows = front_rows(study)
+    if not rows:
+        return f"study {study.study_name}: no complete trial yet"
+    names = list(rows[0]["objectives"])
+    arrows = {n: ("↓" if d == optuna.study.StudyDirection.MINIMIZE else "↑") for n, d in zip(names, study.directions)}
+    header = ["trial", "architecture", *[f"{n} {arrows[n]}" for n in names]]
+    body = [
+        [str(r["trial"]), r["arch_short"], *[_FMT.get(n, "{}").format(r["objectives"][n]) for n in names]] for r in rows
+    ]
+    teacher = study.user_attrs.get("teacher_metrics") or {}
+    if teacher:
+        body.append(["teacher", "", *[_FMT.get(n, "{}").format(teacher[n]) if n in teacher else "-" for n in names]])
+    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
+    lines = [
+        "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
+        for line in [header, *body]
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return f"Pareto front of {study.study_name}: {len(rows)} architectures\n" + "\n".join(lines)

@@ -1,0 +1,120 @@
+"""The study report: one self-contained plotly HTML file, drawn with Optuna's visualizations."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import optuna
+import plotly.graph_objects as go
+from optuna.trial import TrialState
+
+from nas.pareto import front_rows
+from nas.search import distinct_complete
+
+HOVER_HIDDEN = ("loss_curve", "arch")
+
+
+def _plot_study(study: optuna.Study) -> optuna.Study:
+    """An in-memory copy with one trial per architecture and hover-friendly user attributes."""
+    copy = optuna.create_study(directions=study.directions)
+    copy.set_metric_names(study.metric_names or [f"objective_{i}" for i in range(len(study.directions))])
+    for t in distinct_complete(study):
+        attrs = {k: v for k, v in t.user_attrs.items() if k not in HOVER_HIDDEN}
+        attrs["trial"] = t.number
+        copy.add_trial(
+            optuna.trial.create_trial(
+                params=t.params,
+                distributions=t.distributions,
+                values=t.values,
+                user_attrs=attrs,
+                state=TrialState.COMPLETE,
+            )
+        )
+    return copy
+
+
+def _reference_point(study: optuna.Study) -> list[float]:
+    """10% beyond the worst value of each objective."""
+    values = [t.values for t in study.trials]
+    ref = []
+    for i, d in enumerate(study.directions):
+        column = [v[i] for v in values]
+        worst = max(column) if d == optuna.study.StudyDirection.MINIMIZE else min(column)
+        ref.append(worst + 0.1 * abs(worst) if d == optuna.study.StudyDirection.MINIMIZE else worst - 0.1 * abs(worst))
+    return ref
+
+
+def _curves(study: optuna.Study) -> go.Figure:
+    fig = go.Figure()
+    front = {r["trial"] for r in front_rows(study)}
+    for t in distinct_complete(study):
+        curve = t.user_attrs.get("loss_curve")
+        if not curve:
+            continue
+        steps = [round(i * (t.user_attrs.get("train_steps", len(curve)) / len(curve))) for i in range(len(curve))]
+        fig.add_trace(
+            go.Scatter(
+                x=steps,
+                y=curve,
+                mode="lines",
+                name=f"#{t.number} {t.user_attrs.get('arch_short', '')}",
+                line={"width": 3 if t.number in front else 1},
+            )
+        )
+    fig.update_layout(
+        title="Brief-distillation loss per trial (front trials thicker)", xaxis_title="step", yaxis_title="loss"
+    )
+    return fig
+
+
+def write_report(study: optuna.Study, out: Path) -> Path:
+    """Pareto front (all trials, front highlighted, hover with architecture and metrics),
+    hypervolume over trials, loss curves and the front as a table."""
+    from optuna.visualization import plot_hypervolume_history, plot_pareto_front
+
+    plot = _plot_study(study)
+    if not plot.trials:
+        raise ValueError(f"study {study.study_name}: no complete trial to report")
+    names = plot.metric_names
+    figures = []
+    if len(names) in (2, 3):
+        figures.append(plot_pareto_front(plot, target_names=names))
+    else:
+        for j in range(1, len(names)):
+            figures.append(
+                plot_pareto_front(
+                    plot, targets=lambda t, j=j: (t.values[0], t.values[j]), target_names=[names[0], names[j]]
+                )
+            )
+    figures[0].update_layout(title=f"Pareto front of {study.study_name} ({len(plot.trials)} architectures)")
+    if len(names) >= 2:
+        figures.append(plot_hypervolume_history(plot, _reference_point(plot)))
+    figures.append(_curves(study))
+    parts = [
+        fig.to_html(full_html=False, include_plotlyjs=(i == 0), default_height="560px") for i, fig in enumerate(figures)
+    ]
+    rows = front_rows(study)
+    head = "".join(f"<th>{html.escape(n)}</th>" for n in ["trial", "architecture", *names])
+    body = "".join(
+        "<tr>"
+        + f"<td>{r['trial']}</td><td>{html.escape(r['arch_short'])}</td>"
+        + "".join(f"<td>{v:.6g}</td>" for v in r["objectives"].values())
+        + "</tr>"
+        for r in rows
+    )
+    teacher = study.user_attrs.get("teacher_metrics") or {}
+    teacher_line = ", ".join(f"{k} {v:.6g}" for k, v in teacher.items())
+    doc = f"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>distill-nas: {html.escape(study.study_name)}</title>
+<style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}</style></head><body>
+<h1>Study {html.escape(study.study_name)}</h1>
+<p>Teacher: {html.escape(str(study.user_attrs.get("teacher", "?")))} ({html.escape(teacher_line)})</p>
+<h2>Pareto front</h2><table><tr>{head}</tr>{body}</table>
+{"".join(parts)}
+</body></html>
+"""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(doc)
+    return out

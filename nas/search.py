@@ -1,0 +1,340 @@
+"""The search: Ray Tune runs the trials, Optuna (through OptunaSearch) samples architectures
+and stores every trial in a persistent storage, the source of truth of a study."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from distill import PreparedData, prepare
+from distill.errors import InputError
+from nas.spec import StudySpec
+from nas.trial import TrialPlan, run_trial
+from search_spaces import DecoderArch
+
+logger = logging.getLogger(__name__)
+
+MAX_ROUNDS = 3
+INTERRUPTED = "interrupted: the search stopped before this trial finished"
+
+
+def open_study(spec: StudySpec) -> optuna.Study:
+    """Create or load the study; refuse a stored study whose objectives differ from the spec."""
+    url = spec.storage_url
+    if url.startswith("sqlite:///"):
+        spec.out_dir.mkdir(parents=True, exist_ok=True)
+    names = [n for n, _ in spec.objectives.metrics]
+    directions = ["minimize" if d == "min" else "maximize" for _, d in spec.objectives.metrics]
+    study = optuna.create_study(
+        storage=optuna.storages.get_storage(url), study_name=spec.name, directions=directions, load_if_exists=True
+    )
+    stored = [d.name.lower() for d in study.directions]
+    if stored != directions or (study.metric_names and study.metric_names != names):
+        raise InputError(
+            f"objectives: the stored study {spec.name!r} optimizes {study.metric_names or stored}; "
+            f"the spec asks for {names}; give the study a new name (study.name)"
+        )
+    if not study.metric_names:
+        study.set_metric_names(names)
+    return study
+
+
+def load_existing_study(spec: StudySpec) -> optuna.Study:
+    """The stored study of a spec, without creating one."""
+    try:
+        return optuna.load_study(study_name=spec.name, storage=spec.storage_url)
+    except KeyError:
+        raise InputError(f"study.name: no study {spec.name!r} in {spec.storage_url}; run `nas search` first") from None
+
+
+def _trial_id(study: optuna.Study, number: int) -> tuple[Any, int]:
+    # Optuna's public API writes only to the trial being run; a trial told by another
+    # process (a Ray trial, a killed run) is reached through the study's storage.
+    storage = study._storage
+    return storage, storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+
+
+def set_trial_attrs(study: optuna.Study, number: int, attrs: dict[str, Any]) -> None:
+    storage, trial_id = _trial_id(study, number)
+    for key, value in attrs.items():
+        storage.set_trial_user_attr(trial_id, key, value)
+
+
+def fail_trial(study: optuna.Study, number: int, reason: str) -> None:
+    """Record a trial as FAIL with its reason (a trial is never left RUNNING)."""
+    set_trial_attrs(study, number, {"fail_reason": reason})
+    storage, trial_id = _trial_id(study, number)
+    storage.set_trial_state_values(trial_id, TrialState.FAIL)
+
+
+def mark_interrupted(study: optuna.Study) -> int:
+    """Trials left RUNNING by a killed run become FAIL; returns how many."""
+    stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for t in stale:
+        fail_trial(study, t.number, INTERRUPTED)
+    return len(stale)
+
+
+def distinct_complete(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """COMPLETE trials that are not repeats of an earlier architecture."""
+    return [
+        t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "duplicate_of" not in t.user_attrs
+    ]
+
+
+def find_duplicate(study: optuna.Study, arch: dict[str, Any]) -> optuna.trial.FrozenTrial | None:
+    for t in distinct_complete(study):
+        if t.user_attrs.get("arch") == arch:
+            return t
+    return None
+
+
+def _searcher_class() -> type:
+    """Defined lazily: importing Ray is slow and only the search needs it."""
+    from ray.tune.search import Searcher
+
+    class StudySearcher(Searcher):
+        """Wraps OptunaSearch: writes each trial's architecture and metrics (or its failure
+        reason) to the Optuna trial before the outcome is told, and tells failures as FAIL.
+        Ray calls suggest() when a slot frees and on_trial_complete() when a trial ends."""
+
+        def __init__(self, inner: Any, study: optuna.Study, metrics: list[str]) -> None:
+            super().__init__(metric=inner.metric, mode=inner.mode)
+            self.inner, self.study, self.metrics = inner, study, metrics
+            self.numbers: dict[str, int] = {}
+
+        def set_search_properties(self, metric: Any, mode: Any, config: dict, **spec: Any) -> bool:
+            return self.inner.set_search_properties(metric, mode, config, **spec)
+
+        def suggest(self, trial_id: str) -> dict | None:
+            config = self.inner.suggest(trial_id)
+            if isinstance(config, dict):
+                self.numbers[trial_id] = config["optuna_trial"]
+            return config
+
+        def on_trial_result(self, trial_id: str, result: dict) -> None:
+            """Multi-objective Optuna takes no intermediate values."""
+
+        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+            number = self.numbers.pop(trial_id, None)
+            if number is None:
+                return
+            reason = None
+            if error or not result:
+                reason = "the trial's worker failed (see the Ray logs of this run)"
+            elif "fail_reason" in result:
+                reason = result["fail_reason"]
+            else:
+                bad = [m for m in self.metrics if not math.isfinite(float(result.get(m, math.nan)))]
+                if bad:
+                    reason = f"objective {bad[0]} is {result.get(bad[0])}"
+            if reason is not None:
+                set_trial_attrs(self.study, number, {"fail_reason": reason})
+                self.inner.on_trial_complete(trial_id, None, error=True)
+                return
+            set_trial_attrs(self.study, number, {k: result[k] for k in RECORDED if k in result})
+            self.inner.on_trial_complete(trial_id, result)
+
+        def fail_unfinished(self, reason: str) -> None:
+            for number in self.numbers.values():
+                if self.study.trials[number].state == TrialState.RUNNING:
+                    fail_trial(self.study, number, reason)
+            self.numbers.clear()
+
+    return StudySearcher
+
+
+RECORDED = (
+    "arch",
+    "arch_short",
+    "duplicate_of",
+    "perplexity",
+    "kl",
+    "top1_agreement",
+    "params",
+    "non_embedding_params",
+    "latency_ms",
+    "peak_memory_mb",
+    "train_loss",
+    "train_seconds",
+    "train_steps",
+    "loss_curve",
+    "device",
+)
+
+
+def _trainable(config: dict[str, Any], plan: TrialPlan) -> None:
+    """The Ray Tune function trainable: one report, never raises."""
+    from ray import tune
+
+    if config.get("reuse"):
+        tune.report(config["reuse"])
+        return
+    try:
+        metrics = run_trial(config["arch"], plan)
+    except Exception as exc:  # noqa: BLE001 - every failure is recorded, the search goes on
+        import torch
+
+        name = "out of memory" if isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError)) else type(exc).__name__
+        tune.report({"fail_reason": f"{name}: {exc}".strip()[:500]})
+        return
+    tune.report({**metrics, "arch": config["arch"], "arch_short": DecoderArch.from_dict(config["arch"]).short()})
+
+
+def _progress_callback(study: optuna.Study, total: int, target: int, started: float) -> Any:
+    from ray.tune import Callback
+
+    class Progress(Callback):
+        """Logs trials done / total, the front's size, elapsed time and an ETA."""
+
+        def __init__(self) -> None:
+            self.done = 0
+
+        def _log(self, trial: Any, what: str) -> None:
+            self.done += 1
+            elapsed = time.time() - started
+            complete = len(distinct_complete(study))
+            eta = elapsed / self.done * (total - self.done)
+            front = len(front_trials(study))
+            logger.info(
+                "trial %d/%d %s | %d/%d architectures done | front %d | elapsed %s | ETA %s",
+                self.done,
+                total,
+                what,
+                complete,
+                target,
+                front,
+                _fmt(elapsed),
+                _fmt(eta),
+            )
+
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            result = trial.last_result or {}
+            if "fail_reason" in result:
+                self._log(trial, f"FAILED ({result['fail_reason'][:80]})")
+            elif result.get("duplicate_of") is not None:
+                self._log(trial, f"repeats trial {result['duplicate_of']}, not trained again")
+            else:
+                self._log(trial, f"{result.get('arch_short', '')}")
+
+        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self._log(trial, "FAILED (worker error)")
+
+    return Progress()
+
+
+def _fmt(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def front_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The Pareto front: Optuna's non-dominated COMPLETE trials, without repeated architectures."""
+    if not distinct_complete(study):
+        return []
+    return [t for t in study.best_trials if "duplicate_of" not in t.user_attrs]
+
+
+def prepare_study(spec: StudySpec, device: str = "cpu") -> PreparedData:
+    """Tokenize the data and cache the teacher's outputs, once per study."""
+    data = prepare(
+        spec.teacher,
+        spec.data,
+        base_dir=spec.base_dir,
+        cache_root=spec.out_dir / "cache",
+        top_k=spec.distill.top_k,
+        temperature=spec.distill.temperature,
+        seed=spec.study.seed,
+        device=device,
+    )
+    return data
+
+
+def run_search(spec: StudySpec, *, trials: int | None = None, address: str | None = None) -> optuna.Study:
+    """Run (or continue) the study until it holds `trials` distinct COMPLETE architectures."""
+    import ray
+    from ray import tune
+    from ray.tune.search.optuna import OptunaSearch
+
+    target = trials or spec.study.trials
+    study = open_study(spec)
+    stale = mark_interrupted(study)
+    if stale:
+        logger.info("marked %d trial(s) left RUNNING by an earlier run as FAIL", stale)
+    done = len(distinct_complete(study))
+    if done >= target:
+        logger.info("study %s already holds %d/%d architectures", spec.name, done, target)
+        return study
+    data = prepare_study(spec, "cuda" if spec.resources.gpus > 0 else "cpu")
+    study.set_user_attr("teacher", data.meta["teacher"])
+    study.set_user_attr("teacher_metrics", data.meta["teacher_metrics"])
+    metrics = [n for n, _ in spec.objectives.metrics]
+    modes = [d for _, d in spec.objectives.metrics]
+    plan = TrialPlan(data, spec.distill, spec.study.seed, spec.resources.cpus, spec.resources.gpus)
+    if not ray.is_initialized():
+        logger.info("starting Ray%s", f" (joining {address})" if address else "")
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    trainable = tune.with_resources(
+        tune.with_parameters(_trainable, plan=plan), {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus}
+    )
+
+    def define(trial: Any) -> dict[str, Any]:
+        arch = spec.space.sample(trial)
+        config: dict[str, Any] = {"arch": arch, "optuna_trial": trial.number}
+        twin = find_duplicate(study, arch)
+        if twin is not None:  # the same architecture is not trained again
+            config["reuse"] = {k: twin.user_attrs[k] for k in RECORDED if k in twin.user_attrs}
+            config["reuse"]["duplicate_of"] = twin.number
+        return config
+
+    started = time.time()
+    for _ in range(MAX_ROUNDS):
+        before = len(distinct_complete(study))
+        remaining = target - before
+        if remaining <= 0:
+            break
+        sampler = optuna.samplers.TPESampler(
+            seed=spec.study.seed + len(study.trials), n_startup_trials=max(4, min(10, target // 2))
+        )
+        inner = OptunaSearch(
+            space=define, metric=metrics, mode=modes, sampler=sampler, study_name=spec.name, storage=study._storage
+        )
+        searcher = _searcher_class()(inner, study, metrics)
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=searcher,
+                num_samples=remaining,
+                max_concurrent_trials=spec.study.concurrency,
+                reuse_actors=True,
+            ),
+            run_config=tune.RunConfig(
+                name=f"search-{time.strftime('%Y%m%d-%H%M%S')}",
+                storage_path=str((spec.out_dir / "ray").resolve()),
+                verbose=0,
+                callbacks=[_progress_callback(study, remaining, target, started)],
+                failure_config=tune.FailureConfig(max_failures=0),
+            ),
+        )
+        try:
+            tuner.fit()
+        finally:
+            searcher.fail_unfinished(INTERRUPTED)
+        if len(distinct_complete(study)) == before:
+            logger.warning("no trial of this round completed; stopping (see the fail_reason of the trials)")
+            break
+        if len(distinct_complete(study)) < target:
+            logger.info("repeated or failed architectures left the study short; sampling more")
+    logger.info(
+        "search done: %d/%d architectures, front of %d, %s",
+        len(distinct_complete(study)),
+        target,
+        len(front_trials(study)),
+        _fmt(time.time() - started),
+    )
+    return study

@@ -1,0 +1,187 @@
+"""Decoder-only students: GPT-2 and the Llama family (Llama, Qwen2, Mistral share the fields).
+
+An architecture is a plain dict of the values sampled by `sample` (JSON round-trips it);
+`DecoderArch` validates and derives from that dict, and `build_model` turns it into a
+Hugging Face model that keeps the teacher's vocabulary and special tokens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import optuna
+
+LLAMA_FAMILY = ("llama", "qwen2", "mistral")
+FAMILIES = ("gpt2", *LLAMA_FAMILY)
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderSpace:
+    """The bounds of the decoder-only search space (the `[space]` section of a study spec)."""
+
+    families: tuple[str, ...] = ("gpt2", "llama")
+    """model families to search; any of gpt2, llama, qwen2, mistral"""
+    layers: tuple[int, int] = (1, 4)
+    """[min, max] number of transformer blocks"""
+    heads: tuple[int, ...] = (2, 4)
+    """choices for the number of attention heads"""
+    head_dim: tuple[int, ...] = (16, 32)
+    """choices for the width of one head; hidden size = heads x head_dim, always valid"""
+    gqa: bool = True
+    """search the number of KV heads (a divisor of heads) for Llama-family students"""
+    ffn_ratio: tuple[float, ...] = (2.0, 4.0)
+    """choices for FFN size / hidden size"""
+    tie_embeddings: tuple[bool, ...] = (True, False)
+    """choices for sharing the input embedding with the output projection"""
+
+    def __post_init__(self) -> None:
+        for name in ("families", "heads", "head_dim", "ffn_ratio", "tie_embeddings"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+            if not getattr(self, name):
+                raise ValueError(f"{name}: needs at least one choice")
+        object.__setattr__(self, "layers", tuple(self.layers))
+        bad = [f for f in self.families if f not in FAMILIES]
+        if bad:
+            raise ValueError(f"families: unknown family {bad[0]!r}; allowed: {', '.join(FAMILIES)}")
+        if len(self.layers) != 2 or not all(isinstance(v, int) for v in self.layers):
+            raise ValueError(f"layers: must be [min, max] integers, got {list(self.layers)}")
+        if not 1 <= self.layers[0] <= self.layers[1]:
+            raise ValueError(f"layers: needs 1 <= min <= max, got {list(self.layers)}")
+        for name in ("heads", "head_dim"):
+            values = getattr(self, name)
+            if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
+                raise ValueError(f"{name}: choices must be positive integers, got {list(values)}")
+        if any(d % 2 for d in self.head_dim):
+            raise ValueError(f"head_dim: choices must be even (rotary embeddings), got {list(self.head_dim)}")
+        if not all(isinstance(r, (int, float)) and not isinstance(r, bool) and r > 0 for r in self.ffn_ratio):
+            raise ValueError(f"ffn_ratio: choices must be positive numbers, got {list(self.ffn_ratio)}")
+        if not all(isinstance(t, bool) for t in self.tie_embeddings):
+            raise ValueError(f"tie_embeddings: choices must be true/false, got {list(self.tie_embeddings)}")
+
+    def sample(self, trial: optuna.trial.BaseTrial) -> dict[str, Any]:
+        """Sample one architecture: `suggest_*` calls only, returns the plain-dict architecture."""
+        family = trial.suggest_categorical("family", list(self.families))
+        layers = trial.suggest_int("layers", self.layers[0], self.layers[1])
+        heads = trial.suggest_categorical("heads", list(self.heads))
+        head_dim = trial.suggest_categorical("head_dim", list(self.head_dim))
+        ffn_ratio = trial.suggest_categorical("ffn_ratio", [float(r) for r in self.ffn_ratio])
+        tie = trial.suggest_categorical("tie_embeddings", list(self.tie_embeddings))
+        kv_heads = heads
+        if family in LLAMA_FAMILY and self.gqa:
+            # One parameter name per head count keeps each distribution's choices fixed.
+            kv_heads = trial.suggest_categorical(f"kv_heads_of_{heads}", _divisors(heads))
+        return {
+            "family": family,
+            "layers": layers,
+            "heads": heads,
+            "kv_heads": kv_heads,
+            "head_dim": head_dim,
+            "ffn_ratio": ffn_ratio,
+            "tie_embeddings": tie,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderArch:
+    """A decoder-only student; valid by construction (hidden = heads x head_dim, kv | heads)."""
+
+    family: str
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    ffn_ratio: float
+    tie_embeddings: bool
+
+    def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise ValueError(f"family: unknown {self.family!r}; allowed: {', '.join(FAMILIES)}")
+        if min(self.layers, self.heads, self.kv_heads, self.head_dim) < 1:
+            raise ValueError("layers, heads, kv_heads and head_dim must be positive")
+        if self.heads % self.kv_heads:
+            raise ValueError(f"kv_heads ({self.kv_heads}) must divide heads ({self.heads})")
+        if self.family == "gpt2" and self.kv_heads != self.heads:
+            raise ValueError("gpt2 students have no grouped-query attention: kv_heads must equal heads")
+
+    @classmethod
+    def from_dict(cls, arch: dict[str, Any]) -> DecoderArch:
+        return cls(**{f.name: arch[f.name] for f in dataclasses.fields(cls)})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def hidden(self) -> int:
+        return self.heads * self.head_dim
+
+    @property
+    def ffn(self) -> int:
+        return max(1, round(self.ffn_ratio * self.hidden))
+
+    def short(self) -> str:
+        """One-line summary, e.g. `llama L3 d128 h4/kv2 ffn512 tied`."""
+        kv = f"/kv{self.kv_heads}" if self.kv_heads != self.heads else ""
+        tie = "tied" if self.tie_embeddings else "untied"
+        return f"{self.family} L{self.layers} d{self.hidden} h{self.heads}{kv} ffn{self.ffn} {tie}"
+
+    def param_counts(self, vocab_size: int, max_positions: int) -> dict[str, int]:
+        """Parameter counts derived from the architecture (must match the built model)."""
+        d, f, layers = self.hidden, self.ffn, self.layers
+        kv = self.kv_heads * self.head_dim
+        embedding = vocab_size * d
+        if self.family == "gpt2":
+            position = max_positions * d
+            block = 4 * d + (d * 3 * d + 3 * d) + (d * d + d) + (d * f + f) + (f * d + d)
+            body = layers * block + 2 * d
+        else:
+            position = 0
+            attn = d * d + 2 * d * kv + d * d + (d + 2 * kv if self.family == "qwen2" else 0)
+            body = layers * (attn + 3 * d * f + 2 * d) + d
+        head = 0 if self.tie_embeddings else vocab_size * d
+        total = embedding + position + body + head
+        return {"params": total, "non_embedding_params": body}
+
+
+def build_config(arch: DecoderArch, teacher_config: Any, max_positions: int) -> Any:
+    """The Hugging Face config of a student that shares the teacher's vocabulary and tokens."""
+    from transformers import AutoConfig
+
+    tokens = {name: getattr(teacher_config, name, None) for name in ("bos_token_id", "eos_token_id", "pad_token_id")}
+    vocab = teacher_config.vocab_size
+    if arch.family == "gpt2":
+        return AutoConfig.for_model(
+            "gpt2",
+            vocab_size=vocab,
+            n_positions=max_positions,
+            n_embd=arch.hidden,
+            n_layer=arch.layers,
+            n_head=arch.heads,
+            n_inner=arch.ffn,
+            tie_word_embeddings=arch.tie_embeddings,
+            **tokens,
+        )
+    return AutoConfig.for_model(
+        arch.family,
+        vocab_size=vocab,
+        max_position_embeddings=max_positions,
+        hidden_size=arch.hidden,
+        num_hidden_layers=arch.layers,
+        num_attention_heads=arch.heads,
+        num_key_value_heads=arch.kv_heads,
+        head_dim=arch.head_dim,
+        intermediate_size=arch.ffn,
+        tie_word_embeddings=arch.tie_embeddings,
+        **tokens,
+    )
+
+
+def build_model(arch: DecoderArch, teacher_config: Any, max_positions: int) -> Any:
+    """A freshly initialized `AutoModelForCausalLM` for the architecture."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_config(build_config(arch, teacher_config, max_positions))
