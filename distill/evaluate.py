@@ -37,8 +37,8 @@ def evaluate_lm(
         n = tokens[:, 1:].numel()
         nll += F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten(), reduction="sum").item()
         if targets is not None:
-            t_logp = torch.from_numpy(targets.logprobs[start : start + batch_size]).to(device)
-            t_idx = torch.from_numpy(targets.indices[start : start + batch_size]).to(device)
+            t_logp = torch.from_numpy(np.array(targets.logprobs[start : start + batch_size])).to(device)
+            t_idx = torch.from_numpy(np.array(targets.indices[start : start + batch_size])).to(device)
             kl += topk_kd_loss(logits, t_logp, t_idx, 1.0).item() * n
             agree += (logits.argmax(-1) == t_idx[..., 0].long()).sum().item()
         count += n

@@ -86,8 +86,24 @@ def _run(args: argparse.Namespace) -> int:
         return 2
 
 
+def _quiet_libraries() -> None:
+    """The terminal shows our progress; the libraries' own bars and notices go."""
+    import warnings
+
+    import datasets
+    import optuna
+    import transformers
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    _quiet_libraries()
     logging.basicConfig(format="%(asctime)s %(message)s", datefmt="%H:%M:%S", level=logging.WARNING)
     for name in ("nas", "distill"):
         logging.getLogger(name).setLevel(logging.INFO)

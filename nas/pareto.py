@@ -13,8 +13,8 @@ _FMT = {
     "perplexity": "{:.2f}",
     "kl": "{:.4f}",
     "top1_agreement": "{:.3f}",
-    "params": "{:,}",
-    "non_embedding_params": "{:,}",
+    "params": "{:,.0f}",
+    "non_embedding_params": "{:,.0f}",
     "latency_ms": "{:.4f}",
     "peak_memory_mb": "{:.2f}",
 }

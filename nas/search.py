@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from typing import Any
 
@@ -87,11 +88,24 @@ def distinct_complete(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     ]
 
 
-def find_duplicate(study: optuna.Study, arch: dict[str, Any]) -> optuna.trial.FrozenTrial | None:
-    for t in distinct_complete(study):
-        if t.user_attrs.get("arch") == arch:
+def find_duplicate(study: optuna.Study, arch: dict[str, Any], number: int) -> optuna.trial.FrozenTrial | None:
+    """An earlier trial of the same architecture, finished or still running."""
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)):
+        if t.number != number and "duplicate_of" not in t.user_attrs and t.user_attrs.get("arch") == arch:
             return t
     return None
+
+
+def wait_for_twin(plan: TrialPlan, number: int, poll_s: float = 1.0) -> dict[str, Any]:
+    """The recorded metrics of trial `number` once it has finished (run in a worker)."""
+    study = optuna.load_study(study_name=plan.study_name, storage=plan.storage_url)
+    while True:
+        twin = study.trials[number]
+        if twin.state == TrialState.COMPLETE:
+            return {k: twin.user_attrs[k] for k in RECORDED if k in twin.user_attrs}
+        if twin.state != TrialState.RUNNING:
+            raise RuntimeError(f"repeats trial {number}, which ended as {twin.state.name}")
+        time.sleep(poll_s)
 
 
 def _searcher_class() -> type:
@@ -140,6 +154,12 @@ def _searcher_class() -> type:
             set_trial_attrs(self.study, number, {k: result[k] for k in RECORDED if k in result})
             self.inner.on_trial_complete(trial_id, result)
 
+        def save(self, checkpoint_path: str) -> None:
+            """Nothing to save: the Optuna storage holds every trial."""
+
+        def restore(self, checkpoint_path: str) -> None:
+            """Nothing to restore: a new run reads the Optuna storage."""
+
         def fail_unfinished(self, reason: str) -> None:
             for number in self.numbers.values():
                 if self.study.trials[number].state == TrialState.RUNNING:
@@ -172,10 +192,11 @@ def _trainable(config: dict[str, Any], plan: TrialPlan) -> None:
     """The Ray Tune function trainable: one report, never raises."""
     from ray import tune
 
-    if config.get("reuse"):
-        tune.report(config["reuse"])
-        return
     try:
+        twin = config.get("duplicate_of")
+        if twin is not None:  # the same architecture is not trained again
+            tune.report({**wait_for_twin(plan, twin), "duplicate_of": twin})
+            return
         metrics = run_trial(config["arch"], plan)
     except Exception as exc:  # noqa: BLE001 - every failure is recorded, the search goes on
         import torch
@@ -257,6 +278,7 @@ def prepare_study(spec: StudySpec, device: str = "cpu") -> PreparedData:
 
 def run_search(spec: StudySpec, *, trials: int | None = None, address: str | None = None) -> optuna.Study:
     """Run (or continue) the study until it holds `trials` distinct COMPLETE architectures."""
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: Tune prints nothing
     import ray
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
@@ -275,7 +297,9 @@ def run_search(spec: StudySpec, *, trials: int | None = None, address: str | Non
     study.set_user_attr("teacher_metrics", data.meta["teacher_metrics"])
     metrics = [n for n, _ in spec.objectives.metrics]
     modes = [d for _, d in spec.objectives.metrics]
-    plan = TrialPlan(data, spec.distill, spec.study.seed, spec.resources.cpus, spec.resources.gpus)
+    plan = TrialPlan(
+        data, spec.distill, spec.storage_url, spec.name, spec.study.seed, spec.resources.cpus, spec.resources.gpus
+    )
     if not ray.is_initialized():
         logger.info("starting Ray%s", f" (joining {address})" if address else "")
         ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
@@ -285,12 +309,11 @@ def run_search(spec: StudySpec, *, trials: int | None = None, address: str | Non
 
     def define(trial: Any) -> dict[str, Any]:
         arch = spec.space.sample(trial)
-        config: dict[str, Any] = {"arch": arch, "optuna_trial": trial.number}
-        twin = find_duplicate(study, arch)
-        if twin is not None:  # the same architecture is not trained again
-            config["reuse"] = {k: twin.user_attrs[k] for k in RECORDED if k in twin.user_attrs}
-            config["reuse"]["duplicate_of"] = twin.number
-        return config
+        trial.set_user_attr("arch", arch)
+        twin = find_duplicate(study, arch, trial.number)
+        if twin is not None:
+            trial.set_user_attr("duplicate_of", twin.number)
+        return {"arch": arch, "optuna_trial": trial.number, "duplicate_of": twin.number if twin else None}
 
     started = time.time()
     for _ in range(MAX_ROUNDS):
@@ -298,8 +321,11 @@ def run_search(spec: StudySpec, *, trials: int | None = None, address: str | Non
         remaining = target - before
         if remaining <= 0:
             break
+        # constant_liar: trials still running count as bad, so parallel proposals differ.
         sampler = optuna.samplers.TPESampler(
-            seed=spec.study.seed + len(study.trials), n_startup_trials=max(4, min(10, target // 2))
+            seed=spec.study.seed + len(study.trials),
+            n_startup_trials=max(4, min(10, target // 2)),
+            constant_liar=True,
         )
         inner = OptunaSearch(
             space=define, metric=metrics, mode=modes, sampler=sampler, study_name=spec.name, storage=study._storage

@@ -24,6 +24,8 @@ class TrialPlan:
 
     data: PreparedData
     distill: DistillConfig
+    storage_url: str
+    study_name: str
     seed: int
     cpus: float
     gpus: float

@@ -1,0 +1,72 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from distill.losses import next_token_ce, topk_kd_loss
+
+
+def _topk(logits: torch.Tensor, k: int, temperature: float = 1.0):
+    top = F.log_softmax(logits / temperature, dim=-1).topk(k, dim=-1)
+    return top.values, top.indices
+
+
+@pytest.mark.parametrize("k", [1, 5, 50])
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_zero_for_identical_logits(k, temperature):
+    logits = torch.randn(2, 7, 50)
+    values, indices = _topk(logits, k, temperature)
+    assert topk_kd_loss(logits, values, indices, temperature).item() == pytest.approx(0.0, abs=1e-5)
+
+
+def test_non_negative_and_gradient_flows():
+    torch.manual_seed(0)
+    for _ in range(20):
+        student = torch.randn(3, 5, 40, requires_grad=True)
+        values, indices = _topk(torch.randn(3, 5, 40) * 3, 8)
+        loss = topk_kd_loss(student, values, indices, 2.0)
+        assert loss.item() >= -1e-6
+        loss.backward()
+        assert student.grad is not None and student.grad.abs().sum() > 0 and torch.isfinite(student.grad).all()
+
+
+def test_full_vocabulary_matches_reference_kl():
+    student, teacher = torch.randn(2, 6, 30), torch.randn(2, 6, 30)
+    values, indices = _topk(teacher, 30, 2.0)
+    ref = F.kl_div(
+        F.log_softmax(student / 2.0, -1), F.log_softmax(teacher / 2.0, -1), log_target=True, reduction="none"
+    )
+    expected = ref.sum(-1).mean() * 4.0
+    assert topk_kd_loss(student, values, indices, 2.0).item() == pytest.approx(expected.item(), rel=1e-4)
+
+
+def test_topk_is_a_lower_bound_of_the_full_kl():
+    torch.manual_seed(1)
+    student, teacher = torch.randn(2, 6, 30), torch.randn(2, 6, 30)
+    full = topk_kd_loss(student, *_topk(teacher, 30))
+    for k in (1, 4, 16):
+        assert topk_kd_loss(student, *_topk(teacher, k)).item() <= full.item() + 1e-5
+
+
+def test_mask_ignores_positions_and_half_precision_teacher_is_finite():
+    student, teacher = torch.randn(1, 4, 20), torch.randn(1, 4, 20)
+    values, indices = _topk(teacher, 5)
+    mask = torch.tensor([[1, 1, 0, 0]])
+    masked = topk_kd_loss(student, values.half(), indices, 1.0, mask)
+    first_two = topk_kd_loss(student[:, :2], values[:, :2], indices[:, :2], 1.0)
+    assert masked.item() == pytest.approx(first_two.item(), rel=1e-2)
+    # a fully masked batch is 0, not 0/0
+    assert topk_kd_loss(student, values, indices, 1.0, torch.zeros(1, 4)).item() == 0.0
+
+
+def test_confident_teacher_is_finite():
+    teacher = torch.full((1, 2, 10), -1e4)
+    teacher[..., 0] = 1e4  # all mass on one token: the tail is empty
+    loss = topk_kd_loss(torch.randn(1, 2, 10), *_topk(teacher, 3))
+    assert math.isfinite(loss.item())
+
+
+def test_next_token_ce_matches_uniform():
+    logits = torch.zeros(2, 3, 16)
+    assert next_token_ce(logits, torch.zeros(2, 3, dtype=torch.long)).item() == pytest.approx(math.log(16))

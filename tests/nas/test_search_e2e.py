@@ -1,0 +1,147 @@
+"""End to end: real tiny searches through Ray Tune + Optuna on CPU, resumed, shown and reported."""
+
+import json
+import subprocess
+import sys
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from nas.pareto import front_json, front_table
+from nas.report import write_report
+from nas.search import INTERRUPTED, distinct_complete, front_trials, run_search
+from nas.spec import load_spec
+from tests.conftest import write_spec
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory, teacher_dirs):
+    """A 3-trial search on a tiny GPT-2 teacher."""
+    folder = tmp_path_factory.mktemp("study")
+    spec = load_spec(write_spec(folder, teacher_dirs["gpt2"]))
+    study = run_search(spec)
+    return spec, study
+
+
+def test_search_records_every_trial(searched):
+    spec, study = searched
+    complete = distinct_complete(study)
+    assert len(complete) == 3
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+    teacher_ppl = study.user_attrs["teacher_metrics"]["perplexity"]
+    assert teacher_ppl > 1
+    for t in complete:
+        arch = t.user_attrs["arch"]
+        assert json.loads(json.dumps(arch)) == arch
+        for key in (
+            "perplexity",
+            "kl",
+            "top1_agreement",
+            "params",
+            "non_embedding_params",
+            "latency_ms",
+            "peak_memory_mb",
+        ):
+            assert t.user_attrs[key] > 0 or key == "top1_agreement", key
+        assert t.values == [t.user_attrs["perplexity"], t.user_attrs["params"]]
+        assert len(t.user_attrs["loss_curve"]) == spec.distill.steps
+    # the teacher cache is computed once per study and reused by every trial
+    caches = list((spec.out_dir / "cache").iterdir())
+    assert len(caches) == 1 and (caches[0] / "train_topk_logp.npy").exists()
+
+
+def test_front_table_json_and_report(searched):
+    spec, study = searched
+    front = front_trials(study)
+    assert 1 <= len(front) <= 3
+    table = front_table(study)
+    assert "Pareto front of tiny" in table and "perplexity ↓" in table and "teacher" in table
+    for t in front:
+        assert t.user_attrs["arch_short"] in table
+    data = json.loads(front_json(study))
+    assert {r["trial"] for r in data["front"]} == {t.number for t in front}
+    out = write_report(study, spec.out_dir / "report.html")
+    html = out.read_text()
+    assert "plotly" in html and "Pareto front of tiny" in html and "Hypervolume" in html
+    assert len(html) > 1_000_000  # plotly.js is inlined: one self-contained file
+
+
+def test_optuna_cli_reads_the_study(searched):
+    spec, _ = searched
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "optuna",
+            "trials",
+            "--study-name",
+            spec.name,
+            "--storage",
+            spec.storage_url,
+            "-f",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)
+    assert sum(r["state"] == "COMPLETE" for r in rows) >= 3
+
+
+def test_resume_keeps_trials_and_fails_stale_ones(searched):
+    spec, study = searched
+    before = {t.number: t.values for t in distinct_complete(study)}
+    stale = study.ask()  # a trial left RUNNING by a killed run
+    study = run_search(spec, trials=4)
+    assert study.trials[stale.number].state == TrialState.FAIL
+    assert study.trials[stale.number].user_attrs["fail_reason"] == INTERRUPTED
+    after = {t.number: t.values for t in distinct_complete(study)}
+    assert len(after) == 4 and all(after[n] == v for n, v in before.items())
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+    # a finished study runs nothing more
+    assert len(run_search(spec, trials=4).trials) == len(study.trials)
+
+
+def test_failing_trials_are_recorded_and_the_search_goes_on(tmp_path, teacher_dirs):
+    spec = load_spec(write_spec(tmp_path, teacher_dirs["gpt2"], name="diverge"), ["distill.lr=1e30", "study.trials=2"])
+    study = run_search(spec)
+    failed = study.get_trials(states=(TrialState.FAIL,))
+    assert len(failed) == 2 and not distinct_complete(study)
+    assert all("loss is nan" in t.user_attrs["fail_reason"].lower() for t in failed), [t.user_attrs for t in failed]
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_llama_family_teachers_work_the_same_way(tmp_path, teacher_dirs, family):
+    spec = load_spec(write_spec(tmp_path, teacher_dirs[family], name=family), ["study.trials=2"])
+    study = run_search(spec)
+    assert len(distinct_complete(study)) == 2
+    assert front_trials(study)
+
+
+def test_repeated_architectures_are_not_trained_again(tmp_path, teacher_dirs):
+    spec = load_spec(
+        write_spec(tmp_path, teacher_dirs["gpt2"], name="tinyspace"),
+        [
+            "space.families=['gpt2']",
+            "space.layers=[1, 1]",
+            "space.heads=[2]",
+            "space.head_dim=[8]",
+            "space.tie_embeddings=[true]",
+            "study.trials=1",
+        ],
+    )
+    study = run_search(spec)
+    assert len(distinct_complete(study)) == 1
+    # the space holds one architecture: asking for more repeats it without training
+    study = run_search(spec, trials=2)
+    repeats = [t for t in study.trials if "duplicate_of" in t.user_attrs]
+    assert repeats and all(t.user_attrs["duplicate_of"] == distinct_complete(study)[0].number for t in repeats)
+    assert all("train_seconds" in t.user_attrs for t in repeats)
+    assert len(distinct_complete(study)) == 1
+    assert optuna.load_study(study_name=spec.name, storage=spec.storage_url).trials

@@ -1,0 +1,92 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nas.spec import SpecError, load_spec
+
+ROOT = Path(__file__).resolve().parents[2]
+SHIPPED = sorted((ROOT / "studies").glob("*.toml"))
+
+
+def test_there_is_a_shipped_spec():
+    assert any(p.name == "demo-lm.toml" for p in SHIPPED)
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_every_shipped_spec_loads(path):
+    spec = load_spec(path)
+    assert spec.name == path.stem
+    assert spec.out_dir == path.parent.resolve() / path.stem
+    assert spec.storage_url.startswith("sqlite:///")
+    assert spec.objectives.metrics
+
+
+def test_overrides_are_typed_and_checked(tmp_path):
+    spec = load_spec(
+        ROOT / "studies/demo-lm.toml",
+        ["study.trials=4", "distill.steps=50", "distill.lr=1e-3", "space.families=['llama']"],
+    )
+    assert (spec.study.trials, spec.distill.steps, spec.distill.lr, spec.space.families) == (4, 50, 1e-3, ("llama",))
+    with pytest.raises(SpecError, match=r"^distill\.stepz: unknown key; allowed: .*steps"):
+        load_spec(ROOT / "studies/demo-lm.toml", ["distill.stepz=3"])
+    with pytest.raises(SpecError, match="section.key=value"):
+        load_spec(ROOT / "studies/demo-lm.toml", ["steps=3"])
+
+
+BAD = {
+    "unknown key": ("[teacher]\nmodel='x'\n[study]\ntrails=3\n", r"study\.trails: unknown key; allowed: "),
+    "unknown section": ("[teacher]\nmodel='x'\n[studdy]\n", r"studdy: unknown section; allowed: study"),
+    "malformed": ("[teacher\nmodel='x'", "not valid TOML"),
+    "empty space": ("[teacher]\nmodel='x'\n[space]\nlayers=[4, 2]\n", r"space\.layers: needs 1 <= min <= max"),
+    "empty choices": ("[teacher]\nmodel='x'\n[space]\nheads=[]\n", r"space\.heads: needs at least one choice"),
+    "wrong type": ("[teacher]\nmodel='x'\n[distill]\nsteps='many'\n", r"distill\.steps: must be int"),
+    "no teacher": ("[study]\ntrials=2\n", r"teacher: required section"),
+    "bad metric": (
+        "[teacher]\nmodel='x'\n[objectives]\nquality=['bleu']\n",
+        r"objectives\.quality: unknown metric 'bleu'; allowed: perplexity",
+    ),
+    "bad gpus": ("[teacher]\nmodel='x'\n[resources]\ngpus=1.5\n", r"resources\.gpus: must be a fraction"),
+    "nested": (
+        "[teacher]\nmodel='./t'\n[teacher.train]\nhidden=100\nheads=3\n",
+        r"teacher\.train\.hidden: must be a multiple of heads",
+    ),
+}
+
+
+@pytest.mark.parametrize("text, message", BAD.values(), ids=BAD.keys())
+def test_bad_specs_name_the_key(tmp_path, text, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(SpecError, match=message):
+        load_spec(path)
+
+
+def _nas(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "nas", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_cli_bad_input_is_one_line_exit_2(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text(BAD["unknown key"][0])
+    for args in (["search", str(path)], ["search", str(tmp_path / "missing.toml")], ["pareto", str(path)]):
+        proc = _nas(*args)
+        assert proc.returncode == 2, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in proc.stderr
+    assert "study.trails: unknown key" in _nas("search", str(path)).stderr
+
+
+def test_cli_missing_teacher_folder_and_missing_text_column(tmp_path, teacher_dirs):
+    from tests.conftest import write_spec
+
+    spec = write_spec(tmp_path, tmp_path / "no-such-teacher", name="noteacher")
+    proc = _nas("search", str(spec))
+    assert proc.returncode == 2 and "teacher.model: folder" in proc.stderr and "does not exist" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    spec = write_spec(tmp_path, teacher_dirs["gpt2"], name="nocolumn")
+    proc = _nas("search", str(spec), "data.text_column='text'")
+    assert proc.returncode == 2, proc.stderr
+    assert "data.text_column: 'text' is not a column of the data; columns: body" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
