@@ -202,7 +202,8 @@ def _trainable(config: dict[str, Any], plan: TrialPlan) -> None:
         import torch
 
         name = "out of memory" if isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError)) else type(exc).__name__
-        tune.report({"fail_reason": f"{name}: {exc}".strip()[:500]})
+        # Tune insists on the objectives in every result; NaN never reaches Optuna (see StudySearcher).
+        tune.report({"fail_reason": f"{name}: {exc}".strip()[:500], **dict.fromkeys(plan.objectives, math.nan)})
         return
     tune.report({**metrics, "arch": config["arch"], "arch_short": DecoderArch.from_dict(config["arch"]).short()})
 
@@ -298,7 +299,14 @@ def run_search(spec: StudySpec, *, trials: int | None = None, address: str | Non
     metrics = [n for n, _ in spec.objectives.metrics]
     modes = [d for _, d in spec.objectives.metrics]
     plan = TrialPlan(
-        data, spec.distill, spec.storage_url, spec.name, spec.study.seed, spec.resources.cpus, spec.resources.gpus
+        data,
+        spec.distill,
+        spec.storage_url,
+        spec.name,
+        tuple(metrics),
+        spec.study.seed,
+        spec.resources.cpus,
+        spec.resources.gpus,
     )
     if not ray.is_initialized():
         logger.info("starting Ray%s", f" (joining {address})" if address else "")

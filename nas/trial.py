@@ -26,6 +26,7 @@ class TrialPlan:
     distill: DistillConfig
     storage_url: str
     study_name: str
+    objectives: tuple[str, ...]
     seed: int
     cpus: float
     gpus: float

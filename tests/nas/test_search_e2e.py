@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import optuna
 import pytest
@@ -73,9 +74,7 @@ def test_optuna_cli_reads_the_study(searched):
     spec, _ = searched
     proc = subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "optuna",
+            str(Path(sys.executable).parent / "optuna"),
             "trials",
             "--study-name",
             spec.name,
