@@ -9,7 +9,7 @@ import optuna
 
 from nas.search import front_trials
 
-_FMT = {
+FORMATS = {
     "perplexity": "{:.2f}",
     "kl": "{:.4f}",
     "top1_agreement": "{:.3f}",
@@ -31,7 +31,7 @@ def front_rows(study: optuna.Study) -> list[dict[str, Any]]:
                 "arch": t.user_attrs.get("arch"),
                 "arch_short": t.user_attrs.get("arch_short", ""),
                 "objectives": dict(zip(names, t.values)),
-                "metrics": {k: t.user_attrs[k] for k in _FMT if k in t.user_attrs},
+                "metrics": {k: t.user_attrs[k] for k in FORMATS if k in t.user_attrs},
             }
         )
     rows.sort(key=lambda r: list(r["objectives"].values())[::-1])
@@ -59,11 +59,12 @@ def front_table(study: optuna.Study) -> str:
     arrows = {n: ("↓" if d == optuna.study.StudyDirection.MINIMIZE else "↑") for n, d in zip(names, study.directions)}
     header = ["trial", "architecture", *[f"{n} {arrows[n]}" for n in names]]
     body = [
-        [str(r["trial"]), r["arch_short"], *[_FMT.get(n, "{}").format(r["objectives"][n]) for n in names]] for r in rows
+        [str(r["trial"]), r["arch_short"], *[FORMATS.get(n, "{}").format(r["objectives"][n]) for n in names]]
+        for r in rows
     ]
     teacher = study.user_attrs.get("teacher_metrics") or {}
     if teacher:
-        body.append(["teacher", "", *[_FMT.get(n, "{}").format(teacher[n]) if n in teacher else "-" for n in names]])
+        body.append(["teacher", "", *[FORMATS.get(n, "{}").format(teacher[n]) if n in teacher else "-" for n in names]])
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
     lines = [
         "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))

@@ -9,7 +9,7 @@ import optuna
 import plotly.graph_objects as go
 from optuna.trial import TrialState
 
-from nas.pareto import front_rows
+from nas.pareto import FORMATS, front_rows
 from nas.search import distinct_complete
 
 HOVER_HIDDEN = ("loss_curve", "arch")
@@ -99,7 +99,7 @@ def write_report(study: optuna.Study, out: Path) -> Path:
     body = "".join(
         "<tr>"
         + f"<td>{r['trial']}</td><td>{html.escape(r['arch_short'])}</td>"
-        + "".join(f"<td>{v:.6g}</td>" for v in r["objectives"].values())
+        + "".join(f"<td>{FORMATS.get(n, '{:.6g}').format(v)}</td>" for n, v in r["objectives"].items())
         + "</tr>"
         for r in rows
     )
