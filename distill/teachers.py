@@ -113,26 +113,21 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> Any:
 def train_teacher(cfg: TeacherTraining, texts: list[str], out: Path, block_length: int = 128, seed: int = 0) -> None:
     """Train a tokenizer and a GPT-2 on `texts` and `save_pretrained` both into `out`."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import PretrainedConfig
 
     from distill.data import pack
     from distill.loop import DistillConfig, distill
+    from search_spaces import DecoderArch, build_model
 
     logger.info("training the teacher into %s (%d steps); later runs reuse it", out, cfg.steps)
     tokenizer = train_tokenizer(texts, cfg.vocab_size)
     blocks = pack(texts, tokenizer, block_length)
-    config = AutoConfig.for_model(
-        "gpt2",
-        vocab_size=len(tokenizer),
-        n_positions=block_length,
-        n_embd=cfg.hidden,
-        n_layer=cfg.layers,
-        n_head=cfg.heads,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
+    arch = DecoderArch("gpt2", cfg.layers, cfg.heads, cfg.heads, cfg.hidden // cfg.heads, 4.0, True)
+    vocab = PretrainedConfig(
+        vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id
     )
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config)
+    model = build_model(arch, vocab, block_length)
     loop = DistillConfig(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, warmup=0.05)
 
     def on_step(step: int, total: int, loss: float) -> None:
