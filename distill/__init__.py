@@ -2,7 +2,7 @@
 
 from distill.data import DataConfig
 from distill.evaluate import evaluate_lm, param_counts, size_metrics
-from distill.loop import DistillConfig, TeacherTargets, distill
+from distill.loop import DistillConfig, FullConfig, TeacherTargets, TrainResult, distill
 from distill.losses import next_token_ce, topk_kd_loss
 from distill.teacher_cache import PreparedData, prepare
 from distill.teachers import TeacherConfig, TeacherTraining, load_teacher
@@ -10,10 +10,12 @@ from distill.teachers import TeacherConfig, TeacherTraining, load_teacher
 __all__ = [
     "DataConfig",
     "DistillConfig",
+    "FullConfig",
     "PreparedData",
     "TeacherConfig",
     "TeacherTargets",
     "TeacherTraining",
+    "TrainResult",
     "distill",
     "evaluate_lm",
     "load_teacher",

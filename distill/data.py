@@ -32,12 +32,16 @@ class DataConfig:
     """the split to read from the source"""
     eval_fraction: float = 0.1
     """share of documents held out for evaluation"""
+    valid_fraction: float = 0.05
+    """share of the other documents held out for validation (choosing the best checkpoint)"""
     block_length: int = 128
     """tokens per packed block"""
     train_blocks: int = 0
     """at most this many training blocks (0: all)"""
     eval_blocks: int = 64
     """at most this many held-out blocks (0: all)"""
+    valid_blocks: int = 32
+    """at most this many validation blocks (0: all)"""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "files", tuple(self.files))
@@ -47,14 +51,19 @@ class DataConfig:
             raise ValueError(f"source: files need a file builder, one of {', '.join(FILE_BUILDERS)}")
         if not 0.0 < self.eval_fraction < 1.0:
             raise ValueError(f"eval_fraction: must be between 0 and 1, got {self.eval_fraction}")
+        if not 0.0 < self.valid_fraction < 1.0:
+            raise ValueError(f"valid_fraction: must be between 0 and 1, got {self.valid_fraction}")
         if self.block_length < 8:
             raise ValueError(f"block_length: must be at least 8, got {self.block_length}")
-        if self.train_blocks < 0 or self.eval_blocks < 0:
-            raise ValueError("train_blocks/eval_blocks: must be >= 0 (0 means all)")
+        if min(self.train_blocks, self.eval_blocks, self.valid_blocks) < 0:
+            raise ValueError("train_blocks/eval_blocks/valid_blocks: must be >= 0 (0 means all)")
 
 
-def load_documents(cfg: DataConfig, base_dir: Path, seed: int) -> tuple[list[str], list[str]]:
-    """The training and held-out documents; held-out documents never reach training."""
+SPLITS = ("train", "valid", "eval")
+
+
+def load_documents(cfg: DataConfig, base_dir: Path, seed: int) -> dict[str, list[str]]:
+    """Documents split three ways (train, valid, eval); no document is in two splits."""
     import datasets
 
     if cfg.source == "pydoc-topics":
@@ -74,10 +83,12 @@ def load_documents(cfg: DataConfig, base_dir: Path, seed: int) -> tuple[list[str
             f"data.text_column: {cfg.text_column!r} is not a column of the data; columns: {', '.join(ds.column_names)}"
         )
     ds = ds.select_columns([cfg.text_column]).filter(lambda r: bool(r[cfg.text_column]))
-    if len(ds) < 2:
-        raise InputError(f"data.source: needs at least 2 non-empty documents, found {len(ds)}")
-    parts = ds.train_test_split(test_size=cfg.eval_fraction, seed=seed)
-    return list(parts["train"][cfg.text_column]), list(parts["test"][cfg.text_column])
+    if len(ds) < 3:
+        raise InputError(f"data.source: needs at least 3 non-empty documents, found {len(ds)}")
+    held_out = ds.train_test_split(test_size=cfg.eval_fraction, seed=seed)
+    valid = held_out["train"].train_test_split(test_size=cfg.valid_fraction, seed=seed)
+    parts = {"train": valid["train"], "valid": valid["test"], "eval": held_out["test"]}
+    return {split: list(part[cfg.text_column]) for split, part in parts.items()}
 
 
 def pack(texts: list[str], tokenizer: Any, block_length: int, max_blocks: int = 0) -> np.ndarray:

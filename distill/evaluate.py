@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import statistics
+import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -81,6 +85,20 @@ def latency_ms_per_token(
     return 1000.0 * statistics.median(times) / seq_len
 
 
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """Kineto writes a line to the process's stderr (fd 2) at every profiler start and stop."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 @torch.no_grad()
 def peak_memory_mb(model: torch.nn.Module, seq_len: int, *, device: torch.device | str = "cpu") -> float:
     """Peak memory of a batch-1 forward pass over `seq_len` tokens: weights plus the highest
@@ -99,7 +117,7 @@ def peak_memory_mb(model: torch.nn.Module, seq_len: int, *, device: torch.device
         return (torch.cuda.max_memory_allocated(device) - base + weights) / 2**20
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _native_stderr_silenced(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         model(input_ids=tokens)
     # Each op's own allocations minus frees, and frees outside ops ("[memory]"), in time
     # order: their running sum is the live memory, at the granularity of one op.

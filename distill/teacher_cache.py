@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from distill.data import DataConfig, load_documents, pack
+from distill.data import SPLITS, DataConfig, load_documents, pack
 from distill.errors import InputError
-from distill.evaluate import evaluate_lm, param_counts
+from distill.evaluate import evaluate_lm, size_metrics
 from distill.loop import TeacherTargets, autocast
 from distill.teachers import TeacherConfig, is_local, load_teacher, resolve_model
 
@@ -42,7 +42,7 @@ class PreparedData:
         return json.loads((self.path / "meta.json").read_text())
 
     def blocks(self, split: str) -> np.ndarray:
-        """(N, L) int32 token blocks of `train` or `eval`."""
+        """(N, L) int32 token blocks of `train`, `valid` or `eval`."""
         return self._load(f"{split}_blocks")
 
     def targets(self, split: str) -> TeacherTargets:
@@ -112,8 +112,8 @@ def prepare(
     if (final / "meta.json").exists():
         logger.info("reusing the teacher cache %s", final)
         return PreparedData(final)
-    train_docs, eval_docs = load_documents(data_cfg, base_dir, seed)
-    teacher, tokenizer = load_teacher(teacher_cfg, base_dir, train_docs, data_cfg.block_length)
+    docs = load_documents(data_cfg, base_dir, seed)
+    teacher, tokenizer = load_teacher(teacher_cfg, base_dir, docs["train"], data_cfg.block_length)
     if top_k > teacher.config.vocab_size:
         raise InputError(f"distill.top_k: {top_k} exceeds the teacher's vocabulary ({teacher.config.vocab_size})")
     dev = torch.device(device)
@@ -121,12 +121,10 @@ def prepare(
     tmp = final.with_name(final.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    logger.info("tokenizing %d + %d documents", len(train_docs), len(eval_docs))
+    logger.info("tokenizing %s documents", " + ".join(f"{len(d)} {k}" for k, d in docs.items()))
     length = data_cfg.block_length
-    blocks = {
-        "train": pack(train_docs, tokenizer, length, data_cfg.train_blocks),
-        "eval": pack(eval_docs, tokenizer, length, data_cfg.eval_blocks),
-    }
+    caps = {"train": data_cfg.train_blocks, "valid": data_cfg.valid_blocks, "eval": data_cfg.eval_blocks}
+    blocks = {split: pack(docs[split], tokenizer, length, caps[split]) for split in SPLITS}
     for split, arr in blocks.items():
         np.save(tmp / f"{split}_blocks.npy", arr)
         logger.info("teacher outputs for %d %s blocks (top %d)", len(arr), split, top_k)
@@ -136,7 +134,9 @@ def prepare(
     eval_targets = TeacherTargets(
         np.load(tmp / "eval_topk_logp.npy", mmap_mode="r"), np.load(tmp / "eval_topk_idx.npy", mmap_mode="r"), 1.0
     )
-    teacher_metrics = evaluate_lm(teacher, blocks["eval"], eval_targets, device=dev) | param_counts(teacher)
+    teacher_metrics = evaluate_lm(teacher, blocks["eval"], eval_targets, device=dev) | size_metrics(
+        teacher, length, device=dev
+    )
     meta = {
         "teacher": resolve_model(teacher_cfg.model, base_dir),
         "teacher_metrics": teacher_metrics,
@@ -144,6 +144,8 @@ def prepare(
         "block_length": length,
         "train_blocks": len(blocks["train"]),
         "eval_blocks": len(blocks["eval"]),
+        "valid_blocks": len(blocks["valid"]),
+        "data": dataclasses.asdict(data_cfg),
         "top_k": top_k,
         "temperature": temperature,
     }

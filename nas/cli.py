@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 from distill.errors import InputError
 
@@ -34,6 +36,24 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--address", help="join an existing Ray cluster (e.g. auto or ray://host:10001)")
     s.add_argument("--storage", help="an Optuna storage URL instead of the study's SQLite file")
     s.add_argument("--no-report", action="store_true", help="do not write the HTML report at the end")
+    d = sub.add_parser("distill", help="fully distill one architecture and export it as a Hugging Face model")
+    d.add_argument(
+        "spec",
+        nargs="*",
+        metavar="SPEC [KEY=VALUE ...]",
+        help=f"study spec (default {DEFAULT_SPEC}) and overrides such as full.steps=500",
+    )
+    pick = d.add_mutually_exclusive_group(required=True)
+    pick.add_argument("--trial", type=int, help="the trial number to distill")
+    pick.add_argument(
+        "--best", metavar="METRIC", help="the front trial best at this quality metric (perplexity, kl, top1_agreement)"
+    )
+    d.add_argument(
+        "--max-params", type=float, help="with --best: only trials with at most this many parameters (e.g. 5e6)"
+    )
+    d.add_argument("--resume", action="store_true", help="continue from the last checkpoint of a killed run")
+    d.add_argument("--overwrite", action="store_true", help="replace an earlier export of this trial")
+    d.add_argument("--storage", help="an Optuna storage URL instead of the study's SQLite file")
     for name, text in (("pareto", "print the Pareto front"), ("report", "write the HTML report")):
         c = sub.add_parser(name, help=text)
         c.add_argument("spec", nargs="*", metavar="SPEC [KEY=VALUE ...]", help=f"study spec (default {DEFAULT_SPEC})")
@@ -68,6 +88,8 @@ def _run(args: argparse.Namespace) -> int:
         from nas.search import load_existing_study
 
         study = load_existing_study(spec)
+        if args.command == "distill":
+            return _distill(args, spec, study)
         if args.command == "pareto":
             from nas.pareto import front_json, front_table
 
@@ -86,6 +108,45 @@ def _run(args: argparse.Namespace) -> int:
         return 2
 
 
+def _distill(args: argparse.Namespace, spec: Any, study: Any) -> int:
+    import shlex
+
+    from tqdm import tqdm
+
+    from nas.full import full_distill, select_trial
+
+    trial = select_trial(study, number=args.trial, best=args.best, max_params=args.max_params)
+    tokens_per_step = spec.full.batch_size * spec.data.block_length
+    bars: list[Any] = []
+    started: list[float] = []
+
+    def on_step(step: int, total: int, loss: float) -> None:
+        if not started:  # the first step of this run (a resumed run starts part way)
+            started.extend([time.perf_counter(), step])
+            bars.append(tqdm(total=total, initial=step - 1, unit="step", dynamic_ncols=True, file=sys.stderr))
+        bar = bars[0]
+        bar.update(1)
+        if step > started[1]:
+            rate = (step - started[1]) * tokens_per_step / (time.perf_counter() - started[0])
+            bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{rate:,.0f}", refresh=False)
+
+    command = shlex.join(["nas", *sys.argv[1:]]) if sys.argv[1:2] == ["distill"] else ""
+    record = full_distill(
+        spec, trial, study, resume=args.resume, overwrite=args.overwrite, command=command, on_step=on_step
+    )
+    for bar in bars:
+        bar.close()
+    m, b = record["metrics"], record["brief"]
+    teacher = study.user_attrs.get("teacher_metrics", {})
+    for key in ("perplexity", "kl", "top1_agreement"):
+        print(
+            f"{key:>15}: full {m[key]:.4f}  brief {b.get(key, float('nan')):.4f}  teacher {teacher.get(key, float('nan')):.4f}"
+        )
+    print(f"{'params':>15}: {m['params']:,} ({m['params'] / teacher.get('params', m['params']):.1%} of the teacher)")
+    print(f"exported: {record['export']}")
+    return 0
+
+
 def _quiet_libraries() -> None:
     """The terminal shows our progress; the libraries' own bars and notices go."""
     import warnings
@@ -102,7 +163,12 @@ def _quiet_libraries() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)  # KEY=VALUE overrides may follow the options
+    unknown = [e for e in extra if e.startswith("-") or "=" not in e]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.spec = [*args.spec, *extra]
     _quiet_libraries()
     logging.basicConfig(format="%(asctime)s %(message)s", datefmt="%H:%M:%S", level=logging.WARNING)
     for name in ("nas", "distill"):

@@ -7,7 +7,7 @@ from typing import Any
 
 import optuna
 
-from nas.search import front_trials
+from nas.search import DISTILLED, front_trials
 
 FORMATS = {
     "perplexity": "{:.2f}",
@@ -23,8 +23,10 @@ FORMATS = {
 def front_rows(study: optuna.Study) -> list[dict[str, Any]]:
     """One dict per front trial, smallest first by the first size objective."""
     names = study.metric_names or [f"objective_{i}" for i in range(len(study.directions))]
+    distilled = study.user_attrs.get(DISTILLED, {})
     rows = []
     for t in front_trials(study):
+        full = distilled.get(str(t.number))
         rows.append(
             {
                 "trial": t.number,
@@ -32,6 +34,7 @@ def front_rows(study: optuna.Study) -> list[dict[str, Any]]:
                 "arch_short": t.user_attrs.get("arch_short", ""),
                 "objectives": dict(zip(names, t.values)),
                 "metrics": {k: t.user_attrs[k] for k in FORMATS if k in t.user_attrs},
+                "full": {"metrics": full["metrics"], "export": full["export"]} if full else None,
             }
         )
     rows.sort(key=lambda r: list(r["objectives"].values())[::-1])
@@ -65,6 +68,13 @@ def front_table(study: optuna.Study) -> str:
     teacher = study.user_attrs.get("teacher_metrics") or {}
     if teacher:
         body.append(["teacher", "", *[FORMATS.get(n, "{}").format(teacher[n]) if n in teacher else "-" for n in names]])
+    quality = names[0]
+    if any(r["full"] for r in rows) and quality in FORMATS:
+        # Fully distilled front points: the full score next to the brief one.
+        header.append(f"full {quality}")
+        for line, r in zip(body, rows):
+            line.append(FORMATS[quality].format(r["full"]["metrics"][quality]) if r["full"] else "-")
+        body[-1].append(FORMATS[quality].format(teacher[quality]) if len(body) > len(rows) else "-")
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
     lines = [
         "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))

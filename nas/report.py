@@ -68,6 +68,35 @@ def _curves(study: optuna.Study) -> go.Figure:
     return fig
 
 
+def _brief_vs_full(study: optuna.Study, rows: list[dict]) -> go.Figure | None:
+    """Front points that were fully distilled: where the brief run put them, where they ended."""
+    done = [r for r in rows if r["full"]]
+    if not done:
+        return None
+    quality, size = list(done[0]["objectives"])[:2]
+    fig = go.Figure()
+    for r in done:
+        x = r["objectives"][size]
+        brief, full = r["objectives"][quality], r["full"]["metrics"][quality]
+        fig.add_trace(
+            go.Scatter(
+                x=[x, x],
+                y=[brief, full],
+                mode="lines+markers+text",
+                text=["brief", "full"],
+                textposition="middle right",
+                name=f"#{r['trial']} {r['arch_short']}",
+                hovertemplate=f"{quality}: %{{y:.4g}}<br>{size}: %{{x:,}}<br>{html.escape(r['full']['export'])}<extra></extra>",
+            )
+        )
+    fig.update_layout(
+        title=f"Fully distilled students: brief-run {quality} against full {quality}",
+        xaxis_title=size,
+        yaxis_title=quality,
+    )
+    return fig
+
+
 def write_report(study: optuna.Study, out: Path) -> Path:
     """Pareto front (all trials, front highlighted, hover with architecture and metrics),
     hypervolume over trials, loss curves and the front as a table."""
@@ -90,16 +119,26 @@ def write_report(study: optuna.Study, out: Path) -> Path:
     figures[0].update_layout(title=f"Pareto front of {study.study_name} ({len(plot.trials)} architectures)")
     if len(names) >= 2:
         figures.append(plot_hypervolume_history(plot, _reference_point(plot)))
+    rows = front_rows(study)
+    moved = _brief_vs_full(study, rows)
+    if moved is not None:
+        figures.append(moved)
     figures.append(_curves(study))
     parts = [
         fig.to_html(full_html=False, include_plotlyjs=(i == 0), default_height="560px") for i, fig in enumerate(figures)
     ]
-    rows = front_rows(study)
-    head = "".join(f"<th>{html.escape(n)}</th>" for n in ["trial", "architecture", *names])
+    quality = names[0]
+    head = "".join(f"<th>{html.escape(n)}</th>" for n in ["trial", "architecture", *names, f"full {quality}", "export"])
+    fmt = FORMATS.get(quality, "{:.6g}")
     body = "".join(
         "<tr>"
         + f"<td>{r['trial']}</td><td>{html.escape(r['arch_short'])}</td>"
         + "".join(f"<td>{FORMATS.get(n, '{:.6g}').format(v)}</td>" for n, v in r["objectives"].items())
+        + (
+            f"<td>{fmt.format(r['full']['metrics'][quality])}</td><td>{html.escape(r['full']['export'])}</td>"
+            if r["full"]
+            else "<td>-</td><td>-</td>"
+        )
         + "</tr>"
         for r in rows
     )

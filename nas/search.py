@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -22,6 +23,7 @@ logger = logging.getLogger(__name__)
 
 MAX_ROUNDS = 3
 INTERRUPTED = "interrupted: the search stopped before this trial finished"
+DISTILLED = "distilled"  # study user attribute: {trial number: record of its full distillation}
 
 
 def open_study(spec: StudySpec) -> optuna.Study:
@@ -47,6 +49,9 @@ def open_study(spec: StudySpec) -> optuna.Study:
 
 def load_existing_study(spec: StudySpec) -> optuna.Study:
     """The stored study of a spec, without creating one."""
+    url = spec.storage_url
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        raise InputError(f"study.name: no study {spec.name!r} yet ({url} does not exist); run `nas search` first")
     try:
         return optuna.load_study(study_name=spec.name, storage=spec.storage_url)
     except KeyError:

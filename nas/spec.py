@@ -15,7 +15,7 @@ from typing import Any
 
 from distill.data import DataConfig
 from distill.errors import InputError
-from distill.loop import DistillConfig
+from distill.loop import DistillConfig, FullConfig
 from distill.teachers import TeacherConfig, TeacherTraining
 from search_spaces import DecoderSpace
 
@@ -115,6 +115,7 @@ SECTIONS: dict[str, type] = {
     "data": DataConfig,
     "space": DecoderSpace,
     "distill": DistillConfig,
+    "full": FullConfig,
     "objectives": Objectives,
     "resources": Resources,
 }
@@ -129,6 +130,7 @@ class StudySpec:
     data: DataConfig
     space: DecoderSpace
     distill: DistillConfig
+    full: FullConfig
     objectives: Objectives
     resources: Resources
 

@@ -45,7 +45,7 @@ def run_trial(arch_dict: dict[str, Any], plan: TrialPlan) -> dict[str, Any]:
     torch.manual_seed(plan.seed)
     student = build_model(arch, plan.data.teacher_config(), meta["block_length"])
     start = time.perf_counter()
-    losses = distill(
+    result = distill(
         student,
         plan.data.blocks("train"),
         plan.distill,
@@ -54,6 +54,7 @@ def run_trial(arch_dict: dict[str, Any], plan: TrialPlan) -> dict[str, Any]:
         device=device,
     )
     train_seconds = time.perf_counter() - start
+    losses = result.losses
     quality = evaluate_lm(student, plan.data.blocks("eval"), plan.data.targets("eval"), device=device)
     size = size_metrics(student, meta["block_length"], device=device)
     stride = max(1, len(losses) // CURVE_POINTS)

@@ -13,7 +13,7 @@ def test_distill_changes_parameters_and_lowers_the_loss(teacher_dirs, tokenizer)
     student = AutoModelForCausalLM.from_pretrained(teacher_dirs["llama"])
     before = [p.detach().clone() for p in student.parameters()]
     blocks = pack(corpus(), tokenizer, 32, 32)
-    losses = distill(student, blocks, DistillConfig(steps=30, batch_size=8, lr=3e-3), seed=0)
+    losses = distill(student, blocks, DistillConfig(steps=30, batch_size=8, lr=3e-3), seed=0).losses
     assert np.mean(losses[-5:]) < np.mean(losses[:5])
     assert any(not torch.equal(a, b) for a, b in zip(before, student.parameters()))
 
@@ -26,7 +26,7 @@ def test_distill_is_seeded(teacher_dirs, tokenizer):
     for _ in range(2):
         torch.manual_seed(0)
         student = AutoModelForCausalLM.from_pretrained(teacher_dirs["gpt2"])
-        runs.append(distill(student, blocks, DistillConfig(steps=5, batch_size=4), seed=3))
+        runs.append(distill(student, blocks, DistillConfig(steps=5, batch_size=4), seed=3).losses)
     assert runs[0] == runs[1]
 
 
@@ -69,3 +69,48 @@ def test_missing_teacher_folder_is_an_input_error(tmp_path):
 
     with pytest.raises(InputError, match="teacher.model: folder './nope' does not exist"):
         load_teacher(TeacherConfig(model="./nope"), tmp_path)
+
+
+def test_gradient_accumulation_matches_one_big_batch(teacher_dirs, tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    blocks = pack(corpus(), tokenizer, 32, 16)
+    weights = []
+    for accum in (1, 4):
+        student = AutoModelForCausalLM.from_pretrained(teacher_dirs["llama"])  # no dropout
+        distill(student, blocks, DistillConfig(steps=3, batch_size=8, grad_accum=accum), seed=1)
+        weights.append([p.detach().clone() for p in student.parameters()])
+    for a, b in zip(*weights):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_early_stopping_keeps_the_best_weights(teacher_dirs, tokenizer, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    blocks = pack(corpus(), tokenizer, 32, 16)
+    scores = iter([3.0, 2.0, 2.5, 4.0, 1.0, 1.0])
+    seen = {}
+
+    def validate(model):
+        step = len(seen) + 1
+        seen[step] = [p.detach().clone() for p in model.parameters()]
+        return next(scores)
+
+    student = AutoModelForCausalLM.from_pretrained(teacher_dirs["llama"])
+    cfg = DistillConfig(steps=6, batch_size=4, eval_every=1, patience=2)
+    result = distill(student, blocks, cfg, validate=validate, checkpoint_dir=tmp_path)
+    assert result.stopped_early and result.steps == 4 and result.best_step == 2
+    assert [s for s, _ in result.evals] == [1, 2, 3, 4]
+    for a, b in zip(seen[2], student.parameters()):
+        assert torch.equal(a, b)
+    assert (tmp_path / "best.pt").exists()
+
+
+def test_full_config_takes_the_loss_of_the_brief_one():
+    from distill import FullConfig
+
+    brief = DistillConfig(temperature=3.0, top_k=7, kd_weight=0.7, steps=5)
+    cfg = FullConfig(steps=900, grad_accum=2, batch_size=8).apply(brief)
+    assert (cfg.temperature, cfg.top_k, cfg.kd_weight, cfg.steps, cfg.grad_accum) == (3.0, 7, 0.7, 900, 2)
+    with pytest.raises(ValueError, match="grad_accum"):
+        FullConfig(batch_size=6, grad_accum=4)
