@@ -113,7 +113,9 @@ def prepare(
         logger.info("reusing the teacher cache %s", final)
         return PreparedData(final)
     docs = load_documents(data_cfg, base_dir, seed)
-    teacher, tokenizer = load_teacher(teacher_cfg, base_dir, docs["train"], data_cfg.block_length)
+    # A teacher trained here may see the validation documents (they only choose the students'
+    # checkpoints); the held-out evaluation documents stay unseen by teacher and students.
+    teacher, tokenizer = load_teacher(teacher_cfg, base_dir, docs["train"] + docs["valid"], data_cfg.block_length)
     if top_k > teacher.config.vocab_size:
         raise InputError(f"distill.top_k: {top_k} exceeds the teacher's vocabulary ({teacher.config.vocab_size})")
     dev = torch.device(device)

@@ -22,26 +22,28 @@ def _split(items: list[str]) -> tuple[str, list[str]]:
     return (specs[0] if specs else DEFAULT_SPEC), overrides
 
 
+def _command(sub: Any, name: str, text: str, example: str) -> argparse.ArgumentParser:
+    """A subcommand taking a study spec, KEY=VALUE overrides and --storage."""
+    c = sub.add_parser(name, help=text)
+    c.add_argument(
+        "spec",
+        nargs="*",
+        metavar="SPEC [KEY=VALUE ...]",
+        help=f"study spec (default {DEFAULT_SPEC}) and overrides such as {example}",
+    )
+    c.add_argument("--storage", help="an Optuna storage URL instead of the study's SQLite file")
+    return c
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nas", description="Search student architectures for knowledge distillation.")
     sub = p.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("search", help="run or continue a study's architecture search")
-    s.add_argument(
-        "spec",
-        nargs="*",
-        metavar="SPEC [KEY=VALUE ...]",
-        help=f"study spec (default {DEFAULT_SPEC}) and overrides such as distill.steps=50",
-    )
+    s = _command(sub, "search", "run or continue a study's architecture search", "distill.steps=50")
     s.add_argument("--trials", type=int, help="total number of architectures (overrides study.trials)")
     s.add_argument("--address", help="join an existing Ray cluster (e.g. auto or ray://host:10001)")
-    s.add_argument("--storage", help="an Optuna storage URL instead of the study's SQLite file")
     s.add_argument("--no-report", action="store_true", help="do not write the HTML report at the end")
-    d = sub.add_parser("distill", help="fully distill one architecture and export it as a Hugging Face model")
-    d.add_argument(
-        "spec",
-        nargs="*",
-        metavar="SPEC [KEY=VALUE ...]",
-        help=f"study spec (default {DEFAULT_SPEC}) and overrides such as full.steps=500",
+    d = _command(
+        sub, "distill", "fully distill one architecture and export it as a Hugging Face model", "full.steps=500"
     )
     pick = d.add_mutually_exclusive_group(required=True)
     pick.add_argument("--trial", type=int, help="the trial number to distill")
@@ -53,11 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     d.add_argument("--resume", action="store_true", help="continue from the last checkpoint of a killed run")
     d.add_argument("--overwrite", action="store_true", help="replace an earlier export of this trial")
-    d.add_argument("--storage", help="an Optuna storage URL instead of the study's SQLite file")
     for name, text in (("pareto", "print the Pareto front"), ("report", "write the HTML report")):
-        c = sub.add_parser(name, help=text)
-        c.add_argument("spec", nargs="*", metavar="SPEC [KEY=VALUE ...]", help=f"study spec (default {DEFAULT_SPEC})")
-        c.add_argument("--storage", help="an Optuna storage URL instead of the study's SQLite file")
+        c = _command(sub, name, text, "study.name=other")
         if name == "pareto":
             c.add_argument("--json", action="store_true", help="print JSON instead of a table")
         else:
