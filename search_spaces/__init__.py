@@ -1,5 +1,20 @@
 """What a student can look like: search spaces sampled from Optuna trials, built as HF models."""
 
 from search_spaces._decoder import FAMILIES, DecoderArch, DecoderSpace, build_config, build_model
+from search_spaces._encoder import EncoderArch, EncoderSpace, build_encoder, build_encoder_config
+from search_spaces._init import bert_importance, init_bert_from_teacher, pick_layers
 
-__all__ = ["FAMILIES", "DecoderArch", "DecoderSpace", "build_config", "build_model"]
+__all__ = [
+    "FAMILIES",
+    "DecoderArch",
+    "DecoderSpace",
+    "EncoderArch",
+    "EncoderSpace",
+    "bert_importance",
+    "build_config",
+    "build_encoder",
+    "build_encoder_config",
+    "build_model",
+    "init_bert_from_teacher",
+    "pick_layers",
+]

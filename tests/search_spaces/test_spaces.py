@@ -8,55 +8,93 @@ import torch
 from transformers import AutoConfig
 
 from distill.evaluate import param_counts
-from search_spaces import FAMILIES, DecoderArch, DecoderSpace, build_model
+from search_spaces import FAMILIES, DecoderArch, DecoderSpace, EncoderArch, EncoderSpace, build_encoder, build_model
+from search_spaces._encoder import LAYER_PICKS
 
-SPACES = {
-    "decoder-all-families": DecoderSpace(families=FAMILIES, layers=(1, 3), heads=(2, 3, 4, 6), head_dim=(8, 16)),
-    "decoder-no-gqa": DecoderSpace(families=("llama", "mistral"), gqa=False, layers=(1, 2), heads=(4,), head_dim=(8,)),
-}
 TEACHER = AutoConfig.for_model(
     "gpt2", vocab_size=97, n_positions=32, n_embd=16, n_layer=1, n_head=2, bos_token_id=0, eos_token_id=1
 )
+ENCODER_TEACHER = AutoConfig.for_model(
+    "bert",
+    vocab_size=97,
+    max_position_embeddings=32,
+    hidden_size=64,
+    num_hidden_layers=4,
+    num_attention_heads=8,
+    intermediate_size=128,
+)
+
+
+def _decoder(arch):
+    a = DecoderArch.from_dict(arch)
+    assert a.heads % a.kv_heads == 0 and a.hidden == a.heads * a.head_dim
+    model = build_model(a, TEACHER, max_positions=32)
+    assert model.config.eos_token_id == TEACHER.eos_token_id
+    return a, model, a.param_counts(TEACHER.vocab_size, 32), lambda ids: model(input_ids=ids).logits.shape[-1] == 97
+
+
+def _encoder(arch):
+    a = EncoderArch.from_dict(arch)
+    assert a.hidden == a.heads * a.head_dim
+    model = build_encoder(a, ENCODER_TEACHER)
+    assert model.config.pad_token_id == ENCODER_TEACHER.pad_token_id
+    return (
+        a,
+        model,
+        a.param_counts(97, 32),
+        lambda ids: model(input_ids=ids).last_hidden_state.shape[-1] // a.hidden * 97,
+    )
+
+
+# The shared suite: every search space, with how to build and run what it samples.
+SPACES = {
+    "decoder-all-families": (
+        DecoderSpace(families=FAMILIES, layers=(1, 3), heads=(2, 3, 4, 6), head_dim=(8, 16)),
+        _decoder,
+    ),
+    "decoder-no-gqa": (
+        DecoderSpace(families=("llama", "mistral"), gqa=False, layers=(1, 2), heads=(4,), head_dim=(8,)),
+        _decoder,
+    ),
+    "encoder": (
+        EncoderSpace(
+            layers=(1, 4), heads=(2, 4, 8), head_dim=(8, 16), init=("random", "teacher"), layer_pick=LAYER_PICKS
+        ),
+        _encoder,
+    ),
+}
 
 
 def _samples(space, n=25):
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     for _ in range(n):
         trial = study.ask()
-        yield space.sample(trial)
+        yield space.sample(trial), trial.params
         study.tell(trial, 0.0)
 
 
-@pytest.mark.parametrize("space", SPACES.values(), ids=SPACES.keys())
-def test_every_sampled_architecture_builds_with_the_expected_size(space):
+@pytest.mark.parametrize("space, build", SPACES.values(), ids=SPACES.keys())
+def test_every_sampled_architecture_builds_with_the_expected_size(space, build):
     seen = set()
-    for arch in _samples(space):
+    for arch, _ in _samples(space):
         assert json.loads(json.dumps(arch)) == arch  # a plain dict that round-trips through JSON
-        a = DecoderArch.from_dict(arch)
-        assert a.heads % a.kv_heads == 0 and a.hidden == a.heads * a.head_dim
-        model = build_model(a, TEACHER, max_positions=32)
-        assert model.config.vocab_size == TEACHER.vocab_size
-        assert model.config.eos_token_id == TEACHER.eos_token_id
-        assert param_counts(model) == a.param_counts(TEACHER.vocab_size, 32), a.short()
-        out = model(input_ids=torch.randint(0, 97, (1, 8))).logits
-        assert out.shape == (1, 8, 97)
+        a, model, expected, run = build(arch)
+        assert a.to_dict() == {k: arch[k] for k in a.to_dict()}
+        assert param_counts(model) == expected, a.short()
+        assert run(torch.randint(0, 97, (1, 8)))  # a forward pass with the expected output width
         seen.add(a.family)
-    assert seen == set(space.families)
+    assert seen == set(getattr(space, "families", ("bert",)))
 
 
-@pytest.mark.parametrize("space", SPACES.values(), ids=SPACES.keys())
-def test_sampling_is_only_suggest_calls(space):
-    arch = next(_samples(space, 1))
-    params = {"family": arch["family"], "layers": arch["layers"], "heads": arch["heads"], "head_dim": arch["head_dim"]}
-    params |= {"ffn_ratio": arch["ffn_ratio"], "tie_embeddings": arch["tie_embeddings"]}
-    if arch["family"] != "gpt2" and space.gqa:
-        params[f"kv_heads_of_{arch['heads']}"] = arch["kv_heads"]
-    assert space.sample(optuna.trial.FixedTrial(params)) == arch
+@pytest.mark.parametrize("space, build", SPACES.values(), ids=SPACES.keys())
+def test_sampling_is_only_suggest_calls(space, build):
+    for arch, params in _samples(space, 5):  # replaying the suggested values gives the same architecture
+        assert space.sample(optuna.trial.FixedTrial(params)) == arch
 
 
 def test_gqa_choices_are_divisors():
     space = DecoderSpace(families=("llama",), heads=(6,), head_dim=(8,))
-    assert {a["kv_heads"] for a in _samples(space, 40)} == {1, 2, 3, 6}
+    assert {a["kv_heads"] for a, _ in _samples(space, 40)} == {1, 2, 3, 6}
 
 
 @pytest.mark.parametrize(

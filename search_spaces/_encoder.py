@@ -1,0 +1,150 @@
+"""Encoder students (BERT family) for sentence-embedding teachers.
+
+Like the decoder space: sampling is `suggest_*` calls only and returns a plain dict; the
+architecture validates in `__post_init__`; the student keeps the teacher's tokenizer,
+vocabulary and position range. `init` says whether the student starts from random weights or
+from a slice of the teacher (see `search_spaces._init`), and `layer_pick` which teacher layers
+a teacher-initialized student takes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import optuna
+
+INITS = ("random", "teacher")
+LAYER_PICKS = ("even", "first", "every_other")
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderSpace:
+    """The bounds of the encoder search space (the `[space]` section of an embedding study)."""
+
+    layers: tuple[int, int] = (1, 4)
+    """[min, max] number of transformer layers"""
+    heads: tuple[int, ...] = (4, 6, 8, 12)
+    """choices for the number of attention heads"""
+    head_dim: tuple[int, ...] = (32,)
+    """choices for the width of one head; hidden size = heads x head_dim, always valid"""
+    ffn_ratio: tuple[float, ...] = (2.0, 4.0)
+    """choices for FFN size / hidden size"""
+    init: tuple[str, ...] = ("teacher",)
+    """how students start: random, teacher (a slice of the teacher's weights), or both"""
+    layer_pick: tuple[str, ...] = ("even",)
+    """which teacher layers a teacher-initialized student takes: even, first, every_other"""
+
+    def __post_init__(self) -> None:
+        for name in ("heads", "head_dim", "ffn_ratio", "init", "layer_pick"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+            if not getattr(self, name):
+                raise ValueError(f"{name}: needs at least one choice")
+        object.__setattr__(self, "layers", tuple(self.layers))
+        if (
+            len(self.layers) != 2
+            or not all(isinstance(v, int) for v in self.layers)
+            or not 1 <= self.layers[0] <= self.layers[1]
+        ):
+            raise ValueError(f"layers: must be [min, max] integers with 1 <= min <= max, got {list(self.layers)}")
+        for name in ("heads", "head_dim"):
+            values = getattr(self, name)
+            if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
+                raise ValueError(f"{name}: choices must be positive integers, got {list(values)}")
+        if not all(isinstance(r, (int, float)) and not isinstance(r, bool) and r > 0 for r in self.ffn_ratio):
+            raise ValueError(f"ffn_ratio: choices must be positive numbers, got {list(self.ffn_ratio)}")
+        for name, allowed in (("init", INITS), ("layer_pick", LAYER_PICKS)):
+            bad = [v for v in getattr(self, name) if v not in allowed]
+            if bad:
+                raise ValueError(f"{name}: unknown choice {bad[0]!r}; allowed: {', '.join(allowed)}")
+
+    def sample(self, trial: optuna.trial.BaseTrial) -> dict[str, Any]:
+        """Sample one architecture: `suggest_*` calls only, returns the plain-dict architecture."""
+        init = trial.suggest_categorical("init", list(self.init))
+        pick = trial.suggest_categorical("layer_pick", list(self.layer_pick)) if init == "teacher" else "even"
+        return {
+            "family": "bert",
+            "layers": trial.suggest_int("layers", self.layers[0], self.layers[1]),
+            "heads": trial.suggest_categorical("heads", list(self.heads)),
+            "head_dim": trial.suggest_categorical("head_dim", list(self.head_dim)),
+            "ffn_ratio": trial.suggest_categorical("ffn_ratio", [float(r) for r in self.ffn_ratio]),
+            "init": init,
+            "layer_pick": pick,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderArch:
+    """A BERT-family student; hidden = heads x head_dim, valid by construction."""
+
+    family: str
+    layers: int
+    heads: int
+    head_dim: int
+    ffn_ratio: float
+    init: str = "random"
+    layer_pick: str = "even"
+
+    def __post_init__(self) -> None:
+        if self.family != "bert":
+            raise ValueError(f"family: encoder students are bert, got {self.family!r}")
+        if min(self.layers, self.heads, self.head_dim) < 1:
+            raise ValueError("layers, heads and head_dim must be positive")
+        if self.init not in INITS:
+            raise ValueError(f"init: unknown {self.init!r}; allowed: {', '.join(INITS)}")
+        if self.layer_pick not in LAYER_PICKS:
+            raise ValueError(f"layer_pick: unknown {self.layer_pick!r}; allowed: {', '.join(LAYER_PICKS)}")
+
+    @classmethod
+    def from_dict(cls, arch: dict[str, Any]) -> EncoderArch:
+        return cls(**{f.name: arch[f.name] for f in dataclasses.fields(cls) if f.name in arch})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def hidden(self) -> int:
+        return self.heads * self.head_dim
+
+    @property
+    def ffn(self) -> int:
+        return max(1, round(self.ffn_ratio * self.hidden))
+
+    def short(self) -> str:
+        """One-line summary, e.g. `bert L3 d192 h6 ffn768 init=teacher/even`."""
+        init = f"init=teacher/{self.layer_pick}" if self.init == "teacher" else "init=random"
+        return f"bert L{self.layers} d{self.hidden} h{self.heads} ffn{self.ffn} {init}"
+
+    def param_counts(self, vocab_size: int, max_positions: int, type_vocab_size: int = 2) -> dict[str, int]:
+        """Parameter counts derived from the architecture (must match the built model)."""
+        d, f = self.hidden, self.ffn
+        embedding = (vocab_size + max_positions + type_vocab_size) * d
+        layer = 4 * (d * d + d) + 2 * d + (d * f + f) + (f * d + d) + 2 * d
+        body = 2 * d + self.layers * layer + (d * d + d)  # embedding LayerNorm, layers, pooler
+        return {"params": embedding + body, "non_embedding_params": body}
+
+
+def build_encoder_config(arch: EncoderArch, teacher_config: Any) -> Any:
+    """A BERT config sharing the teacher's vocabulary, position range and special tokens."""
+    from transformers import AutoConfig
+
+    return AutoConfig.for_model(
+        "bert",
+        vocab_size=teacher_config.vocab_size,
+        max_position_embeddings=teacher_config.max_position_embeddings,
+        type_vocab_size=getattr(teacher_config, "type_vocab_size", 2),
+        pad_token_id=teacher_config.pad_token_id,
+        hidden_size=arch.hidden,
+        num_hidden_layers=arch.layers,
+        num_attention_heads=arch.heads,
+        intermediate_size=arch.ffn,
+        hidden_act=getattr(teacher_config, "hidden_act", "gelu"),
+        layer_norm_eps=getattr(teacher_config, "layer_norm_eps", 1e-12),
+    )
+
+
+def build_encoder(arch: EncoderArch, teacher_config: Any) -> Any:
+    """A freshly initialized `AutoModel` (BertModel with its pooler) for the architecture."""
+    from transformers import AutoModel
+
+    return AutoModel.from_config(build_encoder_config(arch, teacher_config))
