@@ -136,3 +136,27 @@ def size_metrics(model: Any, seq_len: int, *, device: torch.device | str = "cpu"
         "latency_ms": latency_ms_per_token(model, seq_len, device=device),
         "peak_memory_mb": peak_memory_mb(model, seq_len, device=device),
     }
+
+
+def _ranks(x: torch.Tensor) -> torch.Tensor:
+    return x.argsort().argsort().float()
+
+
+def embedding_fidelity(student: torch.Tensor, teacher: torch.Tensor, k: int = 10) -> dict[str, float]:
+    """How well student embeddings (N, D) stand in for the teacher's (N, D) on the same sentences:
+    mean cosine; Spearman correlation of the two sets of pairwise cosine similarities; mean
+    overlap of each sentence's top-k nearest neighbours under student and teacher."""
+    s = F.normalize(student.float(), dim=-1)
+    t = F.normalize(teacher.float(), dim=-1)
+    n = len(s)
+    cosine = (s * t).sum(-1).mean().item()
+    iu = torch.triu_indices(n, n, offset=1)
+    s_sim, t_sim = s @ s.T, t @ t.T  # (N, N)
+    rs, rt = _ranks(s_sim[iu[0], iu[1]]), _ranks(t_sim[iu[0], iu[1]])
+    spearman = torch.corrcoef(torch.stack([rs, rt]))[0, 1].item()
+    k = min(k, n - 1)
+    eye = torch.eye(n, dtype=torch.bool)
+    s_nn = s_sim.masked_fill(eye, -2).topk(k, dim=-1).indices  # (N, k)
+    t_nn = t_sim.masked_fill(eye, -2).topk(k, dim=-1).indices
+    overlap = (s_nn.unsqueeze(-1) == t_nn.unsqueeze(-2)).any(-1).float().sum(-1) / k
+    return {"cosine": cosine, "spearman": spearman, "retrieval": overlap.mean().item()}

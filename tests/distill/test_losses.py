@@ -70,3 +70,49 @@ def test_confident_teacher_is_finite():
 def test_next_token_ce_matches_uniform():
     logits = torch.zeros(2, 3, 16)
     assert next_token_ce(logits, torch.zeros(2, 3, dtype=torch.long)).item() == pytest.approx(math.log(16))
+
+
+def test_embedding_losses_are_zero_for_identical_inputs_and_positive_otherwise():
+    from distill.losses import embedding_cosine_loss, embedding_mse_loss, hidden_state_loss
+
+    e = torch.randn(5, 16)
+    assert embedding_cosine_loss(e, e).item() == pytest.approx(0.0, abs=1e-6)
+    assert embedding_mse_loss(e, e).item() == 0.0
+    assert embedding_cosine_loss(e, 3 * e).item() == pytest.approx(0.0, abs=1e-6)  # scale-free
+    assert embedding_cosine_loss(e, -e).item() == pytest.approx(2.0)
+    other = torch.randn(5, 16)
+    assert embedding_cosine_loss(e, other) > 0 and embedding_mse_loss(e, other) > 0
+    h, mask = torch.randn(2, 6, 8), torch.tensor([[1] * 6, [1] * 3 + [0] * 3])
+    assert hidden_state_loss(h, h, mask).item() == 0.0
+    changed = h.clone()
+    changed[1, 4:] += 5.0  # padding positions do not count
+    assert hidden_state_loss(changed, h, mask).item() == 0.0
+
+
+def test_relation_loss_properties():
+    from distill.losses import relation_kd_loss
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 5, 12) for _ in range(3))
+    mask = torch.tensor([[1] * 5, [1] * 3 + [0] * 2])
+    assert relation_kd_loss(q, k, q, k, mask, heads=3).item() == pytest.approx(0.0, abs=1e-6)
+    # widths may differ: a 6-wide student against a 12-wide teacher, 3 relation heads
+    sq = torch.randn(2, 5, 6, requires_grad=True)
+    loss = relation_kd_loss(sq, sq, v, v, mask, heads=3)
+    assert loss.item() > 0
+    loss.backward()
+    assert sq.grad is not None and torch.isfinite(sq.grad).all() and sq.grad.abs().sum() > 0
+
+
+def test_embedding_fidelity():
+    from distill.evaluate import embedding_fidelity
+
+    torch.manual_seed(0)
+    t = torch.randn(30, 8)
+    same = embedding_fidelity(t, t)
+    assert same == pytest.approx({"cosine": 1.0, "spearman": 1.0, "retrieval": 1.0})
+    rotated = t @ torch.linalg.qr(torch.randn(8, 8)).Q  # same geometry, other coordinates
+    r = embedding_fidelity(rotated, t)
+    assert r["spearman"] == pytest.approx(1.0) and r["retrieval"] == pytest.approx(1.0) and r["cosine"] < 0.9
+    noise = embedding_fidelity(torch.randn(30, 8), t)
+    assert noise["spearman"] < 0.5 and noise["retrieval"] < 0.7
