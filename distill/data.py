@@ -108,3 +108,26 @@ def pack(texts: list[str], tokenizer: Any, block_length: int, max_blocks: int = 
             "give more text or a smaller data.block_length"
         )
     return np.asarray(ids[: n * block_length], dtype=np.int32).reshape(n, block_length)
+
+
+def paragraphs(docs: list[str], min_chars: int = 40) -> list[str]:
+    """Documents cut at blank lines into paragraphs of at least `min_chars` characters."""
+    out = []
+    for doc in docs:
+        for para in doc.split("\n\n"):
+            para = " ".join(para.split())
+            if len(para) >= min_chars:
+                out.append(para)
+    return out
+
+
+def encode_texts(
+    texts: list[str], tokenizer: Any, max_length: int, max_items: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids (N, max_length) int32 and attention mask (N, max_length) int8, padded and truncated."""
+    if max_items:
+        texts = texts[:max_items]
+    if not texts:
+        raise InputError("data: no paragraph of text to encode; give more text")
+    enc = tokenizer(texts, padding="max_length", truncation=True, max_length=max_length, return_tensors="np")
+    return enc["input_ids"].astype(np.int32), enc["attention_mask"].astype(np.int8)

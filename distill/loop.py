@@ -49,6 +49,14 @@ class DistillConfig:
     """weight of cross-entropy on the ground-truth next token"""
     top_k: int = 32
     """teacher log-probabilities kept per position in the teacher cache"""
+    cosine_weight: float = 1.0
+    """embedding task: weight of 1 - cosine(student, teacher) sentence embeddings"""
+    mse_weight: float = 1.0
+    """embedding task: weight of the MSE between (normalized) sentence embeddings"""
+    hidden_weight: float = 0.0
+    """embedding task: weight of the last hidden states' MSE through a learned projection"""
+    relation_weight: float = 0.0
+    """embedding task: weight of the MiniLM attention and value relations of the last layer"""
     grad_accum: int = 1
     """micro-batches per step (batch_size must divide by it), for batches that do not fit"""
     eval_every: int = 0
@@ -77,6 +85,8 @@ class DistillConfig:
             raise ValueError(
                 f"grad_accum: must be >= 1 and divide batch_size ({self.batch_size}), got {self.grad_accum}"
             )
+        if min(self.cosine_weight, self.mse_weight, self.hidden_weight, self.relation_weight) < 0:
+            raise ValueError("cosine_weight/mse_weight/hidden_weight/relation_weight: must be >= 0")
         if min(self.eval_every, self.checkpoint_every, self.patience) < 0:
             raise ValueError("eval_every/checkpoint_every/patience: must be >= 0")
 
@@ -187,6 +197,7 @@ def distill(
     validate: Callable[[torch.nn.Module], float] | None = None,
     checkpoint_dir: Path | None = None,
     resume: bool = False,
+    loss_fn: Callable[[np.ndarray], torch.Tensor] | None = None,
 ) -> TrainResult:
     """Train `student` on `blocks` (N, L) int32 for the budget in `cfg`.
 
@@ -199,6 +210,8 @@ def distill(
     stopping after cfg.patience evaluations without improvement; a checkpoint of everything
     the run depends on (weights, optimizer, schedule, RNG, data position) in `checkpoint_dir`
     every cfg.checkpoint_every steps, from which `resume=True` continues the same run.
+
+    Other tasks pass `loss_fn(indices)`: the loss of the items at those row indices of `blocks`.
     """
     device = torch.device(device)
     total = cfg.total_steps(blocks.shape[1])
@@ -237,7 +250,7 @@ def distill(
         step_loss = 0.0
         for m in range(cfg.grad_accum):  # gradient accumulation over micro-batches
             idx = np.sort(batch[m * micro : (m + 1) * micro])
-            loss = _loss(student, blocks, idx, targets, cfg, device)
+            loss = loss_fn(idx) if loss_fn is not None else _loss(student, blocks, idx, targets, cfg, device)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss.item()} at step {state['step']}")
             (loss / cfg.grad_accum).backward()

@@ -23,7 +23,7 @@ from distill.data import SPLITS, DataConfig, load_documents, pack
 from distill.errors import InputError
 from distill.evaluate import evaluate_lm, size_metrics
 from distill.loop import TeacherTargets, autocast
-from distill.teachers import TeacherConfig, is_local, load_teacher, resolve_model
+from distill.teachers import TeacherConfig, is_local, load_teacher, teacher_path
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +34,8 @@ class PreparedData:
 
     path: Path
 
-    def _load(self, name: str) -> np.ndarray:
+    def array(self, name: str) -> np.ndarray:
+        """A cached array, memory-mapped."""
         return np.load(self.path / f"{name}.npy", mmap_mode="r")
 
     @property
@@ -43,12 +44,12 @@ class PreparedData:
 
     def blocks(self, split: str) -> np.ndarray:
         """(N, L) int32 token blocks of `train`, `valid` or `eval`."""
-        return self._load(f"{split}_blocks")
+        return self.array(f"{split}_blocks")
 
     def targets(self, split: str) -> TeacherTargets:
         """The teacher's top-k log-probabilities and ids for `split`, (N, L-1, k) each."""
         temperature = self.meta["temperature"] if split == "train" else 1.0
-        return TeacherTargets(self._load(f"{split}_topk_logp"), self._load(f"{split}_topk_idx"), temperature)
+        return TeacherTargets(self.array(f"{split}_topk_logp"), self.array(f"{split}_topk_idx"), temperature)
 
     def teacher_config(self) -> Any:
         from transformers import AutoConfig
@@ -82,14 +83,20 @@ def _teacher_topk(
 
 
 def cache_key(
-    teacher: TeacherConfig, data: DataConfig, base_dir: Path, top_k: int, temperature: float, seed: int
+    teacher: TeacherConfig,
+    data: DataConfig,
+    base_dir: Path,
+    top_k: int,
+    temperature: float,
+    seed: int,
+    extra: object = None,
 ) -> str:
-    model = resolve_model(teacher.model, base_dir)
+    model = teacher_path(teacher, base_dir)
     stamp = None
     if is_local(model) and (Path(model) / "config.json").exists():
         stamp = (Path(model) / "config.json").stat().st_mtime_ns
     blob = json.dumps(
-        [model, teacher.revision, stamp, dataclasses.asdict(data), top_k, temperature, seed],
+        [model, teacher.revision, stamp, dataclasses.asdict(data), top_k, temperature, seed, extra],
         sort_keys=True,
         default=str,
     )
@@ -140,7 +147,7 @@ def prepare(
         teacher, length, device=dev
     )
     meta = {
-        "teacher": resolve_model(teacher_cfg.model, base_dir),
+        "teacher": teacher_path(teacher_cfg, base_dir),
         "teacher_metrics": teacher_metrics,
         "vocab_size": teacher.config.vocab_size,
         "block_length": length,

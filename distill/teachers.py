@@ -47,10 +47,26 @@ class TeacherConfig:
     """allow the model's own Python code to run (off by default)"""
     train: TeacherTraining | None = None
     """train a small GPT into `model` (a local folder) on first use"""
+    package: str = ""
+    """instead of `model`: a Python package that ships the model; its get_model_path() gives the folder"""
 
     def __post_init__(self) -> None:
-        if not self.model:
-            raise ValueError("model: required (a hub id or a local folder)")
+        if bool(self.model) == bool(self.package):
+            raise ValueError("model: give either model (a hub id or a local folder) or package")
+
+
+def teacher_path(cfg: TeacherConfig, base_dir: Path) -> str:
+    """Where the teacher loads from: a package's model folder, a local folder or a hub id."""
+    if cfg.package:
+        import importlib
+
+        try:
+            return str(importlib.import_module(cfg.package).get_model_path())
+        except (ImportError, AttributeError) as exc:
+            raise InputError(
+                f"teacher.package: cannot get a model folder from {cfg.package!r} ({exc}); install it"
+            ) from None
+    return resolve_model(cfg.model, base_dir)
 
 
 def resolve_model(model: str, base_dir: Path) -> str:
@@ -71,7 +87,7 @@ def load_teacher(
     """The teacher model (eval mode) and its tokenizer, training the demo teacher if asked."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = resolve_model(cfg.model, base_dir)
+    path = teacher_path(cfg, base_dir)
     if is_local(path) and not (Path(path) / "config.json").exists():
         if cfg.train is None:
             raise InputError(
@@ -139,3 +155,27 @@ def train_teacher(cfg: TeacherTraining, texts: list[str], out: Path, block_lengt
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     tmp.rename(out)  # a killed run never leaves a half-written teacher behind
+
+
+def load_encoder_teacher(cfg: TeacherConfig, base_dir: Path) -> tuple[Any, Any, dict[str, Any], str]:
+    """An encoder teacher (`AutoModel`, eval mode), its tokenizer, its pooling and its folder."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from distill.embedding import read_pooling
+
+    path = teacher_path(cfg, base_dir)
+    if is_local(path) and not (Path(path) / "config.json").exists():
+        raise InputError(f"teacher.model: folder {cfg.model or path!r} does not exist (or has no config.json)")
+    kwargs = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+        model = AutoModel.from_pretrained(path, use_safetensors=True, **kwargs)
+    except OSError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"teacher.model: cannot load {cfg.model or path!r}: {first}") from exc
+    if model.config.model_type != "bert":
+        raise InputError(
+            f"teacher.model: embedding students are BERT encoders; the teacher is {model.config.model_type!r}"
+        )
+    pooling = read_pooling(Path(path)) if is_local(path) else {"mode": "mean", "normalize": False}
+    return model.eval(), tokenizer, pooling, path

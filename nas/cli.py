@@ -114,6 +114,11 @@ def _distill(args: argparse.Namespace, spec: Any, study: Any) -> int:
 
     from nas.full import full_distill, select_trial
 
+    if spec.study.task != "causal-lm":
+        raise InputError(
+            f"study.task: nas distill supports causal-lm studies; {spec.study.task!r} is not supported yet"
+        )
+
     trial = select_trial(study, number=args.trial, best=args.best, max_params=args.max_params)
     tokens_per_step = spec.full.batch_size * spec.data.block_length
     bars: list[Any] = []

@@ -16,8 +16,8 @@ from optuna.trial import TrialState
 from distill import PreparedData, prepare
 from distill.errors import InputError
 from nas.spec import StudySpec
-from nas.trial import TrialPlan, run_trial
-from search_spaces import DecoderArch
+from nas.trial import TrialPlan, run_embedding_trial, run_trial
+from search_spaces import DecoderArch, EncoderArch
 
 logger = logging.getLogger(__name__)
 
@@ -181,6 +181,10 @@ RECORDED = (
     "perplexity",
     "kl",
     "top1_agreement",
+    "cosine",
+    "spearman",
+    "retrieval",
+    "latency_ms_b32",
     "params",
     "non_embedding_params",
     "latency_ms",
@@ -202,7 +206,8 @@ def _trainable(config: dict[str, Any], plan: TrialPlan) -> None:
         if twin is not None:  # the same architecture is not trained again
             tune.report({**wait_for_twin(plan, twin), "duplicate_of": twin})
             return
-        metrics = run_trial(config["arch"], plan)
+        embedding = plan.data.meta.get("task") == "embedding"
+        metrics = (run_embedding_trial if embedding else run_trial)(config["arch"], plan)
     except Exception as exc:  # noqa: BLE001 - every failure is recorded, the search goes on
         import torch
 
@@ -210,7 +215,8 @@ def _trainable(config: dict[str, Any], plan: TrialPlan) -> None:
         # Tune insists on the objectives in every result; NaN never reaches Optuna (see StudySearcher).
         tune.report({"fail_reason": f"{name}: {exc}".strip()[:500], **dict.fromkeys(plan.objectives, math.nan)})
         return
-    tune.report({**metrics, "arch": config["arch"], "arch_short": DecoderArch.from_dict(config["arch"]).short()})
+    arch = (EncoderArch if embedding else DecoderArch).from_dict(config["arch"])
+    tune.report({**metrics, "arch": config["arch"], "arch_short": arch.short()})
 
 
 def _progress_callback(study: optuna.Study, total: int, target: int, started: float) -> Any:
@@ -269,6 +275,18 @@ def front_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 
 def prepare_study(spec: StudySpec, device: str = "cpu") -> PreparedData:
     """Tokenize the data and cache the teacher's outputs, once per study."""
+    if spec.study.task == "embedding":
+        from distill.embedding_cache import prepare_embedding
+
+        return prepare_embedding(
+            spec.teacher,
+            spec.data,
+            spec.distill,
+            base_dir=spec.base_dir,
+            cache_root=spec.out_dir / "cache",
+            seed=spec.study.seed,
+            device=device,
+        )
     data = prepare(
         spec.teacher,
         spec.data,

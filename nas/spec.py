@@ -17,11 +17,17 @@ from distill.data import DataConfig
 from distill.errors import InputError
 from distill.loop import DistillConfig, FullConfig
 from distill.teachers import TeacherConfig, TeacherTraining
-from search_spaces import DecoderSpace
+from search_spaces import DecoderSpace, EncoderSpace
 
-TASKS = ("causal-lm",)
+TASKS = ("causal-lm", "embedding")
 QUALITY_METRICS = {"perplexity": "min", "kl": "min", "top1_agreement": "max"}
+EMBEDDING_METRICS = {"cosine": "max", "spearman": "max", "retrieval": "max"}
 SIZE_METRICS = {"params": "min", "non_embedding_params": "min", "latency_ms": "min", "peak_memory_mb": "min"}
+TASK_METRICS = {
+    "causal-lm": (QUALITY_METRICS, SIZE_METRICS),
+    "embedding": (EMBEDDING_METRICS, SIZE_METRICS | {"latency_ms_b32": "min"}),
+}
+TASK_SPACES: dict[str, type] = {"causal-lm": DecoderSpace, "embedding": EncoderSpace}
 
 
 class SpecError(InputError):
@@ -35,7 +41,7 @@ class StudyConfig:
     name: str = ""
     """the study's name; outputs go to studies/<name>/ (default: the spec file's stem)"""
     task: str = "causal-lm"
-    """what the students learn; one of: causal-lm"""
+    """what the students learn: causal-lm (next-token KD) or embedding (sentence embeddings)"""
     trials: int = 8
     """total number of completed, distinct architectures to evaluate"""
     seed: int = 0
@@ -62,12 +68,17 @@ class Objectives:
     optionally with its direction: "top1_agreement:max"."""
 
     quality: tuple[str, ...] = ("perplexity",)
-    """one or more of: perplexity (min), kl (min), top1_agreement (max)"""
+    """causal-lm: perplexity (min), kl (min), top1_agreement (max); embedding: cosine, spearman,
+    retrieval (all max); default: perplexity or cosine"""
     size: tuple[str, ...] = ("params",)
-    """one or more of: params, non_embedding_params, latency_ms, peak_memory_mb (all min)"""
+    """params, non_embedding_params, latency_ms, peak_memory_mb, and for embedding latency_ms_b32 (all min)"""
 
     def __post_init__(self) -> None:
-        for group, allowed in (("quality", QUALITY_METRICS), ("size", SIZE_METRICS)):
+        every = [TASK_METRICS[t] for t in TASKS]
+        for group, allowed in (
+            ("quality", {k: v for q, _ in every for k, v in q.items()}),
+            ("size", {k: v for _, z in every for k, v in z.items()}),
+        ):
             entries = tuple(getattr(self, group))
             object.__setattr__(self, group, entries)
             if not entries:
@@ -85,7 +96,7 @@ class Objectives:
     @property
     def metrics(self) -> list[tuple[str, str]]:
         """(name, "min" | "max") for every objective, quality first."""
-        table = QUALITY_METRICS | SIZE_METRICS
+        table = {k: v for t in TASKS for group in TASK_METRICS[t] for k, v in group.items()}
         out = []
         for entry in (*self.quality, *self.size):
             name, _, direction = entry.partition(":")
@@ -113,7 +124,7 @@ SECTIONS: dict[str, type] = {
     "study": StudyConfig,
     "teacher": TeacherConfig,
     "data": DataConfig,
-    "space": DecoderSpace,
+    "space": DecoderSpace,  # EncoderSpace for task embedding
     "distill": DistillConfig,
     "full": FullConfig,
     "objectives": Objectives,
@@ -128,7 +139,7 @@ class StudySpec:
     study: StudyConfig
     teacher: TeacherConfig
     data: DataConfig
-    space: DecoderSpace
+    space: DecoderSpace | EncoderSpace
     distill: DistillConfig
     full: FullConfig
     objectives: Objectives
@@ -234,5 +245,18 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
         raise SpecError(f"{unknown[0]}: unknown section; allowed: {', '.join(SECTIONS)}")
     if "teacher" not in raw:
         raise SpecError("teacher: required section (teacher.model: a hub id or a local folder)")
-    parts = {name: _build(cls, raw.get(name, {}), name) for name, cls in SECTIONS.items()}
+    task = raw.get("study", {}).get("task", "causal-lm") if isinstance(raw.get("study"), dict) else "causal-lm"
+    sections = dict(SECTIONS, space=TASK_SPACES.get(task, DecoderSpace))
+    objectives = raw.setdefault("objectives", {})
+    if task == "embedding" and isinstance(objectives, dict):
+        objectives.setdefault("quality", ["cosine"])
+    parts = {name: _build(cls, raw.get(name, {}), name) for name, cls in sections.items()}
+    quality, size = TASK_METRICS[parts["study"].task]
+    for group, allowed in (("quality", quality), ("size", size)):
+        for entry in getattr(parts["objectives"], group):
+            name = entry.partition(":")[0]
+            if name not in allowed:
+                raise SpecError(
+                    f"objectives.{group}: {name!r} is not a metric of task {parts['study'].task}; allowed: {', '.join(allowed)}"
+                )
     return StudySpec(path=path.resolve(), **parts)

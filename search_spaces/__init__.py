@@ -2,7 +2,7 @@
 
 from search_spaces._decoder import FAMILIES, DecoderArch, DecoderSpace, build_config, build_model
 from search_spaces._encoder import EncoderArch, EncoderSpace, build_encoder, build_encoder_config
-from search_spaces._init import bert_importance, init_bert_from_teacher, pick_layers
+from search_spaces._init import bert_importance, init_bert_from_teacher, kept_channels, pick_layers
 
 __all__ = [
     "FAMILIES",
@@ -16,5 +16,6 @@ __all__ = [
     "build_encoder_config",
     "build_model",
     "init_bert_from_teacher",
+    "kept_channels",
     "pick_layers",
 ]

@@ -73,6 +73,11 @@ def bert_importance(teacher: Any, batch: dict[str, torch.Tensor]) -> dict[str, A
     }
 
 
+def kept_channels(scores: dict[str, Any], width: int) -> torch.Tensor:
+    """The hidden channels a student of `width` keeps (ascending)."""
+    return _top(scores["hidden"], width)
+
+
 def _top(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Indices of the k largest scores, in ascending index order (keeps the original order)."""
     if k > scores.numel():
@@ -106,9 +111,16 @@ _BERT_ROLES = [
 
 
 @torch.no_grad()
-def init_bert_from_teacher(student: Any, teacher: Any, batch: dict[str, torch.Tensor], layer_pick: str) -> list[int]:
+def init_bert_from_teacher(
+    student: Any,
+    teacher: Any,
+    batch: dict[str, torch.Tensor] | None,
+    layer_pick: str,
+    scores: dict[str, Any] | None = None,
+) -> list[int]:
     """Overwrite every weight of the BERT `student` with its slice of `teacher`'s; returns the
-    teacher layers taken. `batch` (input_ids, attention_mask) is the calibration batch."""
+    teacher layers taken. The importance `scores` come from `bert_importance` on a calibration
+    batch, measured here from `batch` (input_ids, attention_mask) when not given."""
     s, t = student.config, teacher.config
     head_dim = s.hidden_size // s.num_attention_heads
     layers = pick_layers(t.num_hidden_layers, s.num_hidden_layers, layer_pick)
@@ -118,8 +130,8 @@ def init_bert_from_teacher(student: Any, teacher: Any, batch: dict[str, torch.Te
         or s.num_attention_heads > t.num_attention_heads
     ):
         raise ValueError("init = teacher: the student is wider than the teacher somewhere (hidden, heads or FFN)")
-    scores = bert_importance(teacher, batch)
-    hidden = _top(scores["hidden"], s.hidden_size)
+    scores = scores if scores is not None else bert_importance(teacher, batch)
+    hidden = kept_channels(scores, s.hidden_size)
     attn = [_attention_index(scores["context"][j], s.num_attention_heads, head_dim) for j in layers]
     ffn = [_top(scores["ffn"][j], s.intermediate_size) for j in layers]
     teacher_params = dict(teacher.named_parameters())
