@@ -127,6 +127,8 @@ def encode_texts(
     """Token ids (N, max_length) int32 and attention mask (N, max_length) int8, padded and truncated."""
     if max_items:
         texts = texts[:max_items]
+    if tokenizer.pad_token is None:  # BPE tokenizers of causal models: pad with EOS
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     if not texts:
         raise InputError("data: no paragraph of text to encode; give more text")
     enc = tokenizer(texts, padding="max_length", truncation=True, max_length=max_length, return_tensors="np")

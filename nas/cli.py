@@ -11,7 +11,7 @@ from typing import Any
 
 from distill.errors import InputError
 
-DEFAULT_SPEC = "studies/demo-lm.toml"
+DEFAULT_SPEC = "studies/demo.toml"
 
 
 def _split(items: list[str]) -> tuple[str, list[str]]:
@@ -113,13 +113,10 @@ def _distill(args: argparse.Namespace, spec: Any, study: Any) -> int:
     from tqdm import tqdm
 
     from nas.full import full_distill, select_trial
+    from nas.spec import TASK_METRICS
 
-    if spec.study.task != "causal-lm":
-        raise InputError(
-            f"study.task: nas distill supports causal-lm studies; {spec.study.task!r} is not supported yet"
-        )
-
-    trial = select_trial(study, number=args.trial, best=args.best, max_params=args.max_params)
+    quality = TASK_METRICS[spec.study.task][0]
+    trial = select_trial(study, number=args.trial, best=args.best, max_params=args.max_params, metrics=quality)
     tokens_per_step = spec.full.batch_size * spec.data.block_length
     bars: list[Any] = []
     started: list[float] = []
@@ -142,7 +139,7 @@ def _distill(args: argparse.Namespace, spec: Any, study: Any) -> int:
         bar.close()
     m, b = record["metrics"], record["brief"]
     teacher = study.user_attrs.get("teacher_metrics", {})
-    for key in ("perplexity", "kl", "top1_agreement"):
+    for key in quality:
         print(
             f"{key:>15}: full {m[key]:.4f}  brief {b.get(key, float('nan')):.4f}  teacher {teacher.get(key, float('nan')):.4f}"
         )

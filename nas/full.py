@@ -17,18 +17,24 @@ import optuna
 import torch
 
 from distill import DistillConfig, PreparedData, distill, evaluate_lm, size_metrics
+from distill.embedding import embedding_loss_fn, evaluate_embeddings
 from distill.errors import InputError
 from nas.model_card import model_card
 from nas.search import DISTILLED, distinct_complete, front_trials, load_existing_study, prepare_study
-from nas.spec import QUALITY_METRICS, StudySpec
-from nas.trial import pick_device
-from search_spaces import DecoderArch, build_model
+from nas.spec import QUALITY_METRICS, TASK_METRICS, StudySpec
+from nas.trial import build_embedding_student, embedding_size, pick_device
+from search_spaces import DecoderArch, EncoderArch, build_model
 
 logger = logging.getLogger(__name__)
 
 
 def select_trial(
-    study: optuna.Study, *, number: int | None = None, best: str | None = None, max_params: float | None = None
+    study: optuna.Study,
+    *,
+    number: int | None = None,
+    best: str | None = None,
+    max_params: float | None = None,
+    metrics: dict[str, str] = QUALITY_METRICS,
 ) -> optuna.trial.FrozenTrial:
     """The trial `number`, or the front trial best at quality metric `best` within `max_params`."""
     if not distinct_complete(study):
@@ -42,8 +48,8 @@ def select_trial(
             raise InputError(f"--trial: trial {number} is {trial.state.name}, not COMPLETE {reason}".rstrip())
         twin = trial.user_attrs.get("duplicate_of")
         return study.trials[twin] if twin is not None else trial
-    if best not in QUALITY_METRICS:
-        raise InputError(f"--best: unknown metric {best!r}; allowed: {', '.join(QUALITY_METRICS)}")
+    if best not in metrics:
+        raise InputError(f"--best: unknown metric {best!r}; allowed: {', '.join(metrics)}")
     candidates = [
         t
         for t in front_trials(study)
@@ -52,7 +58,7 @@ def select_trial(
     if not candidates:
         limit = f" with at most {max_params:,.0f} parameters" if max_params is not None else ""
         raise InputError(f"--best: no front trial{limit} has a {best}; relax --max-params")
-    sign = 1 if QUALITY_METRICS[best] == "min" else -1
+    sign = 1 if metrics[best] == "min" else -1
     return min(candidates, key=lambda t: sign * t.user_attrs[best])
 
 
@@ -85,43 +91,66 @@ def full_distill(
         logger.warning("no checkpoint in %s: starting from the beginning", ckpt)
     data = prepare_study(spec, "cuda" if spec.resources.gpus > 0 else "cpu")
     device = pick_device(spec.resources.gpus or float(torch.cuda.is_available()))
-    arch = DecoderArch.from_dict(trial.user_attrs["arch"])
     cfg = spec.full.apply(spec.distill)
+    length = data.meta["block_length"]
     metric, direction = spec.objectives.metrics[0]
     sign = 1.0 if direction == "min" else -1.0
-    valid_blocks, valid_targets = data.blocks("valid"), data.targets("valid")
+    torch.manual_seed(spec.study.seed)
+    if spec.study.task == "embedding":
+        arch: Any = EncoderArch.from_dict(trial.user_attrs["arch"])
+        student: Any = build_embedding_student(arch, data).to(device)
+        items = data.array("train_ids")
+        targets = {
+            n: data.array(f"train_{n}")
+            for n in ("emb", "hidden", "query", "key", "value")
+            if (data.path / f"train_{n}.npy").exists()
+        }
+        heads = math.gcd(data.meta["teacher_heads"], arch.hidden)
+        loop: dict[str, Any] = {
+            "loss_fn": embedding_loss_fn(student, items, data.array("train_mask"), targets, cfg, device, heads)
+        }
+
+        def quality(split: str) -> dict[str, float]:
+            return evaluate_embeddings(
+                student, data.array(f"{split}_ids"), data.array(f"{split}_mask"), data.array(f"{split}_emb"), device
+            )
+
+        def size() -> dict[str, float]:
+            return embedding_size(student, length, device)
+    else:
+        arch = DecoderArch.from_dict(trial.user_attrs["arch"])
+        student = build_model(arch, data.teacher_config(), length)
+        items, loop = data.blocks("train"), {"targets": data.targets("train")}
+
+        def quality(split: str) -> dict[str, float]:
+            return evaluate_lm(student, data.blocks(split), data.targets(split), device=device)
+
+        def size() -> dict[str, float]:
+            return size_metrics(student, length, device=device)
 
     def validate(model: torch.nn.Module) -> float:
-        return sign * evaluate_lm(model, valid_blocks, valid_targets, device=device)[metric]
+        return sign * quality("valid")[metric]
 
-    torch.manual_seed(spec.study.seed)
-    student = build_model(arch, data.teacher_config(), data.meta["block_length"])
-    logger.info(
-        "full distillation of trial %d (%s): %d steps",
-        trial.number,
-        arch.short(),
-        cfg.total_steps(data.meta["block_length"]),
-    )
+    logger.info("full distillation of trial %d (%s): %d steps", trial.number, arch.short(), cfg.total_steps(length))
     start = time.perf_counter()
     result = distill(
         student,
-        data.blocks("train"),
+        items,
         cfg,
-        targets=data.targets("train"),
         seed=spec.study.seed,
         device=device,
         on_step=on_step,
         validate=validate,
         checkpoint_dir=ckpt,
         resume=resume,
+        **loop,
     )
     seconds = time.perf_counter() - start
-    metrics = evaluate_lm(student, data.blocks("eval"), data.targets("eval"), device=device)
-    metrics |= size_metrics(student, data.meta["block_length"], device=device)
+    metrics = quality("eval") | size()
     record = {
         "export": str(out),
         "metrics": metrics,
-        "brief": {k: trial.user_attrs[k] for k in QUALITY_METRICS if k in trial.user_attrs},
+        "brief": {k: trial.user_attrs[k] for k in TASK_METRICS[spec.study.task][0] if k in trial.user_attrs},
         "steps": result.steps,
         "best_step": result.best_step,
         "stopped_early": result.stopped_early,
@@ -131,7 +160,10 @@ def full_distill(
         "command": command,
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    _export(student, data, spec, trial, arch, cfg, record, out)
+    if spec.study.task == "embedding":
+        _export_sentence_transformer(student, data, spec, trial, arch, cfg, record, out)
+    else:
+        _export(student, data, spec, trial, arch, cfg, record, out)
     shutil.rmtree(ckpt, ignore_errors=True)  # the run is complete: its checkpoints are spent
     distilled = dict(study.user_attrs.get(DISTILLED, {}))
     distilled[str(trial.number)] = record
@@ -168,6 +200,48 @@ def _export(
         top_p=0.95,
         temperature=0.8,
     ).save_pretrained(tmp)
+    (tmp / "README.md").write_text(model_card(spec, data.meta, trial.number, arch, cfg, record))
+    (tmp / "distill_nas.json").write_text(json.dumps({"arch": arch.to_dict(), **record}, indent=2, default=_plain))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+
+
+def _export_sentence_transformer(
+    student: Any,
+    data: PreparedData,
+    spec: StudySpec,
+    trial: optuna.trial.FrozenTrial,
+    arch: EncoderArch,
+    cfg: DistillConfig,
+    record: dict[str, Any],
+    out: Path,
+) -> None:
+    """A sentence-transformers folder (Transformer, Pooling, Dense projection, Normalize) saved
+    by sentence-transformers itself, plus the model card; swapped in whole."""
+    from sentence_transformers import SentenceTransformer, models
+    from transformers import AutoTokenizer
+
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    hf = tmp.with_name(tmp.name + ".hf")
+    student = student.cpu().eval()
+    student.encoder.save_pretrained(hf)
+    AutoTokenizer.from_pretrained(data.path / "teacher").save_pretrained(hf)
+    modules: list[Any] = [
+        models.Transformer(str(hf), max_seq_length=data.meta["block_length"]),
+        models.Pooling(arch.hidden, pooling_mode=student.pooling["mode"]),
+    ]
+    if student.projection is not None:
+        weight = student.projection.weight.detach().clone()
+        modules.append(
+            models.Dense(
+                arch.hidden, weight.shape[0], bias=False, activation_function=torch.nn.Identity(), init_weight=weight
+            )
+        )
+    if student.pooling["normalize"]:
+        modules.append(models.Normalize())
+    SentenceTransformer(modules=modules, device="cpu").save(str(tmp))
+    shutil.rmtree(hf, ignore_errors=True)
     (tmp / "README.md").write_text(model_card(spec, data.meta, trial.number, arch, cfg, record))
     (tmp / "distill_nas.json").write_text(json.dumps({"arch": arch.to_dict(), **record}, indent=2, default=_plain))
     shutil.rmtree(out, ignore_errors=True)

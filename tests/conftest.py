@@ -114,3 +114,94 @@ def ray_local():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
+
+
+def save_tiny_sentence_encoder(folder: Path, tokenizer) -> Path:
+    """A 4-layer, 64-wide BERT laid out as a sentence-transformers folder (mean pooling, normalized)."""
+    import json
+
+    import torch
+    from transformers import AutoConfig, AutoModel
+
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    config = AutoConfig.for_model(
+        "bert",
+        vocab_size=len(tokenizer),
+        max_position_embeddings=64,
+        hidden_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        intermediate_size=128,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    AutoModel.from_config(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+    ]
+    (folder / "modules.json").write_text(json.dumps(modules))
+    (folder / "1_Pooling").mkdir()
+    (folder / "1_Pooling" / "config.json").write_text(
+        json.dumps({"word_embedding_dimension": 64, "pooling_mode_mean_tokens": True, "pooling_mode_cls_token": False})
+    )
+    (folder / "2_Normalize").mkdir()
+    return folder
+
+
+@pytest.fixture(scope="session")
+def sentence_teacher(tmp_path_factory, tokenizer) -> Path:
+    return save_tiny_sentence_encoder(tmp_path_factory.mktemp("sentence-teacher") / "encoder", tokenizer)
+
+
+def write_embedding_spec(folder: Path, teacher: Path, name: str = "tinyemb", extra: str = "") -> Path:
+    """An embedding study spec for the tiny sentence encoder on documentation paragraphs."""
+    import json
+
+    data = folder / "docs.jsonl"
+    if not data.exists():
+        data.write_text("\n".join(json.dumps({"body": t}) for t in corpus()))
+    spec = folder / f"{name}.toml"
+    spec.write_text(
+        f"""
+[study]
+name = "{name}"
+task = "embedding"
+trials = 3
+concurrency = 2
+
+[teacher]
+model = "{teacher}"
+
+[data]
+source = "json"
+files = ["docs.jsonl"]
+text_column = "body"
+block_length = 48
+train_blocks = 64
+valid_blocks = 8
+eval_blocks = 24
+
+[space]
+layers = [1, 3]
+heads = [2, 4, 8]
+head_dim = [4, 8]
+ffn_ratio = [1.0, 2.0]
+init = ["random", "teacher"]
+layer_pick = ["even", "first", "every_other"]
+
+[distill]
+steps = 5
+batch_size = 8
+hidden_weight = 1.0
+relation_weight = 1.0
+{extra}
+[objectives]
+quality = ["cosine", "spearman"]
+size = ["non_embedding_params", "latency_ms_b32"]
+"""
+    )
+    return spec

@@ -10,8 +10,11 @@ ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = sorted((ROOT / "studies").glob("*.toml"))
 
 
-def test_there_is_a_shipped_spec():
-    assert any(p.name == "demo-lm.toml" for p in SHIPPED)
+def test_the_shipped_specs_and_the_default():
+    from nas.cli import DEFAULT_SPEC
+
+    assert {"demo.toml", "demo-lm.toml"} <= {p.name for p in SHIPPED}
+    assert DEFAULT_SPEC == "studies/demo.toml" and load_spec(ROOT / DEFAULT_SPEC).study.task == "embedding"
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
