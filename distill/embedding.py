@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from distill.evaluate import embedding_fidelity
+from distill.evaluate import embedding_fidelity, median_ms
 from distill.loop import DistillConfig, autocast
 from distill.losses import (
     embedding_cosine_loss,
@@ -174,25 +174,8 @@ def evaluate_embeddings(
     return embedding_fidelity(encode(student, ids, mask, device), torch.from_numpy(np.array(teacher_emb)))
 
 
-@torch.no_grad()
-def sentence_latency_ms(
-    model: Callable[..., Any], batch: int, seq_len: int, device: torch.device, warmup: int = 2, repeats: int = 5
-) -> float:
+def sentence_latency_ms(model: Callable[..., Any], batch: int, seq_len: int, device: torch.device) -> float:
     """Median time per sentence of a forward pass over a (batch, seq_len) batch."""
-    import statistics
-    import time
-
     ids = torch.ones(batch, seq_len, dtype=torch.long, device=device)
     mask = torch.ones_like(ids)
-    times = []
-    for i in range(warmup + repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        with autocast(device):
-            model(input_ids=ids, attention_mask=mask)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return 1000.0 * statistics.median(times) / batch
+    return median_ms(lambda: model(input_ids=ids, attention_mask=mask), device, repeats=5) / batch

@@ -63,26 +63,28 @@ def param_counts(model: torch.nn.Module) -> dict[str, int]:
     return {"params": total, "non_embedding_params": total - embedding}
 
 
-@torch.no_grad()
-def latency_ms_per_token(
-    model: torch.nn.Module, seq_len: int, *, device: torch.device | str = "cpu", warmup: int = 2, repeats: int = 7
-) -> float:
-    """Median time of a batch-1 forward pass over `seq_len` tokens, divided by `seq_len`."""
-    device = torch.device(device)
-    model.to(device).eval()
-    tokens = torch.zeros(1, seq_len, dtype=torch.long, device=device)
+def median_ms(run: Any, device: torch.device, warmup: int = 2, repeats: int = 7) -> float:
+    """Median wall time of `run()` in ms after warm-up runs, synchronizing CUDA around each."""
     times = []
     for i in range(warmup + repeats):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         start = time.perf_counter()
-        with autocast(device):
-            model(input_ids=tokens)
+        with torch.no_grad(), autocast(device):
+            run()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         if i >= warmup:
             times.append(time.perf_counter() - start)
-    return 1000.0 * statistics.median(times) / seq_len
+    return 1000.0 * statistics.median(times)
+
+
+def latency_ms_per_token(model: torch.nn.Module, seq_len: int, *, device: torch.device | str = "cpu") -> float:
+    """Median time of a batch-1 forward pass over `seq_len` tokens, divided by `seq_len`."""
+    device = torch.device(device)
+    model.to(device).eval()
+    tokens = torch.zeros(1, seq_len, dtype=torch.long, device=device)
+    return median_ms(lambda: model(input_ids=tokens), device) / seq_len
 
 
 @contextlib.contextmanager

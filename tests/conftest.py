@@ -61,13 +61,18 @@ def teacher_dirs(tmp_path_factory, tokenizer) -> dict[str, Path]:
     return {f: save_tiny_teacher(root / f, f, tokenizer) for f in TEACHER_FAMILIES}
 
 
-def write_spec(folder: Path, teacher: Path, name: str = "tiny", extra: str = "") -> Path:
-    """A study spec for a tiny teacher on a few documentation topics."""
+def _write_docs(folder: Path) -> None:
+    """The documentation topics as a JSON-lines file with a `body` column."""
     import json
 
     data = folder / "docs.jsonl"
     if not data.exists():
         data.write_text("\n".join(json.dumps({"body": t}) for t in corpus()))
+
+
+def write_spec(folder: Path, teacher: Path, name: str = "tiny", extra: str = "") -> Path:
+    """A study spec for a tiny teacher on a few documentation topics."""
+    _write_docs(folder)
     spec = folder / f"{name}.toml"
     spec.write_text(
         f"""
@@ -159,11 +164,7 @@ def sentence_teacher(tmp_path_factory, tokenizer) -> Path:
 
 def write_embedding_spec(folder: Path, teacher: Path, name: str = "tinyemb", extra: str = "") -> Path:
     """An embedding study spec for the tiny sentence encoder on documentation paragraphs."""
-    import json
-
-    data = folder / "docs.jsonl"
-    if not data.exists():
-        data.write_text("\n".join(json.dumps({"body": t}) for t in corpus()))
+    _write_docs(folder)
     spec = folder / f"{name}.toml"
     spec.write_text(
         f"""
