@@ -117,7 +117,10 @@ def _distill(args: argparse.Namespace, spec: Any, study: Any) -> int:
 
     quality = TASK_METRICS[spec.study.task][0]
     trial = select_trial(study, number=args.trial, best=args.best, max_params=args.max_params, metrics=quality)
-    tokens_per_step = spec.full.batch_size * spec.data.block_length
+    # Causal LMs train on full blocks (tokens/s); embedding students on paragraphs (sentences/s).
+    embedding = spec.study.task == "embedding"
+    per_step = spec.full.batch_size * (1 if embedding else spec.data.block_length)
+    rate_name = "sent_s" if embedding else "tok_s"
     bars: list[Any] = []
     started: list[float] = []
 
@@ -128,8 +131,8 @@ def _distill(args: argparse.Namespace, spec: Any, study: Any) -> int:
         bar = bars[0]
         bar.update(1)
         if step > started[1]:
-            rate = (step - started[1]) * tokens_per_step / (time.perf_counter() - started[0])
-            bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{rate:,.0f}", refresh=False)
+            rate = (step - started[1]) * per_step / (time.perf_counter() - started[0])
+            bar.set_postfix({"loss": f"{loss:.3f}", rate_name: f"{rate:,.0f}"}, refresh=False)
 
     command = shlex.join(["nas", *sys.argv[1:]]) if sys.argv[1:2] == ["distill"] else ""
     record = full_distill(
