@@ -94,6 +94,7 @@ def _brief_vs_full(study: optuna.Study, rows: list[dict]) -> go.Figure | None:
         xaxis_title=size,
         yaxis_title=quality,
     )
+    fig.update_xaxes(type="log")  # sizes span orders of magnitude; one student still gets a readable axis
     return fig
 
 
@@ -143,7 +144,7 @@ def write_report(study: optuna.Study, out: Path) -> Path:
         for r in rows
     )
     teacher = study.user_attrs.get("teacher_metrics") or {}
-    teacher_line = ", ".join(f"{k} {v:.6g}" for k, v in teacher.items())
+    teacher_line = ", ".join(f"{k} {FORMATS.get(k, '{:.6g}').format(v)}" for k, v in teacher.items())
     doc = f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>distill-nas: {html.escape(study.study_name)}</title>
 <style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}}
