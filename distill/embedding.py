@@ -75,13 +75,13 @@ class EmbeddingStudent(torch.nn.Module):
         self.hidden_projection = torch.nn.Linear(width, teacher_dim, bias=False) if width != teacher_dim else None
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, internals: bool = False) -> Any:
-        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask)
+        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=internals)
         emb = pool(out.last_hidden_state, attention_mask, self.pooling["mode"])
         if self.projection is not None:
             emb = self.projection(emb)
         if self.pooling["normalize"]:
             emb = F.normalize(emb, dim=-1)
-        return (emb, out.last_hidden_state) if internals else emb
+        return (emb, out.hidden_states) if internals else emb
 
 
 def selection_matrix(kept: torch.Tensor, width: int) -> torch.Tensor:
@@ -135,22 +135,29 @@ def embedding_loss_fn(
     cfg: DistillConfig,
     device: torch.device,
     relation_heads: int,
+    layer_map: list[int] | None = None,
 ) -> Callable[[np.ndarray], torch.Tensor]:
     """The loss of a micro-batch: cosine + MSE on embeddings, and where asked, hidden states
-    (through the student's learned projection) and MiniLM relations of the last layer."""
+    of mapped layers (student state j against teacher state layer_map[j], the embedding
+    output included, through the student's learned projection; mean over the pairs) and
+    MiniLM relations of the last layer."""
     qkv = LastLayerQKV(student.encoder) if cfg.relation_weight > 0 else None
 
     def loss(idx: np.ndarray) -> torch.Tensor:
         i, m = _trimmed(ids[idx], mask[idx], device)
         teacher_emb = torch.from_numpy(np.asarray(targets["emb"][idx])).to(device)
         with autocast(device):
-            emb, hidden = student(i, m, internals=True)
+            emb, states = student(i, m, internals=True)  # states: (B, t, d) per layer, embeddings first
         total = cfg.cosine_weight * embedding_cosine_loss(emb, teacher_emb)
         total = total + cfg.mse_weight * embedding_mse_loss(emb, teacher_emb)
         if cfg.hidden_weight > 0:
-            t_hidden = torch.from_numpy(np.asarray(targets["hidden"][idx][:, : m.shape[1]])).to(device)
-            h = student.hidden_projection(hidden) if student.hidden_projection is not None else hidden
-            total = total + cfg.hidden_weight * hidden_state_loss(h, t_hidden, m)
+            mapping = layer_map or list(range(len(states)))
+            t_all = torch.from_numpy(np.asarray(targets["hidden"][idx][:, :, : m.shape[1]])).to(
+                device
+            )  # (B, Lt+1, t, D)
+            project = student.hidden_projection or (lambda h: h)
+            pairs = [hidden_state_loss(project(h), t_all[:, mapping[j]], m) for j, h in enumerate(states)]
+            total = total + cfg.hidden_weight * torch.stack(pairs).mean()
         if qkv is not None:
             t = {
                 n: torch.from_numpy(np.asarray(targets[n][idx][:, : m.shape[1]])).to(device)

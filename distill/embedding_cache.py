@@ -30,8 +30,11 @@ def _teacher_outputs(teacher, pooling, ids, mask, out: Path, split: str, cfg: Di
     n, length = ids.shape
     width = teacher.config.hidden_size
     arrays = {"emb": np.lib.format.open_memmap(out / f"{split}_emb.npy", "w+", np.float32, (n, width))}
+    layers = teacher.config.num_hidden_layers + 1  # the embedding output and every layer's
     if split == "train" and cfg.hidden_weight > 0:
-        arrays["hidden"] = np.lib.format.open_memmap(out / "train_hidden.npy", "w+", np.float16, (n, length, width))
+        arrays["hidden"] = np.lib.format.open_memmap(
+            out / "train_hidden.npy", "w+", np.float16, (n, layers, length, width)
+        )
     if split == "train" and cfg.relation_weight > 0:
         for name in ("query", "key", "value"):
             arrays[name] = np.lib.format.open_memmap(out / f"train_{name}.npy", "w+", np.float16, (n, length, width))
@@ -41,13 +44,15 @@ def _teacher_outputs(teacher, pooling, ids, mask, out: Path, split: str, cfg: Di
             i, m = _trimmed(ids[start : start + 32], mask[start : start + 32], device)
             t = i.shape[1]
             with autocast(device):
-                hidden = teacher(input_ids=i, attention_mask=m).last_hidden_state.float()  # (B, t, D)
+                states = teacher(input_ids=i, attention_mask=m, output_hidden_states="hidden" in arrays)
+            hidden = states.last_hidden_state.float()  # (B, t, D)
             emb = pool(hidden, m, pooling["mode"])
             if pooling["normalize"]:
                 emb = torch.nn.functional.normalize(emb, dim=-1)
             arrays["emb"][start : start + 32] = emb.cpu().numpy()
             if "hidden" in arrays:
-                arrays["hidden"][start : start + 32, :t] = hidden.cpu().numpy().astype(np.float16)
+                every = torch.stack(states.hidden_states, dim=1).float()  # (B, layers, t, D)
+                arrays["hidden"][start : start + 32, :, :t] = every.cpu().numpy().astype(np.float16)
             for name in ("query", "key", "value"):
                 if name in arrays:
                     arrays[name][start : start + 32, :t] = qkv.out[name].float().cpu().numpy().astype(np.float16)
@@ -127,6 +132,7 @@ def prepare_embedding(
         "pooling": pooling,
         "teacher_dim": teacher.config.hidden_size,
         "teacher_heads": teacher.config.num_attention_heads,
+        "teacher_layers": teacher.config.num_hidden_layers,
         "block_length": length,
         **{f"{k}_items": v for k, v in counts.items()},
         "data": dataclasses.asdict(data_cfg),

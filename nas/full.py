@@ -22,7 +22,7 @@ from distill.errors import InputError
 from nas.model_card import model_card
 from nas.search import DISTILLED, distinct_complete, front_trials, load_existing_study, prepare_study
 from nas.spec import QUALITY_METRICS, TASK_METRICS, StudySpec
-from nas.trial import build_embedding_student, embedding_size, pick_device
+from nas.trial import build_embedding_student, embedding_size, layer_map, pick_device
 from search_spaces import DecoderArch, EncoderArch, build_model
 
 logger = logging.getLogger(__name__)
@@ -107,7 +107,16 @@ def full_distill(
         }
         heads = math.gcd(data.meta["teacher_heads"], arch.hidden)
         loop: dict[str, Any] = {
-            "loss_fn": embedding_loss_fn(student, items, data.array("train_mask"), targets, cfg, device, heads)
+            "loss_fn": embedding_loss_fn(
+                student,
+                items,
+                data.array("train_mask"),
+                targets,
+                cfg,
+                device,
+                heads,
+                layer_map(arch, data.meta["teacher_layers"]),
+            )
         }
 
         def quality(split: str) -> dict[str, float]:

@@ -20,7 +20,15 @@ from distill.embedding import (
     sentence_latency_ms,
 )
 from distill.evaluate import peak_memory_mb
-from search_spaces import DecoderArch, EncoderArch, build_encoder, build_model, init_bert_from_teacher, kept_channels
+from search_spaces import (
+    DecoderArch,
+    EncoderArch,
+    build_encoder,
+    build_model,
+    init_bert_from_teacher,
+    kept_channels,
+    pick_layers,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +117,15 @@ def embedding_size(student: EmbeddingStudent, seq_len: int, device: torch.device
     }
 
 
+def layer_map(arch: EncoderArch, teacher_layers: int) -> list[int]:
+    """The teacher hidden state each student hidden state is matched to (embeddings to
+    embeddings; each student layer to the teacher layer it was taken from, or evenly spread)."""
+    if arch.layers > teacher_layers:
+        return [0] + [round((j + 1) * teacher_layers / arch.layers) for j in range(arch.layers)]
+    pick = arch.layer_pick if arch.init == "teacher" else "even"
+    return [0] + [p + 1 for p in pick_layers(teacher_layers, arch.layers, pick)]
+
+
 def run_embedding_trial(arch_dict: dict[str, Any], plan: TrialPlan) -> dict[str, Any]:
     """Distill one encoder architecture into the teacher's embedding space and measure it."""
     torch.set_num_threads(max(1, int(plan.cpus)))
@@ -124,7 +141,8 @@ def run_embedding_trial(arch_dict: dict[str, Any], plan: TrialPlan) -> dict[str,
     }
     ids, mask = data.array("train_ids"), data.array("train_mask")
     heads = math.gcd(meta["teacher_heads"], arch.hidden)
-    loss_fn = embedding_loss_fn(student, ids, mask, targets, plan.distill, device, heads)
+    mapping = layer_map(arch, meta["teacher_layers"])
+    loss_fn = embedding_loss_fn(student, ids, mask, targets, plan.distill, device, heads, mapping)
     start = time.perf_counter()
     result = distill(student, ids, plan.distill, seed=plan.seed, device=device, loss_fn=loss_fn)
     train_seconds = time.perf_counter() - start

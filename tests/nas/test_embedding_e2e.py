@@ -44,6 +44,7 @@ def test_embedding_search_end_to_end(tmp_path, sentence_teacher):
     data = PreparedData(next((spec.out_dir / "cache").iterdir()))
     for name in ("train_emb", "train_hidden", "train_query", "train_key", "train_value", "eval_emb"):
         assert (data.path / f"{name}.npy").exists(), name
+    assert data.array("train_hidden").shape == (64, 5, 48, 64)  # every layer's states, embeddings first
     assert front_trials(study) and "cosine ↑" in front_table(study)
     assert json.loads(front_json(study))["front"]
     assert "Pareto front" in write_report(study, spec.out_dir / "report.html").read_text()

@@ -94,3 +94,12 @@ def test_wider_than_the_teacher_is_refused(teacher):
     student = build_encoder(EncoderArch("bert", 2, 8, 16, 1.0, "teacher"), TEACHER)
     with pytest.raises(ValueError, match="wider than the teacher"):
         init_bert_from_teacher(student, teacher, _batch(), "even")
+
+
+def test_layer_map_matches_each_student_layer_to_its_source():
+    from nas.trial import layer_map
+
+    assert layer_map(EncoderArch("bert", 3, 4, 8, 1.0, "teacher", "first"), 6) == [0, 1, 2, 3]
+    assert layer_map(EncoderArch("bert", 3, 4, 8, 1.0, "teacher", "every_other"), 6) == [0, 2, 4, 6]
+    assert layer_map(EncoderArch("bert", 2, 4, 8, 1.0, "random"), 6)[-1] == 6
+    assert layer_map(EncoderArch("bert", 8, 4, 8, 1.0, "random"), 4) == [0, 0, 1, 2, 2, 2, 3, 4, 4]
