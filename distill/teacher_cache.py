@@ -24,6 +24,7 @@ from distill.errors import InputError
 from distill.evaluate import evaluate_lm, size_metrics
 from distill.loop import TeacherTargets, autocast
 from distill.teachers import TeacherConfig, is_local, load_teacher, teacher_path
+from search_spaces import decoder_importance
 
 logger = logging.getLogger(__name__)
 
@@ -140,6 +141,9 @@ def prepare(
         _teacher_topk(teacher, arr, top_k, temperature if split == "train" else 1.0, tmp, split, dev)
     teacher.config.save_pretrained(tmp / "teacher")
     tokenizer.save_pretrained(tmp / "teacher")
+    if teacher.config.model_type in ("gpt2", "llama", "qwen2", "mistral"):  # for students sliced from the teacher
+        calib = torch.from_numpy(blocks["train"][:16].astype(np.int64)).to(dev)
+        torch.save(decoder_importance(teacher, {"input_ids": calib}), tmp / "importance.pt")
     eval_targets = TeacherTargets(
         np.load(tmp / "eval_topk_logp.npy", mmap_mode="r"), np.load(tmp / "eval_topk_idx.npy", mmap_mode="r"), 1.0
     )

@@ -22,7 +22,7 @@ from distill.errors import InputError
 from nas.model_card import model_card
 from nas.search import DISTILLED, distinct_complete, front_trials, load_existing_study, prepare_study
 from nas.spec import QUALITY_METRICS, TASK_METRICS, StudySpec
-from nas.trial import build_embedding_student, embedding_size, layer_map, pick_device
+from nas.trial import build_embedding_student, embedding_size, init_decoder_student, layer_map, pick_device
 from search_spaces import DecoderArch, EncoderArch, build_model
 
 logger = logging.getLogger(__name__)
@@ -129,6 +129,8 @@ def full_distill(
     else:
         arch = DecoderArch.from_dict(trial.user_attrs["arch"])
         student = build_model(arch, data.teacher_config(), length)
+        if arch.init == "teacher":
+            init_decoder_student(student, arch, data)
         items, loop = data.blocks("train"), {"targets": data.targets("train")}
 
         def quality(split: str) -> dict[str, float]:

@@ -287,6 +287,31 @@ def prepare_study(spec: StudySpec, device: str = "cpu") -> PreparedData:
             seed=spec.study.seed,
             device=device,
         )
+    data = _prepare_causal(spec, device)
+    space = spec.space
+    if "teacher" in space.init:  # a student sliced from the teacher has the teacher's family and head width
+        cfg = data.teacher_config()
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        if list(space.families) != [cfg.model_type] or list(space.head_dim) != [head_dim]:
+            raise InputError(
+                f"space.init: students initialized from the teacher need families = [{cfg.model_type!r}] "
+                f"and head_dim = [{head_dim}] (the teacher's); got {list(space.families)} and {list(space.head_dim)}"
+            )
+        ffn = getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None) or 4 * cfg.hidden_size
+        limits = (
+            ("layers", max(space.layers), cfg.num_hidden_layers),
+            ("heads", max(space.heads), cfg.num_attention_heads),
+        )
+        limits += (("ffn_ratio", max(space.ffn_ratio), ffn / cfg.hidden_size),)
+        for key, asked, most in limits:
+            if asked > most:
+                raise InputError(
+                    f"space.{key}: {asked} exceeds the teacher's {most:g}; students sliced from it cannot be larger"
+                )
+    return data
+
+
+def _prepare_causal(spec: StudySpec, device: str) -> PreparedData:
     data = prepare(
         spec.teacher,
         spec.data,

@@ -26,6 +26,7 @@ from search_spaces import (
     build_encoder,
     build_model,
     init_bert_from_teacher,
+    init_decoder_from_teacher,
     kept_channels,
     pick_layers,
 )
@@ -61,6 +62,8 @@ def run_trial(arch_dict: dict[str, Any], plan: TrialPlan) -> dict[str, Any]:
     meta = plan.data.meta
     torch.manual_seed(plan.seed)
     student = build_model(arch, plan.data.teacher_config(), meta["block_length"])
+    if arch.init == "teacher":
+        init_decoder_student(student, arch, plan.data)
     start = time.perf_counter()
     result = distill(
         student,
@@ -84,6 +87,15 @@ def run_trial(arch_dict: dict[str, Any], plan: TrialPlan) -> dict[str, Any]:
         "loss_curve": losses[::stride],
         "device": str(device),
     }
+
+
+def init_decoder_student(student: Any, arch: DecoderArch, data: PreparedData) -> None:
+    """Slice a decoder student from the teacher's weights, ranked on the study's calibration batch."""
+    from transformers import AutoModelForCausalLM
+
+    teacher = AutoModelForCausalLM.from_pretrained(data.meta["teacher"], use_safetensors=True)
+    scores = torch.load(data.path / "importance.pt", weights_only=True)
+    init_decoder_from_teacher(student, teacher, None, arch.layer_pick, scores=scores)
 
 
 def build_embedding_student(arch: EncoderArch, data: PreparedData) -> EmbeddingStudent:

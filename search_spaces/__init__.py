@@ -2,7 +2,14 @@
 
 from search_spaces._decoder import FAMILIES, DecoderArch, DecoderSpace, build_config, build_model
 from search_spaces._encoder import EncoderArch, EncoderSpace, build_encoder, build_encoder_config
-from search_spaces._init import bert_importance, init_bert_from_teacher, kept_channels, pick_layers
+from search_spaces._init import (
+    bert_importance,
+    decoder_importance,
+    init_bert_from_teacher,
+    init_decoder_from_teacher,
+    kept_channels,
+    pick_layers,
+)
 
 __all__ = [
     "FAMILIES",
@@ -15,7 +22,9 @@ __all__ = [
     "build_encoder",
     "build_encoder_config",
     "build_model",
+    "decoder_importance",
     "init_bert_from_teacher",
+    "init_decoder_from_teacher",
     "kept_channels",
     "pick_layers",
 ]

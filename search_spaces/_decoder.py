@@ -13,6 +13,8 @@ from typing import Any
 import optuna
 
 LLAMA_FAMILY = ("llama", "qwen2", "mistral")
+INITS = ("random", "teacher")
+LAYER_PICKS = ("even", "first", "every_other")
 FAMILIES = ("gpt2", *LLAMA_FAMILY)
 
 
@@ -38,9 +40,14 @@ class DecoderSpace:
     """choices for FFN size / hidden size"""
     tie_embeddings: tuple[bool, ...] = (True, False)
     """choices for sharing the input embedding with the output projection"""
+    init: tuple[str, ...] = ("random",)
+    """how students start: random, teacher (a slice of a teacher of the same family and head
+    width; families and head_dim must then be the teacher's), or both"""
+    layer_pick: tuple[str, ...] = ("even",)
+    """which teacher layers a teacher-initialized student takes: even, first, every_other"""
 
     def __post_init__(self) -> None:
-        for name in ("families", "heads", "head_dim", "ffn_ratio", "tie_embeddings"):
+        for name in ("families", "heads", "head_dim", "ffn_ratio", "tie_embeddings", "init", "layer_pick"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
             if not getattr(self, name):
                 raise ValueError(f"{name}: needs at least one choice")
@@ -62,6 +69,10 @@ class DecoderSpace:
             raise ValueError(f"ffn_ratio: choices must be positive numbers, got {list(self.ffn_ratio)}")
         if not all(isinstance(t, bool) for t in self.tie_embeddings):
             raise ValueError(f"tie_embeddings: choices must be true/false, got {list(self.tie_embeddings)}")
+        for name, allowed in (("init", INITS), ("layer_pick", LAYER_PICKS)):
+            bad = [v for v in getattr(self, name) if v not in allowed]
+            if bad:
+                raise ValueError(f"{name}: unknown choice {bad[0]!r}; allowed: {', '.join(allowed)}")
 
     def sample(self, trial: optuna.trial.BaseTrial) -> dict[str, Any]:
         """Sample one architecture: `suggest_*` calls only, returns the plain-dict architecture."""
@@ -75,6 +86,8 @@ class DecoderSpace:
         if family in LLAMA_FAMILY and self.gqa:
             # One parameter name per head count keeps each distribution's choices fixed.
             kv_heads = trial.suggest_categorical(f"kv_heads_of_{heads}", _divisors(heads))
+        init = trial.suggest_categorical("init", list(self.init))
+        pick = trial.suggest_categorical("layer_pick", list(self.layer_pick)) if init == "teacher" else "even"
         return {
             "family": family,
             "layers": layers,
@@ -83,6 +96,8 @@ class DecoderSpace:
             "head_dim": head_dim,
             "ffn_ratio": ffn_ratio,
             "tie_embeddings": tie,
+            "init": init,
+            "layer_pick": pick,
         }
 
 
@@ -97,8 +112,12 @@ class DecoderArch:
     head_dim: int
     ffn_ratio: float
     tie_embeddings: bool
+    init: str = "random"
+    layer_pick: str = "even"
 
     def __post_init__(self) -> None:
+        if self.init not in INITS or self.layer_pick not in LAYER_PICKS:
+            raise ValueError(f"init/layer_pick: allowed {', '.join(INITS)} / {', '.join(LAYER_PICKS)}")
         if self.family not in FAMILIES:
             raise ValueError(f"family: unknown {self.family!r}; allowed: {', '.join(FAMILIES)}")
         if min(self.layers, self.heads, self.kv_heads, self.head_dim) < 1:
@@ -110,7 +129,7 @@ class DecoderArch:
 
     @classmethod
     def from_dict(cls, arch: dict[str, Any]) -> DecoderArch:
-        return cls(**{f.name: arch[f.name] for f in dataclasses.fields(cls)})
+        return cls(**{f.name: arch[f.name] for f in dataclasses.fields(cls) if f.name in arch})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -127,7 +146,8 @@ class DecoderArch:
         """One-line summary, e.g. `llama L3 d128 h4/kv2 ffn512 tied`."""
         kv = f"/kv{self.kv_heads}" if self.kv_heads != self.heads else ""
         tie = "tied" if self.tie_embeddings else "untied"
-        return f"{self.family} L{self.layers} d{self.hidden} h{self.heads}{kv} ffn{self.ffn} {tie}"
+        init = f" init=teacher/{self.layer_pick}" if self.init == "teacher" else ""
+        return f"{self.family} L{self.layers} d{self.hidden} h{self.heads}{kv} ffn{self.ffn} {tie}{init}"
 
     def param_counts(self, vocab_size: int, max_positions: int) -> dict[str, int]:
         """Parameter counts derived from the architecture (must match the built model)."""

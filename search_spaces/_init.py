@@ -151,3 +151,153 @@ def init_bert_from_teacher(
                 weight = weight.index_select(axis, index.to(weight.device))
         param.copy_(weight)
     return layers
+
+
+def _decoder_layout(model: Any) -> tuple[list[Any], str]:
+    """The blocks of a causal LM and its family: gpt2, or llama for Llama, Qwen2 and Mistral."""
+    if model.config.model_type == "gpt2":
+        return list(model.transformer.h), "gpt2"
+    if model.config.model_type in ("llama", "qwen2", "mistral"):
+        return list(model.model.layers), "llama"
+    raise ValueError(f"init = teacher: no slicing for {model.config.model_type!r} models")
+
+
+@torch.no_grad()
+def decoder_importance(teacher: Any, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Mean |activation| on `batch`: per hidden channel (every norm's output), per attention
+    context dimension (the output projection's input) and per FFN neuron (the down
+    projection's input) of each layer of a GPT-2 or Llama-family teacher."""
+    blocks, family = _decoder_layout(teacher)
+    hidden = torch.zeros(teacher.config.hidden_size)
+    context: list[torch.Tensor] = []
+    ffn: list[torch.Tensor] = []
+    hooks = []
+
+    def mean_abs(x: Any) -> torch.Tensor:
+        x = x[0] if isinstance(x, tuple) else x
+        return x.abs().float().flatten(0, -2).mean(0)
+
+    def add_hidden(_m: Any, _i: Any, out: Any) -> None:  # returns None: the output is kept
+        hidden.add_(mean_abs(out))
+
+    for _name, module in teacher.named_modules():
+        if type(module).__name__.endswith(("LayerNorm", "RMSNorm")):
+            hooks.append(module.register_forward_hook(add_hidden))
+    for block in blocks:
+        attn_out = block.attn.c_proj if family == "gpt2" else block.self_attn.o_proj
+        ffn_out = block.mlp.c_proj if family == "gpt2" else block.mlp.down_proj
+        hooks.append(attn_out.register_forward_pre_hook(lambda _m, i: context.append(mean_abs(i))))
+        hooks.append(ffn_out.register_forward_pre_hook(lambda _m, i: ffn.append(mean_abs(i))))
+    try:
+        teacher.eval()(**batch)
+    finally:
+        for h in hooks:
+            h.remove()
+    heads = teacher.config.num_attention_heads if family == "llama" else teacher.config.n_head
+    return {"hidden": hidden, "context": [c.view(heads, -1) for c in context], "ffn": ffn}
+
+
+def _gqa_index(context: torch.Tensor, kv_teacher: int, heads: int, kv_heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Q rows and K/V rows to keep: the most important KV groups, then the most important
+    query heads inside each kept group (a query head keeps its own KV head)."""
+    teacher_heads, dim = context.shape
+    group_t, group_s = teacher_heads // kv_teacher, heads // kv_heads
+    norms = context.norm(dim=1)  # (teacher heads,)
+
+    def rows(hs: torch.Tensor) -> torch.Tensor:
+        return torch.cat([h * dim + torch.arange(dim) for h in hs.tolist()])
+
+    if kv_heads <= kv_teacher and group_s <= group_t:  # the teacher's grouping can be kept
+        by_group = norms.view(kv_teacher, group_t)
+        groups = _top(by_group.sum(1), kv_heads)
+        q_heads = torch.cat([g * group_t + _top(by_group[g], group_s) for g in groups.tolist()])
+        return rows(q_heads), rows(groups)
+    # Regrouped: the most important query heads, in order; each student KV head copies the
+    # teacher KV head of the first query head of its group.
+    q_heads = _top(norms, heads)
+    kv_of = torch.tensor([q_heads[i * group_s].item() // group_t for i in range(kv_heads)])
+    return rows(q_heads), rows(kv_of)
+
+
+_DECODER_ROLES = {
+    "gpt2": [
+        (r"(wte|wpe)\.weight$|lm_head\.weight$", (None, "hidden")),
+        (r"ln_(1|2|f)\.(weight|bias)$", ("hidden",)),
+        (r"attn\.c_attn\.weight$", ("hidden", "qkv")),
+        (r"attn\.c_attn\.bias$", ("qkv",)),
+        (r"attn\.c_proj\.weight$", ("q", "hidden")),
+        (r"mlp\.c_fc\.weight$", ("hidden", "ffn")),
+        (r"mlp\.c_fc\.bias$", ("ffn",)),
+        (r"mlp\.c_proj\.weight$", ("ffn", "hidden")),
+        (r"(attn|mlp)\.c_proj\.bias$", ("hidden",)),
+    ],
+    "llama": [
+        (r"embed_tokens\.weight$|lm_head\.weight$", (None, "hidden")),
+        (r"norm\.weight$", ("hidden",)),
+        (r"q_proj\.weight$", ("q", "hidden")),
+        (r"q_proj\.bias$", ("q",)),
+        (r"(k|v)_proj\.weight$", ("kv", "hidden")),
+        (r"(k|v)_proj\.bias$", ("kv",)),
+        (r"o_proj\.weight$", ("hidden", "q")),
+        (r"(gate|up)_proj\.weight$", ("ffn", "hidden")),
+        (r"down_proj\.weight$", ("hidden", "ffn")),
+    ],
+}
+
+
+@torch.no_grad()
+def init_decoder_from_teacher(
+    student: Any,
+    teacher: Any,
+    batch: dict[str, torch.Tensor] | None,
+    layer_pick: str,
+    scores: dict[str, Any] | None = None,
+) -> list[int]:
+    """Overwrite every weight of a GPT-2 or Llama-family `student` with its slice of a teacher
+    of the same family and head width; returns the teacher layers taken."""
+    if student.config.model_type != teacher.config.model_type:
+        raise ValueError(
+            f"family: a {student.config.model_type} student cannot be sliced from a {teacher.config.model_type} teacher"
+        )
+    _, family = _decoder_layout(teacher)
+    s, t = student.config, teacher.config
+    if family == "gpt2":
+        n_layers, heads, kv, width = (t.n_layer, t.n_head, t.n_head, t.n_embd)
+        s_layers, s_heads, s_kv, s_width = (s.n_layer, s.n_head, s.n_head, s.n_embd)
+        s_ffn = s.n_inner or 4 * s.n_embd
+    else:
+        n_layers, heads, kv, width = (t.num_hidden_layers, t.num_attention_heads, t.num_key_value_heads, t.hidden_size)
+        s_layers, s_heads, s_kv, s_width = (
+            s.num_hidden_layers,
+            s.num_attention_heads,
+            s.num_key_value_heads,
+            s.hidden_size,
+        )
+        s_ffn = s.intermediate_size
+    t_dim = getattr(t, "head_dim", None) or width // heads
+    s_dim = getattr(s, "head_dim", None) or s_width // s_heads
+    if s_dim != t_dim:
+        raise ValueError(f"head_dim: init = teacher keeps the teacher's head width ({t_dim}), got {s_dim}")
+    layers = pick_layers(n_layers, s_layers, layer_pick)
+    scores = scores if scores is not None else decoder_importance(teacher, batch)
+    hidden = kept_channels(scores, s_width)
+    per_layer = []
+    for j in layers:
+        q, kv_rows = _gqa_index(scores["context"][j], kv, s_heads, s_kv)
+        ffn = _top(scores["ffn"][j], s_ffn)
+        qkv = torch.cat([q, heads * t_dim + q, 2 * heads * t_dim + q]) if family == "gpt2" else None
+        per_layer.append({"q": q, "kv": kv_rows, "ffn": ffn, "qkv": qkv})
+    teacher_params = dict(teacher.named_parameters())
+    pattern = r"(transformer\.h|model\.layers)\.(\d+)\."
+    for name, param in student.named_parameters():
+        match = re.search(pattern, name)
+        i = int(match.group(2)) if match else None
+        source = name if i is None else name.replace(f"{match.group(1)}.{i}.", f"{match.group(1)}.{layers[i]}.", 1)
+        roles = next(r for p, r in _DECODER_ROLES[family] if re.search(p, name))
+        weight = teacher_params[source] if source in teacher_params else teacher.get_output_embeddings().weight
+        for axis, role in enumerate(roles):
+            if role is not None:
+                index = hidden if role == "hidden" else per_layer[i][role]
+                weight = weight.index_select(axis, index.to(weight.device))
+        param.copy_(weight)
+    return layers

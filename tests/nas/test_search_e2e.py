@@ -144,3 +144,25 @@ def test_repeated_architectures_are_not_trained_again(tmp_path, teacher_dirs):
     assert all("train_seconds" in t.user_attrs for t in repeats)
     assert len(distinct_complete(study)) == 1
     assert optuna.load_study(study_name=spec.name, storage=spec.storage_url).trials
+
+
+def test_decoder_students_sliced_from_the_teacher(tmp_path, teacher_dirs):
+    from distill.errors import InputError
+
+    overrides = ["space.families=['llama']", "space.head_dim=[8]", "space.heads=[2, 4]", "space.init=['teacher']"]
+    overrides += ["space.layer_pick=['even', 'first', 'every_other']", "study.trials=2"]
+    spec = load_spec(write_spec(tmp_path, teacher_dirs["llama"], name="sliced"), overrides)
+    study = run_search(spec)
+    done = distinct_complete(study)
+    failed = study.get_trials(states=(TrialState.FAIL,))
+    assert len(done) == 2, [t.user_attrs.get("fail_reason") for t in failed]
+    assert all(t.user_attrs["arch"]["init"] == "teacher" and "init=teacher" in t.user_attrs["arch_short"] for t in done)
+    wrong = load_spec(
+        write_spec(tmp_path, teacher_dirs["llama"], name="wrongfamily"),
+        [*overrides[:1], "space.families=['gpt2']", *overrides[1:]],
+    )
+    with pytest.raises(
+        InputError,
+        match=r"space\.init: students initialized from the teacher need families = \['llama'\] and head_dim = \[8\]",
+    ):
+        run_search(wrong)

@@ -103,3 +103,83 @@ def test_layer_map_matches_each_student_layer_to_its_source():
     assert layer_map(EncoderArch("bert", 3, 4, 8, 1.0, "teacher", "every_other"), 6) == [0, 2, 4, 6]
     assert layer_map(EncoderArch("bert", 2, 4, 8, 1.0, "random"), 6)[-1] == 6
     assert layer_map(EncoderArch("bert", 8, 4, 8, 1.0, "random"), 4) == [0, 0, 1, 2, 2, 2, 3, 4, 4]
+
+
+def _causal(family, **kw):
+    from transformers import AutoModelForCausalLM
+
+    if family == "gpt2":
+        cfg = AutoConfig.for_model(
+            "gpt2", vocab_size=97, n_positions=32, n_embd=32, n_layer=4, n_head=4, bos_token_id=0, eos_token_id=0, **kw
+        )
+    else:
+        cfg = AutoConfig.for_model(
+            family, vocab_size=97, max_position_embeddings=32, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=8, intermediate_size=64, bos_token_id=0, eos_token_id=0, **kw,
+        )  # fmt: skip
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(cfg).eval()
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "qwen2", "mistral"])
+@pytest.mark.parametrize("tied", [True, False])
+def test_decoder_with_the_teachers_shape_reproduces_it(family, tied):
+    from search_spaces import init_decoder_from_teacher
+
+    teacher, student = _causal(family, tie_word_embeddings=tied), _causal(family, tie_word_embeddings=tied)
+    torch.manual_seed(5)
+    student.apply(
+        lambda m: [torch.nn.init.normal_(p) for p in m.parameters(recurse=False)]
+    )  # nothing left of the teacher
+    ids = torch.randint(1, 97, (2, 10))
+    assert init_decoder_from_teacher(student, teacher, {"input_ids": ids}, "even") == [0, 1, 2, 3]
+    with torch.no_grad():
+        torch.testing.assert_close(student(input_ids=ids).logits, teacher(input_ids=ids).logits, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_decoder_slicing_keeps_the_most_important_units_and_runs(family):
+    from search_spaces import DecoderArch, build_model, decoder_importance, init_decoder_from_teacher
+
+    teacher = _causal(family)
+    ids = {"input_ids": torch.randint(1, 97, (2, 10))}
+    scores = decoder_importance(teacher, ids)
+    kv = 2 if family == "gpt2" else 1
+    arch = DecoderArch(family, 2, heads=2, kv_heads=kv, head_dim=8, ffn_ratio=1.0, tie_embeddings=True)
+    student = build_model(arch, teacher.config, 32)
+    assert init_decoder_from_teacher(student, teacher, ids, "first") == [0, 1]
+    ffn = scores["ffn"][1].topk(16).indices.sort().values
+    hidden = scores["hidden"].topk(16).indices.sort().values
+    if family == "gpt2":
+        torch.testing.assert_close(
+            student.transformer.h[1].mlp.c_fc.weight, teacher.transformer.h[1].mlp.c_fc.weight[hidden][:, ffn]
+        )
+    else:
+        up_t, up_s = teacher.model.layers[1].mlp.up_proj.weight, student.model.layers[1].mlp.up_proj.weight
+        torch.testing.assert_close(up_s, up_t[ffn][:, hidden])
+    assert torch.isfinite(student(**ids).logits).all()
+
+
+def test_decoder_init_refuses_another_family():
+    from search_spaces import init_decoder_from_teacher
+
+    with pytest.raises(ValueError, match="cannot be sliced"):
+        init_decoder_from_teacher(
+            _causal("llama"), _causal("gpt2"), {"input_ids": torch.ones(1, 4, dtype=torch.long)}, "even"
+        )
+
+
+def test_gqa_regrouping_when_the_student_has_more_kv_heads():
+    from search_spaces import DecoderArch, build_model, init_decoder_from_teacher
+
+    teacher = _causal("llama")  # 4 heads in 2 KV groups
+    student = build_model(
+        DecoderArch("llama", 2, heads=4, kv_heads=4, head_dim=8, ffn_ratio=1.0, tie_embeddings=True), teacher.config, 32
+    )
+    ids = {"input_ids": torch.randint(1, 97, (2, 10))}
+    init_decoder_from_teacher(student, teacher, ids, "even")
+    k_t, k_s = teacher.model.layers[3].self_attn.k_proj.weight, student.model.layers[1].self_attn.k_proj.weight
+    # full width is kept, so every student KV head is exactly one of the teacher's two
+    for i in range(4):
+        assert any(torch.equal(k_s[i * 8 : (i + 1) * 8], k_t[j * 8 : (j + 1) * 8]) for j in range(2))
+    assert torch.isfinite(student(**ids).logits).all()
