@@ -9,6 +9,7 @@ temperature, held-out targets at temperature 1 (for the KL and agreement metrics
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -39,8 +40,9 @@ class PreparedData:
         """A cached array, memory-mapped."""
         return np.load(self.path / f"{name}.npy", mmap_mode="r")
 
-    @property
+    @functools.cached_property
     def meta(self) -> dict[str, Any]:
+        """The cache's description (read once per object; a finished cache never changes)."""
         return json.loads((self.path / "meta.json").read_text())
 
     def blocks(self, split: str) -> np.ndarray:

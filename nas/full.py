@@ -20,7 +20,7 @@ from distill import DistillConfig, PreparedData, distill, evaluate_lm, size_metr
 from distill.embedding import embedding_loss_fn, evaluate_embeddings
 from distill.errors import InputError
 from nas.model_card import model_card
-from nas.search import DISTILLED, distinct_complete, front_trials, load_existing_study, prepare_study
+from nas.search import DISTILLED, distinct_complete, front_trials, prepare_study
 from nas.spec import QUALITY_METRICS, TASK_METRICS, StudySpec
 from nas.trial import build_embedding_student, embedding_size, init_decoder_student, layer_map, pick_device
 from search_spaces import DecoderArch, EncoderArch, build_model
@@ -171,10 +171,7 @@ def full_distill(
         "command": command,
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    if spec.study.task == "embedding":
-        _export_sentence_transformer(student, data, spec, trial, arch, cfg, record, out)
-    else:
-        _export(student, data, spec, trial, arch, cfg, record, out)
+    _export(student, data, spec, trial, arch, cfg, record, out)
     shutil.rmtree(ckpt, ignore_errors=True)  # the run is complete: its checkpoints are spent
     distilled = dict(study.user_attrs.get(DISTILLED, {}))
     distilled[str(trial.number)] = record
@@ -187,19 +184,31 @@ def _export(
     data: PreparedData,
     spec: StudySpec,
     trial: optuna.trial.FrozenTrial,
-    arch: DecoderArch,
+    arch: Any,
     cfg: DistillConfig,
     record: dict[str, Any],
     out: Path,
 ) -> None:
-    """save_pretrained (safetensors) + tokenizer + generation config + model card, swapped in whole."""
-    from transformers import AutoTokenizer, GenerationConfig
-
-    tokenizer = AutoTokenizer.from_pretrained(data.path / "teacher")
+    """The task's model folder plus the model card and `distill_nas.json`, written beside `out`
+    and swapped in whole, so that a failure never leaves half an export."""
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    student.cpu().save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
+    if spec.study.task == "embedding":
+        _write_sentence_transformer(student, data, arch, tmp)
+    else:
+        _write_causal_lm(student, data, tmp)
+    (tmp / "README.md").write_text(model_card(spec, data.meta, trial.number, arch, cfg, record))
+    (tmp / "distill_nas.json").write_text(json.dumps({"arch": arch.to_dict(), **record}, indent=2, default=_plain))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+
+
+def _write_causal_lm(student: Any, data: PreparedData, folder: Path) -> None:
+    """save_pretrained (safetensors), the teacher's tokenizer and a generation config."""
+    from transformers import AutoTokenizer, GenerationConfig
+
+    student.cpu().save_pretrained(folder)
+    AutoTokenizer.from_pretrained(data.path / "teacher").save_pretrained(folder)
     config = student.config
     pad = config.pad_token_id if config.pad_token_id is not None else config.eos_token_id
     GenerationConfig(
@@ -210,31 +219,16 @@ def _export(
         do_sample=True,
         top_p=0.95,
         temperature=0.8,
-    ).save_pretrained(tmp)
-    (tmp / "README.md").write_text(model_card(spec, data.meta, trial.number, arch, cfg, record))
-    (tmp / "distill_nas.json").write_text(json.dumps({"arch": arch.to_dict(), **record}, indent=2, default=_plain))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    ).save_pretrained(folder)
 
 
-def _export_sentence_transformer(
-    student: Any,
-    data: PreparedData,
-    spec: StudySpec,
-    trial: optuna.trial.FrozenTrial,
-    arch: EncoderArch,
-    cfg: DistillConfig,
-    record: dict[str, Any],
-    out: Path,
-) -> None:
+def _write_sentence_transformer(student: Any, data: PreparedData, arch: EncoderArch, folder: Path) -> None:
     """A sentence-transformers folder (Transformer, Pooling, Dense projection, Normalize) saved
-    by sentence-transformers itself, plus the model card; swapped in whole."""
+    by sentence-transformers itself."""
     from sentence_transformers import SentenceTransformer, models
     from transformers import AutoTokenizer
 
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    hf = tmp.with_name(tmp.name + ".hf")
+    hf = folder.with_name(folder.name + ".hf")
     student = student.cpu().eval()
     student.encoder.save_pretrained(hf)
     AutoTokenizer.from_pretrained(data.path / "teacher").save_pretrained(hf)
@@ -251,12 +245,8 @@ def _export_sentence_transformer(
         )
     if student.pooling["normalize"]:
         modules.append(models.Normalize())
-    SentenceTransformer(modules=modules, device="cpu").save(str(tmp))
+    SentenceTransformer(modules=modules, device="cpu").save(str(folder))
     shutil.rmtree(hf, ignore_errors=True)
-    (tmp / "README.md").write_text(model_card(spec, data.meta, trial.number, arch, cfg, record))
-    (tmp / "distill_nas.json").write_text(json.dumps({"arch": arch.to_dict(), **record}, indent=2, default=_plain))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
 
 
 def _plain(value: Any) -> Any:
@@ -267,4 +257,4 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-__all__ = ["DISTILLED", "full_distill", "load_existing_study", "select_trial"]
+__all__ = ["checkpoint_dir", "export_dir", "full_distill", "select_trial"]

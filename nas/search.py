@@ -312,7 +312,7 @@ def prepare_study(spec: StudySpec, device: str = "cpu") -> PreparedData:
 
 
 def _prepare_causal(spec: StudySpec, device: str) -> PreparedData:
-    data = prepare(
+    return prepare(
         spec.teacher,
         spec.data,
         base_dir=spec.base_dir,
@@ -322,7 +322,6 @@ def _prepare_causal(spec: StudySpec, device: str) -> PreparedData:
         seed=spec.study.seed,
         device=device,
     )
-    return data
 
 
 def run_search(spec: StudySpec, *, trials: int | None = None, address: str | None = None) -> optuna.Study:

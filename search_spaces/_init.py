@@ -94,6 +94,34 @@ def _attention_index(context: torch.Tensor, heads: int, head_dim: int) -> torch.
     return torch.cat([h * teacher_dim + _top(context[h], head_dim) for h in keep.tolist()])
 
 
+def _copy_slices(
+    student: Any,
+    teacher: Any,
+    roles: list[tuple[str, tuple[str | None, ...]]],
+    layer_pattern: str,
+    layers: list[int],
+    hidden: torch.Tensor,
+    per_layer: list[dict[str, torch.Tensor]],
+) -> None:
+    """Copy into every student weight its slice of the teacher's: student layer i reads teacher
+    layer layers[i] (`layer_pattern` captures the layer prefix and index), and each axis is
+    indexed by its role in `roles` (None: whole axis, "hidden": kept channels, else the layer's
+    index set of that name)."""
+    teacher_params = dict(teacher.named_parameters())
+    for name, param in student.named_parameters():
+        match = re.search(layer_pattern, name)
+        i = int(match.group(2)) if match else None
+        source = name if match is None else name.replace(f"{match.group(1)}.{i}.", f"{match.group(1)}.{layers[i]}.", 1)
+        axes = next(r for pattern, r in roles if re.search(pattern, name))
+        # a tied output layer is not a parameter of its own: it is the output embedding
+        weight = teacher_params[source] if source in teacher_params else teacher.get_output_embeddings().weight
+        for axis, role in enumerate(axes):
+            if role is not None:
+                index = hidden if role == "hidden" else per_layer[i][role]
+                weight = weight.index_select(axis, index.to(weight.device))
+        param.copy_(weight)
+
+
 # (pattern, roles of the weight's axes); "attn" and "ffn" are per layer, "hidden" global.
 _BERT_ROLES = [
     (r"embeddings\.(word|position|token_type)_embeddings\.weight$", (None, "hidden")),
@@ -132,24 +160,14 @@ def init_bert_from_teacher(
         raise ValueError("init = teacher: the student is wider than the teacher somewhere (hidden, heads or FFN)")
     scores = scores if scores is not None else bert_importance(teacher, batch)
     hidden = kept_channels(scores, s.hidden_size)
-    attn = [_attention_index(scores["context"][j], s.num_attention_heads, head_dim) for j in layers]
-    ffn = [_top(scores["ffn"][j], s.intermediate_size) for j in layers]
-    teacher_params = dict(teacher.named_parameters())
-    for name, param in student.named_parameters():
-        match = re.search(r"encoder\.layer\.(\d+)\.", name)
-        i = int(match.group(1)) if match else None
-        source = name if i is None else name.replace(f"encoder.layer.{i}.", f"encoder.layer.{layers[i]}.", 1)
-        roles = next(r for pattern, r in _BERT_ROLES if re.search(pattern, name))
-        weight = teacher_params[source]
-        for axis, role in enumerate(roles):
-            if role is not None:
-                index = {
-                    "hidden": hidden,
-                    "attn": attn[i] if i is not None else None,
-                    "ffn": ffn[i] if i is not None else None,
-                }[role]
-                weight = weight.index_select(axis, index.to(weight.device))
-        param.copy_(weight)
+    per_layer = [
+        {
+            "attn": _attention_index(scores["context"][j], s.num_attention_heads, head_dim),
+            "ffn": _top(scores["ffn"][j], s.intermediate_size),
+        }
+        for j in layers
+    ]
+    _copy_slices(student, teacher, _BERT_ROLES, r"(encoder\.layer)\.(\d+)\.", layers, hidden, per_layer)
     return layers
 
 
@@ -287,17 +305,7 @@ def init_decoder_from_teacher(
         ffn = _top(scores["ffn"][j], s_ffn)
         qkv = torch.cat([q, heads * t_dim + q, 2 * heads * t_dim + q]) if family == "gpt2" else None
         per_layer.append({"q": q, "kv": kv_rows, "ffn": ffn, "qkv": qkv})
-    teacher_params = dict(teacher.named_parameters())
-    pattern = r"(transformer\.h|model\.layers)\.(\d+)\."
-    for name, param in student.named_parameters():
-        match = re.search(pattern, name)
-        i = int(match.group(2)) if match else None
-        source = name if i is None else name.replace(f"{match.group(1)}.{i}.", f"{match.group(1)}.{layers[i]}.", 1)
-        roles = next(r for p, r in _DECODER_ROLES[family] if re.search(p, name))
-        weight = teacher_params[source] if source in teacher_params else teacher.get_output_embeddings().weight
-        for axis, role in enumerate(roles):
-            if role is not None:
-                index = hidden if role == "hidden" else per_layer[i][role]
-                weight = weight.index_select(axis, index.to(weight.device))
-        param.copy_(weight)
+    _copy_slices(
+        student, teacher, _DECODER_ROLES[family], r"(transformer\.h|model\.layers)\.(\d+)\.", layers, hidden, per_layer
+    )
     return layers

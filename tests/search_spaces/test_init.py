@@ -33,7 +33,7 @@ def _batch():
 def test_pick_layers():
     assert pick_layers(6, 3, "first") == [0, 1, 2]
     assert pick_layers(6, 3, "every_other") == [1, 3, 5]
-    assert pick_layers(6, 3, "even") == [0, 2, 5] or pick_layers(6, 3, "even") == [0, 3, 5]
+    assert pick_layers(6, 3, "even") == [0, 2, 5]
     assert pick_layers(6, 1, "even") == [5] and pick_layers(6, 6, "even") == list(range(6))
     assert pick_layers(6, 4, "every_other") == [0, 1, 3, 5]
     with pytest.raises(ValueError, match="layers"):
