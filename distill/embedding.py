@@ -141,13 +141,18 @@ def embedding_loss_fn(
     of mapped layers (student state j against teacher state layer_map[j], the embedding
     output included, through the student's learned projection; mean over the pairs) and
     MiniLM relations of the last layer."""
-    qkv = LastLayerQKV(student.encoder) if cfg.relation_weight > 0 else None
 
     def loss(idx: np.ndarray) -> torch.Tensor:
         i, m = _trimmed(ids[idx], mask[idx], device)
         teacher_emb = torch.from_numpy(np.asarray(targets["emb"][idx])).to(device)
-        with autocast(device):
-            emb, states = student(i, m, internals=True)  # states: (B, t, d) per layer, embeddings first
+        # Q/K/V are captured for this forward pass only: validation and export run hook-free.
+        qkv = LastLayerQKV(student.encoder) if cfg.relation_weight > 0 else None
+        try:
+            with autocast(device):
+                emb, states = student(i, m, internals=True)  # states: (B, t, d) per layer, embeddings first
+        finally:
+            if qkv is not None:
+                qkv.close()
         total = cfg.cosine_weight * embedding_cosine_loss(emb, teacher_emb)
         total = total + cfg.mse_weight * embedding_mse_loss(emb, teacher_emb)
         if cfg.hidden_weight > 0:

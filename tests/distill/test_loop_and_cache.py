@@ -114,3 +114,28 @@ def test_full_config_takes_the_loss_of_the_brief_one():
     assert (cfg.temperature, cfg.top_k, cfg.kd_weight, cfg.steps, cfg.grad_accum) == (3.0, 7, 0.7, 900, 2)
     with pytest.raises(ValueError, match="grad_accum"):
         FullConfig(batch_size=6, grad_accum=4)
+
+
+def test_relation_loss_hooks_live_only_during_its_forward_pass():
+    from transformers import AutoConfig, AutoModel
+
+    from distill.embedding import EmbeddingStudent, embedding_loss_fn
+
+    cfg = AutoConfig.for_model(
+        "bert",
+        vocab_size=50,
+        max_position_embeddings=16,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+    )
+    student = EmbeddingStudent(AutoModel.from_config(cfg), 16, {"mode": "mean", "normalize": True})
+    ids, mask = np.random.randint(1, 50, (4, 8)).astype(np.int32), np.ones((4, 8), np.int8)
+    targets = {n: np.random.randn(4, 8, 16).astype(np.float16) for n in ("query", "key", "value")}
+    targets["emb"] = np.random.randn(4, 16).astype(np.float32)
+    loss = embedding_loss_fn(student, ids, mask, targets, DistillConfig(relation_weight=1.0), torch.device("cpu"), 2)
+    value = loss(np.arange(4))
+    assert torch.isfinite(value) and value.item() > 0
+    query = student.encoder.encoder.layer[-1].attention.self.query
+    assert not query._forward_hooks  # nothing left to capture tensors during validation or export
