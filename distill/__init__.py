@@ -1,27 +1,29 @@
-"""How a student learns from a teacher: data, teacher cache, losses, the loop, evaluation."""
+"""How a student learns from a teacher: data, the teacher cache, losses, the loop, evaluation,
+and the tasks (`distill.tasks`) that put them together."""
 
+from distill.cache import PreparedData, prepare
 from distill.data import DataConfig
-from distill.evaluate import evaluate_lm, param_counts, size_metrics
-from distill.loop import DistillConfig, FullConfig, TeacherTargets, TrainResult, distill
-from distill.losses import next_token_ce, topk_kd_loss
-from distill.teacher_cache import PreparedData, prepare
-from distill.teachers import TeacherConfig, TeacherTraining, load_teacher
+from distill.loop import Budget, TrainResult, distill
+from distill.objective import LossConfig, make_loss
+from distill.teacher_outputs import CachedTeacher, LiveTeacher, TeacherOutputs, WeightedTeacher, study_teachers
+from distill.teachers import TeacherConfig, TeacherSource, TeacherTraining, teacher_source
 
 __all__ = [
+    "Budget",
+    "CachedTeacher",
     "DataConfig",
-    "DistillConfig",
-    "FullConfig",
+    "LiveTeacher",
+    "LossConfig",
     "PreparedData",
     "TeacherConfig",
-    "TeacherTargets",
+    "TeacherOutputs",
+    "TeacherSource",
     "TeacherTraining",
     "TrainResult",
+    "WeightedTeacher",
     "distill",
-    "evaluate_lm",
-    "load_teacher",
-    "next_token_ce",
-    "param_counts",
+    "make_loss",
     "prepare",
-    "size_metrics",
-    "topk_kd_loss",
+    "study_teachers",
+    "teacher_source",
 ]

@@ -1,15 +1,15 @@
-"""Loading teachers through `from_pretrained`, and training the demo teacher on first use."""
+"""Teachers: the `[teacher]` section, where a teacher loads from, and `from_pretrained` with
+the safe defaults (safetensors only, no remote code unless the spec allows it)."""
 
 from __future__ import annotations
 
 import dataclasses
-import logging
+import importlib
+import importlib.metadata
 from pathlib import Path
 from typing import Any
 
 from distill.errors import InputError
-
-logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +46,7 @@ class TeacherConfig:
     trust_remote_code: bool = False
     """allow the model's own Python code to run (off by default)"""
     train: TeacherTraining | None = None
-    """train a small GPT into `model` (a local folder) on first use"""
+    """train a small GPT into `model` (a local folder) on first use (causal-LM studies)"""
     package: str = ""
     """instead of `model`: a Python package that ships the model; its get_model_path() gives the folder"""
 
@@ -55,56 +55,72 @@ class TeacherConfig:
             raise ValueError("model: give either model (a hub id or a local folder) or package")
 
 
-def teacher_path(cfg: TeacherConfig, base_dir: Path) -> str:
-    """Where the teacher loads from: a package's model folder, a local folder or a hub id."""
-    if cfg.package:
-        import importlib
+@dataclasses.dataclass(frozen=True)
+class TeacherSource:
+    """Where a teacher's weights load from, resolved once per study and kept with its cache, so
+    that every trial and full run loads the same teacher (same revision, same code policy)."""
 
+    path: str
+    """an absolute local folder or a hub id"""
+    revision: str | None
+    trust_remote_code: bool
+    name: str
+    """how model cards and reports name the teacher: the hub id (and revision), the package, or
+    the folder as the spec gives it, never a path of the machine that ran the study"""
+
+    @property
+    def local(self) -> bool:
+        return Path(self.path).is_absolute()
+
+    def exists(self) -> bool:
+        return not self.local or (Path(self.path) / "config.json").exists()
+
+    def load(self, auto_class: str) -> tuple[Any, Any]:
+        """The model (eval mode) through `transformers.<auto_class>` and its tokenizer."""
+        import transformers
+
+        if not self.exists():
+            raise InputError(
+                f"teacher.model: folder {self.name!r} does not exist (or has no config.json); "
+                "give an existing folder, a hub id, or (causal-lm) a [teacher.train] section"
+            )
+        kwargs = {"revision": self.revision, "trust_remote_code": self.trust_remote_code}
         try:
-            return str(importlib.import_module(cfg.package).get_model_path())
+            tokenizer = transformers.AutoTokenizer.from_pretrained(self.path, **kwargs)
+            model = getattr(transformers, auto_class).from_pretrained(self.path, use_safetensors=True, **kwargs)
+        except OSError as exc:  # not found, unreachable hub, no safetensors weights
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise InputError(f"teacher.model: cannot load {self.name!r}: {first}") from exc
+        return model.eval(), tokenizer
+
+    def load_model(self, auto_class: str) -> Any:
+        """The weights alone (students sliced from the teacher)."""
+        import transformers
+
+        kwargs = {"revision": self.revision, "trust_remote_code": self.trust_remote_code}
+        return getattr(transformers, auto_class).from_pretrained(self.path, use_safetensors=True, **kwargs)
+
+
+def teacher_source(cfg: TeacherConfig, base_dir: Path) -> TeacherSource:
+    """Resolve the `[teacher]` section: a package's model folder, a local folder or a hub id."""
+    if cfg.package:
+        try:
+            path = str(importlib.import_module(cfg.package).get_model_path())
         except (ImportError, AttributeError) as exc:
             raise InputError(
                 f"teacher.package: cannot get a model folder from {cfg.package!r} ({exc}); install it"
             ) from None
-    return resolve_model(cfg.model, base_dir)
-
-
-def resolve_model(model: str, base_dir: Path) -> str:
-    """A local folder's absolute path, or the hub id unchanged."""
-    local = (base_dir / model).resolve()
-    if model.startswith(("./", "../", "/")) or local.exists():
-        return str(local)
-    return model
-
-
-def is_local(model: str) -> bool:
-    return Path(model).is_absolute()
-
-
-def load_teacher(
-    cfg: TeacherConfig, base_dir: Path, train_texts: list[str] | None = None, block_length: int = 128
-) -> tuple[Any, Any]:
-    """The teacher model (eval mode) and its tokenizer, training the demo teacher if asked."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    path = teacher_path(cfg, base_dir)
-    if is_local(path) and not (Path(path) / "config.json").exists():
-        if cfg.train is None:
-            raise InputError(
-                f"teacher.model: folder {cfg.model!r} does not exist (or has no config.json); "
-                "give an existing folder, a hub id, or a [teacher.train] section"
-            )
-        if train_texts is None:
-            raise InputError("teacher.train: training the teacher needs the study's training documents")
-        train_teacher(cfg.train, train_texts, Path(path), block_length)
-    kwargs = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, **kwargs)
-    except OSError as exc:  # not found, unreachable hub, no safetensors weights
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"teacher.model: cannot load {cfg.model!r}: {first}") from exc
-    return model.eval(), tokenizer
+        dist = cfg.package.replace("_", "-")
+        try:
+            name = f"{dist} {importlib.metadata.version(dist)} (package)"
+        except importlib.metadata.PackageNotFoundError:
+            name = f"{cfg.package} (package)"
+        return TeacherSource(path, cfg.revision, cfg.trust_remote_code, name)
+    local = (base_dir / cfg.model).resolve()
+    if cfg.model.startswith(("./", "../", "/")) or local.exists():
+        return TeacherSource(str(local), cfg.revision, cfg.trust_remote_code, cfg.model)
+    name = f"{cfg.model}@{cfg.revision}" if cfg.revision else cfg.model
+    return TeacherSource(cfg.model, cfg.revision, cfg.trust_remote_code, name)
 
 
 def train_tokenizer(texts: list[str], vocab_size: int) -> Any:
@@ -124,58 +140,3 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> Any:
     )
     tok.train_from_iterator(texts, trainer=trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos, bos_token=eos, unk_token=eos)
-
-
-def train_teacher(cfg: TeacherTraining, texts: list[str], out: Path, block_length: int = 128, seed: int = 0) -> None:
-    """Train a tokenizer and a GPT-2 on `texts` and `save_pretrained` both into `out`."""
-    import torch
-    from transformers import PretrainedConfig
-
-    from distill.data import pack
-    from distill.loop import DistillConfig, distill
-    from search_spaces import DecoderArch, build_model
-
-    logger.info("training the teacher into %s (%d steps); later runs reuse it", out, cfg.steps)
-    tokenizer = train_tokenizer(texts, cfg.vocab_size)
-    blocks = pack(texts, tokenizer, block_length)
-    arch = DecoderArch("gpt2", cfg.layers, cfg.heads, cfg.heads, cfg.hidden // cfg.heads, 4.0, True)
-    vocab = PretrainedConfig(
-        vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id
-    )
-    torch.manual_seed(seed)
-    model = build_model(arch, vocab, block_length)
-    loop = DistillConfig(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, warmup=0.05)
-
-    def on_step(step: int, total: int, loss: float) -> None:
-        if step % 50 == 0 or step == total:
-            logger.info("teacher step %d/%d, loss %.3f", step, total, loss)
-
-    distill(model, blocks, loop, seed=seed, on_step=on_step)
-    tmp = out.with_name(out.name + ".partial")
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    tmp.rename(out)  # a killed run never leaves a half-written teacher behind
-
-
-def load_encoder_teacher(cfg: TeacherConfig, base_dir: Path) -> tuple[Any, Any, dict[str, Any], str]:
-    """An encoder teacher (`AutoModel`, eval mode), its tokenizer, its pooling and its folder."""
-    from transformers import AutoModel, AutoTokenizer
-
-    from distill.embedding import read_pooling
-
-    path = teacher_path(cfg, base_dir)
-    if is_local(path) and not (Path(path) / "config.json").exists():
-        raise InputError(f"teacher.model: folder {cfg.model or path!r} does not exist (or has no config.json)")
-    kwargs = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
-        model = AutoModel.from_pretrained(path, use_safetensors=True, **kwargs)
-    except OSError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"teacher.model: cannot load {cfg.model or path!r}: {first}") from exc
-    if model.config.model_type != "bert":
-        raise InputError(
-            f"teacher.model: embedding students are BERT encoders; the teacher is {model.config.model_type!r}"
-        )
-    pooling = read_pooling(Path(path)) if is_local(path) else {"mode": "mean", "normalize": False}
-    return model.eval(), tokenizer, pooling, path

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from distill.errors import InputError
+from distill.tasks import TASKS, format_metric, quality_metrics
 
 DEFAULT_SPEC = "studies/demo.toml"
 
@@ -47,9 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     pick = d.add_mutually_exclusive_group(required=True)
     pick.add_argument("--trial", type=int, help="the trial number to distill")
-    pick.add_argument(
-        "--best", metavar="METRIC", help="the front trial best at this quality metric (perplexity, kl, top1_agreement)"
-    )
+    metrics = "; ".join(f"{', '.join(quality_metrics(t))} ({t.name})" for t in TASKS.values())
+    pick.add_argument("--best", metavar="METRIC", help=f"the front trial best at a quality metric of the task: {metrics}")
     d.add_argument(
         "--max-params", type=float, help="with --best: only trials with at most this many parameters (e.g. 5e6)"
     )
@@ -113,14 +113,13 @@ def _distill(args: argparse.Namespace, spec: Any, study: Any) -> int:
     from tqdm import tqdm
 
     from nas.full import full_distill, select_trial
-    from nas.spec import TASK_METRICS
 
-    quality = TASK_METRICS[spec.study.task][0]
+    task = spec.task
+    quality = quality_metrics(task)
     trial = select_trial(study, number=args.trial, best=args.best, max_params=args.max_params, metrics=quality)
-    # Causal LMs train on full blocks (tokens/s); embedding students on paragraphs (sentences/s).
-    embedding = spec.study.task == "embedding"
-    per_step = spec.full.batch_size * (1 if embedding else spec.data.block_length)
-    rate_name = "sent_s" if embedding else "tok_s"
+    # Throughput in the task's unit: tokens/s of token blocks, sentences/s of paragraphs.
+    per_step = spec.full.batch_size * (spec.data.block_length if task.card.rate_in_tokens else 1)
+    rate_name = task.card.rate
     bars: list[Any] = []
     started: list[float] = []
 
@@ -144,7 +143,8 @@ def _distill(args: argparse.Namespace, spec: Any, study: Any) -> int:
     teacher = study.user_attrs.get("teacher_metrics", {})
     for key in quality:
         print(
-            f"{key:>15}: full {m[key]:.4f}  brief {b.get(key, float('nan')):.4f}  teacher {teacher.get(key, float('nan')):.4f}"
+            f"{key:>15}: full {format_metric(task, key, m[key])}  brief {format_metric(task, key, b.get(key))}  "
+            f"teacher {format_metric(task, key, teacher.get(key))}"
         )
     print(f"{'params':>15}: {m['params']:,} ({m['params'] / teacher.get('params', m['params']):.1%} of the teacher)")
     print(f"exported: {record['export']}")

@@ -1,4 +1,5 @@
-"""The Pareto front as rows: a table for people, JSON for machines."""
+"""The Pareto front as rows: a table for people, JSON for machines. Columns and number formats
+come from the metrics the study's task declares."""
 
 from __future__ import annotations
 
@@ -7,26 +8,14 @@ from typing import Any
 
 import optuna
 
-from nas.search import DISTILLED, front_trials
-
-FORMATS = {
-    "perplexity": "{:.2f}",
-    "kl": "{:.4f}",
-    "top1_agreement": "{:.3f}",
-    "cosine": "{:.4f}",
-    "spearman": "{:.4f}",
-    "retrieval": "{:.3f}",
-    "latency_ms_b32": "{:.3f}",
-    "params": "{:,.0f}",
-    "non_embedding_params": "{:,.0f}",
-    "latency_ms": "{:.4f}",
-    "peak_memory_mb": "{:.2f}",
-}
+from distill.tasks import format_metric
+from nas.search import DISTILLED, front_trials, task_of
 
 
 def front_rows(study: optuna.Study) -> list[dict[str, Any]]:
     """One dict per front trial, smallest first by the first size objective."""
     names = study.metric_names or [f"objective_{i}" for i in range(len(study.directions))]
+    task = task_of(study)
     distilled = study.user_attrs.get(DISTILLED, {})
     rows = []
     for t in front_trials(study):
@@ -37,7 +26,7 @@ def front_rows(study: optuna.Study) -> list[dict[str, Any]]:
                 "arch": t.user_attrs.get("arch"),
                 "arch_short": t.user_attrs.get("arch_short", ""),
                 "objectives": dict(zip(names, t.values)),
-                "metrics": {k: t.user_attrs[k] for k in FORMATS if k in t.user_attrs},
+                "metrics": {m.name: t.user_attrs[m.name] for m in task.metrics if m.name in t.user_attrs},
                 "full": {"metrics": full["metrics"], "export": full["export"]} if full else None,
             }
         )
@@ -49,7 +38,9 @@ def front_json(study: optuna.Study) -> str:
     return json.dumps(
         {
             "study": study.study_name,
+            "task": task_of(study).name,
             "directions": [d.name.lower() for d in study.directions],
+            "teacher": study.user_attrs.get("teacher"),
             "teacher_metrics": study.user_attrs.get("teacher_metrics"),
             "front": front_rows(study),
         },
@@ -58,27 +49,27 @@ def front_json(study: optuna.Study) -> str:
 
 
 def front_table(study: optuna.Study) -> str:
-    """A plain-text table: trial, architecture in short, every objective."""
+    """A plain-text table: trial, architecture in short, every objective, and the full run's
+    score of the first objective for students that were fully distilled."""
     rows = front_rows(study)
     if not rows:
         return f"study {study.study_name}: no complete trial yet"
+    task = task_of(study)
     names = list(rows[0]["objectives"])
     arrows = {n: ("↓" if d == optuna.study.StudyDirection.MINIMIZE else "↑") for n, d in zip(names, study.directions)}
-    header = ["trial", "architecture", *[f"{n} {arrows[n]}" for n in names]]
-    body = [
-        [str(r["trial"]), r["arch_short"], *[FORMATS.get(n, "{}").format(r["objectives"][n]) for n in names]]
-        for r in rows
-    ]
+    quality = names[0]
+    full = any(r["full"] for r in rows)
+    header = ["trial", "architecture", *[f"{n} {arrows[n]}" for n in names]] + ([f"full {quality}"] if full else [])
+    body = []
+    for r in rows:
+        line = [str(r["trial"]), r["arch_short"], *[format_metric(task, n, r["objectives"][n]) for n in names]]
+        if full:  # fully distilled front points: the full score next to the brief one
+            line.append(format_metric(task, quality, r["full"]["metrics"].get(quality)) if r["full"] else "-")
+        body.append(line)
     teacher = study.user_attrs.get("teacher_metrics") or {}
     if teacher:
-        body.append(["teacher", "", *[FORMATS.get(n, "{}").format(teacher[n]) if n in teacher else "-" for n in names]])
-    quality = names[0]
-    if any(r["full"] for r in rows) and quality in FORMATS:
-        # Fully distilled front points: the full score next to the brief one.
-        header.append(f"full {quality}")
-        for line, r in zip(body, rows):
-            line.append(FORMATS[quality].format(r["full"]["metrics"][quality]) if r["full"] else "-")
-        body[-1].append(FORMATS[quality].format(teacher[quality]) if len(body) > len(rows) else "-")
+        values = [*names, *([quality] if full else [])]
+        body.append(["teacher", "", *[format_metric(task, n, teacher[n]) if n in teacher else "-" for n in values]])
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
     lines = [
         "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))

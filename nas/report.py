@@ -9,8 +9,9 @@ import optuna
 import plotly.graph_objects as go
 from optuna.trial import TrialState
 
-from nas.pareto import FORMATS, front_rows
-from nas.search import distinct_complete
+from distill.tasks import format_metric
+from nas.pareto import front_rows
+from nas.search import distinct_complete, task_of
 
 HOVER_HIDDEN = ("loss_curve", "arch")
 
@@ -128,15 +129,16 @@ def write_report(study: optuna.Study, out: Path) -> Path:
     parts = [
         fig.to_html(full_html=False, include_plotlyjs=(i == 0), default_height="560px") for i, fig in enumerate(figures)
     ]
+    task = task_of(study)
     quality = names[0]
     head = "".join(f"<th>{html.escape(n)}</th>" for n in ["trial", "architecture", *names, f"full {quality}", "export"])
-    fmt = FORMATS.get(quality, "{:.6g}")
     body = "".join(
         "<tr>"
         + f"<td>{r['trial']}</td><td>{html.escape(r['arch_short'])}</td>"
-        + "".join(f"<td>{FORMATS.get(n, '{:.6g}').format(v)}</td>" for n, v in r["objectives"].items())
+        + "".join(f"<td>{format_metric(task, n, v)}</td>" for n, v in r["objectives"].items())
         + (
-            f"<td>{fmt.format(r['full']['metrics'][quality])}</td><td>{html.escape(r['full']['export'])}</td>"
+            f"<td>{format_metric(task, quality, r['full']['metrics'].get(quality))}</td>"
+            f"<td>{html.escape(r['full']['export'])}</td>"
             if r["full"]
             else "<td>-</td><td>-</td>"
         )
@@ -144,7 +146,7 @@ def write_report(study: optuna.Study, out: Path) -> Path:
         for r in rows
     )
     teacher = study.user_attrs.get("teacher_metrics") or {}
-    teacher_line = ", ".join(f"{k} {FORMATS.get(k, '{:.6g}').format(v)}" for k, v in teacher.items())
+    teacher_line = ", ".join(f"{k} {format_metric(task, k, v)}" for k, v in teacher.items())
     doc = f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>distill-nas: {html.escape(study.study_name)}</title>
 <style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}}

@@ -15,9 +15,9 @@ from optuna.trial import TrialState
 
 from distill import PreparedData, prepare
 from distill.errors import InputError
+from distill.tasks import Task, get_task, task_for_metrics
 from nas.spec import StudySpec
-from nas.trial import TrialPlan, run_embedding_trial, run_trial
-from search_spaces import DecoderArch, EncoderArch
+from nas.trial import TrialPlan, recorded, run_trial
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +44,18 @@ def open_study(spec: StudySpec) -> optuna.Study:
         )
     if not study.metric_names:
         study.set_metric_names(names)
+    stored_task = study.user_attrs.get("task")
+    if stored_task not in (None, spec.study.task):
+        raise InputError(f"study.task: the stored study {spec.name!r} is a {stored_task} study; give it a new name")
+    study.set_user_attr("task", spec.study.task)
     return study
+
+
+def task_of(study: optuna.Study) -> Task:
+    """The task of a stored study (studies made before it was recorded: from their metrics)."""
+    if "task" in study.user_attrs:
+        return get_task(study.user_attrs["task"])
+    return task_for_metrics(study.metric_names or [])
 
 
 def load_existing_study(spec: StudySpec) -> optuna.Study:
@@ -107,7 +118,7 @@ def wait_for_twin(plan: TrialPlan, number: int, poll_s: float = 1.0) -> dict[str
     while True:
         twin = study.trials[number]
         if twin.state == TrialState.COMPLETE:
-            return {k: twin.user_attrs[k] for k in RECORDED if k in twin.user_attrs}
+            return {k: twin.user_attrs[k] for k in recorded(plan.task) if k in twin.user_attrs}
         if twin.state != TrialState.RUNNING:
             raise RuntimeError(f"repeats trial {number}, which ended as {twin.state.name}")
         time.sleep(poll_s)
@@ -122,9 +133,9 @@ def _searcher_class() -> type:
         reason) to the Optuna trial before the outcome is told, and tells failures as FAIL.
         Ray calls suggest() when a slot frees and on_trial_complete() when a trial ends."""
 
-        def __init__(self, inner: Any, study: optuna.Study, metrics: list[str]) -> None:
+        def __init__(self, inner: Any, study: optuna.Study, metrics: list[str], keep: tuple[str, ...]) -> None:
             super().__init__(metric=inner.metric, mode=inner.mode)
-            self.inner, self.study, self.metrics = inner, study, metrics
+            self.inner, self.study, self.metrics, self.keep = inner, study, metrics, keep
             self.numbers: dict[str, int] = {}
 
         def set_search_properties(self, metric: Any, mode: Any, config: dict, **spec: Any) -> bool:
@@ -156,7 +167,7 @@ def _searcher_class() -> type:
                 set_trial_attrs(self.study, number, {"fail_reason": reason})
                 self.inner.on_trial_complete(trial_id, None, error=True)
                 return
-            set_trial_attrs(self.study, number, {k: result[k] for k in RECORDED if k in result})
+            set_trial_attrs(self.study, number, {k: result[k] for k in self.keep if k in result})
             self.inner.on_trial_complete(trial_id, result)
 
         def save(self, checkpoint_path: str) -> None:
@@ -174,29 +185,6 @@ def _searcher_class() -> type:
     return StudySearcher
 
 
-RECORDED = (
-    "arch",
-    "arch_short",
-    "duplicate_of",
-    "perplexity",
-    "kl",
-    "top1_agreement",
-    "cosine",
-    "spearman",
-    "retrieval",
-    "latency_ms_b32",
-    "params",
-    "non_embedding_params",
-    "latency_ms",
-    "peak_memory_mb",
-    "train_loss",
-    "train_seconds",
-    "train_steps",
-    "loss_curve",
-    "device",
-)
-
-
 def _trainable(config: dict[str, Any], plan: TrialPlan) -> None:
     """The Ray Tune function trainable: one report, never raises."""
     from ray import tune
@@ -206,8 +194,7 @@ def _trainable(config: dict[str, Any], plan: TrialPlan) -> None:
         if twin is not None:  # the same architecture is not trained again
             tune.report({**wait_for_twin(plan, twin), "duplicate_of": twin})
             return
-        embedding = plan.data.meta.get("task") == "embedding"
-        metrics = (run_embedding_trial if embedding else run_trial)(config["arch"], plan)
+        metrics = run_trial(config["arch"], plan)
     except Exception as exc:  # noqa: BLE001 - every failure is recorded, the search goes on
         import torch
 
@@ -215,8 +202,7 @@ def _trainable(config: dict[str, Any], plan: TrialPlan) -> None:
         # Tune insists on the objectives in every result; NaN never reaches Optuna (see StudySearcher).
         tune.report({"fail_reason": f"{name}: {exc}".strip()[:500], **dict.fromkeys(plan.objectives, math.nan)})
         return
-    arch = (EncoderArch if embedding else DecoderArch).from_dict(config["arch"])
-    tune.report({**metrics, "arch": config["arch"], "arch_short": arch.short()})
+    tune.report({**metrics, "arch": config["arch"], "arch_short": get_task(plan.task).describe(config["arch"])})
 
 
 def _progress_callback(study: optuna.Study, total: int, target: int, started: float) -> Any:
@@ -274,53 +260,19 @@ def front_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 
 
 def prepare_study(spec: StudySpec, device: str = "cpu") -> PreparedData:
-    """Tokenize the data and cache the teacher's outputs, once per study."""
-    if spec.study.task == "embedding":
-        from distill.embedding_cache import prepare_embedding
-
-        return prepare_embedding(
-            spec.teacher,
-            spec.data,
-            spec.distill,
-            base_dir=spec.base_dir,
-            cache_root=spec.out_dir / "cache",
-            seed=spec.study.seed,
-            device=device,
-        )
-    data = _prepare_causal(spec, device)
-    space = spec.space
-    if "teacher" in space.init:  # a student sliced from the teacher has the teacher's family and head width
-        cfg = data.teacher_config()
-        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        if list(space.families) != [cfg.model_type] or list(space.head_dim) != [head_dim]:
-            raise InputError(
-                f"space.init: students initialized from the teacher need families = [{cfg.model_type!r}] "
-                f"and head_dim = [{head_dim}] (the teacher's); got {list(space.families)} and {list(space.head_dim)}"
-            )
-        ffn = getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None) or 4 * cfg.hidden_size
-        limits = (
-            ("layers", max(space.layers), cfg.num_hidden_layers),
-            ("heads", max(space.heads), cfg.num_attention_heads),
-        )
-        limits += (("ffn_ratio", max(space.ffn_ratio), ffn / cfg.hidden_size),)
-        for key, asked, most in limits:
-            if asked > most:
-                raise InputError(
-                    f"space.{key}: {asked} exceeds the teacher's {most:g}; students sliced from it cannot be larger"
-                )
-    return data
-
-
-def _prepare_causal(spec: StudySpec, device: str) -> PreparedData:
+    """Tokenize the data and cache the teacher's outputs, once per study; the search space is
+    checked against the teacher before any teacher output is computed."""
+    task = spec.task
     return prepare(
+        task,
         spec.teacher,
         spec.data,
+        spec.loss,
         base_dir=spec.base_dir,
         cache_root=spec.out_dir / "cache",
-        top_k=spec.distill.top_k,
-        temperature=spec.distill.temperature,
         seed=spec.study.seed,
         device=device,
+        check=lambda config: task.check_space(spec.space, config),
     )
 
 
@@ -341,13 +293,15 @@ def run_search(spec: StudySpec, *, trials: int | None = None, address: str | Non
         logger.info("study %s already holds %d/%d architectures", spec.name, done, target)
         return study
     data = prepare_study(spec, "cuda" if spec.resources.gpus > 0 else "cpu")
-    study.set_user_attr("teacher", data.meta["teacher"])
+    study.set_user_attr("teacher", data.meta["teacher_name"])
     study.set_user_attr("teacher_metrics", data.meta["teacher_metrics"])
     metrics = [n for n, _ in spec.objectives.metrics]
     modes = [d for _, d in spec.objectives.metrics]
     plan = TrialPlan(
+        spec.study.task,
         data,
         spec.distill,
+        spec.loss,
         spec.storage_url,
         spec.name,
         tuple(metrics),
@@ -385,7 +339,7 @@ def run_search(spec: StudySpec, *, trials: int | None = None, address: str | Non
         inner = OptunaSearch(
             space=define, metric=metrics, mode=modes, sampler=sampler, study_name=spec.name, storage=study._storage
         )
-        searcher = _searcher_class()(inner, study, metrics)
+        searcher = _searcher_class()(inner, study, metrics, recorded(spec.study.task))
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(

@@ -1,7 +1,8 @@
 """Study specs: `studies/<name>.toml` parsed into frozen dataclasses, validated on load.
 
 Every error is an `InputError` whose message names the key and what is allowed; the command
-line prefixes it with the spec's path.
+line prefixes it with the spec's path. What a section allows comes from the task the spec
+names (`study.task`): its search space, its loss terms and parameters, its metrics.
 """
 
 from __future__ import annotations
@@ -13,21 +14,12 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from distill.data import DataConfig
 from distill.errors import InputError
-from distill.loop import DistillConfig, FullConfig
+from distill.loop import FULL_RUN, Budget
+from distill.objective import LossConfig, allowed_terms
+from distill.tasks import DEFAULT_TASK, TASKS, Task, get_task
+from distill.tasks.base import trains_teacher
 from distill.teachers import TeacherConfig, TeacherTraining
-from search_spaces import DecoderSpace, EncoderSpace
-
-TASKS = ("causal-lm", "embedding")
-QUALITY_METRICS = {"perplexity": "min", "kl": "min", "top1_agreement": "max"}
-EMBEDDING_METRICS = {"cosine": "max", "spearman": "max", "retrieval": "max"}
-SIZE_METRICS = {"params": "min", "non_embedding_params": "min", "latency_ms": "min", "peak_memory_mb": "min"}
-TASK_METRICS = {
-    "causal-lm": (QUALITY_METRICS, SIZE_METRICS),
-    "embedding": (EMBEDDING_METRICS, SIZE_METRICS | {"latency_ms_b32": "min"}),
-}
-TASK_SPACES: dict[str, type] = {"causal-lm": DecoderSpace, "embedding": EncoderSpace}
 
 
 class SpecError(InputError):
@@ -40,8 +32,8 @@ class StudyConfig:
 
     name: str = ""
     """the study's name; outputs go to studies/<name>/ (default: the spec file's stem)"""
-    task: str = "causal-lm"
-    """what the students learn: causal-lm (next-token KD) or embedding (sentence embeddings)"""
+    task: str = DEFAULT_TASK
+    """what the students learn; one of the registered tasks (causal-lm, embedding)"""
     trials: int = 8
     """total number of completed, distinct architectures to evaluate"""
     seed: int = 0
@@ -64,44 +56,50 @@ class StudyConfig:
 
 @dataclasses.dataclass(frozen=True)
 class Objectives:
-    """What the front trades off (the `[objectives]` section). Each entry is a metric name,
-    optionally with its direction: "top1_agreement:max"."""
+    """What the front trades off (the `[objectives]` section). Each entry is a metric of the
+    task, optionally with its direction: "top1_agreement:max"."""
 
-    quality: tuple[str, ...] = ("perplexity",)
-    """causal-lm: perplexity (min), kl (min), top1_agreement (max); embedding: cosine, spearman,
-    retrieval (all max); default: perplexity or cosine"""
+    quality: tuple[str, ...] = ()
+    """quality metrics of the task (default: its first, e.g. perplexity or cosine)"""
     size: tuple[str, ...] = ("params",)
-    """params, non_embedding_params, latency_ms, peak_memory_mb, and for embedding latency_ms_b32 (all min)"""
+    """size metrics of the task: params, non_embedding_params, latency_ms, peak_memory_mb, ..."""
 
     def __post_init__(self) -> None:
-        every = [TASK_METRICS[t] for t in TASKS]
-        for group, allowed in (
-            ("quality", {k: v for q, _ in every for k, v in q.items()}),
-            ("size", {k: v for _, z in every for k, v in z.items()}),
-        ):
+        for group in ("quality", "size"):
             entries = tuple(getattr(self, group))
             object.__setattr__(self, group, entries)
-            if not entries:
-                raise ValueError(f"{group}: needs at least one metric; allowed: {', '.join(allowed)}")
             for entry in entries:
                 name, _, direction = str(entry).partition(":")
-                if name not in allowed:
-                    raise ValueError(f"{group}: unknown metric {name!r}; allowed: {', '.join(allowed)}")
                 if direction not in ("", "min", "max"):
                     raise ValueError(f"{group}: direction of {name!r} must be min or max, got {direction!r}")
-        names = [n for n, _ in self.metrics]
+        names = [e.partition(":")[0] for e in (*self.quality, *self.size)]
         if len(set(names)) != len(names):
             raise ValueError("quality/size: a metric is listed twice")
 
+    def resolve(self, task: Task) -> Objectives:
+        """Checked against the task's metrics, every entry with its direction."""
+        declared = {m.name: m for m in task.metrics}
+        quality = self.quality or (next(m.name for m in task.metrics if m.kind == "quality"),)
+        out = {}
+        for group, entries in (("quality", quality), ("size", self.size)):
+            allowed = [m.name for m in task.metrics if m.kind == group]
+            if not entries:
+                raise ValueError(f"{group}: needs at least one metric; allowed: {', '.join(allowed)}")
+            resolved = []
+            for entry in entries:
+                name, _, direction = entry.partition(":")
+                if name not in allowed:
+                    raise ValueError(
+                        f"{group}: {name!r} is not a metric of task {task.name}; allowed: {', '.join(allowed)}"
+                    )
+                resolved.append(f"{name}:{direction or declared[name].direction}")
+            out[group] = tuple(resolved)
+        return Objectives(**out)
+
     @property
     def metrics(self) -> list[tuple[str, str]]:
-        """(name, "min" | "max") for every objective, quality first."""
-        table = {k: v for t in TASKS for group in TASK_METRICS[t] for k, v in group.items()}
-        out = []
-        for entry in (*self.quality, *self.size):
-            name, _, direction = entry.partition(":")
-            out.append((name, direction or table[name]))
-        return out
+        """(name, "min" | "max") for every objective, quality first (of a resolved spec)."""
+        return [(e.partition(":")[0], e.partition(":")[2]) for e in (*self.quality, *self.size)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,17 +118,19 @@ class Resources:
             raise ValueError(f"gpus: must be a fraction in (0, 1] or a whole number, got {self.gpus}")
 
 
-SECTIONS: dict[str, type] = {
-    "study": StudyConfig,
-    "teacher": TeacherConfig,
-    "data": DataConfig,
-    "space": DecoderSpace,  # EncoderSpace for task embedding
-    "distill": DistillConfig,
-    "full": FullConfig,
-    "objectives": Objectives,
-    "resources": Resources,
-}
+SECTIONS = ("study", "teacher", "data", "space", "distill", "full", "objectives", "resources")
 NESTED: dict[tuple[str, str], type] = {("teacher", "train"): TeacherTraining}
+# Keys of `[distill]` that moved to `[distill.loss]`, for a helpful error on older specs.
+MOVED = {
+    "kd_weight": "forward_kl",
+    "ce_weight": "ce",
+    "cosine_weight": "cosine",
+    "mse_weight": "mse",
+    "hidden_weight": "hidden",
+    "relation_weight": "relations",
+    "temperature": "temperature",
+    "top_k": "top_k",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,12 +138,22 @@ class StudySpec:
     path: Path
     study: StudyConfig
     teacher: TeacherConfig
-    data: DataConfig
-    space: DecoderSpace | EncoderSpace
-    distill: DistillConfig
-    full: FullConfig
+    data: Any
+    """the task's data section (`task.data_config`)"""
+    space: Any
+    """the task's search space (`task.space`)"""
+    distill: Budget
+    """the brief run of every trial"""
+    full: Budget
+    """`nas distill`: the full run of a chosen architecture"""
+    loss: LossConfig
+    """`[distill.loss]`, the loss of both runs"""
     objectives: Objectives
     resources: Resources
+
+    @property
+    def task(self) -> Task:
+        return get_task(self.study.task)
 
     @property
     def base_dir(self) -> Path:
@@ -188,26 +198,54 @@ def _check_type(key: str, value: Any, hint: Any) -> Any:
     return float(value) if hint is float else value
 
 
-def _build(cls: type, raw: Any, key: str) -> Any:
-    if not isinstance(raw, dict):
-        raise SpecError(f"{key}: must be a table")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for name, value in raw.items():
-        if name not in fields:
-            raise SpecError(f"{key}.{name}: unknown key; allowed: {', '.join(sorted(fields))}")
-        section = key.split(".")[-1]
-        if (section, name) in NESTED:
-            kwargs[name] = _build(NESTED[(section, name)], value, f"{key}.{name}")
-        else:
-            kwargs[name] = _check_type(f"{key}.{name}", value, hints[name])
+def _construct(cls: Any, kwargs: dict[str, Any], key: str) -> Any:
     try:
         return cls(**kwargs)
     except ValueError as exc:
         raise SpecError(f"{key}.{exc}") from None
     except TypeError as exc:  # a required field is missing
         raise SpecError(f"{key}: {exc}") from None
+
+
+def _build(cls: type, raw: Any, key: str, defaults: dict[str, Any] | None = None) -> Any:
+    if not isinstance(raw, dict):
+        raise SpecError(f"{key}: must be a table")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    kwargs = dict(defaults or {})
+    for name, value in raw.items():
+        if name not in fields:
+            if key == "distill" and name in MOVED:
+                raise SpecError(f"{key}.{name}: the loss has its own section now: [distill.loss] {MOVED[name]} = ...")
+            raise SpecError(f"{key}.{name}: unknown key; allowed: {', '.join(sorted(fields))}")
+        section = key.split(".")[-1]
+        if (section, name) in NESTED:
+            kwargs[name] = _build(NESTED[(section, name)], value, f"{key}.{name}")
+        else:
+            kwargs[name] = _check_type(f"{key}.{name}", value, hints[name])
+    return _construct(cls, kwargs, key)
+
+
+def _build_loss(task: Task, raw: Any, key: str) -> LossConfig:
+    """`[distill.loss]`: a weight per loss term the task allows, the task's loss parameters,
+    and where the teacher's outputs come from."""
+    if not isinstance(raw, dict):
+        raise SpecError(f"{key}: must be a table")
+    terms = allowed_terms(task)
+    hints = typing.get_type_hints(task.loss_params)
+    weights, params, where = dict(task.default_weights), {}, {}
+    for name, value in raw.items():
+        if name in terms:
+            weights[name] = _check_type(f"{key}.{name}", value, float)
+        elif name in hints:
+            params[name] = _check_type(f"{key}.{name}", value, hints[name])
+        elif name == "teacher_outputs":
+            where[name] = _check_type(f"{key}.{name}", value, str)
+        else:
+            allowed = ", ".join([*terms, *hints, "teacher_outputs"])
+            raise SpecError(f"{key}.{name}: not a loss term or parameter of task {task.name}; allowed: {allowed}")
+    loss_params = _construct(task.loss_params, params, key)
+    return _construct(LossConfig, {"weights": weights, "params": dataclasses.asdict(loss_params), **where}, key)
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
@@ -245,18 +283,27 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
         raise SpecError(f"{unknown[0]}: unknown section; allowed: {', '.join(SECTIONS)}")
     if "teacher" not in raw:
         raise SpecError("teacher: required section (teacher.model: a hub id or a local folder)")
-    task = raw.get("study", {}).get("task", "causal-lm") if isinstance(raw.get("study"), dict) else "causal-lm"
-    sections = dict(SECTIONS, space=TASK_SPACES.get(task, DecoderSpace))
-    objectives = raw.setdefault("objectives", {})
-    if task == "embedding" and isinstance(objectives, dict):
-        objectives.setdefault("quality", ["cosine"])
-    parts = {name: _build(cls, raw.get(name, {}), name) for name, cls in sections.items()}
-    quality, size = TASK_METRICS[parts["study"].task]
-    for group, allowed in (("quality", quality), ("size", size)):
-        for entry in getattr(parts["objectives"], group):
-            name = entry.partition(":")[0]
-            if name not in allowed:
-                raise SpecError(
-                    f"objectives.{group}: {name!r} is not a metric of task {parts['study'].task}; allowed: {', '.join(allowed)}"
-                )
-    return StudySpec(path=path.resolve(), **parts)
+    study = _build(StudyConfig, raw.get("study", {}), "study")
+    task = get_task(study.task)
+    brief = raw.get("distill", {})
+    loss_raw = brief.pop("loss", {}) if isinstance(brief, dict) else {}
+    teacher = _build(TeacherConfig, raw["teacher"], "teacher")
+    if teacher.train is not None and not trains_teacher(task):
+        raise SpecError(f"teacher.train: task {task.name} cannot train its teacher here; give an existing model")
+    objectives = _build(Objectives, raw.get("objectives", {}), "objectives")
+    try:
+        objectives = objectives.resolve(task)
+    except ValueError as exc:
+        raise SpecError(f"objectives.{exc}") from None
+    return StudySpec(
+        path=path.resolve(),
+        study=study,
+        teacher=teacher,
+        data=_build(task.data_config, raw.get("data", {}), "data"),
+        space=_build(task.space, raw.get("space", {}), "space"),
+        distill=_build(Budget, brief, "distill"),
+        full=_build(Budget, raw.get("full", {}), "full", defaults=FULL_RUN),
+        loss=_build_loss(task, loss_raw, "distill.loss"),
+        objectives=objectives,
+        resources=_build(Resources, raw.get("resources", {}), "resources"),
+    )

@@ -8,6 +8,7 @@ from search_spaces._init import (
     init_bert_from_teacher,
     init_decoder_from_teacher,
     kept_channels,
+    layer_map,
     pick_layers,
 )
 
@@ -26,5 +27,6 @@ __all__ = [
     "init_bert_from_teacher",
     "init_decoder_from_teacher",
     "kept_channels",
+    "layer_map",
     "pick_layers",
 ]

@@ -74,6 +74,28 @@ class DecoderSpace:
             if bad:
                 raise ValueError(f"{name}: unknown choice {bad[0]!r}; allowed: {', '.join(allowed)}")
 
+    def check_teacher(self, config: Any) -> None:
+        """Raise ValueError("<key>: ...") when a student of this space cannot be built from the
+        teacher of `config`: students sliced from the teacher have its family and head width
+        and are no larger than it."""
+        if "teacher" not in self.init:
+            return
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        if list(self.families) != [config.model_type] or list(self.head_dim) != [head_dim]:
+            raise ValueError(
+                f"init: students initialized from the teacher need families = [{config.model_type!r}] "
+                f"and head_dim = [{head_dim}] (the teacher's); got {list(self.families)} and {list(self.head_dim)}"
+            )
+        ffn = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * config.hidden_size
+        limits = (
+            ("layers", max(self.layers), config.num_hidden_layers),
+            ("heads", max(self.heads), config.num_attention_heads),
+            ("ffn_ratio", max(self.ffn_ratio), ffn / config.hidden_size),
+        )
+        for key, asked, most in limits:
+            if asked > most:
+                raise ValueError(f"{key}: {asked} exceeds the teacher's {most:g}; students sliced from it cannot be larger")
+
     def sample(self, trial: optuna.trial.BaseTrial) -> dict[str, Any]:
         """Sample one architecture: `suggest_*` calls only, returns the plain-dict architecture."""
         family = trial.suggest_categorical("family", list(self.families))

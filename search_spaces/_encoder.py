@@ -58,6 +58,29 @@ class EncoderSpace:
             if bad:
                 raise ValueError(f"{name}: unknown choice {bad[0]!r}; allowed: {', '.join(allowed)}")
 
+    def check_teacher(self, config: Any) -> None:
+        """Raise ValueError("<key>: ...") when a student of this space cannot be built from the
+        BERT teacher of `config`: students sliced from it (init = teacher) take a subset of its
+        layers, heads, head dimensions, hidden channels and FFN neurons."""
+        if "teacher" not in self.init:
+            return
+        head_dim = config.hidden_size // config.num_attention_heads
+        widest = max(h * d for h in self.heads for d in self.head_dim)
+        ffn = max(round(r * h * d) for r in self.ffn_ratio for h in self.heads for d in self.head_dim)
+        limits = (
+            ("layers", "depth", max(self.layers), config.num_hidden_layers),
+            ("heads", "head count", max(self.heads), config.num_attention_heads),
+            ("head_dim", "head width", max(self.head_dim), head_dim),
+            ("heads", "width (heads x head_dim)", widest, config.hidden_size),
+            ("ffn_ratio", "FFN width", ffn, config.intermediate_size),
+        )
+        for key, what, asked, most in limits:
+            if asked > most:
+                raise ValueError(
+                    f"{key}: a student {what} of {asked} exceeds the teacher's {most}; "
+                    "students initialized from the teacher cannot be larger"
+                )
+
     def sample(self, trial: optuna.trial.BaseTrial) -> dict[str, Any]:
         """Sample one architecture: `suggest_*` calls only, returns the plain-dict architecture."""
         init = trial.suggest_categorical("init", list(self.init))

@@ -36,6 +36,16 @@ def pick_layers(teacher_layers: int, student_layers: int, how: str) -> list[int]
     raise ValueError(f"layer_pick: unknown {how!r}; allowed: even, first, every_other")
 
 
+def layer_map(student_layers: int, teacher_layers: int, pick: str = "even") -> list[int]:
+    """The teacher hidden state each student hidden state is matched to, embedding output
+    first: embeddings to embeddings, then each student layer to the teacher layer `pick` takes
+    for it (the one a teacher-initialized student was sliced from); a student deeper than its
+    teacher spreads its layers evenly over the teacher's."""
+    if student_layers > teacher_layers:
+        return [0] + [round((j + 1) * teacher_layers / student_layers) for j in range(student_layers)]
+    return [0] + [p + 1 for p in pick_layers(teacher_layers, student_layers, pick)]
+
+
 @torch.no_grad()
 def bert_importance(teacher: Any, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
     """Mean |activation| over the real tokens of `batch`: per hidden channel (summed over every

@@ -104,6 +104,8 @@ tie_embeddings = [true, false]
 [distill]
 steps = 4
 batch_size = 4
+
+[distill.loss]
 top_k = 8
 {extra}
 """
@@ -197,8 +199,10 @@ layer_pick = ["even", "first", "every_other"]
 [distill]
 steps = 5
 batch_size = 8
-hidden_weight = 1.0
-relation_weight = 1.0
+
+[distill.loss]
+hidden = 1.0
+relations = 1.0
 {extra}
 [objectives]
 quality = ["cosine", "spearman"]

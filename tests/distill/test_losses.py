@@ -105,7 +105,7 @@ def test_relation_loss_properties():
 
 
 def test_embedding_fidelity():
-    from distill.evaluate import embedding_fidelity
+    from distill.tasks.embedding import embedding_fidelity
 
     torch.manual_seed(0)
     t = torch.randn(30, 8)

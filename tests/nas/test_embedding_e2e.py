@@ -7,7 +7,7 @@ import pytest
 from optuna.trial import TrialState
 
 from distill import PreparedData
-from distill.embedding import read_pooling
+from distill.tasks.embedding import read_pooling
 from nas.pareto import front_json, front_table
 from nas.report import write_report
 from nas.search import distinct_complete, front_trials, run_search
@@ -40,11 +40,12 @@ def test_embedding_search_end_to_end(tmp_path, sentence_teacher):
         assert t.user_attrs["arch"]["family"] == "bert"
     teacher = study.user_attrs["teacher_metrics"]
     assert teacher["cosine"] == pytest.approx(1.0) and teacher["spearman"] == pytest.approx(1.0)
-    # teacher outputs computed once: embeddings, last hidden states and Q/K/V for the asked losses
+    # teacher outputs computed once: embeddings, every layer's hidden states and Q/K/V for the asked losses
     data = PreparedData(next((spec.out_dir / "cache").iterdir()))
-    for name in ("train_emb", "train_hidden", "train_query", "train_key", "train_value", "eval_emb"):
-        assert (data.path / f"{name}.npy").exists(), name
-    assert data.array("train_hidden").shape == (64, 5, 48, 64)  # every layer's states, embeddings first
+    for name in ("embedding", "hidden", "query", "key", "value"):
+        assert (data.path / f"train_teacher_{name}.npy").exists(), name
+    assert (data.path / "eval_teacher_embedding.npy").exists() and not (data.path / "eval_teacher_hidden.npy").exists()
+    assert data.array("train_teacher_hidden").shape == (64, 5, 48, 64)  # every layer's states, embeddings first
     assert front_trials(study) and "cosine ↑" in front_table(study)
     assert json.loads(front_json(study))["front"]
     assert "Pareto front" in write_report(study, spec.out_dir / "report.html").read_text()
@@ -96,7 +97,7 @@ def test_full_distillation_exports_a_sentence_transformer(tmp_path, sentence_tea
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     student = np.load(tmp_path / "e.npy")
-    teacher = np.load(next(Path(spec.out_dir / "cache").iterdir()) / "eval_emb.npy")
+    teacher = np.load(next(Path(spec.out_dir / "cache").iterdir()) / "eval_teacher_embedding.npy")
     assert student.shape == teacher.shape
     cos = (student * teacher).sum(1) / (np.linalg.norm(student, axis=1) * np.linalg.norm(teacher, axis=1))
     assert cos.mean() == pytest.approx(record["metrics"]["cosine"], abs=2e-3)

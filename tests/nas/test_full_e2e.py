@@ -13,7 +13,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from distill import PreparedData, evaluate_lm
+from distill import PreparedData
+from distill.tasks import get_task
 from nas.full import checkpoint_dir, export_dir
 from nas.pareto import front_table
 from nas.search import DISTILLED, front_trials, run_search
@@ -88,7 +89,7 @@ def test_model_card_numbers_match_a_fresh_evaluation(distilled):
     record = study.user_attrs[DISTILLED][str(number)]
     data = PreparedData(next((spec.out_dir / "cache").iterdir()))
     model = AutoModelForCausalLM.from_pretrained(export_dir(spec, number))
-    fresh = evaluate_lm(model, data.blocks("eval"), data.targets("eval"))
+    fresh = get_task("causal-lm").evaluate(model, data, "eval", torch.device("cpu"))
     card = (export_dir(spec, number) / "README.md").read_text()
     for key, fmt in (("perplexity", "{:.2f}"), ("kl", "{:.4f}"), ("top1_agreement", "{:.3f}")):
         assert fresh[key] == pytest.approx(record["metrics"][key], rel=1e-4, abs=1e-6)

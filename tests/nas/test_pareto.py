@@ -52,3 +52,16 @@ def test_table_and_json():
 def test_empty_study_has_an_empty_front():
     study = optuna.create_study(directions=["minimize", "minimize"])
     assert front_trials(study) == [] and "no complete trial" in front_table(study)
+
+
+def test_distilled_students_add_one_column_with_or_without_a_teacher_row():
+    study = _study([(100.0, 10), (80.0, 20)])
+    study.set_user_attr("distilled", {"0": {"metrics": {"perplexity": 60.0}, "export": "students/0"}})
+    for teacher in (None, {"perplexity": 20.0, "params": 99}):
+        if teacher:
+            study.set_user_attr("teacher_metrics", teacher)
+        lines = front_table(study).splitlines()[3:]  # title, header, rule
+        assert len(lines) == 2 + bool(teacher) and [len(line.split()) for line in lines[:2]] == [5, 5], lines
+        assert lines[0].split()[-1] == "60.00" and lines[1].split()[-1] == "-"
+        if teacher:  # no architecture; the teacher's score stands in the full column too
+            assert lines[2].split() == ["teacher", "20.00", "99", "20.00"]

@@ -51,7 +51,7 @@ def test_search_records_every_trial(searched):
         assert len(t.user_attrs["loss_curve"]) == spec.distill.steps
     # the teacher cache is computed once per study and reused by every trial
     caches = list((spec.out_dir / "cache").iterdir())
-    assert len(caches) == 1 and (caches[0] / "train_topk_logp.npy").exists()
+    assert len(caches) == 1 and (caches[0] / "train_teacher_logprobs.npy").exists()
 
 
 def test_front_table_json_and_report(searched):

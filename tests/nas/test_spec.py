@@ -48,7 +48,7 @@ BAD = {
     "no teacher": ("[study]\ntrials=2\n", r"teacher: required section"),
     "bad metric": (
         "[teacher]\nmodel='x'\n[objectives]\nquality=['bleu']\n",
-        r"objectives\.quality: unknown metric 'bleu'; allowed: perplexity",
+        r"objectives\.quality: 'bleu' is not a metric of task causal-lm; allowed: perplexity, kl, top1_agreement",
     ),
     "bad gpus": ("[teacher]\nmodel='x'\n[resources]\ngpus=1.5\n", r"resources\.gpus: must be a fraction"),
     "nested": (
@@ -93,3 +93,30 @@ def test_cli_missing_teacher_folder_and_missing_text_column(tmp_path, teacher_di
     assert proc.returncode == 2, proc.stderr
     assert "data.text_column: 'text' is not a column of the data; columns: body" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_the_loss_has_its_own_section_checked_against_the_task(tmp_path):
+    spec = load_spec(ROOT / "studies/demo-lm.toml", ["distill.loss.ce=0.0", "distill.loss.temperature=3"])
+    assert spec.loss.weights == {"forward_kl": 1.0, "ce": 0.0} and spec.loss.params == {"temperature": 3.0, "top_k": 32}
+    assert [name for name, _, _ in spec.loss.active()] == ["forward_kl"] and spec.loss.needs() == {"topk"}
+    assert spec.full.eval_every == 100 and spec.distill.eval_every == 0  # one budget type, two defaults
+    emb = load_spec(ROOT / "studies/demo.toml", ["distill.loss.hidden=0.5"])
+    assert emb.loss.needs() == {"sentence_embedding", "hidden_states"} and emb.loss.params == {}
+    refused = {
+        "distill.loss.cosine=1.0": r"^distill\.loss\.cosine: not a loss term or parameter of task causal-lm; allowed: ce, forward_kl, temperature, top_k",
+        "distill.loss.forward_kl=0": r"^distill\.loss\.needs at least one term with a weight > 0",
+        "distill.loss.top_k=0": r"^distill\.loss\.top_k: must be >= 1",
+        "distill.loss.teacher_outputs='remote'": r"^distill\.loss\.teacher_outputs: must be one of cached, live",
+        "distill.kd_weight=1.0": r"^distill\.kd_weight: the loss has its own section now: \[distill\.loss\] forward_kl",
+        "full.loss.ce=1.0": r"^full\.loss: unknown key",
+    }
+    for override, message in refused.items():
+        args = [override] if override.startswith(("distill.loss", "distill.kd", "full")) else []
+        if override == "distill.loss.forward_kl=0":
+            args.append("distill.loss.ce=0")
+        with pytest.raises(SpecError, match=message):
+            load_spec(ROOT / "studies/demo-lm.toml", args)
+    with pytest.raises(SpecError, match=r"^teacher\.train: task embedding cannot train its teacher"):
+        load_spec(ROOT / "studies/demo.toml", ["teacher.package=''", "teacher.model='./t'", "teacher.train.steps=3"])
+    with pytest.raises(SpecError, match=r"^study\.task: unknown 'summarization'; allowed: causal-lm, embedding"):
+        load_spec(ROOT / "studies/demo.toml", ["study.task='summarization'"])

@@ -97,12 +97,12 @@ def test_wider_than_the_teacher_is_refused(teacher):
 
 
 def test_layer_map_matches_each_student_layer_to_its_source():
-    from nas.trial import layer_map
+    from search_spaces import layer_map
 
-    assert layer_map(EncoderArch("bert", 3, 4, 8, 1.0, "teacher", "first"), 6) == [0, 1, 2, 3]
-    assert layer_map(EncoderArch("bert", 3, 4, 8, 1.0, "teacher", "every_other"), 6) == [0, 2, 4, 6]
-    assert layer_map(EncoderArch("bert", 2, 4, 8, 1.0, "random"), 6)[-1] == 6
-    assert layer_map(EncoderArch("bert", 8, 4, 8, 1.0, "random"), 4) == [0, 0, 1, 2, 2, 2, 3, 4, 4]
+    assert layer_map(3, 6, "first") == [0, 1, 2, 3]
+    assert layer_map(3, 6, "every_other") == [0, 2, 4, 6]
+    assert layer_map(2, 6) == [0, 1, 6]  # evenly spread, the last layer included
+    assert layer_map(8, 4) == [0, 0, 1, 2, 2, 2, 3, 4, 4]  # deeper than the teacher
 
 
 def _causal(family, **kw):

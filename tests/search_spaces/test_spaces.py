@@ -42,7 +42,7 @@ def _encoder(arch):
         a,
         model,
         a.param_counts(97, 32),
-        lambda ids: model(input_ids=ids).last_hidden_state.shape[-1] // a.hidden * 97,
+        lambda ids: model(input_ids=ids).last_hidden_state.shape[-1] == a.hidden,
     )
 
 

@@ -1,0 +1,191 @@
+"""Once per study: the data tokenized and the teacher's outputs cached on disk for every trial.
+
+One mechanism for every task: the task encodes each split's documents into items and computes
+its teacher outputs on batches of them; this module decides which outputs (the union of what
+the loss terms need, and what evaluation reads on held-out splits), stores them as memory-mapped
+arrays, measures the teacher, and publishes the folder whole. A finished cache is reused as is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from distill.data import SPLITS
+from distill.files import written_whole
+from distill.teacher_outputs import split_params
+from distill.teachers import TeacherConfig, TeacherSource, teacher_source
+
+if TYPE_CHECKING:
+    from distill.objective import LossConfig
+    from distill.tasks.base import Task, Teacher
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedData:
+    """A finished cache folder; cheap to pickle and send to trial workers."""
+
+    path: Path
+
+    def array(self, name: str) -> np.ndarray:
+        """A cached array, memory-mapped."""
+        return np.load(self.path / f"{name}.npy", mmap_mode="r")
+
+    @functools.cached_property
+    def meta(self) -> dict[str, Any]:
+        """The cache's description (read once per object; a finished cache never changes)."""
+        return json.loads((self.path / "meta.json").read_text())
+
+    @property
+    def teacher_source(self) -> TeacherSource:
+        return TeacherSource(**self.meta["teacher_source"])
+
+    def teacher_config(self) -> Any:
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(self.path / "teacher")
+
+
+def cache_key(
+    task: str, source: TeacherSource, data: Any, plan: dict[str, Any], params: dict[str, Any], seed: int
+) -> str:
+    stamp = (Path(source.path) / "config.json").stat().st_mtime_ns if source.local and source.exists() else None
+    blob = json.dumps(
+        [task, source.path, source.revision, stamp, dataclasses.asdict(data), plan, params, seed],
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def prepare(
+    task: Task,
+    teacher_cfg: TeacherConfig,
+    data_cfg: Any,
+    loss: LossConfig,
+    *,
+    base_dir: Path,
+    cache_root: Path,
+    seed: int = 0,
+    device: str = "cpu",
+    check: Callable[[Any], None] | None = None,
+) -> PreparedData:
+    """Load the teacher and data once and fill the cache; reuse a finished one. `check(config)`
+    sees the teacher's config before any teacher output is computed (and on reuse)."""
+    source = teacher_source(teacher_cfg, base_dir)
+    docs = None
+    if teacher_cfg.train is not None and not source.exists():
+        docs = task.load_data(data_cfg, base_dir, seed)
+        # A teacher trained here may see the validation documents (they only choose the students'
+        # checkpoints); the held-out evaluation documents stay unseen by teacher and students.
+        task.train_teacher(teacher_cfg.train, docs["train"] + docs["valid"], Path(source.path), data_cfg.block_length)  # type: ignore[attr-defined]
+    plan = {
+        "train": sorted(loss.needs()) if loss.teacher_outputs == "cached" else [],
+        "valid": sorted(task.eval_outputs),
+        "eval": sorted(task.eval_outputs),
+    }
+    params = {split: split_params(task, loss, split) for split in SPLITS}
+    final = cache_root / cache_key(task.name, source, data_cfg, plan, params, seed)
+    if (final / "meta.json").exists():
+        logger.info("reusing the teacher cache %s", final)
+        data = PreparedData(final)
+        if check is not None:
+            check(data.teacher_config())
+        return data
+    docs = docs or task.load_data(data_cfg, base_dir, seed)
+    teacher = task.load_teacher(source)
+    if check is not None:
+        check(teacher.model.config)
+    dev = torch.device(device)
+    teacher.model.to(dev)
+    caps = {"train": data_cfg.train_blocks, "valid": data_cfg.valid_blocks, "eval": data_cfg.eval_blocks}
+    with written_whole(final) as tmp:
+        counts = {}
+        for split in SPLITS:
+            arrays = task.encode(docs[split], teacher, data_cfg, caps[split])
+            for name, arr in arrays.items():
+                np.save(tmp / f"{split}_{name}.npy", arr)
+            counts[split] = len(next(iter(arrays.values())))
+        logger.info("%s items of %s", " / ".join(f"{counts[s]} {s}" for s in SPLITS), task.card.items)
+        teacher.model.config.save_pretrained(tmp / "teacher")
+        teacher.tokenizer.save_pretrained(tmp / "teacher")
+        meta: dict[str, Any] = {
+            "task": task.name,
+            "teacher_source": dataclasses.asdict(source),
+            "teacher_name": source.name,
+            "teacher_info": teacher.info,
+            "block_length": data_cfg.block_length,
+            **{f"{split}_items": n for split, n in counts.items()},
+            "data": dataclasses.asdict(data_cfg),
+            "plan": plan,
+            "params": params,
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+        meta["outputs"] = {
+            split: _write_outputs(task, teacher, PreparedData(tmp), split, set(plan[split]), params[split], dev)
+            for split in SPLITS
+        }
+        scores = task.importance(teacher, PreparedData(tmp), dev)
+        if scores is not None:  # for students sliced from the teacher
+            torch.save(scores, tmp / "importance.pt")
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+        probe = PreparedData(tmp)
+        as_student = task.as_student(teacher, probe)
+        meta["teacher_metrics"] = task.evaluate(as_student, probe, "eval", dev) | task.size(as_student, probe, dev)
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+    logger.info("teacher outputs cached in %s", final)
+    return PreparedData(final)
+
+
+@torch.no_grad()
+def _write_outputs(
+    task: Task,
+    teacher: Teacher,
+    data: PreparedData,
+    split: str,
+    groups: set[str],
+    params: dict[str, Any],
+    device: torch.device,
+) -> dict[str, Any]:
+    """The teacher outputs of `groups` for every item of `split`, as `<split>_<name>.npy`."""
+    if not groups:
+        return {}
+    n, length = len(task.lengths(data, split)), data.meta["block_length"]
+    specs = task.output_arrays(groups, teacher, params, length)
+    arrays = {
+        name: np.lib.format.open_memmap(
+            data.path / f"{split}_{name}.npy",
+            "w+",
+            np.dtype(spec.dtype),
+            (n, *[length if s is None else s for s in spec.shape]),
+        )
+        for name, spec in specs.items()
+    }
+    logger.info("teacher outputs (%s) for %d %s items", ", ".join(sorted(groups)), n, split)
+    for start in range(0, n, task.teacher_batch):
+        idx = np.arange(start, min(n, start + task.teacher_batch))
+        out = task.teacher_outputs(teacher, task.batch(data, split, idx, device), groups, params)
+        for name, value in out.items():
+            arrays[name][(slice(start, start + len(idx)), *(slice(0, s) for s in value.shape[1:]))] = (
+                value.cpu().numpy()
+            )
+    for arr in arrays.values():
+        arr.flush()
+    group_of = {value: group for group, values in task.outputs.items() for value in values}
+    return {
+        name: {"group": group_of[name], "shape": list(spec.shape), "dtype": spec.dtype} for name, spec in specs.items()
+    }
+
+
+__all__ = ["PreparedData", "cache_key", "prepare"]

@@ -1,0 +1,90 @@
+"""The loss of a study (`[distill.loss]`): a weight per registered term and the parameters the
+terms and teacher outputs take, turned into the loss function of a micro-batch."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from distill.losses import LOSSES, LossTerm
+
+if TYPE_CHECKING:
+    from distill.cache import PreparedData
+    from distill.tasks.base import Task
+    from distill.teacher_outputs import WeightedTeacher
+
+TEACHER_OUTPUTS = ("cached", "live")
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+    """The loss of both runs of a study (brief and full): the `[distill.loss]` section."""
+
+    weights: dict[str, float]
+    """weight of each registered term (`distill.losses.LOSSES`); 0 turns a term off"""
+    params: dict[str, Any]
+    """the task's loss parameters (e.g. temperature, top_k)"""
+    teacher_outputs: str = "cached"
+    """where the teacher's outputs on training batches come from: cached (computed once per
+    study) or live (the teacher runs on every batch, in the trial's process)"""
+
+    def __post_init__(self) -> None:
+        unknown = [n for n in self.weights if n not in LOSSES]
+        if unknown:
+            raise ValueError(f"{unknown[0]}: unknown loss term; allowed: {', '.join(LOSSES)}")
+        if any(w < 0 for w in self.weights.values()):
+            raise ValueError("weights: must be >= 0")
+        if not self.active():
+            raise ValueError(f"needs at least one term with a weight > 0 ({', '.join(self.weights)})")
+        if self.teacher_outputs not in TEACHER_OUTPUTS:
+            raise ValueError(f"teacher_outputs: must be one of {', '.join(TEACHER_OUTPUTS)}, got {self.teacher_outputs!r}")
+
+    def active(self) -> list[tuple[str, LossTerm, float]]:
+        """(name, term, weight) of the terms that count, in the registry's order."""
+        return [(n, t, self.weights[n]) for n, t in LOSSES.items() if self.weights.get(n, 0.0) > 0]
+
+    def needs(self) -> set[str]:
+        """The teacher output groups the active terms need."""
+        return {group for _, term, _ in self.active() for group in term.needs}
+
+    def describe(self) -> str:
+        """The loss in words, for model cards: `1.0 x <term> + 0.5 x <term>`."""
+        return " + ".join(f"{w:g} x {term.text.format(**self.params)}" for _, term, w in self.active())
+
+
+def allowed_terms(task: Task) -> list[str]:
+    """The registered terms a task can compute: it gives every input they require."""
+    given = set(task.values) | {f.name for f in dataclasses.fields(task.loss_params)}
+    given |= {value for group in task.outputs.values() for value in group}
+    return [n for n, t in LOSSES.items() if set(t.needs) <= set(task.outputs) and t.required <= given]
+
+
+def make_loss(
+    task: Task,
+    student: torch.nn.Module,
+    data: PreparedData,
+    loss: LossConfig,
+    teachers: list[WeightedTeacher],
+    device: torch.device,
+) -> Callable[[np.ndarray], torch.Tensor]:
+    """The loss of the training items at `idx`: the weighted sum of the active terms, terms
+    that need a teacher summed once per teacher and weighted by that teacher's weight."""
+    terms = loss.active()
+    free = [(term, w) for _, term, w in terms if not term.needs]
+    taught = [(term, w) for _, term, w in terms if term.needs]
+    wanted = {name for _, term, _ in terms for name in term.inputs}
+
+    def loss_fn(idx: np.ndarray) -> torch.Tensor:
+        batch = task.batch(data, "train", idx, device)
+        values = {**loss.params, **task.forward(student, batch, wanted)}
+        total: Any = sum(w * term(values) for term, w in free)
+        for teacher in teachers if taught else []:
+            given = {**values, **teacher.provider.outputs("train", idx, batch)}
+            total = total + teacher.weight * sum(w * term(given) for term, w in taught)
+        return total
+
+    return loss_fn

@@ -1,0 +1,235 @@
+"""The task protocol: what every task module implements, and the small types it speaks in.
+
+A task (causal LM, sentence embedding, ...) is one module in `distill/tasks/` with one object
+implementing `Task`, registered by name in `distill/tasks/__init__.py`. Everything outside
+`distill/tasks/` works through this protocol and never asks which task it holds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from distill.cache import PreparedData
+    from distill.teachers import TeacherSource
+
+
+@dataclasses.dataclass(frozen=True)
+class Metric:
+    """A metric a task reports, declared once: spec validation, stored trial attributes, the
+    front's columns, the report and the model card all read it from here."""
+
+    name: str
+    kind: str
+    """"quality" (against the teacher, on held-out data) or "size" (of the student itself)"""
+    direction: str
+    """"min" or "max": which way is better"""
+    fmt: str
+    """how to print a value, e.g. "{:.2f}" """
+    label: str
+    """what it is, in words, for tables and model cards"""
+
+    def format(self, value: Any) -> str:
+        return self.fmt.format(value) if isinstance(value, (int, float)) else "-"
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputArray:
+    """How one teacher output is stored per item in the cache: its shape (None marks the token
+    axis, stored at the full item length and cut to each batch's length when read) and dtype."""
+
+    shape: tuple[int | None, ...]
+    dtype: str
+
+
+@dataclasses.dataclass
+class Teacher:
+    """A loaded teacher: the model (eval mode), its tokenizer, and what else the task keeps of
+    it (the pooling of a sentence encoder)."""
+
+    model: Any
+    tokenizer: Any
+    source: TeacherSource
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class Batch:
+    """The model inputs of some items (tensors on the device) and their token-axis length."""
+
+    inputs: dict[str, torch.Tensor]
+    length: int
+
+
+@dataclasses.dataclass(frozen=True)
+class CardParts:
+    """What a model card and the progress bar need to know of a task's exports."""
+
+    library_name: str
+    pipeline_tag: str
+    usage: str
+    """Python that loads the export with the ecosystem's own loader; `{path}` is the folder"""
+    items: str
+    """what one training item is called, plural ("blocks", "paragraphs")"""
+    rate: str
+    """the progress bar's throughput unit ("tok_s", "sent_s")"""
+    rate_in_tokens: bool
+    """whether that rate counts tokens (items x block length) or items"""
+
+
+class Task(Protocol):
+    """One kind of student. Methods are listed in the order a study calls them.
+
+    Once per study, in the driver (`distill.cache.prepare`): `load_data`, `load_teacher`, `check_space`,
+    `encode` for each split, `output_arrays` and `teacher_outputs` for each split's batches,
+    `importance`, then `as_student`, `evaluate` and `size` on the teacher itself.
+    In each trial and full run (`nas.trial`, `nas.full`): `build_student`, then per micro-batch
+    `batch` and `forward` (the loss terms of `distill.losses` take their inputs from there),
+    `lengths` for the budget, `evaluate` and `size` at the end; `export` after a full run.
+    """
+
+    name: str
+    """the registry name, the spec's `study.task`"""
+    space: type
+    """the `[space]` dataclass: sampled by Optuna, checked against the teacher"""
+    data_config: type
+    """the `[data]` dataclass; it has at least block_length (tokens per item) and train_blocks,
+    valid_blocks, eval_blocks (items per split, 0: all)"""
+    metrics: tuple[Metric, ...]
+    """quality metrics first; the first quality metric is the default objective"""
+    loss_params: type
+    """the frozen dataclass of the parameters `[distill.loss]` takes besides term weights"""
+    default_weights: dict[str, float]
+    """term weights of `[distill.loss]` when the spec gives none"""
+    outputs: dict[str, tuple[str, ...]]
+    """teacher output groups this task can compute, and the values each group gives"""
+    values: frozenset[str]
+    """what `forward` and `batch` give the loss terms (see `distill.losses`)"""
+    eval_outputs: tuple[str, ...]
+    """teacher output groups evaluation reads on the held-out splits"""
+    held_out_params: dict[str, Any]
+    """loss parameters replaced on held-out splits (the causal-LM KL is measured at T = 1)"""
+    teacher_batch: int
+    """items per teacher forward pass when the cache is made"""
+    card: CardParts
+
+    def load_data(self, data: Any, base_dir: Path, seed: int) -> dict[str, list[Any]]:
+        """The study's examples (documents, sentence pairs) split three ways ("train", "valid",
+        "eval") with `seed`, no example in two splits (once per study)."""
+        ...
+
+    def load_teacher(self, source: TeacherSource) -> Teacher:
+        """Load the teacher (once per study, and where a worker needs it live); raise
+        `InputError` when it is not a model this task can learn from."""
+        ...
+
+    def check_space(self, space: Any, teacher_config: Any) -> None:
+        """Before any trial runs: raise `InputError` naming `space.<key>` when some
+        architecture of `space` cannot be built from this teacher."""
+        ...
+
+    def encode(self, examples: list[Any], teacher: Teacher, data: Any, limit: int) -> dict[str, np.ndarray]:
+        """One split's examples as arrays of items (token blocks, padded paragraphs), at most
+        `limit` items (0: all); stored as `<split>_<name>.npy`."""
+        ...
+
+    def lengths(self, data: PreparedData, split: str) -> np.ndarray:
+        """Real (unpadded) tokens of each item of `split`, (N,)."""
+        ...
+
+    def batch(self, data: PreparedData, split: str, idx: np.ndarray, device: torch.device) -> Batch:
+        """The inputs of the items `idx` of `split`."""
+        ...
+
+    def output_arrays(self, groups: set[str], teacher: Teacher, params: dict[str, Any], length: int) -> dict[str, OutputArray]:
+        """The cached arrays of the teacher output `groups`, for items of `length` tokens."""
+        ...
+
+    def teacher_outputs(self, teacher: Teacher, batch: Batch, groups: set[str], params: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The teacher's outputs of `groups` on `batch` (no gradient), named as in `distill.losses`."""
+        ...
+
+    def importance(self, teacher: Teacher, data: PreparedData, device: torch.device) -> dict[str, Any] | None:
+        """Unit importance scores on a calibration batch, for students sliced from the teacher."""
+        ...
+
+    def build_student(self, arch: dict[str, Any], data: PreparedData, device: torch.device) -> torch.nn.Module:
+        """A student of the sampled architecture (initialized as the architecture says)."""
+        ...
+
+    def as_student(self, teacher: Teacher, data: PreparedData) -> torch.nn.Module:
+        """The teacher wrapped like a student, to measure it with `evaluate` and `size`."""
+        ...
+
+    def forward(self, student: torch.nn.Module, batch: Batch, wanted: set[str]) -> dict[str, Any]:
+        """The student's side of the loss on `batch`: the `wanted` values of `values`."""
+        ...
+
+    def evaluate(self, student: torch.nn.Module, data: PreparedData, split: str, device: torch.device) -> dict[str, float]:
+        """Every quality metric on `split` ("valid" or "eval") against the cached teacher outputs."""
+        ...
+
+    def size(self, student: torch.nn.Module, data: PreparedData, device: torch.device) -> dict[str, float]:
+        """Every size metric of what would ship."""
+        ...
+
+    def describe(self, arch: dict[str, Any]) -> str:
+        """A one-line summary of an architecture."""
+        ...
+
+    def export(self, student: torch.nn.Module, data: PreparedData, folder: Path) -> None:
+        """Write a folder the ecosystem loads (`card.usage` shows how), without the model card."""
+        ...
+
+
+# Size metrics every task measures the same way (what ships is counted without its training state).
+PARAMS = Metric("params", "size", "min", "{:,.0f}", "parameters")
+NON_EMBEDDING_PARAMS = Metric("non_embedding_params", "size", "min", "{:,.0f}", "non-embedding parameters")
+PEAK_MEMORY = Metric("peak_memory_mb", "size", "min", "{:.2f}", "peak memory, MiB (batch 1)")
+
+
+def check_space_fits(space: Any, teacher_config: Any) -> None:
+    """A search space's own check against the teacher (`space.check_teacher`), as one error
+    line that names the `space.<key>`."""
+    from distill.errors import InputError
+
+    try:
+        space.check_teacher(teacher_config)
+    except ValueError as exc:
+        raise InputError(f"space.{exc}") from None
+
+
+def quality_metrics(task: Task) -> dict[str, str]:
+    """Quality metric names and their directions."""
+    return {m.name: m.direction for m in task.metrics if m.kind == "quality"}
+
+
+def format_metric(task: Task, name: str, value: Any) -> str:
+    """A value as the task formats that metric (6 significant digits for anything else)."""
+    metric = next((m for m in task.metrics if m.name == name), None)
+    if metric is not None:
+        return metric.format(value)
+    return f"{value:.6g}" if isinstance(value, (int, float)) else str(value)
+
+
+def trains_teacher(task: Task) -> bool:
+    """Whether the task can train its teacher on first use (`[teacher.train]`)."""
+    return callable(getattr(task, "train_teacher", None))
+
+
+__all__ = [
+    "Batch",
+    "CardParts",
+    "Metric",
+    "OutputArray",
+    "Task",
+    "Teacher",
+    "format_metric",
+    "quality_metrics",
+    "trains_teacher",
+]

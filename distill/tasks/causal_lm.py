@@ -1,0 +1,266 @@
+"""Causal-LM students: decoder-only students (GPT-2, Llama, Qwen2, Mistral) that share the
+teacher's tokenizer, distilled on packed token blocks from the teacher's top-k next-token
+distribution, measured by perplexity, KL to the teacher and top-1 agreement."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from distill.cache import PreparedData
+from distill.data import DataConfig, load_documents, pack
+from distill.errors import InputError
+from distill.evaluate import median_ms, param_counts, peak_memory_mb
+from distill.loop import Budget, autocast, distill
+from distill.losses import next_token_ce, topk_kd_loss
+from distill.tasks.base import (
+    NON_EMBEDDING_PARAMS,
+    PARAMS,
+    PEAK_MEMORY,
+    Batch,
+    CardParts,
+    Metric,
+    OutputArray,
+    Teacher,
+    check_space_fits,
+)
+from distill.teachers import TeacherSource, TeacherTraining, train_tokenizer
+from search_spaces import (
+    FAMILIES,
+    DecoderArch,
+    DecoderSpace,
+    build_model,
+    decoder_importance,
+    init_decoder_from_teacher,
+)
+
+logger = logging.getLogger(__name__)
+
+METRICS = (
+    Metric("perplexity", "quality", "min", "{:.2f}", "perplexity (lower is better)"),
+    Metric("kl", "quality", "min", "{:.4f}", "KL to the teacher, nats/token (lower is better)"),
+    Metric("top1_agreement", "quality", "max", "{:.3f}", "top-1 agreement with the teacher"),
+    PARAMS,
+    NON_EMBEDDING_PARAMS,
+    Metric("latency_ms", "size", "min", "{:.4f}", "latency, ms/token (batch 1)"),
+    PEAK_MEMORY,
+)
+
+USAGE = """from transformers import pipeline
+generate = pipeline("text-generation", model="{path}")
+print(generate("The", max_new_tokens=20)[0]["generated_text"])"""
+
+
+@dataclasses.dataclass(frozen=True)
+class CausalLossParams:
+    """The parameters of a causal-LM loss besides the term weights."""
+
+    temperature: float = 2.0
+    """softmax temperature of the teacher's cached distribution on training blocks and of the KL"""
+    top_k: int = 32
+    """teacher log-probabilities kept per position (the rest is one tail bucket)"""
+
+    def __post_init__(self) -> None:
+        if not self.temperature > 0:
+            raise ValueError(f"temperature: must be > 0, got {self.temperature}")
+        if self.top_k < 1:
+            raise ValueError(f"top_k: must be >= 1, got {self.top_k}")
+
+
+class CausalLM:
+    name = "causal-lm"
+    data_config = DataConfig
+    space = DecoderSpace
+    metrics = METRICS
+    loss_params = CausalLossParams
+    default_weights = {"forward_kl": 1.0, "ce": 0.5}
+    outputs = {"topk": ("teacher_logprobs", "teacher_indices")}
+    values = frozenset({"student_logits", "labels", "mask"})
+    eval_outputs = ("topk",)
+    held_out_params = {"temperature": 1.0}  # held-out KL and agreement against the plain distribution
+    teacher_batch = 16
+    card = CardParts("transformers", "text-generation", USAGE, "blocks", "tok_s", True)
+
+    # -- the teacher and the data, once per study
+    def load_data(self, data: DataConfig, base_dir: Path, seed: int) -> dict[str, list[str]]:
+        return load_documents(data, base_dir, seed)
+
+    def load_teacher(self, source: TeacherSource) -> Teacher:
+        model, tokenizer = source.load("AutoModelForCausalLM")
+        return Teacher(model, tokenizer, source)
+
+    def train_teacher(self, cfg: TeacherTraining, texts: list[str], out: Path, block_length: int) -> None:
+        """Train a tokenizer and a small GPT-2 on `texts` and `save_pretrained` both into `out`."""
+        train_teacher(cfg, texts, out, block_length)
+
+    def check_space(self, space: DecoderSpace, teacher_config: Any) -> None:
+        check_space_fits(space, teacher_config)
+
+    def encode(self, texts: list[str], teacher: Teacher, data: DataConfig, limit: int) -> dict[str, np.ndarray]:
+        return {"blocks": pack(texts, teacher.tokenizer, data.block_length, limit)}
+
+    def lengths(self, data: PreparedData, split: str) -> np.ndarray:
+        blocks = data.array(f"{split}_blocks")
+        return np.full(len(blocks), blocks.shape[1])
+
+    def batch(self, data: PreparedData, split: str, idx: np.ndarray, device: torch.device) -> Batch:
+        tokens = torch.from_numpy(data.array(f"{split}_blocks")[idx].astype(np.int64)).to(device)  # (B, L)
+        return Batch({"input_ids": tokens}, tokens.shape[1] - 1)
+
+    def output_arrays(self, groups: set[str], teacher: Teacher, params: dict[str, Any], length: int) -> dict[str, OutputArray]:
+        vocab = teacher.model.config.vocab_size
+        if params["top_k"] > vocab:
+            raise InputError(f"distill.loss.top_k: {params['top_k']} exceeds the teacher's vocabulary ({vocab})")
+        shape = (length - 1, params["top_k"])
+        return {"teacher_logprobs": OutputArray(shape, "float16"), "teacher_indices": OutputArray(shape, "int32")}
+
+    def teacher_outputs(self, teacher: Teacher, batch: Batch, groups: set[str], params: dict[str, Any]) -> dict[str, torch.Tensor]:
+        tokens = batch.inputs["input_ids"]
+        with autocast(tokens.device):
+            logits = teacher.model(input_ids=tokens).logits[:, :-1].float()  # (B, L-1, V)
+        top = torch.log_softmax(logits / params["temperature"], dim=-1).topk(params["top_k"], dim=-1)  # (B, L-1, k)
+        return {"teacher_logprobs": top.values, "teacher_indices": top.indices.int()}
+
+    def importance(self, teacher: Teacher, data: PreparedData, device: torch.device) -> dict[str, Any] | None:
+        if teacher.model.config.model_type not in FAMILIES:
+            return None  # no slicing for other families
+        calib = torch.from_numpy(data.array("train_blocks")[:16].astype(np.int64)).to(device)
+        return decoder_importance(teacher.model, {"input_ids": calib})
+
+    # -- students
+    def build_student(self, arch: dict[str, Any], data: PreparedData, device: torch.device) -> torch.nn.Module:
+        a = DecoderArch.from_dict(arch)
+        student = build_model(a, data.teacher_config(), data.meta["block_length"])
+        if a.init == "teacher":  # sliced from the teacher, ranked on the study's calibration batch
+            teacher = data.teacher_source.load_model("AutoModelForCausalLM")
+            scores = torch.load(data.path / "importance.pt", weights_only=True)
+            init_decoder_from_teacher(student, teacher, None, a.layer_pick, scores=scores)
+        return student
+
+    def as_student(self, teacher: Teacher, data: PreparedData) -> torch.nn.Module:
+        return teacher.model
+
+    def forward(self, student: torch.nn.Module, batch: Batch, wanted: set[str]) -> dict[str, Any]:
+        tokens = batch.inputs["input_ids"]  # (B, L)
+        with autocast(tokens.device):
+            logits = student(input_ids=tokens).logits[:, :-1]  # (B, L-1, V)
+        return {"student_logits": logits, "labels": tokens[:, 1:], "mask": None}  # packed blocks: no padding
+
+    def evaluate(self, student: torch.nn.Module, data: PreparedData, split: str, device: torch.device) -> dict[str, float]:
+        return evaluate_lm(student, data, split, device=device)
+
+    def size(self, student: torch.nn.Module, data: PreparedData, device: torch.device) -> dict[str, float]:
+        return size_metrics(student, data.meta["block_length"], device=device)
+
+    def describe(self, arch: dict[str, Any]) -> str:
+        return DecoderArch.from_dict(arch).short()
+
+    def export(self, student: torch.nn.Module, data: PreparedData, folder: Path) -> None:
+        """save_pretrained (safetensors), the teacher's tokenizer and a generation config."""
+        from transformers import AutoTokenizer, GenerationConfig
+
+        student.cpu().save_pretrained(folder)
+        AutoTokenizer.from_pretrained(data.path / "teacher").save_pretrained(folder)
+        config = student.config
+        pad = config.pad_token_id if config.pad_token_id is not None else config.eos_token_id
+        GenerationConfig(
+            bos_token_id=config.bos_token_id,
+            eos_token_id=config.eos_token_id,
+            pad_token_id=pad,
+            max_new_tokens=64,
+            do_sample=True,
+            top_p=0.95,
+            temperature=0.8,
+        ).save_pretrained(folder)
+
+
+@torch.no_grad()
+def evaluate_lm(
+    model: torch.nn.Module, data: PreparedData, split: str, *, batch_size: int = 16, device: torch.device | str = "cpu"
+) -> dict[str, float]:
+    """Perplexity on the blocks of `split`, the KL to the teacher over its cached top-k + tail
+    (at temperature 1) and the top-1 agreement with the teacher."""
+    device = torch.device(device)
+    model.to(device).eval()
+    blocks = data.array(f"{split}_blocks")
+    t_logp_all, t_idx_all = data.array(f"{split}_teacher_logprobs"), data.array(f"{split}_teacher_indices")
+    nll = kl = agree = 0.0
+    count = 0
+    for start in range(0, len(blocks), batch_size):
+        tokens = torch.from_numpy(blocks[start : start + batch_size].astype(np.int64)).to(device)
+        with autocast(device):
+            logits = model(input_ids=tokens).logits[:, :-1].float()  # (B, L-1, V)
+        n = tokens[:, 1:].numel()
+        nll += F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten(), reduction="sum").item()
+        t_logp = torch.from_numpy(np.array(t_logp_all[start : start + batch_size])).to(device)
+        t_idx = torch.from_numpy(np.array(t_idx_all[start : start + batch_size])).to(device)
+        kl += topk_kd_loss(logits, t_logp, t_idx, 1.0).item() * n
+        agree += (logits.argmax(-1) == t_idx[..., 0].long()).sum().item()
+        count += n
+    return {"perplexity": math.exp(nll / count), "kl": kl / count, "top1_agreement": agree / count}
+
+
+def latency_ms_per_token(model: torch.nn.Module, seq_len: int, *, device: torch.device | str = "cpu") -> float:
+    """Median time of a batch-1 forward pass over `seq_len` tokens, divided by `seq_len`."""
+    device = torch.device(device)
+    model.to(device).eval()
+    tokens = torch.zeros(1, seq_len, dtype=torch.long, device=device)
+    return median_ms(lambda: model(input_ids=tokens), device) / seq_len
+
+
+def size_metrics(model: Any, seq_len: int, *, device: torch.device | str = "cpu") -> dict[str, float]:
+    """Parameters, latency (ms/token at batch 1) and peak memory (MiB) on `device`."""
+    return {
+        **param_counts(model),
+        "latency_ms": latency_ms_per_token(model, seq_len, device=device),
+        "peak_memory_mb": peak_memory_mb(model, seq_len, device=device),
+    }
+
+
+def lm_loss(model: torch.nn.Module, blocks: np.ndarray, device: torch.device) -> Any:
+    """Plain next-token cross-entropy on the blocks at the given indices (no teacher)."""
+
+    def loss(idx: np.ndarray) -> torch.Tensor:
+        tokens = torch.from_numpy(blocks[idx].astype(np.int64)).to(device)
+        out = TASK.forward(model, Batch({"input_ids": tokens}, tokens.shape[1] - 1), set())
+        return next_token_ce(out["student_logits"], out["labels"])
+
+    return loss
+
+
+def train_teacher(cfg: TeacherTraining, texts: list[str], out: Path, block_length: int = 128, seed: int = 0) -> None:
+    """Train a tokenizer and a GPT-2 on `texts` and `save_pretrained` both into `out`."""
+    from transformers import PretrainedConfig
+
+    from distill.files import written_whole
+
+    logger.info("training the teacher into %s (%d steps); later runs reuse it", out, cfg.steps)
+    tokenizer = train_tokenizer(texts, cfg.vocab_size)
+    blocks = pack(texts, tokenizer, block_length)
+    arch = DecoderArch("gpt2", cfg.layers, cfg.heads, cfg.heads, cfg.hidden // cfg.heads, 4.0, True)
+    vocab = PretrainedConfig(
+        vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id
+    )
+    torch.manual_seed(seed)
+    model = build_model(arch, vocab, block_length)
+    budget = Budget(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, warmup=0.05)
+
+    def on_step(step: int, total: int, loss: float) -> None:
+        if step % 50 == 0 or step == total:
+            logger.info("teacher step %d/%d, loss %.3f", step, total, loss)
+
+    cpu = torch.device("cpu")
+    distill(model, budget, lm_loss(model, blocks, cpu), np.full(len(blocks), block_length), seed=seed, on_step=on_step)
+    with written_whole(out) as tmp:  # a killed run never leaves a half-written teacher behind
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+
+TASK = CausalLM()

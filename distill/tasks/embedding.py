@@ -1,0 +1,408 @@
+"""Sentence-embedding students: BERT encoders with the teacher's pooling and a projection into
+the teacher's embedding space, distilled on paragraphs from the teacher's sentence embeddings
+(and, where the loss asks, its hidden states and last-layer Q/K/V), measured by how well their
+embeddings stand in for the teacher's."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from distill.cache import PreparedData
+from distill.data import DataConfig, encode_texts, load_documents, paragraphs
+from distill.errors import InputError
+from distill.evaluate import median_ms, param_counts, peak_memory_mb
+from distill.loop import autocast
+from distill.tasks.base import (
+    NON_EMBEDDING_PARAMS,
+    PARAMS,
+    PEAK_MEMORY,
+    Batch,
+    CardParts,
+    Metric,
+    OutputArray,
+    Teacher,
+    check_space_fits,
+)
+from distill.teachers import TeacherSource
+from search_spaces import (
+    EncoderArch,
+    EncoderSpace,
+    bert_importance,
+    build_encoder,
+    init_bert_from_teacher,
+    kept_channels,
+    layer_map,
+)
+
+POOLING_MODES = ("mean", "cls", "max")
+CALIBRATION = 32
+
+METRICS = (
+    Metric("cosine", "quality", "max", "{:.4f}", "mean cosine to the teacher's embedding of the same sentence"),
+    Metric("spearman", "quality", "max", "{:.4f}", "Spearman correlation of pairwise similarities with the teacher's"),
+    Metric("retrieval", "quality", "max", "{:.3f}", "overlap of top-10 nearest neighbours with the teacher's"),
+    PARAMS,
+    NON_EMBEDDING_PARAMS,
+    Metric("latency_ms", "size", "min", "{:.3f}", "latency, ms/sentence (batch 1)"),
+    Metric("latency_ms_b32", "size", "min", "{:.3f}", "latency, ms/sentence (batch 32)"),
+    PEAK_MEMORY,
+)
+
+USAGE = """from sentence_transformers import SentenceTransformer
+model = SentenceTransformer("{path}")
+embeddings = model.encode(["A sentence to embed.", "Another one."])"""
+
+QKV = ("query", "key", "value")
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbeddingLossParams:
+    """Embedding losses take no parameters besides their weights."""
+
+
+def read_pooling(folder: Path) -> dict[str, Any]:
+    """Pooling of a sentence-transformers folder (modules.json, 1_Pooling/config.json,
+    Normalize); a plain HF folder gets mean pooling without normalization."""
+    modules_file = folder / "modules.json"
+    if not modules_file.exists():
+        return {"mode": "mean", "normalize": False}
+    modules = json.loads(modules_file.read_text())
+    mode, normalize = "mean", False
+    for m in modules:
+        if m["type"].endswith("Pooling"):
+            cfg = json.loads((folder / m["path"] / "config.json").read_text())
+            mode = next(
+                (
+                    p
+                    for p in POOLING_MODES
+                    if cfg.get(f"pooling_mode_{p}_tokens" if p != "cls" else "pooling_mode_cls_token")
+                ),
+                "mean",
+            )
+        normalize = normalize or m["type"].endswith("Normalize")
+    return {"mode": mode, "normalize": normalize}
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
+    """Sentence embeddings (B, D) from token states (B, T, D) over real tokens, mask (B, T)."""
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    if mode == "cls":
+        return hidden[:, 0]
+    if mode == "max":
+        return hidden.masked_fill(m == 0, torch.finfo(hidden.dtype).min).amax(1)
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+
+
+class EmbeddingStudent(torch.nn.Module):
+    """An encoder, the teacher's pooling, and a projection to the teacher's embedding width
+    (absent when the widths agree), so that the student's embeddings stand in for the teacher's.
+    `hidden_projection` maps its hidden states to the teacher's width for the hidden-state loss
+    (training state only: it is not exported); `layer_map` and `relation_heads` say how its
+    states meet the teacher's."""
+
+    def __init__(
+        self,
+        encoder: Any,
+        teacher_dim: int,
+        pooling: dict[str, Any],
+        projection: torch.Tensor | None = None,
+        layer_map: list[int] | None = None,
+        relation_heads: int = 1,
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.pooling = dict(pooling)
+        width = encoder.config.hidden_size
+        self.projection = torch.nn.Linear(width, teacher_dim, bias=False) if width != teacher_dim else None
+        if self.projection is not None and projection is not None:
+            with torch.no_grad():
+                self.projection.weight.copy_(projection)
+        self.hidden_projection = torch.nn.Linear(width, teacher_dim, bias=False) if width != teacher_dim else None
+        self.layer_map = layer_map or list(range(encoder.config.num_hidden_layers + 1))
+        self.relation_heads = relation_heads
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, internals: bool = False) -> Any:
+        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=internals)
+        emb = pool(out.last_hidden_state, attention_mask, self.pooling["mode"])
+        if self.projection is not None:
+            emb = self.projection(emb)
+        if self.pooling["normalize"]:
+            emb = F.normalize(emb, dim=-1)
+        return (emb, out.hidden_states) if internals else emb
+
+
+def selection_matrix(kept: torch.Tensor, width: int) -> torch.Tensor:
+    """(width_teacher, width_student) 0/1 matrix putting kept channel j back at kept[j]."""
+    m = torch.zeros(width, len(kept))
+    m[kept, torch.arange(len(kept))] = 1.0
+    return m
+
+
+class LastLayerQKV:
+    """Captures the query, key and value projections of a BERT model's last layer."""
+
+    def __init__(self, model: Any) -> None:
+        self.out: dict[str, torch.Tensor] = {}
+        attn = model.encoder.layer[-1].attention.self
+        self.hooks = [
+            getattr(attn, n).register_forward_hook(lambda _m, _i, o, n=n: self.out.__setitem__(n, o)) for n in QKV
+        ]
+
+    def close(self) -> None:
+        for h in self.hooks:
+            h.remove()
+
+
+def _trimmed(ids: np.ndarray, mask: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch cut to its longest real sequence: the cache pads to the full length."""
+    length = max(1, int(mask.sum(1).max()))
+    i = torch.from_numpy(ids[:, :length].astype(np.int64)).to(device)
+    return i, torch.from_numpy(mask[:, :length].astype(np.int64)).to(device)
+
+
+class Embedding:
+    name = "embedding"
+    data_config = DataConfig
+    space = EncoderSpace
+    metrics = METRICS
+    loss_params = EmbeddingLossParams
+    default_weights = {"cosine": 1.0, "mse": 1.0}
+    outputs = {
+        "sentence_embedding": ("teacher_embedding",),
+        "hidden_states": ("teacher_hidden",),
+        "qkv": tuple(f"teacher_{n}" for n in QKV),
+    }
+    values = frozenset(
+        {"student_embedding", "student_hidden", *(f"student_{n}" for n in QKV), "mask", "layer_map", "relation_heads"}
+    )
+    eval_outputs = ("sentence_embedding",)
+    held_out_params: dict[str, Any] = {}
+    teacher_batch = 32
+    card = CardParts("sentence-transformers", "sentence-similarity", USAGE, "paragraphs", "sent_s", False)
+
+    # -- the teacher and the data, once per study
+    def load_data(self, data: DataConfig, base_dir: Path, seed: int) -> dict[str, list[str]]:
+        return load_documents(data, base_dir, seed)
+
+    def load_teacher(self, source: TeacherSource) -> Teacher:
+        model, tokenizer = source.load("AutoModel")
+        if model.config.model_type != "bert":
+            raise InputError(
+                f"teacher.model: embedding students are BERT encoders; the teacher is {model.config.model_type!r}"
+            )
+        pooling = read_pooling(Path(source.path)) if source.local else {"mode": "mean", "normalize": False}
+        return Teacher(model, tokenizer, source, {"pooling": pooling})
+
+    def check_space(self, space: EncoderSpace, teacher_config: Any) -> None:
+        check_space_fits(space, teacher_config)
+
+    def encode(self, texts: list[str], teacher: Teacher, data: DataConfig, limit: int) -> dict[str, np.ndarray]:
+        cut = paragraphs(texts)
+        if len(cut) < 2:
+            raise InputError(f"data: a split holds {len(cut)} paragraph(s); give more text")
+        ids, mask = encode_texts(cut, teacher.tokenizer, data.block_length, limit)
+        return {"ids": ids, "mask": mask}
+
+    def lengths(self, data: PreparedData, split: str) -> np.ndarray:
+        return np.asarray(data.array(f"{split}_mask")).sum(1)
+
+    def batch(self, data: PreparedData, split: str, idx: np.ndarray, device: torch.device) -> Batch:
+        i, m = _trimmed(data.array(f"{split}_ids")[idx], data.array(f"{split}_mask")[idx], device)
+        return Batch({"input_ids": i, "attention_mask": m}, i.shape[1])
+
+    def output_arrays(self, groups: set[str], teacher: Teacher, params: dict[str, Any], length: int) -> dict[str, OutputArray]:
+        width, layers = teacher.model.config.hidden_size, teacher.model.config.num_hidden_layers
+        out = {}
+        if "sentence_embedding" in groups:
+            out["teacher_embedding"] = OutputArray((width,), "float32")
+        if "hidden_states" in groups:  # the embedding output and every layer's
+            out["teacher_hidden"] = OutputArray((layers + 1, None, width), "float16")
+        if "qkv" in groups:
+            out |= {f"teacher_{n}": OutputArray((None, width), "float16") for n in QKV}
+        return out
+
+    def teacher_outputs(self, teacher: Teacher, batch: Batch, groups: set[str], params: dict[str, Any]) -> dict[str, torch.Tensor]:
+        i, m = batch.inputs["input_ids"], batch.inputs["attention_mask"]
+        qkv = LastLayerQKV(teacher.model) if "qkv" in groups else None
+        try:
+            with autocast(i.device):
+                states = teacher.model(input_ids=i, attention_mask=m, output_hidden_states="hidden_states" in groups)
+        finally:
+            if qkv is not None:
+                qkv.close()
+        out = {}
+        if "sentence_embedding" in groups:
+            emb = pool(states.last_hidden_state.float(), m, teacher.info["pooling"]["mode"])  # (B, D)
+            out["teacher_embedding"] = F.normalize(emb, dim=-1) if teacher.info["pooling"]["normalize"] else emb
+        if "hidden_states" in groups:
+            out["teacher_hidden"] = torch.stack(states.hidden_states, dim=1).float()  # (B, Lt+1, t, D)
+        if qkv is not None:
+            out |= {f"teacher_{n}": qkv.out[n].float() for n in QKV}  # (B, t, D)
+        return out
+
+    def importance(self, teacher: Teacher, data: PreparedData, device: torch.device) -> dict[str, Any] | None:
+        calib = {
+            "input_ids": torch.from_numpy(data.array("train_ids")[:CALIBRATION].astype(np.int64)).to(device),
+            "attention_mask": torch.from_numpy(data.array("train_mask")[:CALIBRATION].astype(np.int64)).to(device),
+        }
+        return {k: v if isinstance(v, torch.Tensor) else list(v) for k, v in bert_importance(teacher.model, calib).items()}
+
+    # -- students
+    def build_student(self, arch: dict[str, Any], data: PreparedData, device: torch.device) -> torch.nn.Module:
+        """The encoder with the teacher's pooling and a projection to the teacher's width; for
+        init = teacher, sliced from the teacher's weights (channels, heads, neurons ranked on the
+        study's calibration batch) with the projection putting kept channels back in place."""
+        a = EncoderArch.from_dict(arch)
+        config = data.teacher_config()
+        encoder = build_encoder(a, config)
+        projection = None
+        if a.init == "teacher":
+            teacher = data.teacher_source.load_model("AutoModel")
+            scores = torch.load(data.path / "importance.pt", weights_only=True)
+            init_bert_from_teacher(encoder, teacher, None, a.layer_pick, scores=scores)
+            projection = selection_matrix(kept_channels(scores, a.hidden), config.hidden_size)
+        mapping = layer_map(a.layers, config.num_hidden_layers, a.layer_pick if a.init == "teacher" else "even")
+        heads = math.gcd(config.num_attention_heads, a.hidden)
+        pooling = data.meta["teacher_info"]["pooling"]
+        return EmbeddingStudent(encoder, config.hidden_size, pooling, projection, mapping, heads).to(device)
+
+    def as_student(self, teacher: Teacher, data: PreparedData) -> torch.nn.Module:
+        return EmbeddingStudent(teacher.model, teacher.model.config.hidden_size, teacher.info["pooling"])
+
+    def forward(self, student: torch.nn.Module, batch: Batch, wanted: set[str]) -> dict[str, Any]:
+        i, m = batch.inputs["input_ids"], batch.inputs["attention_mask"]
+        # Q/K/V are captured for this forward pass only: validation and export run hook-free.
+        qkv = LastLayerQKV(student.encoder) if wanted & {f"student_{n}" for n in QKV} else None
+        try:
+            with autocast(i.device):
+                emb, states = student(i, m, internals=True)  # states: (B, t, d) per layer, embeddings first
+        finally:
+            if qkv is not None:
+                qkv.close()
+        out: dict[str, Any] = {"student_embedding": emb, "mask": m}
+        out |= {"layer_map": student.layer_map, "relation_heads": student.relation_heads}
+        if "student_hidden" in wanted:
+            project = student.hidden_projection or (lambda h: h)
+            out["student_hidden"] = [project(h) for h in states]  # each (B, t, D) at the teacher's width
+        if qkv is not None:
+            out |= {f"student_{n}": qkv.out[n] for n in QKV}
+        return out
+
+    def evaluate(self, student: torch.nn.Module, data: PreparedData, split: str, device: torch.device) -> dict[str, float]:
+        return evaluate_embeddings(
+            student,
+            data.array(f"{split}_ids"),
+            data.array(f"{split}_mask"),
+            data.array(f"{split}_teacher_embedding"),
+            device,
+        )
+
+    def size(self, student: torch.nn.Module, data: PreparedData, device: torch.device) -> dict[str, float]:
+        """What ships (encoder + projection): parameters, latency per sentence at batch 1 and 32, peak memory."""
+        seq_len = data.meta["block_length"]
+        counts = param_counts(student.encoder)
+        extra = student.projection.weight.numel() if student.projection is not None else 0
+        student.eval()
+        return {
+            "params": counts["params"] + extra,
+            "non_embedding_params": counts["non_embedding_params"] + extra,
+            "latency_ms": sentence_latency_ms(student, 1, seq_len, device),
+            "latency_ms_b32": sentence_latency_ms(student, 32, seq_len, device),
+            "peak_memory_mb": peak_memory_mb(student.encoder, seq_len, device=device),
+        }
+
+    def describe(self, arch: dict[str, Any]) -> str:
+        return EncoderArch.from_dict(arch).short()
+
+    def export(self, student: torch.nn.Module, data: PreparedData, folder: Path) -> None:
+        """A sentence-transformers folder (Transformer, Pooling, Dense projection, Normalize)
+        saved by sentence-transformers itself."""
+        from sentence_transformers import SentenceTransformer, models
+        from transformers import AutoTokenizer
+
+        hf = folder.with_name(folder.name + ".hf")
+        student = student.cpu().eval()
+        width = student.encoder.config.hidden_size
+        student.encoder.save_pretrained(hf)
+        AutoTokenizer.from_pretrained(data.path / "teacher").save_pretrained(hf)
+        modules: list[Any] = [
+            models.Transformer(str(hf), max_seq_length=data.meta["block_length"]),
+            models.Pooling(width, pooling_mode=student.pooling["mode"]),
+        ]
+        if student.projection is not None:
+            weight = student.projection.weight.detach().clone()
+            modules.append(
+                models.Dense(
+                    width, weight.shape[0], bias=False, activation_function=torch.nn.Identity(), init_weight=weight
+                )
+            )
+        if student.pooling["normalize"]:
+            modules.append(models.Normalize())
+        SentenceTransformer(modules=modules, device="cpu").save(str(folder))
+        shutil.rmtree(hf, ignore_errors=True)
+
+
+@torch.no_grad()
+def encode(
+    model: Callable[..., Any], ids: np.ndarray, mask: np.ndarray, device: torch.device, batch: int = 32
+) -> torch.Tensor:
+    """Embeddings (N, D) of a model that maps (input_ids, attention_mask) to (B, D)."""
+    out = []
+    for start in range(0, len(ids), batch):
+        i, m = _trimmed(ids[start : start + batch], mask[start : start + batch], device)
+        with autocast(device):
+            out.append(model(input_ids=i, attention_mask=m).float().cpu())
+    return torch.cat(out)
+
+
+def evaluate_embeddings(
+    student: Callable[..., Any], ids: np.ndarray, mask: np.ndarray, teacher_emb: np.ndarray, device: torch.device
+) -> dict[str, float]:
+    """Cosine fidelity, Spearman of pairwise similarities and top-10 retrieval agreement."""
+    if isinstance(student, torch.nn.Module):
+        student.eval()
+    return embedding_fidelity(encode(student, ids, mask, device), torch.from_numpy(np.array(teacher_emb)))
+
+
+def _ranks(x: torch.Tensor) -> torch.Tensor:
+    return x.argsort().argsort().float()
+
+
+def embedding_fidelity(student: torch.Tensor, teacher: torch.Tensor, k: int = 10) -> dict[str, float]:
+    """How well student embeddings (N, D) stand in for the teacher's (N, D) on the same sentences:
+    mean cosine; Spearman correlation of the two sets of pairwise cosine similarities; mean
+    overlap of each sentence's top-k nearest neighbours under student and teacher."""
+    s = F.normalize(student.float(), dim=-1)
+    t = F.normalize(teacher.float(), dim=-1)
+    n = len(s)
+    cosine = (s * t).sum(-1).mean().item()
+    iu = torch.triu_indices(n, n, offset=1)
+    s_sim, t_sim = s @ s.T, t @ t.T  # (N, N)
+    rs, rt = _ranks(s_sim[iu[0], iu[1]]), _ranks(t_sim[iu[0], iu[1]])
+    spearman = torch.corrcoef(torch.stack([rs, rt]))[0, 1].item()
+    k = min(k, n - 1)
+    eye = torch.eye(n, dtype=torch.bool)
+    s_nn = s_sim.masked_fill(eye, -2).topk(k, dim=-1).indices  # (N, k)
+    t_nn = t_sim.masked_fill(eye, -2).topk(k, dim=-1).indices
+    overlap = (s_nn.unsqueeze(-1) == t_nn.unsqueeze(-2)).any(-1).float().sum(-1) / k
+    return {"cosine": cosine, "spearman": spearman, "retrieval": overlap.mean().item()}
+
+
+def sentence_latency_ms(model: Callable[..., Any], batch: int, seq_len: int, device: torch.device) -> float:
+    """Median time per sentence of a forward pass over a (batch, seq_len) batch."""
+    ids = torch.ones(batch, seq_len, dtype=torch.long, device=device)
+    mask = torch.ones_like(ids)
+    return median_ms(lambda: model(input_ids=ids, attention_mask=mask), device, repeats=5) / batch
+
+
+TASK = Embedding()

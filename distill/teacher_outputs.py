@@ -1,0 +1,80 @@
+"""Teacher outputs behind one interface: cached once per study, or live.
+
+The loss asks a provider for the teacher's outputs on the items of a micro-batch; whether they
+were computed once per study and read from disk (`CachedTeacher`) or come from the teacher run
+on the batch in this process (`LiveTeacher`: outputs on student-generated sequences, all hidden
+states of a large decoder) is the provider's business. Several teachers are a list of
+providers with weights (`WeightedTeacher`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from distill.cache import PreparedData
+    from distill.objective import LossConfig
+    from distill.tasks.base import Batch, Task, Teacher
+
+
+class TeacherOutputs(Protocol):
+    def outputs(self, split: str, idx: np.ndarray, batch: Batch) -> dict[str, torch.Tensor]:
+        """The teacher's outputs for the items `idx` of `split`, shaped like `batch`, named as
+        the loss terms take them. Called once per micro-batch, under no gradient."""
+        ...
+
+
+class CachedTeacher:
+    """Outputs computed once per study (`distill.cache.prepare`), read from the cache."""
+
+    def __init__(self, data: PreparedData, groups: set[str], device: torch.device) -> None:
+        self.data, self.device = data, device
+        self.arrays = {
+            split: {name: spec for name, spec in stored.items() if spec["group"] in groups}
+            for split, stored in data.meta["outputs"].items()
+        }
+
+    def outputs(self, split: str, idx: np.ndarray, batch: Batch) -> dict[str, torch.Tensor]:
+        out = {}
+        for name, spec in self.arrays[split].items():
+            rows = np.asarray(self.data.array(f"{split}_{name}")[idx])  # (B, *item shape)
+            cut = tuple(slice(None) if s is not None else slice(0, batch.length) for s in spec["shape"])
+            out[name] = torch.from_numpy(rows[(slice(None), *cut)]).to(self.device)
+        return out
+
+
+class LiveTeacher:
+    """The teacher run on each batch in this process, with the loss parameters of the study
+    (held-out splits take the task's held-out parameters, as the cache does)."""
+
+    def __init__(self, task: Task, teacher: Teacher, groups: set[str], loss: LossConfig) -> None:
+        self.task, self.teacher, self.groups, self.loss = task, teacher, groups, loss
+
+    def outputs(self, split: str, idx: np.ndarray, batch: Batch) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            return self.task.teacher_outputs(self.teacher, batch, self.groups, split_params(self.task, self.loss, split))
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightedTeacher:
+    provider: TeacherOutputs
+    weight: float = 1.0
+
+
+def split_params(task: Task, loss: LossConfig, split: str) -> dict[str, Any]:
+    """The parameters teacher outputs of `split` are made with."""
+    return dict(loss.params) if split == "train" else {**loss.params, **task.held_out_params}
+
+
+def study_teachers(task: Task, data: PreparedData, loss: LossConfig, device: torch.device) -> list[WeightedTeacher]:
+    """The teacher of a study as the loss sees it: its cache, or the teacher itself when the
+    spec asks for live outputs (`[distill.loss] teacher_outputs = "live"`)."""
+    if loss.teacher_outputs == "live":
+        teacher = task.load_teacher(data.teacher_source)
+        teacher.model.to(device)
+        return [WeightedTeacher(LiveTeacher(task, teacher, loss.needs(), loss))]
+    return [WeightedTeacher(CachedTeacher(data, loss.needs(), device))]

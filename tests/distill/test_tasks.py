@@ -1,0 +1,169 @@
+"""The contract every registered task keeps, on a tiny teacher built from a config: it prepares
+the study's data and teacher outputs, checks a search space against the teacher, builds a
+student, takes loss steps with every loss term it allows, evaluates and measures it with its
+declared metrics, and exports a folder that the ecosystem's own loader opens in a process that
+does not import this project. A new task adds its tiny setup to SETUPS."""
+
+import dataclasses
+import subprocess
+import sys
+
+import numpy as np
+import optuna
+import pytest
+import torch
+
+from distill import (
+    Budget,
+    CachedTeacher,
+    DataConfig,
+    LiveTeacher,
+    LossConfig,
+    TeacherConfig,
+    WeightedTeacher,
+    distill,
+    make_loss,
+    prepare,
+)
+from distill.errors import InputError
+from distill.objective import allowed_terms
+from distill.tasks import TASKS
+from search_spaces import DecoderSpace, EncoderSpace
+from tests.conftest import write_spec
+
+CPU = torch.device("cpu")
+DATA = {"source": "json", "files": ("docs.jsonl",), "text_column": "body", "valid_blocks": 8, "eval_blocks": 16}
+
+# Per task: the tiny teacher (a conftest fixture), data, a space that fits the teacher, one that does not.
+SETUPS = {
+    "causal-lm": (
+        "llama",
+        DataConfig(**DATA, block_length=32, train_blocks=32),
+        DecoderSpace(
+            families=("llama",), layers=(1, 2), heads=(2, 4), head_dim=(8,), ffn_ratio=(1.0, 2.0), init=("teacher", "random")
+        ),
+        DecoderSpace(families=("llama",), layers=(1, 3), heads=(2,), head_dim=(8,), init=("teacher",)),
+    ),
+    "embedding": (
+        "sentence",
+        DataConfig(**DATA, block_length=48, train_blocks=32),
+        EncoderSpace(layers=(1, 2), heads=(2, 4), head_dim=(8,), init=("teacher", "random")),
+        EncoderSpace(layers=(1, 2), heads=(16,), head_dim=(8,), init=("teacher",)),
+    ),
+}
+
+
+def test_every_registered_task_has_a_setup_here():
+    assert set(SETUPS) == set(TASKS)
+
+
+@pytest.fixture(scope="module", params=sorted(TASKS))
+def study(request, tmp_path_factory, teacher_dirs, sentence_teacher):
+    """A task's prepared study: every term it allows at weight 1."""
+    task = TASKS[request.param]
+    teacher, data_cfg, fits, too_big = SETUPS[task.name]
+    folder = tmp_path_factory.mktemp(task.name)
+    write_spec(folder, folder)  # the documents file
+    path = sentence_teacher if teacher == "sentence" else teacher_dirs[teacher]
+    loss = LossConfig(dict.fromkeys(allowed_terms(task), 1.0), dataclasses.asdict(task.loss_params()))
+    data = prepare(
+        task,
+        TeacherConfig(model=str(path)),
+        data_cfg,
+        loss,
+        base_dir=folder,
+        cache_root=folder / "cache",
+        check=lambda config: task.check_space(fits, config),
+    )
+    return task, data, loss, fits, too_big
+
+
+def _arch(space, seed=0):
+    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed)).ask()
+    return space.sample(trial)
+
+
+def test_declarations_are_consistent(study):
+    task, data, loss, *_ = study
+    kinds = [m.kind for m in task.metrics]
+    assert kinds == sorted(kinds, key=["quality", "size"].index) and "quality" in kinds and "size" in kinds
+    assert all(m.direction in ("min", "max") and m.format(1.5) != "-" and m.label for m in task.metrics)
+    assert set(task.default_weights) <= set(allowed_terms(task))
+    assert set(task.eval_outputs) <= set(task.outputs)
+    assert "{path}" in task.card.usage
+
+
+def test_the_teacher_is_measured_with_every_declared_metric(study):
+    task, data, *_ = study
+    assert set(data.meta["teacher_metrics"]) == {m.name for m in task.metrics}
+    assert data.meta["task"] == task.name
+
+
+def test_a_space_larger_than_the_teacher_is_refused_up_front(study):
+    task, data, _, fits, too_big = study
+    task.check_space(fits, data.teacher_config())
+    with pytest.raises(InputError, match=r"^space\.(layers|heads|head_dim|ffn_ratio|init): "):
+        task.check_space(too_big, data.teacher_config())
+
+
+def test_a_student_learns_with_every_allowed_term(study):
+    task, data, loss, fits, _ = study
+    for seed in range(3):  # students of several architectures, teacher-initialized or not
+        arch = _arch(fits, seed)
+        torch.manual_seed(0)
+        student = task.build_student(arch, data, CPU)
+        before = [p.detach().clone() for p in student.parameters()]
+        teachers = [WeightedTeacher(CachedTeacher(data, loss.needs(), CPU))]
+        loss_fn = make_loss(task, student, data, loss, teachers, CPU)
+        result = distill(student, Budget(steps=3, batch_size=4), loss_fn, task.lengths(data, "train"))
+        assert len(result.losses) == 3 and all(np.isfinite(result.losses)), task.describe(arch)
+        assert any(not torch.equal(a, b) for a, b in zip(before, student.parameters()))
+        quality = task.evaluate(student, data, "eval", CPU)
+        size = task.size(student, data, CPU)
+        assert set(quality) == {m.name for m in task.metrics if m.kind == "quality"}
+        assert set(size) == {m.name for m in task.metrics if m.kind == "size"}
+        assert all(np.isfinite(v) for v in (*quality.values(), *size.values()))
+
+
+def test_forward_gives_every_value_the_task_declares(study):
+    task, data, *_ = study
+    student = task.build_student(_arch(SETUPS[task.name][2]), data, CPU)
+    out = task.forward(student, task.batch(data, "train", np.arange(3), CPU), set(task.values))
+    assert set(task.values) <= set(out)
+
+
+def test_live_teacher_outputs_match_the_cached_ones(study):
+    task, data, loss, fits, _ = study
+    idx = np.array([0, 2, 5])
+    batch = task.batch(data, "train", idx, CPU)
+    cached = CachedTeacher(data, loss.needs(), CPU)
+    live = LiveTeacher(task, task.load_teacher(data.teacher_source), loss.needs(), loss)
+    a, b = cached.outputs("train", idx, batch), live.outputs("train", idx, batch)
+    assert set(a) == set(b) == {v for g in loss.needs() for v in task.outputs[g]}
+    for name in a:
+        assert a[name].shape == b[name].shape, name
+        if a[name].is_floating_point():  # the cache keeps float16 where the declared array says so
+            torch.testing.assert_close(b[name].float(), a[name].float(), rtol=2e-3, atol=2e-3)
+    # several teachers are a weighted list: half the cache and half the live teacher is one teacher
+    torch.manual_seed(0)
+    student = task.build_student(_arch(fits), data, CPU).eval()  # no dropout: the same forward each time
+    one = make_loss(task, student, data, loss, [WeightedTeacher(cached)], CPU)(idx)
+    split = make_loss(task, student, data, loss, [WeightedTeacher(cached, 0.25), WeightedTeacher(cached, 0.75)], CPU)
+    assert split(idx).item() == pytest.approx(one.item(), rel=1e-6)
+    mixed = make_loss(task, student, data, loss, [WeightedTeacher(cached, 0.5), WeightedTeacher(live, 0.5)], CPU)
+    assert mixed(idx).item() == pytest.approx(one.item(), rel=1e-2)  # the cache's float16 against full precision
+
+
+def test_the_export_loads_with_the_ecosystems_own_loader(study, tmp_path):
+    task, data, loss, fits, _ = study
+    torch.manual_seed(0)
+    student = task.build_student(_arch(fits), data, CPU)
+    folder = tmp_path / "export"
+    folder.mkdir()
+    task.export(student, data, folder)
+    code = task.card.usage.format(path=folder) + "\nassert 'nas' not in sys.modules and 'distill' not in sys.modules\n"
+    proc = subprocess.run(
+        [sys.executable, "-c", "import sys\n" + code], capture_output=True, text=True, cwd=tmp_path, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not any(p.suffix == ".bin" for p in folder.rglob("*"))  # safetensors only
