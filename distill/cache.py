@@ -89,7 +89,7 @@ def prepare(
         docs = task.load_data(data_cfg, base_dir, seed)
         # A teacher trained here may see the validation documents (they only choose the students'
         # checkpoints); the held-out evaluation documents stay unseen by teacher and students.
-        task.train_teacher(teacher_cfg.train, docs["train"] + docs["valid"], Path(source.path), data_cfg.block_length)  # type: ignore[attr-defined]
+        task.train_teacher(teacher_cfg.train, docs["train"] + docs["valid"], Path(source.path), data_cfg)  # type: ignore[attr-defined]
     plan = {
         "train": sorted(loss.needs()) if loss.teacher_outputs == "cached" else [],
         "valid": sorted(task.eval_outputs),
@@ -109,11 +109,10 @@ def prepare(
         check(teacher.model.config)
     dev = torch.device(device)
     teacher.model.to(dev)
-    caps = {"train": data_cfg.train_blocks, "valid": data_cfg.valid_blocks, "eval": data_cfg.eval_blocks}
     with written_whole(final) as tmp:
         counts = {}
         for split in SPLITS:
-            arrays = task.encode(docs[split], teacher, data_cfg, caps[split])
+            arrays = task.encode(docs[split], teacher, data_cfg, split)
             for name, arr in arrays.items():
                 np.save(tmp / f"{split}_{name}.npy", arr)
             counts[split] = len(next(iter(arrays.values())))
@@ -125,7 +124,6 @@ def prepare(
             "teacher_source": dataclasses.asdict(source),
             "teacher_name": source.name,
             "teacher_info": teacher.info,
-            "block_length": data_cfg.block_length,
             **{f"{split}_items": n for split, n in counts.items()},
             "data": dataclasses.asdict(data_cfg),
             "plan": plan,
@@ -133,7 +131,7 @@ def prepare(
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
         meta["outputs"] = {
-            split: _write_outputs(task, teacher, PreparedData(tmp), split, set(plan[split]), params[split], dev)
+            split: _write_outputs(task, teacher, PreparedData(tmp), data_cfg, split, set(plan[split]), params[split], dev)
             for split in SPLITS
         }
         scores = task.importance(teacher, PreparedData(tmp), dev)
@@ -153,6 +151,7 @@ def _write_outputs(
     task: Task,
     teacher: Teacher,
     data: PreparedData,
+    data_cfg: Any,
     split: str,
     groups: set[str],
     params: dict[str, Any],
@@ -161,15 +160,10 @@ def _write_outputs(
     """The teacher outputs of `groups` for every item of `split`, as `<split>_<name>.npy`."""
     if not groups:
         return {}
-    n, length = len(task.lengths(data, split)), data.meta["block_length"]
-    specs = task.output_arrays(groups, teacher, params, length)
+    n = len(task.lengths(data, split))
+    specs = task.output_arrays(groups, teacher, params, data_cfg)
     arrays = {
-        name: np.lib.format.open_memmap(
-            data.path / f"{split}_{name}.npy",
-            "w+",
-            np.dtype(spec.dtype),
-            (n, *[length if s is None else s for s in spec.shape]),
-        )
+        name: np.lib.format.open_memmap(data.path / f"{split}_{name}.npy", "w+", np.dtype(spec.dtype), (n, *spec.shape))
         for name, spec in specs.items()
     }
     logger.info("teacher outputs (%s) for %d %s items", ", ".join(sorted(groups)), n, split)
@@ -184,7 +178,8 @@ def _write_outputs(
         arr.flush()
     group_of = {value: group for group, values in task.outputs.items() for value in values}
     return {
-        name: {"group": group_of[name], "shape": list(spec.shape), "dtype": spec.dtype} for name, spec in specs.items()
+        name: {"group": group_of[name], "shape": list(spec.shape), "dtype": spec.dtype, "cut": spec.cut}
+        for name, spec in specs.items()
     }
 
 

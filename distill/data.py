@@ -58,6 +58,10 @@ class DataConfig:
         if min(self.train_blocks, self.eval_blocks, self.valid_blocks) < 0:
             raise ValueError("train_blocks/eval_blocks/valid_blocks: must be >= 0 (0 means all)")
 
+    def limit(self, split: str) -> int:
+        """At most this many items of `split` (0: all)."""
+        return {"train": self.train_blocks, "valid": self.valid_blocks, "eval": self.eval_blocks}[split]
+
 
 SPLITS = ("train", "valid", "eval")
 

@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from distill.errors import InputError
+
 logger = logging.getLogger(__name__)
 
 
@@ -74,7 +76,7 @@ class Budget:
         if self.tokens <= 0:
             return self.steps
         if not lengths.any():
-            raise ValueError("tokens: the training items hold no tokens")
+            raise InputError("data: the training items hold no tokens; a tokens budget cannot be met")
         sampler, used, steps = Sampler(len(lengths), seed), 0, 0
         while True:
             used += int(lengths[sampler.next(self.batch_size)].sum())
@@ -194,7 +196,10 @@ def distill(
     if checkpoint_dir is not None:
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
     if resume and last is not None and last.exists():
-        ckpt = torch.load(last, map_location=device, weights_only=True)
+        # RNG and sampler states live on the CPU; weights and optimizer state move to the model.
+        ckpt = torch.load(last, map_location="cpu", weights_only=True)
+        if "sampler" not in ckpt:
+            raise InputError(f"--resume: {last} was written by an earlier version; start again without --resume")
         student.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])

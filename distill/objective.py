@@ -39,7 +39,7 @@ class LossConfig:
         if any(w < 0 for w in self.weights.values()):
             raise ValueError("weights: must be >= 0")
         if not self.active():
-            raise ValueError(f"needs at least one term with a weight > 0 ({', '.join(self.weights)})")
+            raise ValueError(f"weights: at least one term needs a weight > 0 ({', '.join(self.weights)})")
         if self.teacher_outputs not in TEACHER_OUTPUTS:
             raise ValueError(f"teacher_outputs: must be one of {', '.join(TEACHER_OUTPUTS)}, got {self.teacher_outputs!r}")
 
@@ -80,11 +80,14 @@ def make_loss(
 
     def loss_fn(idx: np.ndarray) -> torch.Tensor:
         batch = task.batch(data, "train", idx, device)
-        values = {**loss.params, **task.forward(student, batch, wanted)}
-        total: Any = sum(w * term(values) for term, w in free)
-        for teacher in teachers if taught else []:
-            given = {**values, **teacher.provider.outputs("train", idx, batch)}
-            total = total + teacher.weight * sum(w * term(given) for term, w in taught)
+        total: Any = 0
+        for i, teacher in enumerate(teachers if taught else [None]):
+            outputs = teacher.provider.outputs("train", idx, batch) if teacher is not None else {}
+            values = {**loss.params, **task.forward(student, batch, wanted, outputs), **outputs}
+            if i == 0:  # terms without a teacher count once
+                total = sum(w * term(values) for term, w in free)
+            if teacher is not None:
+                total = total + teacher.weight * sum(w * term(values) for term, w in taught)
         return total
 
     return loss_fn

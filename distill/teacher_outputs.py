@@ -2,9 +2,10 @@
 
 The loss asks a provider for the teacher's outputs on the items of a micro-batch; whether they
 were computed once per study and read from disk (`CachedTeacher`) or come from the teacher run
-on the batch in this process (`LiveTeacher`: outputs on student-generated sequences, all hidden
-states of a large decoder) is the provider's business. Several teachers are a list of
-providers with weights (`WeightedTeacher`).
+on the batch in this process (`LiveTeacher`, for what a cache cannot hold: outputs the study
+could not compute ahead, such as on sequences made during training, or the full
+distributions and all hidden states of a large model) is the provider's business. Several
+teachers are a list of providers with weights (`WeightedTeacher`).
 """
 
 from __future__ import annotations
@@ -42,8 +43,9 @@ class CachedTeacher:
         out = {}
         for name, spec in self.arrays[split].items():
             rows = np.asarray(self.data.array(f"{split}_{name}")[idx])  # (B, *item shape)
-            cut = tuple(slice(None) if s is not None else slice(0, batch.length) for s in spec["shape"])
-            out[name] = torch.from_numpy(rows[(slice(None), *cut)]).to(self.device)
+            cut = {int(axis): batch.lengths[key] for axis, key in spec["cut"].items()}  # JSON keys are text
+            index = tuple(slice(0, cut[axis]) if axis in cut else slice(None) for axis in range(len(spec["shape"])))
+            out[name] = torch.from_numpy(rows[(slice(None), *index)]).to(self.device)
         return out
 
 
@@ -73,6 +75,8 @@ def split_params(task: Task, loss: LossConfig, split: str) -> dict[str, Any]:
 def study_teachers(task: Task, data: PreparedData, loss: LossConfig, device: torch.device) -> list[WeightedTeacher]:
     """The teacher of a study as the loss sees it: its cache, or the teacher itself when the
     spec asks for live outputs (`[distill.loss] teacher_outputs = "live"`)."""
+    if not loss.needs():
+        return []  # no term asks the teacher anything
     if loss.teacher_outputs == "live":
         teacher = task.load_teacher(data.teacher_source)
         teacher.model.to(device)

@@ -46,7 +46,7 @@ class TeacherConfig:
     trust_remote_code: bool = False
     """allow the model's own Python code to run (off by default)"""
     train: TeacherTraining | None = None
-    """train a small GPT into `model` (a local folder) on first use (causal-LM studies)"""
+    """train a small GPT into `model` (a local folder) on first use (tasks that can train their teacher)"""
     package: str = ""
     """instead of `model`: a Python package that ships the model; its get_model_path() gives the folder"""
 
@@ -82,15 +82,14 @@ class TeacherSource:
         if not self.exists():
             raise InputError(
                 f"teacher.model: folder {self.name!r} does not exist (or has no config.json); "
-                "give an existing folder, a hub id, or (causal-lm) a [teacher.train] section"
+                "give an existing folder, a hub id, or a [teacher.train] section where the task trains its teacher"
             )
         kwargs = {"revision": self.revision, "trust_remote_code": self.trust_remote_code}
         try:
             tokenizer = transformers.AutoTokenizer.from_pretrained(self.path, **kwargs)
             model = getattr(transformers, auto_class).from_pretrained(self.path, use_safetensors=True, **kwargs)
         except OSError as exc:  # not found, unreachable hub, no safetensors weights
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise InputError(f"teacher.model: cannot load {self.name!r}: {first}") from exc
+            raise InputError(f"teacher.model: cannot load {self.name!r}: {_first_line(exc)}") from exc
         return model.eval(), tokenizer
 
     def load_model(self, auto_class: str) -> Any:
@@ -98,7 +97,14 @@ class TeacherSource:
         import transformers
 
         kwargs = {"revision": self.revision, "trust_remote_code": self.trust_remote_code}
-        return getattr(transformers, auto_class).from_pretrained(self.path, use_safetensors=True, **kwargs)
+        try:
+            return getattr(transformers, auto_class).from_pretrained(self.path, use_safetensors=True, **kwargs)
+        except OSError as exc:  # moved, deleted, or a hub that cannot be reached
+            raise InputError(f"teacher.model: cannot load {self.name!r}: {_first_line(exc)}") from exc
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def teacher_source(cfg: TeacherConfig, base_dir: Path) -> TeacherSource:

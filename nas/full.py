@@ -92,7 +92,7 @@ def full_distill(
     elif not (ckpt / "last.pt").exists():
         logger.warning("no checkpoint in %s: starting from the beginning", ckpt)
     task, budget = spec.task, spec.full
-    data = prepare_study(spec, "cuda" if spec.resources.gpus > 0 else "cpu")
+    data = prepare_study(spec)
     device = pick_device(spec.resources.gpus or float(torch.cuda.is_available()))
     metric, direction = spec.objectives.metrics[0]
     sign = 1.0 if direction == "min" else -1.0

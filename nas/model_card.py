@@ -48,7 +48,7 @@ tags:
 
 A {task.describe(arch)} student of `{teacher_name}`, found by the distill-nas architecture search of
 study `{spec.name}` (trial {number}) and distilled from the teacher for {record["steps"]} steps
-(batches of {budget.batch_size} {items} of up to {meta["block_length"]} tokens). It has {student["params"] / teacher["params"]:.1%} of the teacher's
+(batches of {budget.batch_size} {items}). It has {student["params"] / teacher["params"]:.1%} of the teacher's
 parameters and uses the teacher's tokenizer. Load it with:
 
 ```python
@@ -76,7 +76,7 @@ parameters and uses the teacher's tokenizer. Load it with:
 ## Training
 
 - Teacher: `{teacher_name}`
-- Data: {data}; split into train / validation / held-out with the study's seed, {items} of up to {meta["block_length"]} tokens
+- Data: {data}; split into train / validation / held-out with the study's seed
 - Loss: {spec.loss.describe()}
 - Optimizer: AdamW, lr {budget.lr}, warmup {budget.warmup:.0%} then cosine, batch {budget.batch_size} {items} ({budget.grad_accum} micro-batches), weight decay {budget.weight_decay}, gradient clipping {budget.grad_clip}
 - Validation every {budget.eval_every} steps on {meta["valid_items"]} validation {items}; {best}

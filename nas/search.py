@@ -17,7 +17,7 @@ from distill import PreparedData, prepare
 from distill.errors import InputError
 from distill.tasks import Task, get_task, task_for_metrics
 from nas.spec import StudySpec
-from nas.trial import TrialPlan, recorded, run_trial
+from nas.trial import TrialPlan, pick_device, recorded, run_trial
 
 logger = logging.getLogger(__name__)
 
@@ -64,9 +64,12 @@ def load_existing_study(spec: StudySpec) -> optuna.Study:
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
         raise InputError(f"study.name: no study {spec.name!r} yet ({url} does not exist); run `nas search` first")
     try:
-        return optuna.load_study(study_name=spec.name, storage=spec.storage_url)
+        study = optuna.load_study(study_name=spec.name, storage=spec.storage_url)
     except KeyError:
         raise InputError(f"study.name: no study {spec.name!r} in {spec.storage_url}; run `nas search` first") from None
+    if task_of(study).name != spec.study.task:
+        raise InputError(f"study.task: the stored study {spec.name!r} is a {task_of(study).name} study, the spec says {spec.study.task}")
+    return study
 
 
 def _trial_id(study: optuna.Study, number: int) -> tuple[Any, int]:
@@ -259,10 +262,12 @@ def front_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return [t for t in study.best_trials if "duplicate_of" not in t.user_attrs]
 
 
-def prepare_study(spec: StudySpec, device: str = "cpu") -> PreparedData:
-    """Tokenize the data and cache the teacher's outputs, once per study; the search space is
-    checked against the teacher before any teacher output is computed."""
+def prepare_study(spec: StudySpec) -> PreparedData:
+    """Tokenize the data and cache the teacher's outputs, once per study (on a GPU where the
+    spec asks for one and there is one); the search space is checked against the teacher
+    before any teacher output is computed."""
     task = spec.task
+    device = str(pick_device(spec.resources.gpus))
     return prepare(
         task,
         spec.teacher,
@@ -292,7 +297,7 @@ def run_search(spec: StudySpec, *, trials: int | None = None, address: str | Non
     if done >= target:
         logger.info("study %s already holds %d/%d architectures", spec.name, done, target)
         return study
-    data = prepare_study(spec, "cuda" if spec.resources.gpus > 0 else "cpu")
+    data = prepare_study(spec)
     study.set_user_attr("teacher", data.meta["teacher_name"])
     study.set_user_attr("teacher_metrics", data.meta["teacher_metrics"])
     metrics = [n for n, _ in spec.objectives.metrics]

@@ -33,7 +33,7 @@ class StudyConfig:
     name: str = ""
     """the study's name; outputs go to studies/<name>/ (default: the spec file's stem)"""
     task: str = DEFAULT_TASK
-    """what the students learn; one of the registered tasks (causal-lm, embedding)"""
+    """what the students learn: one of the tasks registered in distill.tasks"""
     trials: int = 8
     """total number of completed, distinct architectures to evaluate"""
     seed: int = 0
@@ -226,6 +226,16 @@ def _build(cls: type, raw: Any, key: str, defaults: dict[str, Any] | None = None
     return _construct(cls, kwargs, key)
 
 
+def _build_brief(raw: Any) -> Budget:
+    """`[distill]`: a budget without validation, checkpoints or early stopping (a brief run
+    reports once, at its end)."""
+    if isinstance(raw, dict):
+        for name in ("eval_every", "checkpoint_every", "patience"):
+            if name in raw:
+                raise SpecError(f"distill.{name}: the brief run of a trial neither validates nor checkpoints; set it in [full]")
+    return _build(Budget, raw, "distill")
+
+
 def _build_loss(task: Task, raw: Any, key: str) -> LossConfig:
     """`[distill.loss]`: a weight per loss term the task allows, the task's loss parameters,
     and where the teacher's outputs come from."""
@@ -244,6 +254,8 @@ def _build_loss(task: Task, raw: Any, key: str) -> LossConfig:
         else:
             allowed = ", ".join([*terms, *hints, "teacher_outputs"])
             raise SpecError(f"{key}.{name}: not a loss term or parameter of task {task.name}; allowed: {allowed}")
+    if not any(w > 0 for w in weights.values()):
+        raise SpecError(f"{key}: at least one term needs a weight > 0; terms: {', '.join(terms)}")
     loss_params = _construct(task.loss_params, params, key)
     return _construct(LossConfig, {"weights": weights, "params": dataclasses.asdict(loss_params), **where}, key)
 
@@ -301,7 +313,7 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
         teacher=teacher,
         data=_build(task.data_config, raw.get("data", {}), "data"),
         space=_build(task.space, raw.get("space", {}), "space"),
-        distill=_build(Budget, brief, "distill"),
+        distill=_build_brief(brief),
         full=_build(Budget, raw.get("full", {}), "full", defaults=FULL_RUN),
         loss=_build_loss(task, loss_raw, "distill.loss"),
         objectives=objectives,

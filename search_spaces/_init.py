@@ -57,9 +57,9 @@ def bert_importance(teacher: Any, batch: dict[str, torch.Tensor]) -> dict[str, A
     ffn: list[torch.Tensor] = []
     hooks = []
 
-    def mean_abs(out: Any) -> torch.Tensor:
+    def mean_abs(out: Any) -> torch.Tensor:  # on the CPU, wherever the teacher runs
         out = out[0] if isinstance(out, tuple) else out  # (B, T, C)
-        return (out.abs().float() * mask).sum((0, 1)) / n
+        return ((out.abs().float() * mask).sum((0, 1)) / n).cpu()
 
     def add_hidden(_m: Any, _i: Any, out: Any) -> None:
         hidden.add_(mean_abs(out))
@@ -201,9 +201,9 @@ def decoder_importance(teacher: Any, batch: dict[str, torch.Tensor]) -> dict[str
     ffn: list[torch.Tensor] = []
     hooks = []
 
-    def mean_abs(x: Any) -> torch.Tensor:
+    def mean_abs(x: Any) -> torch.Tensor:  # on the CPU, wherever the teacher runs
         x = x[0] if isinstance(x, tuple) else x
-        return x.abs().float().flatten(0, -2).mean(0)
+        return x.abs().float().flatten(0, -2).mean(0).cpu()
 
     def add_hidden(_m: Any, _i: Any, out: Any) -> None:  # returns None: the output is kept
         hidden.add_(mean_abs(out))

@@ -26,7 +26,7 @@ class Metric:
 
     name: str
     kind: str
-    """"quality" (against the teacher, on held-out data) or "size" (of the student itself)"""
+    """"quality" (of the student's outputs on held-out data) or "size" (of the student itself)"""
     direction: str
     """"min" or "max": which way is better"""
     fmt: str
@@ -40,11 +40,13 @@ class Metric:
 
 @dataclasses.dataclass(frozen=True)
 class OutputArray:
-    """How one teacher output is stored per item in the cache: its shape (None marks the token
-    axis, stored at the full item length and cut to each batch's length when read) and dtype."""
+    """How one teacher output is stored per item in the cache: its shape at the full item
+    length, its dtype, and which axes are cut to a length of each batch when read (axis ->
+    a key of `Batch.lengths`, e.g. {1: "tokens"} for hidden states of trimmed paragraphs)."""
 
-    shape: tuple[int | None, ...]
+    shape: tuple[int, ...]
     dtype: str
+    cut: dict[int, str] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -60,10 +62,11 @@ class Teacher:
 
 @dataclasses.dataclass
 class Batch:
-    """The model inputs of some items (tensors on the device) and their token-axis length."""
+    """The model inputs of some items (tensors on the device) and the lengths of their axes
+    that a batch may cut (e.g. "tokens": the longest real sequence of trimmed paragraphs)."""
 
     inputs: dict[str, torch.Tensor]
-    length: int
+    lengths: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,7 +82,7 @@ class CardParts:
     rate: str
     """the progress bar's throughput unit ("tok_s", "sent_s")"""
     rate_in_tokens: bool
-    """whether that rate counts tokens (items x block length) or items"""
+    """whether that rate counts tokens (items x the `[data]` block_length) or items"""
 
 
 class Task(Protocol):
@@ -98,8 +101,7 @@ class Task(Protocol):
     space: type
     """the `[space]` dataclass: sampled by Optuna, checked against the teacher"""
     data_config: type
-    """the `[data]` dataclass; it has at least block_length (tokens per item) and train_blocks,
-    valid_blocks, eval_blocks (items per split, 0: all)"""
+    """the `[data]` dataclass"""
     metrics: tuple[Metric, ...]
     """quality metrics first; the first quality metric is the default objective"""
     loss_params: type
@@ -133,9 +135,9 @@ class Task(Protocol):
         architecture of `space` cannot be built from this teacher."""
         ...
 
-    def encode(self, examples: list[Any], teacher: Teacher, data: Any, limit: int) -> dict[str, np.ndarray]:
-        """One split's examples as arrays of items (token blocks, padded paragraphs), at most
-        `limit` items (0: all); stored as `<split>_<name>.npy`."""
+    def encode(self, examples: list[Any], teacher: Teacher, data: Any, split: str) -> dict[str, np.ndarray]:
+        """One split's examples as arrays of items (token blocks, padded paragraphs), as many
+        as `data` allows for `split`; stored as `<split>_<name>.npy`."""
         ...
 
     def lengths(self, data: PreparedData, split: str) -> np.ndarray:
@@ -146,8 +148,8 @@ class Task(Protocol):
         """The inputs of the items `idx` of `split`."""
         ...
 
-    def output_arrays(self, groups: set[str], teacher: Teacher, params: dict[str, Any], length: int) -> dict[str, OutputArray]:
-        """The cached arrays of the teacher output `groups`, for items of `length` tokens."""
+    def output_arrays(self, groups: set[str], teacher: Teacher, params: dict[str, Any], data: Any) -> dict[str, OutputArray]:
+        """The cached arrays of the teacher output `groups` per item of the study's data."""
         ...
 
     def teacher_outputs(self, teacher: Teacher, batch: Batch, groups: set[str], params: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -166,8 +168,12 @@ class Task(Protocol):
         """The teacher wrapped like a student, to measure it with `evaluate` and `size`."""
         ...
 
-    def forward(self, student: torch.nn.Module, batch: Batch, wanted: set[str]) -> dict[str, Any]:
-        """The student's side of the loss on `batch`: the `wanted` values of `values`."""
+    def forward(
+        self, student: torch.nn.Module, batch: Batch, wanted: set[str], teacher: dict[str, torch.Tensor]
+    ) -> dict[str, Any]:
+        """The student's side of the loss on `batch`: the `wanted` values of `values`. `teacher`
+        holds one teacher's outputs on the batch (empty without a teacher), for students that
+        are run on what the teacher produced; with several teachers it is called once each."""
         ...
 
     def evaluate(self, student: torch.nn.Module, data: PreparedData, split: str, device: torch.device) -> dict[str, float]:

@@ -96,15 +96,15 @@ class CausalLM:
         model, tokenizer = source.load("AutoModelForCausalLM")
         return Teacher(model, tokenizer, source)
 
-    def train_teacher(self, cfg: TeacherTraining, texts: list[str], out: Path, block_length: int) -> None:
+    def train_teacher(self, cfg: TeacherTraining, texts: list[str], out: Path, data: DataConfig) -> None:
         """Train a tokenizer and a small GPT-2 on `texts` and `save_pretrained` both into `out`."""
-        train_teacher(cfg, texts, out, block_length)
+        train_teacher(cfg, texts, out, data.block_length)
 
     def check_space(self, space: DecoderSpace, teacher_config: Any) -> None:
         check_space_fits(space, teacher_config)
 
-    def encode(self, texts: list[str], teacher: Teacher, data: DataConfig, limit: int) -> dict[str, np.ndarray]:
-        return {"blocks": pack(texts, teacher.tokenizer, data.block_length, limit)}
+    def encode(self, texts: list[str], teacher: Teacher, data: DataConfig, split: str) -> dict[str, np.ndarray]:
+        return {"blocks": pack(texts, teacher.tokenizer, data.block_length, data.limit(split))}
 
     def lengths(self, data: PreparedData, split: str) -> np.ndarray:
         blocks = data.array(f"{split}_blocks")
@@ -112,13 +112,13 @@ class CausalLM:
 
     def batch(self, data: PreparedData, split: str, idx: np.ndarray, device: torch.device) -> Batch:
         tokens = torch.from_numpy(data.array(f"{split}_blocks")[idx].astype(np.int64)).to(device)  # (B, L)
-        return Batch({"input_ids": tokens}, tokens.shape[1] - 1)
+        return Batch({"input_ids": tokens})
 
-    def output_arrays(self, groups: set[str], teacher: Teacher, params: dict[str, Any], length: int) -> dict[str, OutputArray]:
+    def output_arrays(self, groups: set[str], teacher: Teacher, params: dict[str, Any], data: DataConfig) -> dict[str, OutputArray]:
         vocab = teacher.model.config.vocab_size
         if params["top_k"] > vocab:
             raise InputError(f"distill.loss.top_k: {params['top_k']} exceeds the teacher's vocabulary ({vocab})")
-        shape = (length - 1, params["top_k"])
+        shape = (data.block_length - 1, params["top_k"])  # packed blocks: nothing to cut
         return {"teacher_logprobs": OutputArray(shape, "float16"), "teacher_indices": OutputArray(shape, "int32")}
 
     def teacher_outputs(self, teacher: Teacher, batch: Batch, groups: set[str], params: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -137,17 +137,19 @@ class CausalLM:
     # -- students
     def build_student(self, arch: dict[str, Any], data: PreparedData, device: torch.device) -> torch.nn.Module:
         a = DecoderArch.from_dict(arch)
-        student = build_model(a, data.teacher_config(), data.meta["block_length"])
+        student = build_model(a, data.teacher_config(), data.meta["data"]["block_length"])
         if a.init == "teacher":  # sliced from the teacher, ranked on the study's calibration batch
             teacher = data.teacher_source.load_model("AutoModelForCausalLM")
-            scores = torch.load(data.path / "importance.pt", weights_only=True)
+            scores = torch.load(data.path / "importance.pt", map_location="cpu", weights_only=True)
             init_decoder_from_teacher(student, teacher, None, a.layer_pick, scores=scores)
-        return student
+        return student.to(device)
 
     def as_student(self, teacher: Teacher, data: PreparedData) -> torch.nn.Module:
         return teacher.model
 
-    def forward(self, student: torch.nn.Module, batch: Batch, wanted: set[str]) -> dict[str, Any]:
+    def forward(
+        self, student: torch.nn.Module, batch: Batch, wanted: set[str], teacher: dict[str, torch.Tensor]
+    ) -> dict[str, Any]:
         tokens = batch.inputs["input_ids"]  # (B, L)
         with autocast(tokens.device):
             logits = student(input_ids=tokens).logits[:, :-1]  # (B, L-1, V)
@@ -157,7 +159,7 @@ class CausalLM:
         return evaluate_lm(student, data, split, device=device)
 
     def size(self, student: torch.nn.Module, data: PreparedData, device: torch.device) -> dict[str, float]:
-        return size_metrics(student, data.meta["block_length"], device=device)
+        return size_metrics(student, data.meta["data"]["block_length"], device=device)
 
     def describe(self, arch: dict[str, Any]) -> str:
         return DecoderArch.from_dict(arch).short()
@@ -229,7 +231,7 @@ def lm_loss(model: torch.nn.Module, blocks: np.ndarray, device: torch.device) ->
 
     def loss(idx: np.ndarray) -> torch.Tensor:
         tokens = torch.from_numpy(blocks[idx].astype(np.int64)).to(device)
-        out = TASK.forward(model, Batch({"input_ids": tokens}, tokens.shape[1] - 1), set())
+        out = TASK.forward(model, Batch({"input_ids": tokens}), set(), {})
         return next_token_ce(out["student_logits"], out["labels"])
 
     return loss

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -206,11 +206,11 @@ class Embedding:
     def check_space(self, space: EncoderSpace, teacher_config: Any) -> None:
         check_space_fits(space, teacher_config)
 
-    def encode(self, texts: list[str], teacher: Teacher, data: DataConfig, limit: int) -> dict[str, np.ndarray]:
+    def encode(self, texts: list[str], teacher: Teacher, data: DataConfig, split: str) -> dict[str, np.ndarray]:
         cut = paragraphs(texts)
         if len(cut) < 2:
             raise InputError(f"data: a split holds {len(cut)} paragraph(s); give more text")
-        ids, mask = encode_texts(cut, teacher.tokenizer, data.block_length, limit)
+        ids, mask = encode_texts(cut, teacher.tokenizer, data.block_length, data.limit(split))
         return {"ids": ids, "mask": mask}
 
     def lengths(self, data: PreparedData, split: str) -> np.ndarray:
@@ -218,17 +218,17 @@ class Embedding:
 
     def batch(self, data: PreparedData, split: str, idx: np.ndarray, device: torch.device) -> Batch:
         i, m = _trimmed(data.array(f"{split}_ids")[idx], data.array(f"{split}_mask")[idx], device)
-        return Batch({"input_ids": i, "attention_mask": m}, i.shape[1])
+        return Batch({"input_ids": i, "attention_mask": m}, {"tokens": i.shape[1]})
 
-    def output_arrays(self, groups: set[str], teacher: Teacher, params: dict[str, Any], length: int) -> dict[str, OutputArray]:
+    def output_arrays(self, groups: set[str], teacher: Teacher, params: dict[str, Any], data: DataConfig) -> dict[str, OutputArray]:
         width, layers = teacher.model.config.hidden_size, teacher.model.config.num_hidden_layers
         out = {}
         if "sentence_embedding" in groups:
             out["teacher_embedding"] = OutputArray((width,), "float32")
         if "hidden_states" in groups:  # the embedding output and every layer's
-            out["teacher_hidden"] = OutputArray((layers + 1, None, width), "float16")
+            out["teacher_hidden"] = OutputArray((layers + 1, data.block_length, width), "float16", {1: "tokens"})
         if "qkv" in groups:
-            out |= {f"teacher_{n}": OutputArray((None, width), "float16") for n in QKV}
+            out |= {f"teacher_{n}": OutputArray((data.block_length, width), "float16", {0: "tokens"}) for n in QKV}
         return out
 
     def teacher_outputs(self, teacher: Teacher, batch: Batch, groups: set[str], params: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -268,7 +268,7 @@ class Embedding:
         projection = None
         if a.init == "teacher":
             teacher = data.teacher_source.load_model("AutoModel")
-            scores = torch.load(data.path / "importance.pt", weights_only=True)
+            scores = torch.load(data.path / "importance.pt", map_location="cpu", weights_only=True)
             init_bert_from_teacher(encoder, teacher, None, a.layer_pick, scores=scores)
             projection = selection_matrix(kept_channels(scores, a.hidden), config.hidden_size)
         mapping = layer_map(a.layers, config.num_hidden_layers, a.layer_pick if a.init == "teacher" else "even")
@@ -279,7 +279,9 @@ class Embedding:
     def as_student(self, teacher: Teacher, data: PreparedData) -> torch.nn.Module:
         return EmbeddingStudent(teacher.model, teacher.model.config.hidden_size, teacher.info["pooling"])
 
-    def forward(self, student: torch.nn.Module, batch: Batch, wanted: set[str]) -> dict[str, Any]:
+    def forward(
+        self, student: torch.nn.Module, batch: Batch, wanted: set[str], teacher: dict[str, torch.Tensor]
+    ) -> dict[str, Any]:
         i, m = batch.inputs["input_ids"], batch.inputs["attention_mask"]
         # Q/K/V are captured for this forward pass only: validation and export run hook-free.
         qkv = LastLayerQKV(student.encoder) if wanted & {f"student_{n}" for n in QKV} else None
@@ -309,7 +311,7 @@ class Embedding:
 
     def size(self, student: torch.nn.Module, data: PreparedData, device: torch.device) -> dict[str, float]:
         """What ships (encoder + projection): parameters, latency per sentence at batch 1 and 32, peak memory."""
-        seq_len = data.meta["block_length"]
+        seq_len = data.meta["data"]["block_length"]
         counts = param_counts(student.encoder)
         extra = student.projection.weight.numel() if student.projection is not None else 0
         student.eval()
@@ -330,26 +332,25 @@ class Embedding:
         from sentence_transformers import SentenceTransformer, models
         from transformers import AutoTokenizer
 
-        hf = folder.with_name(folder.name + ".hf")
         student = student.cpu().eval()
         width = student.encoder.config.hidden_size
-        student.encoder.save_pretrained(hf)
-        AutoTokenizer.from_pretrained(data.path / "teacher").save_pretrained(hf)
-        modules: list[Any] = [
-            models.Transformer(str(hf), max_seq_length=data.meta["block_length"]),
-            models.Pooling(width, pooling_mode=student.pooling["mode"]),
-        ]
-        if student.projection is not None:
-            weight = student.projection.weight.detach().clone()
-            modules.append(
-                models.Dense(
-                    width, weight.shape[0], bias=False, activation_function=torch.nn.Identity(), init_weight=weight
+        with tempfile.TemporaryDirectory() as hf:  # the plain HF encoder, read back by sentence-transformers
+            student.encoder.save_pretrained(hf)
+            AutoTokenizer.from_pretrained(data.path / "teacher").save_pretrained(hf)
+            modules: list[Any] = [
+                models.Transformer(hf, max_seq_length=data.meta["data"]["block_length"]),
+                models.Pooling(width, pooling_mode=student.pooling["mode"]),
+            ]
+            if student.projection is not None:
+                weight = student.projection.weight.detach().clone()
+                modules.append(
+                    models.Dense(
+                        width, weight.shape[0], bias=False, activation_function=torch.nn.Identity(), init_weight=weight
+                    )
                 )
-            )
-        if student.pooling["normalize"]:
-            modules.append(models.Normalize())
-        SentenceTransformer(modules=modules, device="cpu").save(str(folder))
-        shutil.rmtree(hf, ignore_errors=True)
+            if student.pooling["normalize"]:
+                modules.append(models.Normalize())
+            SentenceTransformer(modules=modules, device="cpu").save(str(folder))
 
 
 @torch.no_grad()

@@ -182,8 +182,8 @@ def test_relation_loss_hooks_live_only_during_the_students_forward_pass():
         intermediate_size=32,
     )
     student = EmbeddingStudent(AutoModel.from_config(cfg), 16, {"mode": "mean", "normalize": True})
-    batch = Batch({"input_ids": torch.randint(1, 50, (4, 8)), "attention_mask": torch.ones(4, 8, dtype=torch.long)}, 8)
-    out = TASK.forward(student, batch, {"student_query", "student_key", "student_value"})
+    batch = Batch({"input_ids": torch.randint(1, 50, (4, 8)), "attention_mask": torch.ones(4, 8, dtype=torch.long)})
+    out = TASK.forward(student, batch, {"student_query", "student_key", "student_value"}, {})
     assert out["student_query"].shape == (4, 8, 16) and out["student_embedding"].shape == (4, 16)
     query = student.encoder.encoder.layer[-1].attention.self.query
     assert not query._forward_hooks  # nothing left to capture tensors during validation or export

@@ -116,3 +116,23 @@ def test_embedding_fidelity():
     assert r["spearman"] == pytest.approx(1.0) and r["retrieval"] == pytest.approx(1.0) and r["cosine"] < 0.9
     noise = embedding_fidelity(torch.randn(30, 8), t)
     assert noise["spearman"] < 0.5 and noise["retrieval"] < 0.7
+
+
+def test_registered_terms_bind_their_inputs_by_name_and_vanish_on_the_teachers_own_outputs():
+    from distill.losses import LOSSES, mapped_hidden_loss, minilm_relation_loss
+    from distill.objective import allowed_terms
+    from distill.tasks import TASKS
+
+    # every registered term is allowed by some task, and needs only outputs that task computes
+    for name in LOSSES:
+        assert any(name in allowed_terms(t) for t in TASKS.values()), name
+    torch.manual_seed(0)
+    h = [torch.randn(2, 5, 8) for _ in range(3)]  # student states, already at the teacher's width
+    teacher = torch.stack([h[0], torch.randn(2, 5, 8), h[1], h[2]], dim=1)  # (B, Lt+1, T, D)
+    mask = torch.tensor([[1] * 5, [1] * 3 + [0] * 2])
+    values = {"student_hidden": h, "teacher_hidden": teacher, "layer_map": [0, 2, 3], "mask": mask, "unused": 1}
+    assert LOSSES["hidden"](values).item() == 0.0  # each student layer against the one it came from
+    assert mapped_hidden_loss(h, teacher, [0, 1, 3], mask).item() > 0
+    q, k, v = (torch.randn(2, 5, 12) for _ in range(3))
+    assert minilm_relation_loss(q, k, v, q, k, v, mask, 3).item() == pytest.approx(0.0, abs=1e-6)
+    assert minilm_relation_loss(q, k, v, k, q, v, mask, 3).item() > 0

@@ -91,6 +91,7 @@ def test_declarations_are_consistent(study):
     assert set(task.default_weights) <= set(allowed_terms(task))
     assert set(task.eval_outputs) <= set(task.outputs)
     assert "{path}" in task.card.usage
+    assert "params" in {m.name for m in task.metrics}  # --max-params, size ratios and cards read it
 
 
 def test_the_teacher_is_measured_with_every_declared_metric(study):
@@ -128,7 +129,7 @@ def test_a_student_learns_with_every_allowed_term(study):
 def test_forward_gives_every_value_the_task_declares(study):
     task, data, *_ = study
     student = task.build_student(_arch(SETUPS[task.name][2]), data, CPU)
-    out = task.forward(student, task.batch(data, "train", np.arange(3), CPU), set(task.values))
+    out = task.forward(student, task.batch(data, "train", np.arange(3), CPU), set(task.values), {})
     assert set(task.values) <= set(out)
 
 

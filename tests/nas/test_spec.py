@@ -104,14 +104,15 @@ def test_the_loss_has_its_own_section_checked_against_the_task(tmp_path):
     assert emb.loss.needs() == {"sentence_embedding", "hidden_states"} and emb.loss.params == {}
     refused = {
         "distill.loss.cosine=1.0": r"^distill\.loss\.cosine: not a loss term or parameter of task causal-lm; allowed: ce, forward_kl, temperature, top_k",
-        "distill.loss.forward_kl=0": r"^distill\.loss\.needs at least one term with a weight > 0",
+        "distill.loss.forward_kl=0": r"^distill\.loss: at least one term needs a weight > 0; terms: ce, forward_kl",
+        "distill.patience=3": r"^distill\.patience: the brief run of a trial neither validates nor checkpoints",
         "distill.loss.top_k=0": r"^distill\.loss\.top_k: must be >= 1",
         "distill.loss.teacher_outputs='remote'": r"^distill\.loss\.teacher_outputs: must be one of cached, live",
         "distill.kd_weight=1.0": r"^distill\.kd_weight: the loss has its own section now: \[distill\.loss\] forward_kl",
         "full.loss.ce=1.0": r"^full\.loss: unknown key",
     }
     for override, message in refused.items():
-        args = [override] if override.startswith(("distill.loss", "distill.kd", "full")) else []
+        args = [override]
         if override == "distill.loss.forward_kl=0":
             args.append("distill.loss.ce=0")
         with pytest.raises(SpecError, match=message):
