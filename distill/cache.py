@@ -116,7 +116,7 @@ def prepare(
             for name, arr in arrays.items():
                 np.save(tmp / f"{split}_{name}.npy", arr)
             counts[split] = len(next(iter(arrays.values())))
-        logger.info("%s items of %s", " / ".join(f"{counts[s]} {s}" for s in SPLITS), task.card.items)
+        logger.info("%s: %s", task.card.items, " / ".join(f"{counts[s]} {s}" for s in SPLITS))
         teacher.model.config.save_pretrained(tmp / "teacher")
         teacher.tokenizer.save_pretrained(tmp / "teacher")
         meta: dict[str, Any] = {

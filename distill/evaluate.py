@@ -57,25 +57,33 @@ def _native_stderr_silenced() -> Iterator[None]:
 
 
 @torch.no_grad()
-def peak_memory_mb(model: torch.nn.Module, seq_len: int, *, device: torch.device | str = "cpu") -> float:
-    """Peak memory of a batch-1 forward pass over `seq_len` tokens: weights plus the highest
-    point of the allocations the pass makes (CUDA allocator on GPU, the profiler on CPU)."""
+def peak_memory_mb(
+    model: torch.nn.Module,
+    seq_len: int,
+    *,
+    device: torch.device | str = "cpu",
+    inputs: dict[str, torch.Tensor] | None = None,
+) -> float:
+    """Peak memory of a batch-1 forward pass over `seq_len` tokens (or over `inputs`, for models
+    that take more than token ids): weights plus the highest point of the allocations the pass
+    makes (CUDA allocator on GPU, the profiler on CPU)."""
     device = torch.device(device)
     model.to(device).eval()
-    tokens = torch.zeros(1, seq_len, dtype=torch.long, device=device)
+    if inputs is None:
+        inputs = {"input_ids": torch.zeros(1, seq_len, dtype=torch.long, device=device)}
     weights = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         base = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
         with autocast(device):
-            model(input_ids=tokens)
+            model(**inputs)
         torch.cuda.synchronize(device)
         return (torch.cuda.max_memory_allocated(device) - base + weights) / 2**20
     from torch.profiler import ProfilerActivity, profile
 
     with _native_stderr_silenced(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        model(input_ids=tokens)
+        model(**inputs)
     # Each op's own allocations minus frees, and frees outside ops ("[memory]"), in time
     # order: their running sum is the live memory, at the granularity of one op.
     records = sorted((e.time_range.start, e.self_cpu_memory_usage) for e in prof.events())

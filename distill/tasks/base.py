@@ -94,6 +94,9 @@ class Task(Protocol):
     In each trial and full run (`nas.trial`, `nas.full`): `build_student`, then per micro-batch
     `batch` and `forward` (the loss terms of `distill.losses` take their inputs from there),
     `lengths` for the budget, `evaluate` and `size` at the end; `export` after a full run.
+
+    Optional: `train_teacher(cfg, texts, folder, data)`, for a task whose teacher a spec may
+    train on first use (`[teacher.train]`); specs of other tasks refuse that section.
     """
 
     name: str
