@@ -39,8 +39,15 @@ class PreparedData:
     path: Path
 
     def array(self, name: str) -> np.ndarray:
-        """A cached array, memory-mapped."""
-        return np.load(self.path / f"{name}.npy", mmap_mode="r")
+        """A cached array, memory-mapped; opened once per object (batches read it every step)."""
+        opened = self.__dict__.setdefault("_opened", {})
+        if name not in opened:
+            opened[name] = np.load(self.path / f"{name}.npy", mmap_mode="r")
+        return opened[name]
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Only the folder travels to workers; each opens its own memory maps."""
+        return {"path": self.path}
 
     @functools.cached_property
     def meta(self) -> dict[str, Any]:
@@ -129,7 +136,6 @@ def prepare(
             "plan": plan,
             "params": params,
         }
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
         meta["outputs"] = {
             split: _write_outputs(task, teacher, PreparedData(tmp), data_cfg, split, set(plan[split]), params[split], dev)
             for split in SPLITS

@@ -77,29 +77,26 @@ class TeacherSource:
 
     def load(self, auto_class: str) -> tuple[Any, Any]:
         """The model (eval mode) through `transformers.<auto_class>` and its tokenizer."""
-        import transformers
-
         if not self.exists():
             raise InputError(
                 f"teacher.model: folder {self.name!r} does not exist (or has no config.json); "
                 "give an existing folder, a hub id, or a [teacher.train] section where the task trains its teacher"
             )
-        kwargs = {"revision": self.revision, "trust_remote_code": self.trust_remote_code}
-        try:
-            tokenizer = transformers.AutoTokenizer.from_pretrained(self.path, **kwargs)
-            model = getattr(transformers, auto_class).from_pretrained(self.path, use_safetensors=True, **kwargs)
-        except OSError as exc:  # not found, unreachable hub, no safetensors weights
-            raise InputError(f"teacher.model: cannot load {self.name!r}: {_first_line(exc)}") from exc
-        return model.eval(), tokenizer
+        tokenizer = self._pretrained("AutoTokenizer")
+        return self.load_model(auto_class).eval(), tokenizer
 
     def load_model(self, auto_class: str) -> Any:
         """The weights alone (students sliced from the teacher)."""
+        return self._pretrained(auto_class, use_safetensors=True)
+
+    def _pretrained(self, auto_class: str, **kwargs: Any) -> Any:
         import transformers
 
-        kwargs = {"revision": self.revision, "trust_remote_code": self.trust_remote_code}
         try:
-            return getattr(transformers, auto_class).from_pretrained(self.path, use_safetensors=True, **kwargs)
-        except OSError as exc:  # moved, deleted, or a hub that cannot be reached
+            return getattr(transformers, auto_class).from_pretrained(
+                self.path, revision=self.revision, trust_remote_code=self.trust_remote_code, **kwargs
+            )
+        except OSError as exc:  # not found, moved, unreachable hub, no safetensors weights
             raise InputError(f"teacher.model: cannot load {self.name!r}: {_first_line(exc)}") from exc
 
 

@@ -255,7 +255,7 @@ class Embedding:
             "input_ids": torch.from_numpy(data.array("train_ids")[:CALIBRATION].astype(np.int64)).to(device),
             "attention_mask": torch.from_numpy(data.array("train_mask")[:CALIBRATION].astype(np.int64)).to(device),
         }
-        return {k: v if isinstance(v, torch.Tensor) else list(v) for k, v in bert_importance(teacher.model, calib).items()}
+        return bert_importance(teacher.model, calib)
 
     # -- students
     def build_student(self, arch: dict[str, Any], data: PreparedData, device: torch.device) -> torch.nn.Module:

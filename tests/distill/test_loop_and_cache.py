@@ -1,3 +1,5 @@
+import pickle
+
 import numpy as np
 import pytest
 import torch
@@ -93,6 +95,10 @@ def test_teacher_cache_is_made_once_and_matches_the_teacher(tmp_path, teacher_di
     assert np.array_equal(idx[:2, :, 0], top.indices[..., 0].numpy())
     assert np.allclose(logp[:2], top.values.numpy(), atol=2e-3)
     assert first.teacher_config().vocab_size == teacher.config.vocab_size
+    # arrays are opened once per object; only the folder travels to a worker, which reopens them
+    assert first.array("train_blocks") is first.array("train_blocks")
+    sent = pickle.dumps(first)
+    assert len(sent) < 1000 and np.array_equal(pickle.loads(sent).array("train_blocks"), blocks)
     # held-out splits are cached at temperature 1 for the KL and agreement metrics
     held_out = torch.log_softmax(teacher(input_ids=torch.from_numpy(first.array("eval_blocks")[:1].astype(np.int64))).logits[:, :-1], -1)
     assert np.allclose(first.array("eval_teacher_logprobs")[:1, :, 0], held_out.max(-1).values.detach().numpy(), atol=2e-3)
