@@ -11,7 +11,7 @@ from optuna.trial import TrialState
 
 from distill.tasks import format_metric
 from nas.pareto import front_rows
-from nas.search import distinct_complete, task_of
+from nas.search import distinct_complete, task_of, trial_counts
 
 HOVER_HIDDEN = ("loss_curve", "arch")
 
@@ -30,6 +30,7 @@ def _plot_study(study: optuna.Study) -> optuna.Study:
                 values=t.values,
                 user_attrs=attrs,
                 state=TrialState.COMPLETE,
+                constraints=t.constraints or None,  # infeasible trials are drawn apart, off the front
             )
         )
     return copy
@@ -145,6 +146,7 @@ def write_report(study: optuna.Study, out: Path) -> Path:
         + "</tr>"
         for r in rows
     )
+    counts = ", ".join(f"{n} {k}" for k, n in trial_counts(study).items())
     teacher = study.user_attrs.get("teacher_metrics") or {}
     teacher_line = ", ".join(f"{k} {format_metric(task, k, v)}" for k, v in teacher.items())
     doc = f"""<!DOCTYPE html>
@@ -153,6 +155,7 @@ def write_report(study: optuna.Study, out: Path) -> Path:
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}</style></head><body>
 <h1>Study {html.escape(study.study_name)}</h1>
 <p>Teacher: {html.escape(str(study.user_attrs.get("teacher", "?")))} ({html.escape(teacher_line)})</p>
+<p>Trials: {html.escape(counts)}. Infeasible trials (beyond a bound of [constraints]) are drawn grey and never on the front.</p>
 <h2>Pareto front</h2><table><tr>{head}</tr>{body}</table>
 {"".join(parts)}
 </body></html>

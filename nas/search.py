@@ -16,7 +16,9 @@ from optuna.trial import TrialState
 from distill import PreparedData, prepare
 from distill.errors import InputError
 from distill.tasks import Task, get_task, task_for_metrics
-from nas.spec import StudySpec
+from nas.sampling import DEFAULT_SAMPLER, make_sampler
+from nas.scheduler import FINAL, RUNG
+from nas.spec import Constraints, StudySpec
 from nas.trial import TrialPlan, pick_device, recorded, run_trial
 
 logger = logging.getLogger(__name__)
@@ -48,6 +50,13 @@ def open_study(spec: StudySpec) -> optuna.Study:
     if stored_task not in (None, spec.study.task):
         raise InputError(f"study.task: the stored study {spec.name!r} is a {stored_task} study; give it a new name")
     study.set_user_attr("task", spec.study.task)
+    stored_sampler = study.user_attrs.get("sampler")
+    if stored_sampler and spec.study.sampler not in ("", stored_sampler):
+        raise InputError(
+            f"study.sampler: the stored study {spec.name!r} samples with {stored_sampler}; "
+            f"a resumed study keeps its sampler (give the study a new name to use {spec.study.sampler})"
+        )
+    study.set_user_attr("sampler", stored_sampler or spec.study.sampler or DEFAULT_SAMPLER)
     return study
 
 
@@ -101,27 +110,61 @@ def mark_interrupted(study: optuna.Study) -> int:
 
 
 def distinct_complete(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """COMPLETE trials that are not repeats of an earlier architecture."""
+    """COMPLETE trials that are not repeats of an earlier architecture (feasible or not)."""
     return [
         t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "duplicate_of" not in t.user_attrs
     ]
 
 
+def distinct_evaluated(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Architectures a search has evaluated: trained to the end, or stopped at a rung."""
+    return distinct_complete(study) + [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
+        if "duplicate_of" not in t.user_attrs and "pruned_at" in t.user_attrs
+    ]
+
+
+def is_feasible(trial: optuna.trial.FrozenTrial) -> bool:
+    return all(v <= 0 for v in trial.constraints.values())
+
+
+def trial_counts(study: optuna.Study) -> dict[str, int]:
+    """How the study's architectures ended: trained (feasible or not), stopped at a rung, left
+    untrained for their size, failed; repeats of an earlier architecture apart."""
+    trials = study.get_trials(deepcopy=False)
+    own = [t for t in trials if "duplicate_of" not in t.user_attrs]
+    complete = [t for t in own if t.state == TrialState.COMPLETE]
+    pruned = [t for t in own if t.state == TrialState.PRUNED]
+    return {
+        "trained": len(complete),
+        "infeasible": sum(not is_feasible(t) for t in complete),
+        "stopped at a rung": sum("pruned_at" in t.user_attrs for t in pruned),
+        "not trained (size bounds)": sum("not_trained" in t.user_attrs for t in pruned),
+        "failed": sum(t.state == TrialState.FAIL for t in own),
+        "repeats": len(trials) - len(own),
+    }
+
+
 def find_duplicate(study: optuna.Study, arch: dict[str, Any], number: int) -> optuna.trial.FrozenTrial | None:
-    """An earlier trial of the same architecture, finished or still running."""
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)):
+    """An earlier trial of the same architecture: finished, stopped at a rung, left untrained
+    for its size, or still running."""
+    states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+    for t in study.get_trials(deepcopy=False, states=states):
         if t.number != number and "duplicate_of" not in t.user_attrs and t.user_attrs.get("arch") == arch:
             return t
     return None
 
 
-def wait_for_twin(plan: TrialPlan, number: int, poll_s: float = 1.0) -> dict[str, Any]:
-    """The recorded metrics of trial `number` once it has finished (run in a worker)."""
+def wait_for_twin(plan: TrialPlan, number: int, poll_s: float = 1.0) -> tuple[bool, dict[str, Any]]:
+    """Whether trial `number` was trained to the end, and its recorded attributes, once it has
+    finished (run in a worker)."""
     study = optuna.load_study(study_name=plan.study_name, storage=plan.storage_url)
     while True:
         twin = study.trials[number]
-        if twin.state == TrialState.COMPLETE:
-            return {k: twin.user_attrs[k] for k in recorded(plan.task) if k in twin.user_attrs}
+        if twin.state in (TrialState.COMPLETE, TrialState.PRUNED):
+            attrs = {k: twin.user_attrs[k] for k in recorded(plan.task) if k in twin.user_attrs}
+            return twin.state == TrialState.COMPLETE, attrs
         if twin.state != TrialState.RUNNING:
             raise RuntimeError(f"repeats trial {number}, which ended as {twin.state.name}")
         time.sleep(poll_s)
@@ -132,13 +175,18 @@ def _searcher_class() -> type:
     from ray.tune.search import Searcher
 
     class StudySearcher(Searcher):
-        """Wraps OptunaSearch: writes each trial's architecture and metrics (or its failure
-        reason) to the Optuna trial before the outcome is told, and tells failures as FAIL.
-        Ray calls suggest() when a slot frees and on_trial_complete() when a trial ends."""
+        """Wraps OptunaSearch: writes each trial's architecture, metrics and constraint values
+        (or its failure reason) to the Optuna trial before the outcome is told, and tells every
+        outcome in its own state: COMPLETE (trained to the end), PRUNED (stopped at a rung, or
+        not trained for its size), FAIL. Ray calls suggest() when a slot frees and
+        on_trial_complete() when a trial ends, stopped by the scheduler or not."""
 
-        def __init__(self, inner: Any, study: optuna.Study, metrics: list[str], keep: tuple[str, ...]) -> None:
+        def __init__(
+            self, inner: Any, study: optuna.Study, metrics: list[str], keep: tuple[str, ...], constraints: Constraints
+        ) -> None:
             super().__init__(metric=inner.metric, mode=inner.mode)
             self.inner, self.study, self.metrics, self.keep = inner, study, metrics, keep
+            self.constraints = constraints
             self.numbers: dict[str, int] = {}
 
         def set_search_properties(self, metric: Any, mode: Any, config: dict, **spec: Any) -> bool:
@@ -157,12 +205,22 @@ def _searcher_class() -> type:
             number = self.numbers.pop(trial_id, None)
             if number is None:
                 return
+            try:
+                self._tell(trial_id, number, result or {}, error)
+            except Exception as exc:  # a trial left RUNNING would hold its twins forever
+                logger.exception("recording trial %d failed", number)
+                if self.study.trials[number].state == TrialState.RUNNING:
+                    fail_trial(self.study, number, f"recording its result failed: {exc}")
+
+        def _tell(self, trial_id: str, number: int, result: dict, error: bool) -> None:
+            # Trained to the end: the last result is final and the student was trained.
+            trained = bool(result.get(FINAL, True)) and "not_trained" not in result
             reason = None
             if error or not result:
                 reason = "the trial's worker failed (see the Ray logs of this run)"
             elif "fail_reason" in result:
                 reason = result["fail_reason"]
-            else:
+            elif trained:
                 bad = [m for m in self.metrics if not math.isfinite(float(result.get(m, math.nan)))]
                 if bad:
                     reason = f"objective {bad[0]} is {result.get(bad[0])}"
@@ -170,8 +228,18 @@ def _searcher_class() -> type:
                 set_trial_attrs(self.study, number, {"fail_reason": reason})
                 self.inner.on_trial_complete(trial_id, None, error=True)
                 return
-            set_trial_attrs(self.study, number, {k: result[k] for k in self.keep if k in result})
-            self.inner.on_trial_complete(trial_id, result)
+            attrs = {k: result[k] for k in self.keep if k in result}
+            if RUNG in result:  # stopped by the scheduler at this rung
+                attrs["pruned_at"] = {"rung": result[RUNG], "step": result["step"]}
+            violations = self.constraints.violations(result)
+            if violations:
+                attrs["violations"] = violations
+                live = self.inner._ot_trials[trial_id]  # the Optuna trial OptunaSearch asked for
+                for name, value in violations.items():
+                    live.set_constraint(name, value)  # read by every sampler, best_trials and the plots
+            set_trial_attrs(self.study, number, attrs)
+            # A result without the objectives makes OptunaSearch tell PRUNED.
+            self.inner.on_trial_complete(trial_id, result if trained else None)
 
         def save(self, checkpoint_path: str) -> None:
             """Nothing to save: the Optuna storage holds every trial."""
@@ -189,23 +257,35 @@ def _searcher_class() -> type:
 
 
 def _trainable(config: dict[str, Any], plan: TrialPlan) -> None:
-    """The Ray Tune function trainable: one report, never raises."""
+    """The Ray Tune function trainable: a report at every rung but the last (the scheduler may
+    stop the trial there), then one final report; never raises."""
     from ray import tune
 
+    short = get_task(plan.task).describe(config["arch"])
+    # Tune insists on the objectives in every result; one never measured is NaN, which never
+    # reaches Optuna (see StudySearcher).
+    unknown = dict.fromkeys(plan.objectives, math.nan)
     try:
+        if config.get("not_trained"):  # too large by its parameter count: nothing to run
+            tune.report({**unknown, **config["counts"], "not_trained": config["not_trained"], "arch_short": short})
+            return
         twin = config.get("duplicate_of")
         if twin is not None:  # the same architecture is not trained again
-            tune.report({**wait_for_twin(plan, twin), "duplicate_of": twin})
+            trained, attrs = wait_for_twin(plan, twin)
+            tune.report({**unknown, **attrs, "duplicate_of": twin, FINAL: trained})
             return
-        metrics = run_trial(config["arch"], plan)
+
+        def at_rung(rung: int, metrics: dict[str, Any]) -> None:
+            tune.report({**metrics, "arch_short": short, RUNG: rung, FINAL: False})
+
+        metrics = run_trial(config["arch"], plan, report=at_rung)
     except Exception as exc:  # noqa: BLE001 - every failure is recorded, the search goes on
         import torch
 
         name = "out of memory" if isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError)) else type(exc).__name__
-        # Tune insists on the objectives in every result; NaN never reaches Optuna (see StudySearcher).
-        tune.report({"fail_reason": f"{name}: {exc}".strip()[:500], **dict.fromkeys(plan.objectives, math.nan)})
+        tune.report({**unknown, "fail_reason": f"{name}: {exc}".strip()[:500]})
         return
-    tune.report({**metrics, "arch": config["arch"], "arch_short": get_task(plan.task).describe(config["arch"])})
+    tune.report({**metrics, "arch_short": short, FINAL: True})
 
 
 def _progress_callback(study: optuna.Study, total: int, target: int, started: float) -> Any:
@@ -220,7 +300,7 @@ def _progress_callback(study: optuna.Study, total: int, target: int, started: fl
         def _log(self, trial: Any, what: str) -> None:
             self.done += 1
             elapsed = time.time() - started
-            complete = len(distinct_complete(study))
+            complete = len(distinct_evaluated(study))
             eta = elapsed / self.done * (total - self.done)
             front = len(front_trials(study))
             logger.info(
@@ -241,6 +321,10 @@ def _progress_callback(study: optuna.Study, total: int, target: int, started: fl
                 self._log(trial, f"FAILED ({result['fail_reason'][:80]})")
             elif result.get("duplicate_of") is not None:
                 self._log(trial, f"repeats trial {result['duplicate_of']}, not trained again")
+            elif "not_trained" in result:
+                self._log(trial, f"{result.get('arch_short', '')} not trained: {result['not_trained']}")
+            elif RUNG in result and not result.get(FINAL, True):
+                self._log(trial, f"{result.get('arch_short', '')} stopped at rung {result[RUNG]} (step {result['step']})")
             else:
                 self._log(trial, f"{result.get('arch_short', '')}")
 
@@ -256,7 +340,8 @@ def _fmt(seconds: float) -> str:
 
 
 def front_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """The Pareto front: Optuna's non-dominated COMPLETE trials, without repeated architectures."""
+    """The Pareto front: Optuna's non-dominated COMPLETE trials among those that meet every
+    constraint, without repeated architectures (trials stopped at a rung are PRUNED: never here)."""
     if not distinct_complete(study):
         return []
     return [t for t in study.best_trials if "duplicate_of" not in t.user_attrs]
@@ -282,7 +367,8 @@ def prepare_study(spec: StudySpec) -> PreparedData:
 
 
 def run_search(spec: StudySpec, *, trials: int | None = None, address: str | None = None) -> optuna.Study:
-    """Run (or continue) the study until it holds `trials` distinct COMPLETE architectures."""
+    """Run (or continue) the study until it has evaluated `trials` distinct architectures
+    (trained to the end, or stopped at a rung by multi-fidelity)."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: Tune prints nothing
     import ray
     from ray import tune
@@ -293,7 +379,7 @@ def run_search(spec: StudySpec, *, trials: int | None = None, address: str | Non
     stale = mark_interrupted(study)
     if stale:
         logger.info("marked %d trial(s) left RUNNING by an earlier run as FAIL", stale)
-    done = len(distinct_complete(study))
+    done = len(distinct_evaluated(study))
     if done >= target:
         logger.info("study %s already holds %d/%d architectures", spec.name, done, target)
         return study
@@ -302,6 +388,9 @@ def run_search(spec: StudySpec, *, trials: int | None = None, address: str | Non
     study.set_user_attr("teacher_metrics", data.meta["teacher_metrics"])
     metrics = [n for n, _ in spec.objectives.metrics]
     modes = [d for _, d in spec.objectives.metrics]
+    task = spec.task
+    size_bounds = spec.constraints.on({m.name: m.kind for m in task.metrics}, "size")
+    mf = spec.multi_fidelity
     plan = TrialPlan(
         spec.study.task,
         data,
@@ -313,6 +402,8 @@ def run_search(spec: StudySpec, *, trials: int | None = None, address: str | Non
         spec.study.seed,
         spec.resources.cpus,
         spec.resources.gpus,
+        rungs=mf.rungs if mf.enabled else (1.0,),
+        size_bounds=size_bounds,
     )
     if not ray.is_initialized():
         logger.info("starting Ray%s", f" (joining {address})" if address else "")
@@ -324,31 +415,42 @@ def run_search(spec: StudySpec, *, trials: int | None = None, address: str | Non
     def define(trial: Any) -> dict[str, Any]:
         arch = spec.space.sample(trial)
         trial.set_user_attr("arch", arch)
+        config = {"arch": arch, "optuna_trial": trial.number, "duplicate_of": None}
         twin = find_duplicate(study, arch, trial.number)
         if twin is not None:
             trial.set_user_attr("duplicate_of", twin.number)
-        return {"arch": arch, "optuna_trial": trial.number, "duplicate_of": twin.number if twin else None}
+            return config | {"duplicate_of": twin.number}
+        counts = task.param_counts(arch, data)  # a bound on parameters costs nothing to check
+        missed = size_bounds.missed(counts)
+        if missed is not None:
+            return config | {"not_trained": f"infeasible before it started: {missed}", "counts": counts}
+        return config
 
+    scheduler = None
+    if mf.enabled and len(mf.rungs) > 1:
+        from nas.scheduler import ParetoASHA
+
+        scheduler = ParetoASHA(metrics, modes, mf.reduction)
+        for t in distinct_evaluated(study):  # a resumed search judges new trials against the stored ones
+            for rung, values in enumerate(t.user_attrs.get("rungs", [])[: len(mf.rungs) - 1]):
+                if all(m in values or m in t.user_attrs for m in metrics):
+                    scheduler.record(f"stored-{t.number}", rung, {**t.user_attrs, **values})
     started = time.time()
     for _ in range(MAX_ROUNDS):
-        before = len(distinct_complete(study))
+        before = len(distinct_evaluated(study))
         remaining = target - before
         if remaining <= 0:
             break
-        # constant_liar: trials still running count as bad, so parallel proposals differ.
-        sampler = optuna.samplers.TPESampler(
-            seed=spec.study.seed + len(study.trials),
-            n_startup_trials=max(4, min(10, target // 2)),
-            constant_liar=True,
-        )
+        sampler = make_sampler(study.user_attrs["sampler"], seed=spec.study.seed + len(study.trials), trials=target)
         inner = OptunaSearch(
             space=define, metric=metrics, mode=modes, sampler=sampler, study_name=spec.name, storage=study._storage
         )
-        searcher = _searcher_class()(inner, study, metrics, recorded(spec.study.task))
+        searcher = _searcher_class()(inner, study, metrics, recorded(spec.study.task), spec.constraints)
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
                 search_alg=searcher,
+                scheduler=scheduler,
                 num_samples=remaining,
                 max_concurrent_trials=spec.study.concurrency,
                 reuse_actors=True,
@@ -365,14 +467,14 @@ def run_search(spec: StudySpec, *, trials: int | None = None, address: str | Non
             tuner.fit()
         finally:
             searcher.fail_unfinished(INTERRUPTED)
-        if len(distinct_complete(study)) == before:
-            logger.warning("no trial of this round completed; stopping (see the fail_reason of the trials)")
+        if len(distinct_evaluated(study)) == before:
+            logger.warning("no trial of this round was evaluated; stopping (see the trials' fail_reason and not_trained)")
             break
-        if len(distinct_complete(study)) < target:
-            logger.info("repeated or failed architectures left the study short; sampling more")
+        if len(distinct_evaluated(study)) < target:
+            logger.info("repeated, untrained or failed architectures left the study short; sampling more")
     logger.info(
         "search done: %d/%d architectures, front of %d, %s",
-        len(distinct_complete(study)),
+        len(distinct_evaluated(study)),
         target,
         len(front_trials(study)),
         _fmt(time.time() - started),

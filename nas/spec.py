@@ -8,6 +8,7 @@ names (`study.task`): its search space, its loss terms and parameters, its metri
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -20,6 +21,7 @@ from distill.objective import LossConfig, allowed_terms
 from distill.tasks import DEFAULT_TASK, TASKS, Task, get_task
 from distill.tasks.base import trains_teacher
 from distill.teachers import TeacherConfig, TeacherTraining
+from nas.sampling import SAMPLERS
 
 
 class SpecError(InputError):
@@ -42,10 +44,15 @@ class StudyConfig:
     """trials running at the same time"""
     storage: str = ""
     """an Optuna storage URL (default: sqlite:///studies/<name>/optuna.db)"""
+    sampler: str = ""
+    """how Optuna proposes architectures: tpe, nsga2, gp or random (default: tpe for a new
+    study, the stored study's own when it is resumed)"""
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ValueError(f"task: unknown {self.task!r}; allowed: {', '.join(TASKS)}")
+        if self.sampler and self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler: unknown {self.sampler!r}; allowed: {', '.join(SAMPLERS)}")
         if self.trials < 1:
             raise ValueError(f"trials: must be >= 1, got {self.trials}")
         if self.concurrency < 1:
@@ -103,6 +110,74 @@ class Objectives:
 
 
 @dataclasses.dataclass(frozen=True)
+class Bound:
+    """One constraint: a metric of the task and the worst value a trial may have, an upper bound
+    for a metric to minimize (params = 5e6: at most 5M), a lower one for a metric to maximize
+    (cosine = 0.7: at least 0.7)."""
+
+    metric: str
+    limit: float
+    direction: str
+
+    def violation(self, value: float) -> float:
+        """How far `value` is beyond the bound: > 0 violated, <= 0 met (Optuna's convention)."""
+        return value - self.limit if self.direction == "min" else self.limit - value
+
+    def describe(self, value: float) -> str:
+        return f"{self.metric} {value:.6g} {'>' if self.direction == 'min' else '<'} {self.limit:.6g}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Constraints:
+    """What a trial must meet to be on the front and to be picked by `nas distill --best` (the
+    `[constraints]` section). Bounds on size metrics are checked before a trial trains (the
+    parameter counts even before it starts); a trial that misses one is kept, marked and never
+    trained."""
+
+    bounds: tuple[Bound, ...] = ()
+
+    def known(self, metrics: dict[str, Any]) -> list[tuple[Bound, float]]:
+        """The bounds whose metric `metrics` holds a measured (finite) value for, with it."""
+        pairs = [(b, float(metrics[b.metric])) for b in self.bounds if metrics.get(b.metric) is not None]
+        return [(b, v) for b, v in pairs if math.isfinite(v)]
+
+    def violations(self, metrics: dict[str, Any]) -> dict[str, float]:
+        """Each bound's violation for the metrics measured so far (> 0: violated)."""
+        return {b.metric: b.violation(v) for b, v in self.known(metrics)}
+
+    def missed(self, metrics: dict[str, Any]) -> str | None:
+        """Why `metrics` break the constraints, or None."""
+        return ", ".join(b.describe(v) for b, v in self.known(metrics) if b.violation(v) > 0) or None
+
+    def on(self, kind_of: dict[str, str], kind: str) -> Constraints:
+        """Only the bounds on metrics of one kind ("size" or "quality")."""
+        return Constraints(tuple(b for b in self.bounds if kind_of[b.metric] == kind))
+
+
+@dataclasses.dataclass(frozen=True)
+class MultiFidelity:
+    """Successive halving on the front (the `[multi_fidelity]` section): every trial reports
+    its quality at rungs of its brief budget, and one that is dominated among the trials that
+    reached the same rung stops there (stored as PRUNED, never on the front)."""
+
+    enabled: bool = True
+    """stop dominated trials early (off: every trial runs its whole brief budget)"""
+    rungs: tuple[float, ...] = (0.25, 0.5, 1.0)
+    """shares of the brief budget at which a trial reports; the last is 1"""
+    reduction: float = 2.0
+    """at each rung at least 1/reduction of the trials go on, and every trial no other
+    trial at that rung dominates"""
+
+    def __post_init__(self) -> None:
+        rungs = tuple(self.rungs)
+        object.__setattr__(self, "rungs", rungs)
+        if not rungs or rungs[-1] != 1.0 or any(not a < b for a, b in zip((0.0, *rungs), rungs)):
+            raise ValueError(f"rungs: increasing shares in (0, 1] ending at 1, got {list(rungs)}")
+        if not self.reduction > 1:
+            raise ValueError(f"reduction: must be > 1, got {self.reduction}")
+
+
+@dataclasses.dataclass(frozen=True)
 class Resources:
     """What one trial gets from Ray (the `[resources]` section)."""
 
@@ -118,7 +193,7 @@ class Resources:
             raise ValueError(f"gpus: must be a fraction in (0, 1] or a whole number, got {self.gpus}")
 
 
-SECTIONS = ("study", "teacher", "data", "space", "distill", "full", "objectives", "resources")
+SECTIONS = ("study", "teacher", "data", "space", "distill", "full", "objectives", "constraints", "multi_fidelity", "resources")
 NESTED: dict[tuple[str, str], type] = {("teacher", "train"): TeacherTraining}
 # Keys of `[distill]` that moved to `[distill.loss]`, for a helpful error on older specs.
 MOVED = {
@@ -149,6 +224,8 @@ class StudySpec:
     loss: LossConfig
     """`[distill.loss]`, the loss of both runs"""
     objectives: Objectives
+    constraints: Constraints
+    multi_fidelity: MultiFidelity
     resources: Resources
 
     @property
@@ -260,6 +337,20 @@ def _build_loss(task: Task, raw: Any, key: str) -> LossConfig:
     return _construct(LossConfig, {"weights": weights, "params": dataclasses.asdict(loss_params), **where}, key)
 
 
+def _build_constraints(task: Task, raw: Any) -> Constraints:
+    """`[constraints]`: metric = bound, for metrics of the task."""
+    if not isinstance(raw, dict):
+        raise SpecError("constraints: must be a table of metric = bound, e.g. params = 5e6")
+    declared = {m.name: m for m in task.metrics}
+    bounds = []
+    for name, value in raw.items():
+        if name not in declared:
+            raise SpecError(f"constraints.{name}: not a metric of task {task.name}; allowed: {', '.join(declared)}")
+        limit = _check_type(f"constraints.{name}", value, float)
+        bounds.append(Bound(name, limit, declared[name].direction))
+    return Constraints(tuple(bounds))
+
+
 def parse_override(item: str) -> tuple[list[str], Any]:
     """`distill.steps=50` -> (["distill", "steps"], 50); values are read as TOML, else text."""
     key, sep, text = item.partition("=")
@@ -317,5 +408,7 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
         full=_build(Budget, raw.get("full", {}), "full", defaults=FULL_RUN),
         loss=_build_loss(task, loss_raw, "distill.loss"),
         objectives=objectives,
+        constraints=_build_constraints(task, raw.get("constraints", {})),
+        multi_fidelity=_build(MultiFidelity, raw.get("multi_fidelity", {}), "multi_fidelity"),
         resources=_build(Resources, raw.get("resources", {}), "resources"),
     )

@@ -1,24 +1,30 @@
-"""One trial, for every task: build the sampled student, distill it briefly from the study's
-teacher outputs, evaluate and measure it. Runs inside a Ray worker; knows nothing of Ray or
-Optuna."""
+"""One trial, for every task: build the sampled student, measure it (and stop there if its
+size breaks a constraint), distill it briefly from the study's teacher outputs, reporting its
+quality at the rungs of multi-fidelity, evaluate it. Runs inside a Ray worker; knows nothing
+of Ray or Optuna."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from distill import Budget, LossConfig, PreparedData, distill, make_loss, study_teachers
 from distill.tasks import get_task
+from nas.spec import Constraints
 
 logger = logging.getLogger(__name__)
 
 CURVE_POINTS = 50
 # What a trial stores besides its task's metrics (Optuna user attributes).
-TRIAL_ATTRS = ("arch", "arch_short", "duplicate_of", "train_loss", "train_seconds", "train_steps", "loss_curve", "device")
+TRIAL_ATTRS = (
+    "arch", "arch_short", "duplicate_of", "train_loss", "train_seconds", "train_steps", "loss_curve", "device",
+    "rungs", "pruned_at", "not_trained", "violations",
+)  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +41,10 @@ class TrialPlan:
     seed: int
     cpus: float
     gpus: float
+    rungs: tuple[float, ...] = (1.0,)
+    """shares of the budget at which the trial reports its quality (multi-fidelity); the last is 1"""
+    size_bounds: Constraints = Constraints()
+    """constraints on size metrics: checked before training"""
 
 
 def pick_device(gpus: float) -> torch.device:
@@ -46,21 +56,50 @@ def recorded(task_name: str) -> tuple[str, ...]:
     return (*TRIAL_ATTRS, *(m.name for m in get_task(task_name).metrics))
 
 
-def run_trial(arch: dict[str, Any], plan: TrialPlan) -> dict[str, Any]:
-    """Distill one architecture and measure it; returns every metric (raises on failure)."""
+def rung_steps(total: int, rungs: tuple[float, ...]) -> list[int]:
+    """The steps of a `total`-step run at which it reports (distinct, the last is `total`)."""
+    return sorted({max(1, min(total, round(share * total))) for share in rungs} | {total})
+
+
+def run_trial(
+    arch: dict[str, Any], plan: TrialPlan, report: Callable[[int, dict[str, Any]], None] | None = None
+) -> dict[str, Any]:
+    """Distill one architecture and measure it; returns every metric (raises on failure).
+
+    A student whose size breaks `plan.size_bounds` is not trained: the result holds its size
+    and `not_trained`. Otherwise, with several rungs, `report(rung, metrics)` gets the quality
+    and size at every rung before the last; the result's `rungs` lists every rung's step and
+    quality, the last one's being the result's own."""
     torch.set_num_threads(max(1, int(plan.cpus)))
     device = pick_device(plan.gpus)
     task, data = get_task(plan.task), plan.data
     torch.manual_seed(plan.seed)
     student = task.build_student(arch, data, device)
+    size = task.size(student, data, device)  # of the architecture, not of its weights: known before training
+    missed = plan.size_bounds.missed(size)
+    if missed is not None:
+        return {**size, "not_trained": f"infeasible before training: {missed}", "device": str(device)}
     loss = make_loss(task, student, data, plan.loss, study_teachers(task, data, plan.loss, device), device)
+    lengths = task.lengths(data, "train")
+    stops = rung_steps(plan.budget.total_steps(lengths, plan.seed), plan.rungs)
+    rungs: list[dict[str, Any]] = []
+
+    def at_rung(step: int, total: int, loss_value: float) -> None:
+        if step in stops[:-1]:
+            rungs.append({"step": step, **task.evaluate(student, data, "eval", device)})
+            student.train()
+            if report is not None:
+                report(len(rungs) - 1, {**rungs[-1], **size, "rungs": list(rungs)})
+
     start = time.perf_counter()
-    result = distill(student, plan.budget, loss, task.lengths(data, "train"), seed=plan.seed, device=device)
+    result = distill(student, plan.budget, loss, lengths, seed=plan.seed, device=device, on_step=at_rung)
     train_seconds = time.perf_counter() - start
     stride = max(1, len(result.losses) // CURVE_POINTS)
+    quality = task.evaluate(student, data, "eval", device)
     return {
-        **task.evaluate(student, data, "eval", device),
-        **task.size(student, data, device),
+        **quality,
+        **size,
+        "rungs": [*rungs, {"step": result.steps, **quality}],
         "train_loss": result.losses[-1],
         "train_seconds": train_seconds,
         "train_steps": len(result.losses),

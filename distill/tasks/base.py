@@ -91,6 +91,8 @@ class Task(Protocol):
     Once per study, in the driver (`distill.cache.prepare`): `load_data`, `load_teacher`, `check_space`,
     `encode` for each split, `output_arrays` and `teacher_outputs` for each split's batches,
     `importance`, then `as_student`, `evaluate` and `size` on the teacher itself.
+    In the driver, for every sampled architecture: `param_counts` (a bound on size is checked
+    before a trial starts).
     In each trial and full run (`nas.trial`, `nas.full`): `build_student`, then per micro-batch
     `batch` and `forward` (the loss terms of `distill.losses` take their inputs from there),
     `lengths` for the budget, `evaluate` and `size` at the end; `export` after a full run.
@@ -185,6 +187,12 @@ class Task(Protocol):
 
     def size(self, student: torch.nn.Module, data: PreparedData, device: torch.device) -> dict[str, float]:
         """Every size metric of what would ship."""
+        ...
+
+    def param_counts(self, arch: dict[str, Any], data: PreparedData) -> dict[str, int]:
+        """`params` and `non_embedding_params` of what `build_student` would build, counted from
+        the architecture alone (equal to `size`'s): a bound on them is checked before a trial
+        builds or trains anything."""
         ...
 
     def describe(self, arch: dict[str, Any]) -> str:

@@ -161,6 +161,10 @@ class CausalLM:
     def size(self, student: torch.nn.Module, data: PreparedData, device: torch.device) -> dict[str, float]:
         return size_metrics(student, data.meta["data"]["block_length"], device=device)
 
+    def param_counts(self, arch: dict[str, Any], data: PreparedData) -> dict[str, int]:
+        vocab = data.teacher_config().vocab_size
+        return DecoderArch.from_dict(arch).param_counts(vocab, data.meta["data"]["block_length"])
+
     def describe(self, arch: dict[str, Any]) -> str:
         return DecoderArch.from_dict(arch).short()
 

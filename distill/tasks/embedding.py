@@ -323,6 +323,13 @@ class Embedding:
             "peak_memory_mb": peak_memory_mb(student.encoder, seq_len, device=device),
         }
 
+    def param_counts(self, arch: dict[str, Any], data: PreparedData) -> dict[str, int]:
+        a, config = EncoderArch.from_dict(arch), data.teacher_config()
+        counts = a.param_counts(config.vocab_size, config.max_position_embeddings, getattr(config, "type_vocab_size", 2))
+        width = config.hidden_size
+        extra = a.hidden * width if a.hidden != width else 0  # the projection to the teacher's width
+        return {k: v + extra for k, v in counts.items()}
+
     def describe(self, arch: dict[str, Any]) -> str:
         return EncoderArch.from_dict(arch).short()
 

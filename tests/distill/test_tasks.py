@@ -126,6 +126,15 @@ def test_a_student_learns_with_every_allowed_term(study):
         assert all(np.isfinite(v) for v in (*quality.values(), *size.values()))
 
 
+def test_parameter_counts_from_the_architecture_equal_the_built_students(study):
+    task, data, _, fits, _ = study
+    for seed in range(6):
+        arch = _arch(fits, seed)
+        counts = task.param_counts(arch, data)
+        size = task.size(task.build_student(arch, data, CPU), data, CPU)
+        assert counts == {k: size[k] for k in ("params", "non_embedding_params")}, task.describe(arch)
+
+
 def test_forward_gives_every_value_the_task_declares(study):
     task, data, *_ = study
     student = task.build_student(_arch(SETUPS[task.name][2]), data, CPU)

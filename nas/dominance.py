@@ -1,0 +1,86 @@
+"""Pareto dominance on plain arrays: non-dominated sorting, crowding distance and hypervolume.
+Shared by the front, the multi-fidelity scheduler and the sampler benchmark. Every function
+takes values to minimize (negate a metric to maximize first)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def to_minimize(values: np.ndarray | list, directions: list[str]) -> np.ndarray:
+    """(N, M) values with each "max" column negated, so that lower is better everywhere."""
+    signs = np.array([-1.0 if d in ("max", "maximize") else 1.0 for d in directions])
+    return np.asarray(values, dtype=float).reshape(-1, len(directions)) * signs
+
+
+def dominates(a: np.ndarray, b: np.ndarray) -> bool:
+    return bool(np.all(a <= b) and np.any(a < b))
+
+
+def nondominated_ranks(points: np.ndarray) -> np.ndarray:
+    """(N,) the front each point is on: 0 for the non-dominated, 1 for those dominated only by
+    front 0, and so on (Deb et al., 2002)."""
+    points = np.asarray(points, dtype=float)
+    n = len(points)
+    # dominated_by[i, j]: j dominates i
+    le = np.all(points[None, :, :] <= points[:, None, :], axis=2)
+    lt = np.any(points[None, :, :] < points[:, None, :], axis=2)
+    dominated_by = le & lt
+    ranks = np.full(n, -1)
+    left = np.ones(n, dtype=bool)
+    rank = 0
+    while left.any():
+        front = left & ~(dominated_by & left[None, :]).any(axis=1)
+        ranks[front] = rank
+        left &= ~front
+        rank += 1
+    return ranks
+
+
+def crowding_distance(points: np.ndarray) -> np.ndarray:
+    """(N,) NSGA-II's crowding distance within one front: the extremes get infinity."""
+    points = np.asarray(points, dtype=float)
+    n, m = points.shape
+    dist = np.zeros(n)
+    if n <= 2:
+        return np.full(n, np.inf)
+    for j in range(m):
+        order = np.argsort(points[:, j], kind="stable")
+        span = points[order[-1], j] - points[order[0], j]
+        dist[order[0]] = dist[order[-1]] = np.inf
+        if span > 0:
+            dist[order[1:-1]] += (points[order[2:], j] - points[order[:-2], j]) / span
+    return dist
+
+
+def pareto_order(points: np.ndarray) -> np.ndarray:
+    """Indices of `points` best first: by front, then by crowding distance within a front
+    (the order NSGA-II and MO-ASHA select in)."""
+    points = np.asarray(points, dtype=float)
+    ranks = nondominated_ranks(points)
+    crowd = np.zeros(len(points))
+    for r in np.unique(ranks):
+        members = np.flatnonzero(ranks == r)
+        crowd[members] = crowding_distance(points[members])
+    return np.lexsort((-crowd, ranks))
+
+
+def hypervolume(points: np.ndarray, reference: np.ndarray) -> float:
+    """The volume dominated by `points` and bounded by `reference` (2 objectives: exact sweep;
+    more: Optuna's own algorithm)."""
+    points = np.asarray(points, dtype=float)
+    reference = np.asarray(reference, dtype=float)
+    points = points[np.all(points < reference, axis=1)]
+    if not len(points):
+        return 0.0
+    if points.shape[1] == 2:
+        points = points[np.argsort(points[:, 0], kind="stable")]
+        volume, best_y = 0.0, reference[1]
+        for x, y in points:
+            if y < best_y:
+                volume += (reference[0] - x) * (best_y - y)
+                best_y = y
+        return float(volume)
+    from optuna._hypervolume import compute_hypervolume
+
+    return float(compute_hypervolume(points, reference))

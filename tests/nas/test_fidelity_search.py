@@ -1,0 +1,88 @@
+"""Multi-fidelity, constraints and the sampler choice, in real tiny searches through Ray Tune +
+Optuna on CPU."""
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from distill.errors import InputError
+from nas.full import select_trial
+from nas.pareto import front_rows
+from nas.report import write_report
+from nas.search import distinct_complete, distinct_evaluated, front_trials, run_search
+from nas.spec import load_spec
+from tests.conftest import write_spec
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+WIDE = ["space.families=['gpt2', 'llama']", "space.layers=[1, 2]", "space.head_dim=[8, 16]"]
+
+
+@pytest.fixture(scope="module")
+def pruned_study(tmp_path_factory, teacher_dirs):
+    """8 architectures with rungs at 2, 4 and 8 steps; the scheduler keeps half at each rung."""
+    folder = tmp_path_factory.mktemp("mf")
+    spec = load_spec(
+        write_spec(folder, teacher_dirs["gpt2"], name="mf"),
+        ["study.trials=8", "distill.steps=8", "multi_fidelity.reduction=2", *WIDE],
+    )
+    return spec, run_search(spec)
+
+
+def test_multi_fidelity_stops_dominated_trials_and_keeps_them_off_the_front(pruned_study):
+    spec, study = pruned_study
+    assert len(distinct_evaluated(study)) == 8
+    pruned = [t for t in study.get_trials(states=(TrialState.PRUNED,)) if "duplicate_of" not in t.user_attrs]
+    assert pruned, "no trial was stopped at a rung"
+    front = {t.number for t in front_trials(study)}
+    for t in pruned:
+        rung = t.user_attrs["pruned_at"]["rung"]
+        assert rung in (0, 1) and t.user_attrs["pruned_at"]["step"] in (2, 4)
+        assert len(t.user_attrs["rungs"]) == rung + 1  # the rungs it reached, with its quality there
+        assert t.user_attrs["perplexity"] == t.user_attrs["rungs"][-1]["perplexity"]
+        assert t.number not in front and t.values is None
+    for t in distinct_complete(study):
+        assert [r["step"] for r in t.user_attrs["rungs"]] == [2, 4, 8]
+        assert t.user_attrs["train_steps"] == 8
+    best = select_trial(study, metrics={"perplexity": "min"}, best="perplexity")
+    assert best.state == TrialState.COMPLETE
+    with pytest.raises(InputError, match="PRUNED"):
+        select_trial(study, metrics={"perplexity": "min"}, number=pruned[0].number)
+
+
+def test_constraints_filter_the_front_and_best(tmp_path, teacher_dirs):
+    """A bound on parameters is checked before a trial starts; one on perplexity after it."""
+    spec = load_spec(write_spec(tmp_path, teacher_dirs["gpt2"], name="bounded"), ["study.trials=4", *WIDE])
+    free = run_search(spec.with_storage(f"sqlite:///{tmp_path / 'free.db'}"))
+    sizes = sorted(t.user_attrs["params"] for t in distinct_complete(free))
+    ppl = sorted(t.user_attrs["perplexity"] for t in distinct_complete(free))
+    bounds = [f"constraints.params={sizes[-1] - 1}", f"constraints.perplexity={ppl[-1] - 1e-6}"]
+    bounded = load_spec(spec.path, ["study.trials=6", "study.name=bounded2", "multi_fidelity.enabled=false", *WIDE, *bounds])
+    study = run_search(bounded)
+    untrained = [t for t in study.trials if "not_trained" in t.user_attrs and "duplicate_of" not in t.user_attrs]
+    for t in untrained:
+        assert t.state == TrialState.PRUNED and t.user_attrs["params"] > sizes[-1] - 1
+        assert "train_steps" not in t.user_attrs and t.constraints["params"] > 0
+    feasible = [t for t in distinct_complete(study) if all(v <= 0 for v in t.constraints.values())]
+    front = front_trials(study)
+    assert front and {t.number for t in front} <= {t.number for t in feasible}
+    for t in distinct_complete(study):
+        assert t.user_attrs["params"] <= sizes[-1] - 1  # nothing too large was trained
+    best = select_trial(study, metrics={"perplexity": "min"}, best="perplexity")
+    assert best.number in {t.number for t in feasible}
+    assert {r["trial"] for r in front_rows(study)} == {t.number for t in front}
+    html = write_report(study, tmp_path / "report.html").read_text()
+    assert "Infeasible" in html or "infeasible" in html
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "nsga2", "gp", "random"])
+def test_each_sampler_runs_a_search_and_a_resumed_study_keeps_it(tmp_path, teacher_dirs, sampler):
+    path = write_spec(tmp_path, teacher_dirs["llama"], name=f"s-{sampler}")
+    study = run_search(load_spec(path, [f"study.sampler={sampler}", "multi_fidelity.enabled=false", *WIDE]))
+    assert len(distinct_complete(study)) == 3 and study.user_attrs["sampler"] == sampler
+    resumed = run_search(load_spec(path, ["study.trials=4", "multi_fidelity.enabled=false", *WIDE]))
+    assert len(distinct_complete(resumed)) == 4 and resumed.user_attrs["sampler"] == sampler
+    other = "random" if sampler != "random" else "tpe"
+    with pytest.raises(InputError, match=f"study.sampler: .* samples with {sampler}"):
+        run_search(load_spec(path, [f"study.sampler={other}", "study.trials=5", *WIDE]))
+    assert len(optuna.load_study(study_name=f"s-{sampler}", storage=load_spec(path).storage_url).trials) >= 4
