@@ -87,12 +87,18 @@ def prepare(
     seed: int = 0,
     device: str = "cpu",
     check: Callable[[Any], None] | None = None,
+    held_out_only: bool = False,
 ) -> PreparedData:
     """Load the teacher and data once and fill the cache; reuse a finished one. `check(config)`
-    sees the teacher's config before any teacher output is computed (and on reuse)."""
+    sees the teacher's config before any teacher output is computed (and on reuse).
+
+    `held_out_only`: an extra evaluation set (`[[eval]]`): every example of the source becomes
+    the "eval" split, with the teacher outputs evaluation reads and the teacher's own metrics;
+    the teacher must exist already."""
     source = teacher_source(teacher_cfg, base_dir)
     docs = None
-    if teacher_cfg.train is not None and not source.exists():
+    splits = ("eval",) if held_out_only else SPLITS
+    if teacher_cfg.train is not None and not source.exists() and not held_out_only:
         docs = task.load_data(data_cfg, base_dir, seed)
         # A teacher trained here may see the validation documents (they only choose the students'
         # checkpoints); the held-out evaluation documents stay unseen by teacher and students.
@@ -102,7 +108,8 @@ def prepare(
         "valid": sorted(task.eval_outputs),
         "eval": sorted(task.eval_outputs),
     }
-    params = {split: split_params(task, loss, split) for split in SPLITS}
+    plan = {split: plan[split] for split in splits}
+    params = {split: split_params(task, loss, split) for split in splits}
     final = cache_root / cache_key(task.name, source, data_cfg, plan, params, seed)
     if (final / "meta.json").exists():
         logger.info("reusing the teacher cache %s", final)
@@ -111,6 +118,8 @@ def prepare(
             check(data.teacher_config())
         return data
     docs = docs or task.load_data(data_cfg, base_dir, seed)
+    if held_out_only:  # the whole source is held out
+        docs = {"eval": [example for split in SPLITS for example in docs[split]]}
     teacher = task.load_teacher(source)
     if check is not None:
         check(teacher.model.config)
@@ -118,12 +127,12 @@ def prepare(
     teacher.model.to(dev)
     with written_whole(final) as tmp:
         counts = {}
-        for split in SPLITS:
+        for split in splits:
             arrays = task.encode(docs[split], teacher, data_cfg, split)
             for name, arr in arrays.items():
                 np.save(tmp / f"{split}_{name}.npy", arr)
             counts[split] = len(next(iter(arrays.values())))
-        logger.info("%s: %s", task.card.items, " / ".join(f"{counts[s]} {s}" for s in SPLITS))
+        logger.info("%s: %s", task.card.items, " / ".join(f"{counts[s]} {s}" for s in splits))
         teacher.model.config.save_pretrained(tmp / "teacher")
         teacher.tokenizer.save_pretrained(tmp / "teacher")
         meta: dict[str, Any] = {
@@ -138,9 +147,9 @@ def prepare(
         }
         meta["outputs"] = {
             split: _write_outputs(task, teacher, PreparedData(tmp), data_cfg, split, set(plan[split]), params[split], dev)
-            for split in SPLITS
+            for split in splits
         }
-        scores = task.importance(teacher, PreparedData(tmp), dev)
+        scores = None if held_out_only else task.importance(teacher, PreparedData(tmp), dev)
         if scores is not None:  # for students sliced from the teacher
             torch.save(scores, tmp / "importance.pt")
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))

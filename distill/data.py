@@ -14,7 +14,7 @@ from distill.errors import InputError
 logger = logging.getLogger(__name__)
 
 FILE_BUILDERS = ("text", "json", "csv", "parquet")
-BUILTIN_CORPORA = ("pydoc-topics",)
+BUILTIN_CORPORA = ("pydoc-topics", "stdlib-docstrings")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,7 +23,9 @@ class DataConfig:
 
     source: str = "pydoc-topics"
     """a `datasets` builder for local files (text, json, csv, parquet), a dataset name on the
-    hub, or `pydoc-topics` (Python's documentation topics, shipped with Python)"""
+    hub, `pydoc-topics` (Python's documentation topics, shipped with Python) or
+    `stdlib-docstrings` (the docstrings of the standard library's modules, read from their
+    sources: API reference prose, another register than the topics)"""
     files: tuple[str, ...] = ()
     """local files for a file builder, relative to the spec's folder"""
     text_column: str = "text"
@@ -74,6 +76,8 @@ def load_documents(cfg: DataConfig, base_dir: Path, seed: int) -> dict[str, list
         from pydoc_data.topics import topics
 
         ds = datasets.Dataset.from_dict({cfg.text_column: [topics[k] for k in sorted(topics)]})
+    elif cfg.source == "stdlib-docstrings":
+        ds = datasets.Dataset.from_dict({cfg.text_column: stdlib_docstrings()})
     elif cfg.source in FILE_BUILDERS:
         paths = [str((base_dir / f).resolve()) for f in cfg.files]
         missing = [f for f, p in zip(cfg.files, paths) if not Path(p).exists()]
@@ -93,6 +97,24 @@ def load_documents(cfg: DataConfig, base_dir: Path, seed: int) -> dict[str, list
     valid = held_out["train"].train_test_split(test_size=cfg.valid_fraction, seed=seed)
     parts = {"train": valid["train"], "valid": valid["test"], "eval": held_out["test"]}
     return {split: list(part[cfg.text_column]) for split, part in parts.items()}
+
+
+def stdlib_docstrings(min_chars: int = 200) -> list[str]:
+    """Module, class and function docstrings of the standard library's top-level modules,
+    parsed from their sources (nothing is imported), in a fixed order."""
+    import ast
+    import sysconfig
+
+    root = Path(sysconfig.get_paths()["stdlib"])
+    docs = []
+    for path in sorted(root.glob("*.py")):
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError, OSError):
+            continue
+        nodes = [tree, *(n for n in ast.walk(tree) if isinstance(n, (ast.ClassDef, ast.FunctionDef)))]
+        docs.extend(d for n in nodes if (d := ast.get_docstring(n)) and len(d) >= min_chars)
+    return docs
 
 
 def pack(texts: list[str], tokenizer: Any, block_length: int, max_blocks: int = 0) -> np.ndarray:

@@ -49,12 +49,23 @@ def _parser() -> argparse.ArgumentParser:
     pick = d.add_mutually_exclusive_group(required=True)
     pick.add_argument("--trial", type=int, help="the trial number to distill")
     metrics = "; ".join(f"{', '.join(quality_metrics(t))} ({t.name})" for t in TASKS.values())
-    pick.add_argument("--best", metavar="METRIC", help=f"the front trial best at a quality metric of the task: {metrics}")
+    pick.add_argument(
+        "--best", metavar="METRIC", help=f"the front trial best at a quality metric of the task: {metrics}"
+    )
     d.add_argument(
         "--max-params", type=float, help="with --best: only trials with at most this many parameters (e.g. 5e6)"
     )
     d.add_argument("--resume", action="store_true", help="continue from the last checkpoint of a killed run")
     d.add_argument("--overwrite", action="store_true", help="replace an earlier export of this trial")
+    f = _command(
+        sub,
+        "fidelity",
+        "fully distill trials across the brief-quality range and measure how well brief runs rank full runs",
+        "full.steps=400",
+    )
+    f.add_argument(
+        "--trials", type=int, default=8, help="how many trials to compare (default 8; full runs that exist count)"
+    )
     for name, text in (("pareto", "print the Pareto front"), ("report", "write the HTML report")):
         c = _command(sub, name, text, "study.name=other")
         if name == "pareto":
@@ -89,6 +100,8 @@ def _run(args: argparse.Namespace) -> int:
         study = load_existing_study(spec)
         if args.command == "distill":
             return _distill(args, spec, study)
+        if args.command == "fidelity":
+            return _fidelity(args, spec, study)
         if args.command == "pareto":
             from nas.pareto import front_json, front_table
 
@@ -107,38 +120,50 @@ def _run(args: argparse.Namespace) -> int:
         return 2
 
 
+class _StepBar:
+    """A full run's progress bar: steps, loss and throughput in the task's unit (tokens/s of
+    token blocks, sentences/s of paragraphs)."""
+
+    def __init__(self, spec: Any, label: str = "") -> None:
+        task = spec.task
+        self.per_step = spec.full.batch_size * (spec.data.block_length if task.card.rate_in_tokens else 1)
+        self.rate_name, self.label = task.card.rate, label
+        self.bar: Any = None
+        self.started: tuple[float, int] | None = None
+
+    def __call__(self, step: int, total: int, loss: float) -> None:
+        from tqdm import tqdm
+
+        if self.bar is None:  # the first step of this run (a resumed run starts part way)
+            self.started = (time.perf_counter(), step)
+            self.bar = tqdm(
+                total=total, initial=step - 1, unit="step", desc=self.label or None, dynamic_ncols=True, file=sys.stderr
+            )
+        self.bar.update(1)
+        t0, s0 = self.started or (0.0, 0)
+        if step > s0:
+            rate = (step - s0) * self.per_step / (time.perf_counter() - t0)
+            self.bar.set_postfix({"loss": f"{loss:.3f}", self.rate_name: f"{rate:,.0f}"}, refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def _distill(args: argparse.Namespace, spec: Any, study: Any) -> int:
     import shlex
-
-    from tqdm import tqdm
 
     from nas.full import full_distill, select_trial
 
     task = spec.task
     quality = quality_metrics(task)
     trial = select_trial(study, number=args.trial, best=args.best, max_params=args.max_params, metrics=quality)
-    # Throughput in the task's unit: tokens/s of token blocks, sentences/s of paragraphs.
-    per_step = spec.full.batch_size * (spec.data.block_length if task.card.rate_in_tokens else 1)
-    rate_name = task.card.rate
-    bars: list[Any] = []
-    started: list[float] = []
-
-    def on_step(step: int, total: int, loss: float) -> None:
-        if not started:  # the first step of this run (a resumed run starts part way)
-            started.extend([time.perf_counter(), step])
-            bars.append(tqdm(total=total, initial=step - 1, unit="step", dynamic_ncols=True, file=sys.stderr))
-        bar = bars[0]
-        bar.update(1)
-        if step > started[1]:
-            rate = (step - started[1]) * per_step / (time.perf_counter() - started[0])
-            bar.set_postfix({"loss": f"{loss:.3f}", rate_name: f"{rate:,.0f}"}, refresh=False)
-
+    bar = _StepBar(spec)
     command = shlex.join(["nas", *sys.argv[1:]]) if sys.argv[1:2] == ["distill"] else ""
     record = full_distill(
-        spec, trial, study, resume=args.resume, overwrite=args.overwrite, command=command, on_step=on_step
+        spec, trial, study, resume=args.resume, overwrite=args.overwrite, command=command, on_step=bar
     )
-    for bar in bars:
-        bar.close()
+    bar.close()
     m, b = record["metrics"], record["brief"]
     teacher = study.user_attrs.get("teacher_metrics", {})
     for key in quality:
@@ -149,6 +174,69 @@ def _distill(args: argparse.Namespace, spec: Any, study: Any) -> int:
     print(f"{'params':>15}: {m['params']:,} ({m['params'] / teacher.get('params', m['params']):.1%} of the teacher)")
     print(f"exported: {record['export']}")
     return 0
+
+
+def _fidelity(args: argparse.Namespace, spec: Any, study: Any) -> int:
+    from nas.fidelity import measure
+    from nas.full import full_distill
+
+    if args.trials < 3:
+        raise InputError(f"--trials: at least 3 trials are needed to rank, got {args.trials}")
+
+    def distill_one(trial: Any) -> dict[str, Any]:
+        bar = _StepBar(spec, f"trial {trial.number}")
+        command = f"nas distill {spec.path.name} --trial {trial.number}"
+        try:
+            return full_distill(spec, trial, study, overwrite=True, command=command, on_step=bar)
+        finally:
+            bar.close()
+
+    result = measure(spec, study, args.trials, distill_one=distill_one)
+    print(fidelity_table(spec.task, study.study_name, result))
+    return 0
+
+
+def fidelity_table(task: Any, name: str, result: dict[str, Any]) -> str:
+    """The trials compared and, per quality metric, the rank correlations with full quality."""
+    rows = result["trials"]
+    quality = list(result["metrics"])
+    steps = ", ".join(str(s) for s in sorted({r["full_steps"] for r in rows}))
+    lines = [
+        f"Fidelity of {name}: {len(rows)} trials, brief runs of {', '.join(map(str, result['brief_steps']))} steps against full runs of {steps}"
+    ]
+    head = ["trial", "architecture", *[f"{m} brief -> full" for m in quality[:1]], "non-embedding params"]
+    table = [head] + [
+        [
+            str(r["trial"]),
+            r["arch_short"],
+            *[
+                f"{format_metric(task, m, r['brief'][m])} -> {format_metric(task, m, r['full'][m])}"
+                for m in quality[:1]
+            ],
+            f"{r['non_embedding_params']:,}",
+        ]
+        for r in rows
+    ]
+    widths = [max(len(line[i]) for line in table) for i in range(len(head))]
+    lines += [
+        "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))) for line in table
+    ]
+    level = f"{result['level']:.0%}"
+    lines.append("")
+    lines.append(
+        f"{'metric':<16}{'predictor of full quality':<30}{'Kendall tau [' + level + ']':>26}{'Spearman [' + level + ']':>26}"
+    )
+
+    def cell(c: dict[str, Any], name: str) -> str:
+        low, high = c[f"{name}_interval"]
+        value = c[name]
+        interval = f"[{low:+.2f}, {high:+.2f}]" if low is not None and high is not None else "[-]"
+        return f"{value:+.2f} {interval}" if value is not None else "-"
+
+    for m, c in result["metrics"].items():
+        for label, key in (("brief run", "brief"), ("non-embedding params", "proxy")):
+            lines.append(f"{m:<16}{label:<30}{cell(c[key], 'kendall_tau'):>26}{cell(c[key], 'spearman'):>26}")
+    return "\n".join(lines)
 
 
 def _quiet_libraries() -> None:

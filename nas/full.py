@@ -22,9 +22,16 @@ from distill.errors import InputError
 from distill.files import written_whole
 from distill.tasks import quality_metrics
 from nas.model_card import model_card
-from nas.search import DISTILLED, distinct_complete, front_trials, prepare_study
+from nas.search import (
+    DISTILLED,
+    distinct_complete,
+    eval_set_teacher_metrics,
+    front_trials,
+    prepare_eval_sets,
+    prepare_study,
+)
 from nas.spec import StudySpec
-from nas.trial import pick_device
+from nas.trial import pick_device, score_eval_sets
 
 logger = logging.getLogger(__name__)
 
@@ -91,44 +98,19 @@ def full_distill(
         shutil.rmtree(ckpt, ignore_errors=True)
     elif not (ckpt / "last.pt").exists():
         logger.warning("no checkpoint in %s: starting from the beginning", ckpt)
-    task, budget = spec.task, spec.full
+    task = spec.task
     data = prepare_study(spec)
-    device = pick_device(spec.resources.gpus or float(torch.cuda.is_available()))
-    metric, direction = spec.objectives.metrics[0]
-    sign = 1.0 if direction == "min" else -1.0
     arch = trial.user_attrs["arch"]
-    torch.manual_seed(spec.study.seed)
-    student = task.build_student(arch, data, device)
-    loss = make_loss(task, student, data, spec.loss, study_teachers(task, data, spec.loss, device), device)
-    lengths = task.lengths(data, "train")
-
-    def validate(model: torch.nn.Module) -> float:
-        return sign * task.evaluate(model, data, "valid", device)[metric]
-
-    logger.info(
-        "full distillation of trial %d (%s): %d steps",
-        trial.number,
-        task.describe(arch),
-        budget.total_steps(lengths, spec.study.seed),
+    logger.info("full distillation of trial %d (%s)", trial.number, task.describe(arch))
+    student, result, metrics, device, seconds = distill_arch(
+        spec, arch, data, on_step=on_step, checkpoint_dir=ckpt, resume=resume
     )
-    start = time.perf_counter()
-    result = distill(
-        student,
-        budget,
-        loss,
-        lengths,
-        seed=spec.study.seed,
-        device=device,
-        on_step=on_step,
-        validate=validate,
-        checkpoint_dir=ckpt,
-        resume=resume,
-    )
-    seconds = time.perf_counter() - start
-    metrics = task.evaluate(student, data, "eval", device) | task.size(student, data, device)
+    evals = prepare_eval_sets(spec)
     record = {
         "export": str(out),
         "metrics": metrics,
+        "eval_sets": score_eval_sets(task, student, evals, device),
+        "teacher_eval_sets": eval_set_teacher_metrics(evals),
         "brief": {k: trial.user_attrs[k] for k in quality_metrics(task) if k in trial.user_attrs},
         "steps": result.steps,
         "best_step": result.best_step,
@@ -151,6 +133,48 @@ def full_distill(
     return record
 
 
+def distill_arch(
+    spec: StudySpec,
+    arch: dict[str, Any],
+    data: Any,
+    *,
+    on_step: Callable[[int, int, float], None] | None = None,
+    checkpoint_dir: Path | None = None,
+    resume: bool = False,
+) -> tuple[torch.nn.Module, Any, dict[str, Any], torch.device, float]:
+    """The full run of one architecture with the `[full]` budget (the best checkpoint on the
+    validation split by the first objective kept): the student, the loop's result, its metrics
+    on the held-out split and its size, the device and the seconds spent training."""
+    task, budget = spec.task, spec.full
+    device = pick_device(spec.resources.gpus or float(torch.cuda.is_available()))
+    metric, direction = spec.objectives.metrics[0]
+    sign = 1.0 if direction == "min" else -1.0
+    torch.manual_seed(spec.study.seed)
+    student = task.build_student(arch, data, device)
+    loss = make_loss(task, student, data, spec.loss, study_teachers(task, data, spec.loss, device), device)
+    lengths = task.lengths(data, "train")
+
+    def validate(model: torch.nn.Module) -> float:
+        return sign * task.evaluate(model, data, "valid", device)[metric]
+
+    start = time.perf_counter()
+    result = distill(
+        student,
+        budget,
+        loss,
+        lengths,
+        seed=spec.study.seed,
+        device=device,
+        on_step=on_step,
+        validate=validate,
+        checkpoint_dir=checkpoint_dir,
+        resume=resume,
+    )
+    seconds = time.perf_counter() - start
+    metrics = task.evaluate(student, data, "eval", device) | task.size(student, data, device)
+    return student, result, metrics, device, seconds
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
@@ -159,4 +183,4 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-__all__ = ["checkpoint_dir", "export_dir", "full_distill", "select_trial"]
+__all__ = ["checkpoint_dir", "distill_arch", "export_dir", "full_distill", "select_trial"]

@@ -15,6 +15,30 @@ def _rows(metrics: list[Metric], *columns: dict[str, Any]) -> str:
     return "\n".join(f"| {m.label} | " + " | ".join(m.format(c.get(m.name)) for c in columns) + " |" for m in metrics)
 
 
+def _eval_sets(task: Any, record: dict[str, Any]) -> str:
+    """The quality on each extra evaluation set (`[[eval]]`), beside the teacher's there."""
+    sets = record.get("eval_sets") or {}
+    if not sets:
+        return ""
+    teacher = record.get("teacher_eval_sets") or {}
+    names = list(sets)
+    quality = [m for m in task.metrics if m.kind == "quality"]
+    head = " | ".join(f"{n}: student | {n}: teacher" for n in names)
+    rows = "\n".join(
+        f"| {m.label} | "
+        + " | ".join(f"{m.format(sets[n].get(m.name))} | {m.format(teacher.get(n, {}).get(m.name))}" for n in names)
+        + " |"
+        for m in quality
+    )
+    return f"""
+## Quality on other data (the spec's extra evaluation sets, every example of each)
+
+| metric | {head} |
+|---|{"---|" * 2 * len(names)}
+{rows}
+"""
+
+
 def model_card(spec: StudySpec, meta: dict[str, Any], number: int, arch: dict[str, Any], record: dict[str, Any]) -> str:
     task, budget = spec.task, spec.full
     teacher = meta["teacher_metrics"]
@@ -27,6 +51,7 @@ def model_card(spec: StudySpec, meta: dict[str, Any], number: int, arch: dict[st
         if m.kind == "size"
     )
     quality = _rows([m for m in task.metrics if m.kind == "quality"], student, brief, teacher)
+    extra = _eval_sets(task, record)
     data = ", ".join(f"{k} = {json.dumps(v)}" for k, v in meta.get("data", {}).items())
     items = task.card.items
     teacher_name = meta["teacher_name"]
@@ -66,7 +91,7 @@ parameters and uses the teacher's tokenizer. Load it with:
 | metric | student | student after the brief search run | teacher |
 |---|---|---|---|
 {quality}
-
+{extra}
 ## Architecture
 
 ```json

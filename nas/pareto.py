@@ -9,7 +9,7 @@ from typing import Any
 import optuna
 
 from distill.tasks import format_metric
-from nas.search import DISTILLED, front_trials, task_of
+from nas.search import DISTILLED, EVAL_SETS, front_trials, task_of
 
 
 def front_rows(study: optuna.Study) -> list[dict[str, Any]]:
@@ -27,11 +27,17 @@ def front_rows(study: optuna.Study) -> list[dict[str, Any]]:
                 "arch_short": t.user_attrs.get("arch_short", ""),
                 "objectives": dict(zip(names, t.values)),
                 "metrics": {m.name: t.user_attrs[m.name] for m in task.metrics if m.name in t.user_attrs},
-                "full": {"metrics": full["metrics"], "export": full["export"]} if full else None,
+                "eval_sets": t.user_attrs.get(EVAL_SETS, {}),
+                "full": {k: full.get(k) for k in ("metrics", "export", EVAL_SETS)} if full else None,
             }
         )
     rows.sort(key=lambda r: list(r["objectives"].values())[::-1])
     return rows
+
+
+def eval_set_names(study: optuna.Study) -> list[str]:
+    """The study's extra evaluation sets (`[[eval]]`), as its teacher was scored on them."""
+    return list(study.user_attrs.get(EVAL_SETS, {}))
 
 
 def front_json(study: optuna.Study) -> str:
@@ -42,6 +48,7 @@ def front_json(study: optuna.Study) -> str:
             "directions": [d.name.lower() for d in study.directions],
             "teacher": study.user_attrs.get("teacher"),
             "teacher_metrics": study.user_attrs.get("teacher_metrics"),
+            "teacher_eval_sets": study.user_attrs.get(EVAL_SETS, {}),
             "front": front_rows(study),
         },
         indent=2,
@@ -59,17 +66,27 @@ def front_table(study: optuna.Study) -> str:
     arrows = {n: ("↓" if d == optuna.study.StudyDirection.MINIMIZE else "↑") for n, d in zip(names, study.directions)}
     quality = names[0]
     full = any(r["full"] for r in rows)
-    header = ["trial", "architecture", *[f"{n} {arrows[n]}" for n in names]] + ([f"full {quality}"] if full else [])
+    sets = eval_set_names(study)
+    header = (
+        ["trial", "architecture", *[f"{n} {arrows[n]}" for n in names]]
+        + [f"{s} {quality}" for s in sets]
+        + ([f"full {quality}"] if full else [])
+    )
     body = []
     for r in rows:
         line = [str(r["trial"]), r["arch_short"], *[format_metric(task, n, r["objectives"][n]) for n in names]]
+        line += [format_metric(task, quality, r["eval_sets"].get(s, {}).get(quality)) for s in sets]
         if full:  # fully distilled front points: the full score next to the brief one
             line.append(format_metric(task, quality, r["full"]["metrics"].get(quality)) if r["full"] else "-")
         body.append(line)
     teacher = study.user_attrs.get("teacher_metrics") or {}
     if teacher:
-        values = [*names, *([quality] if full else [])]
-        body.append(["teacher", "", *[format_metric(task, n, teacher[n]) if n in teacher else "-" for n in values]])
+        on_sets = study.user_attrs.get(EVAL_SETS, {})
+        body.append(
+            ["teacher", "", *[format_metric(task, n, teacher[n]) if n in teacher else "-" for n in names]]
+            + [format_metric(task, quality, on_sets.get(s, {}).get(quality)) for s in sets]
+            + ([format_metric(task, quality, teacher.get(quality))] if full else [])
+        )
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
     lines = [
         "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))

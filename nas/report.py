@@ -10,7 +10,8 @@ import plotly.graph_objects as go
 from optuna.trial import TrialState
 
 from distill.tasks import format_metric
-from nas.pareto import front_rows
+from nas.fidelity import FIDELITY, PROXY
+from nas.pareto import eval_set_names, front_rows
 from nas.search import distinct_complete, task_of, trial_counts
 
 HOVER_HIDDEN = ("loss_curve", "arch")
@@ -100,6 +101,45 @@ def _brief_vs_full(study: optuna.Study, rows: list[dict]) -> go.Figure | None:
     return fig
 
 
+def _fidelity(study: optuna.Study) -> list[go.Figure]:
+    """`nas fidelity`'s measurement: brief against full quality, one point per trial, per
+    quality objective, with the rank correlations (and the parameter-count proxy's) in the title."""
+    result = study.user_attrs.get(FIDELITY)
+    if not result:
+        return []
+    figures = []
+    for m in [n for n in (study.metric_names or []) if n in result["metrics"]]:
+        c = result["metrics"][m]
+        rows = [r for r in result["trials"] if r["brief"].get(m) is not None and r["full"].get(m) is not None]
+        fig = go.Figure(
+            go.Scatter(
+                x=[r["brief"][m] for r in rows],
+                y=[r["full"][m] for r in rows],
+                mode="markers+text",
+                text=[f"#{r['trial']}" for r in rows],
+                textposition="top center",
+                customdata=[[r["arch_short"], r[PROXY]] for r in rows],
+                hovertemplate="%{customdata[0]}<br>brief %{x:.4g}, full %{y:.4g}<br>%{customdata[1]:,} non-embedding parameters<extra></extra>",
+            )
+        )
+        b, p = c["brief"], c["proxy"]
+        fig.update_layout(
+            title=(
+                f"Brief against full {m} ({len(rows)} trials): Kendall tau {_num(b['kendall_tau'])}, "
+                f"Spearman {_num(b['spearman'])}; non-embedding parameters as the predictor: "
+                f"tau {_num(p['kendall_tau'])}, Spearman {_num(p['spearman'])}"
+            ),
+            xaxis_title=f"brief-run {m}",
+            yaxis_title=f"full-run {m}",
+        )
+        figures.append(fig)
+    return figures
+
+
+def _num(value: float | None) -> str:
+    return f"{value:.2f}" if value is not None else "-"
+
+
 def write_report(study: optuna.Study, out: Path) -> Path:
     """Pareto front (all trials, front highlighted, hover with architecture and metrics),
     hypervolume over trials, loss curves and the front as a table."""
@@ -126,17 +166,21 @@ def write_report(study: optuna.Study, out: Path) -> Path:
     moved = _brief_vs_full(study, rows)
     if moved is not None:
         figures.append(moved)
+    figures.extend(_fidelity(study))
     figures.append(_curves(study))
     parts = [
         fig.to_html(full_html=False, include_plotlyjs=(i == 0), default_height="560px") for i, fig in enumerate(figures)
     ]
     task = task_of(study)
     quality = names[0]
-    head = "".join(f"<th>{html.escape(n)}</th>" for n in ["trial", "architecture", *names, f"full {quality}", "export"])
+    sets = eval_set_names(study)
+    columns = ["trial", "architecture", *names, *[f"{s} {quality}" for s in sets], f"full {quality}", "export"]
+    head = "".join(f"<th>{html.escape(n)}</th>" for n in columns)
     body = "".join(
         "<tr>"
         + f"<td>{r['trial']}</td><td>{html.escape(r['arch_short'])}</td>"
         + "".join(f"<td>{format_metric(task, n, v)}</td>" for n, v in r["objectives"].items())
+        + "".join(f"<td>{format_metric(task, quality, r['eval_sets'].get(s, {}).get(quality))}</td>" for s in sets)
         + (
             f"<td>{format_metric(task, quality, r['full']['metrics'].get(quality))}</td>"
             f"<td>{html.escape(r['full']['export'])}</td>"

@@ -18,7 +18,6 @@ import math
 from typing import Any
 
 import numpy as np
-from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from nas.dominance import nondominated_ranks, pareto_order, to_minimize
 
@@ -37,43 +36,62 @@ def survives(points: np.ndarray, index: int, reduction: float) -> bool:
     return index in pareto_order(points)[:keep]
 
 
-class ParetoASHA(FIFOScheduler):
-    """Stops trials dominated at a rung. `metrics` and `modes` ("min" | "max") are the
-    objectives, in any number."""
+class RungBoard:
+    """The rungs' records and the decision, apart from Ray (the sampler benchmark replays a
+    search with it): `metrics` with their `modes` ("min" | "max"), in any number."""
 
     def __init__(self, metrics: list[str], modes: list[str], reduction: float = 2.0) -> None:
-        super().__init__()
         if len(metrics) != len(modes) or not metrics:
-            raise ValueError("ParetoASHA: one mode per metric, at least one metric")
+            raise ValueError("one mode per metric, at least one metric")
         self.metrics, self.modes, self.reduction = list(metrics), list(modes), reduction
-        self.rungs: dict[int, dict[str, np.ndarray]] = {}  # rung -> trial id -> values to minimize
-        self.stopped: dict[str, int] = {}  # trial id -> the rung it stopped at
+        self.rungs: dict[int, dict[str, np.ndarray]] = {}  # rung -> trial key -> values to minimize
 
     def record(self, key: str, rung: int, result: dict[str, Any]) -> None:
-        """Count a trial of an earlier run at `rung` (a resumed study is judged against them)."""
+        """Count a trial at `rung` (also one of an earlier run: a resumed study is judged
+        against the stored trials)."""
         self.rungs.setdefault(rung, {})[key] = to_minimize([[result[m] for m in self.metrics]], self.modes)[0]
 
-    def set_search_properties(self, metric: Any, mode: Any, **spec: Any) -> bool:
-        return True  # the objectives are given at construction
-
-    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
-        if result.get(FINAL, True) or RUNG not in result:
-            return TrialScheduler.CONTINUE
-        values = [result.get(m) for m in self.metrics]
-        if any(v is None or not math.isfinite(float(v)) for v in values):
-            return TrialScheduler.CONTINUE  # nothing to compare; the trial reports its failure itself
-        rung = int(result[RUNG])
-        self.record(trial.trial_id, rung, result)
+    def goes_on(self, key: str, rung: int, result: dict[str, Any]) -> bool:
+        """Record trial `key` at `rung` and say whether it goes on to the next rung."""
+        self.record(key, rung, result)
         seen = self.rungs[rung]
         ids = list(seen)
-        if survives(np.stack([seen[i] for i in ids]), ids.index(trial.trial_id), self.reduction):
-            return TrialScheduler.CONTINUE
-        self.stopped[trial.trial_id] = rung
-        logger.debug("trial %s stopped at rung %d (%d trials there)", trial.trial_id, rung, len(ids))
-        return TrialScheduler.STOP
-
-    def debug_string(self) -> str:
-        return f"ParetoASHA: {len(self.stopped)} trials stopped at a rung"
+        return survives(np.stack([seen[i] for i in ids]), ids.index(key), self.reduction)
 
 
-__all__ = ["FINAL", "RUNG", "ParetoASHA", "survives"]
+def pareto_asha(metrics: list[str], modes: list[str], reduction: float = 2.0) -> Any:
+    """The Ray Tune scheduler over a fresh `RungBoard` (its `board`); defined lazily: importing
+    Ray is slow and only the search needs it."""
+    from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+
+    class ParetoASHA(FIFOScheduler):
+        """Stops trials dominated at a rung; every other result passes untouched."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.board = RungBoard(metrics, modes, reduction)
+            self.stopped: dict[str, int] = {}  # trial id -> the rung it stopped at
+
+        def set_search_properties(self, metric: Any, mode: Any, **spec: Any) -> bool:
+            return True  # the objectives are given at construction
+
+        def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+            if result.get(FINAL, True) or RUNG not in result:
+                return TrialScheduler.CONTINUE
+            values = [result.get(m) for m in metrics]
+            if any(v is None or not math.isfinite(float(v)) for v in values):
+                return TrialScheduler.CONTINUE  # nothing to compare; the trial reports its failure itself
+            rung = int(result[RUNG])
+            if self.board.goes_on(trial.trial_id, rung, result):
+                return TrialScheduler.CONTINUE
+            self.stopped[trial.trial_id] = rung
+            logger.debug("trial %s stopped at rung %d", trial.trial_id, rung)
+            return TrialScheduler.STOP
+
+        def debug_string(self) -> str:
+            return f"ParetoASHA: {len(self.stopped)} trials stopped at a rung"
+
+    return ParetoASHA()
+
+
+__all__ = ["FINAL", "RUNG", "RungBoard", "pareto_asha", "survives"]

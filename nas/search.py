@@ -3,6 +3,7 @@ and stores every trial in a persistent storage, the source of truth of a study."
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -17,7 +18,7 @@ from distill import PreparedData, prepare
 from distill.errors import InputError
 from distill.tasks import Task, get_task, task_for_metrics
 from nas.sampling import DEFAULT_SAMPLER, make_sampler
-from nas.scheduler import FINAL, RUNG
+from nas.scheduler import FINAL, RUNG, pareto_asha
 from nas.spec import Constraints, StudySpec
 from nas.trial import TrialPlan, pick_device, recorded, run_trial
 
@@ -26,6 +27,7 @@ logger = logging.getLogger(__name__)
 MAX_ROUNDS = 3
 INTERRUPTED = "interrupted: the search stopped before this trial finished"
 DISTILLED = "distilled"  # study user attribute: {trial number: record of its full distillation}
+EVAL_SETS = "eval_sets"  # trial and study attribute: {eval set: metrics} (of the student; of the teacher)
 
 
 def open_study(spec: StudySpec) -> optuna.Study:
@@ -170,6 +172,13 @@ def wait_for_twin(plan: TrialPlan, number: int, poll_s: float = 1.0) -> tuple[bo
         time.sleep(poll_s)
 
 
+def _decoded(value: Any) -> Any:
+    """A structured value a trial reported as JSON text (see `_trainable`)."""
+    if isinstance(value, str) and value[:1] in "[{":
+        return json.loads(value)
+    return value
+
+
 def _searcher_class() -> type:
     """Defined lazily: importing Ray is slow and only the search needs it."""
     from ray.tune.search import Searcher
@@ -228,7 +237,7 @@ def _searcher_class() -> type:
                 set_trial_attrs(self.study, number, {"fail_reason": reason})
                 self.inner.on_trial_complete(trial_id, None, error=True)
                 return
-            attrs = {k: result[k] for k in self.keep if k in result}
+            attrs = {k: _decoded(result[k]) for k in self.keep if k in result}
             if RUNG in result:  # stopped by the scheduler at this rung
                 attrs["pruned_at"] = {"rung": result[RUNG], "step": result["step"]}
             violations = self.constraints.violations(result)
@@ -261,31 +270,36 @@ def _trainable(config: dict[str, Any], plan: TrialPlan) -> None:
     stop the trial there), then one final report; never raises."""
     from ray import tune
 
+    def report(result: dict[str, Any]) -> None:
+        # Structured values travel as JSON text: Tune flattens nested dicts and its loggers
+        # reject lists of dicts.
+        tune.report({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in result.items()})
+
     short = get_task(plan.task).describe(config["arch"])
     # Tune insists on the objectives in every result; one never measured is NaN, which never
     # reaches Optuna (see StudySearcher).
     unknown = dict.fromkeys(plan.objectives, math.nan)
     try:
         if config.get("not_trained"):  # too large by its parameter count: nothing to run
-            tune.report({**unknown, **config["counts"], "not_trained": config["not_trained"], "arch_short": short})
+            report({**unknown, **config["counts"], "not_trained": config["not_trained"], "arch_short": short})
             return
         twin = config.get("duplicate_of")
         if twin is not None:  # the same architecture is not trained again
             trained, attrs = wait_for_twin(plan, twin)
-            tune.report({**unknown, **attrs, "duplicate_of": twin, FINAL: trained})
+            report({**unknown, **attrs, "duplicate_of": twin, FINAL: trained})
             return
 
         def at_rung(rung: int, metrics: dict[str, Any]) -> None:
-            tune.report({**metrics, "arch_short": short, RUNG: rung, FINAL: False})
+            report({**metrics, "arch_short": short, RUNG: rung, FINAL: False})
 
         metrics = run_trial(config["arch"], plan, report=at_rung)
     except Exception as exc:  # noqa: BLE001 - every failure is recorded, the search goes on
         import torch
 
         name = "out of memory" if isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError)) else type(exc).__name__
-        tune.report({**unknown, "fail_reason": f"{name}: {exc}".strip()[:500]})
+        report({**unknown, "fail_reason": f"{name}: {exc}".strip()[:500]})
         return
-    tune.report({**metrics, "arch_short": short, FINAL: True})
+    report({**metrics, "arch_short": short, FINAL: True})
 
 
 def _progress_callback(study: optuna.Study, total: int, target: int, started: float) -> Any:
@@ -351,18 +365,50 @@ def prepare_study(spec: StudySpec) -> PreparedData:
     """Tokenize the data and cache the teacher's outputs, once per study (on a GPU where the
     spec asks for one and there is one); the search space is checked against the teacher
     before any teacher output is computed."""
-    task = spec.task
-    device = str(pick_device(spec.resources.gpus))
+    return _prepare(spec, spec.data, check=lambda config: spec.task.check_space(spec.space, config))
+
+
+def _prepare(spec: StudySpec, data: Any, **kwargs: Any) -> PreparedData:
     return prepare(
-        task,
+        spec.task,
         spec.teacher,
-        spec.data,
+        data,
         spec.loss,
         base_dir=spec.base_dir,
         cache_root=spec.out_dir / "cache",
         seed=spec.study.seed,
-        device=device,
-        check=lambda config: task.check_space(spec.space, config),
+        device=str(pick_device(spec.resources.gpus)),
+        **kwargs,
+    )
+
+
+def prepare_eval_sets(spec: StudySpec) -> dict[str, PreparedData]:
+    """Each `[[eval]]` set tokenized with the teacher's outputs on it, cached like the study's
+    data (after `prepare_study`: the teacher exists by then)."""
+    return {s.name: _prepare(spec, s.data, held_out_only=True) for s in spec.evals}
+
+
+def eval_set_teacher_metrics(evals: dict[str, PreparedData]) -> dict[str, dict[str, float]]:
+    return {name: data.meta["teacher_metrics"] for name, data in evals.items()}
+
+
+def trial_plan(spec: StudySpec, data: PreparedData, evals: dict[str, PreparedData] | None = None) -> TrialPlan:
+    """What every trial of the study's search runs with."""
+    mf = spec.multi_fidelity
+    return TrialPlan(
+        spec.study.task,
+        data,
+        spec.distill,
+        spec.loss,
+        spec.storage_url,
+        spec.name,
+        tuple(n for n, _ in spec.objectives.metrics),
+        spec.study.seed,
+        spec.resources.cpus,
+        spec.resources.gpus,
+        rungs=mf.rungs if mf.enabled else (1.0,),
+        size_bounds=spec.constraints.on({m.name: m.kind for m in spec.task.metrics}, "size"),
+        evals=evals or {},
     )
 
 
@@ -386,25 +432,14 @@ def run_search(spec: StudySpec, *, trials: int | None = None, address: str | Non
     data = prepare_study(spec)
     study.set_user_attr("teacher", data.meta["teacher_name"])
     study.set_user_attr("teacher_metrics", data.meta["teacher_metrics"])
+    evals = prepare_eval_sets(spec)
+    study.set_user_attr(EVAL_SETS, eval_set_teacher_metrics(evals))
     metrics = [n for n, _ in spec.objectives.metrics]
     modes = [d for _, d in spec.objectives.metrics]
     task = spec.task
-    size_bounds = spec.constraints.on({m.name: m.kind for m in task.metrics}, "size")
     mf = spec.multi_fidelity
-    plan = TrialPlan(
-        spec.study.task,
-        data,
-        spec.distill,
-        spec.loss,
-        spec.storage_url,
-        spec.name,
-        tuple(metrics),
-        spec.study.seed,
-        spec.resources.cpus,
-        spec.resources.gpus,
-        rungs=mf.rungs if mf.enabled else (1.0,),
-        size_bounds=size_bounds,
-    )
+    plan = trial_plan(spec, data, evals)
+    size_bounds = plan.size_bounds
     if not ray.is_initialized():
         logger.info("starting Ray%s", f" (joining {address})" if address else "")
         ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
@@ -428,13 +463,11 @@ def run_search(spec: StudySpec, *, trials: int | None = None, address: str | Non
 
     scheduler = None
     if mf.enabled and len(mf.rungs) > 1:
-        from nas.scheduler import ParetoASHA
-
-        scheduler = ParetoASHA(metrics, modes, mf.reduction)
+        scheduler = pareto_asha(metrics, modes, mf.reduction)
         for t in distinct_evaluated(study):  # a resumed search judges new trials against the stored ones
             for rung, values in enumerate(t.user_attrs.get("rungs", [])[: len(mf.rungs) - 1]):
                 if all(m in values or m in t.user_attrs for m in metrics):
-                    scheduler.record(f"stored-{t.number}", rung, {**t.user_attrs, **values})
+                    scheduler.board.record(f"stored-{t.number}", rung, {**t.user_attrs, **values})
     started = time.time()
     for _ in range(MAX_ROUNDS):
         before = len(distinct_evaluated(study))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import tomllib
 import types
 import typing
@@ -193,7 +194,12 @@ class Resources:
             raise ValueError(f"gpus: must be a fraction in (0, 1] or a whole number, got {self.gpus}")
 
 
-SECTIONS = ("study", "teacher", "data", "space", "distill", "full", "objectives", "constraints", "multi_fidelity", "resources")
+SECTIONS = (
+    "study", "teacher", "data", "eval", "space", "distill", "full", "objectives", "constraints", "multi_fidelity",
+    "resources",
+)  # fmt: skip
+# What an `[[eval]]` table may set of the task's data section; the rest is `[data]`'s.
+EVAL_KEYS = ("source", "files", "text_column", "split", "eval_blocks")
 NESTED: dict[tuple[str, str], type] = {("teacher", "train"): TeacherTraining}
 # Keys of `[distill]` that moved to `[distill.loss]`, for a helpful error on older specs.
 MOVED = {
@@ -206,6 +212,16 @@ MOVED = {
     "temperature": "temperature",
     "top_k": "top_k",
 }
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSet:
+    """An extra evaluation set (an `[[eval]]` table): every document of its source, scored for
+    every trial and full run with the task's quality metrics, beside the held-out split."""
+
+    name: str
+    data: Any
+    """the task's data section: `[data]`'s, with the source keys of the table"""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,6 +243,8 @@ class StudySpec:
     constraints: Constraints
     multi_fidelity: MultiFidelity
     resources: Resources
+    evals: tuple[EvalSet, ...] = ()
+    """`[[eval]]`: extra evaluation sets"""
 
     @property
     def task(self) -> Task:
@@ -351,6 +369,33 @@ def _build_constraints(task: Task, raw: Any) -> Constraints:
     return Constraints(tuple(bounds))
 
 
+def _build_evals(task: Task, raw: Any, data: Any) -> tuple[EvalSet, ...]:
+    """`[[eval]]`: a name and a data source like `[data]`'s; every other data key is `[data]`'s."""
+    if not isinstance(raw, list) or not all(isinstance(t, dict) for t in raw):
+        raise SpecError("eval: must be tables, each written [[eval]] with a name and a data source")
+    sets: list[EvalSet] = []
+    hints = typing.get_type_hints(task.data_config)
+    for i, table in enumerate(raw):
+        key = f"eval[{i}]"
+        name = table.get("name")
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+            raise SpecError(f"{key}.name: required, letters, digits, '_' and '-' (it names columns and files), got {name!r}")
+        if name in {s.name for s in sets}:
+            raise SpecError(f"{key}.name: {name!r} is used by an earlier [[eval]] table")
+        fields = {}
+        for k, value in table.items():
+            if k == "name":
+                continue
+            if k not in EVAL_KEYS:
+                raise SpecError(f"{key}.{k}: unknown key; allowed: name, {', '.join(EVAL_KEYS)} (the rest is [data]'s)")
+            fields[k] = _check_type(f"{key}.{k}", value, hints[k])
+        if "source" not in fields:
+            raise SpecError(f"{key}.source: required (a file builder with files, a dataset name, or pydoc-topics)")
+        inherited = {k: v for k, v in dataclasses.asdict(data).items() if k not in ("source", "files", "text_column", "split")}
+        sets.append(EvalSet(name, _construct(task.data_config, inherited | fields, key)))
+    return tuple(sets)
+
+
 def parse_override(item: str) -> tuple[list[str], Any]:
     """`distill.steps=50` -> (["distill", "steps"], 50); values are read as TOML, else text."""
     key, sep, text = item.partition("=")
@@ -398,17 +443,19 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
         objectives = objectives.resolve(task)
     except ValueError as exc:
         raise SpecError(f"objectives.{exc}") from None
+    data = _build(task.data_config, raw.get("data", {}), "data")
     return StudySpec(
         path=path.resolve(),
         study=study,
         teacher=teacher,
-        data=_build(task.data_config, raw.get("data", {}), "data"),
+        data=data,
         space=_build(task.space, raw.get("space", {}), "space"),
         distill=_build_brief(brief),
         full=_build(Budget, raw.get("full", {}), "full", defaults=FULL_RUN),
         loss=_build_loss(task, loss_raw, "distill.loss"),
         objectives=objectives,
         constraints=_build_constraints(task, raw.get("constraints", {})),
+        evals=_build_evals(task, raw.get("eval", []), data),
         multi_fidelity=_build(MultiFidelity, raw.get("multi_fidelity", {}), "multi_fidelity"),
         resources=_build(Resources, raw.get("resources", {}), "resources"),
     )

@@ -23,7 +23,7 @@ CURVE_POINTS = 50
 # What a trial stores besides its task's metrics (Optuna user attributes).
 TRIAL_ATTRS = (
     "arch", "arch_short", "duplicate_of", "train_loss", "train_seconds", "train_steps", "loss_curve", "device",
-    "rungs", "pruned_at", "not_trained", "violations",
+    "rungs", "pruned_at", "not_trained", "violations", "eval_sets",
 )  # fmt: skip
 
 
@@ -45,6 +45,8 @@ class TrialPlan:
     """shares of the budget at which the trial reports its quality (multi-fidelity); the last is 1"""
     size_bounds: Constraints = Constraints()
     """constraints on size metrics: checked before training"""
+    evals: dict[str, PreparedData] = dataclasses.field(default_factory=dict)
+    """extra evaluation sets (`[[eval]]`), scored at the end"""
 
 
 def pick_device(gpus: float) -> torch.device:
@@ -59,6 +61,11 @@ def recorded(task_name: str) -> tuple[str, ...]:
 def rung_steps(total: int, rungs: tuple[float, ...]) -> list[int]:
     """The steps of a `total`-step run at which it reports (distinct, the last is `total`)."""
     return sorted({max(1, min(total, round(share * total))) for share in rungs} | {total})
+
+
+def score_eval_sets(task: Any, student: torch.nn.Module, evals: dict[str, PreparedData], device: torch.device) -> dict[str, dict[str, float]]:
+    """The task's quality metrics of `student` on each extra evaluation set."""
+    return {name: task.evaluate(student, data, "eval", device) for name, data in evals.items()}
 
 
 def run_trial(
@@ -98,6 +105,7 @@ def run_trial(
     quality = task.evaluate(student, data, "eval", device)
     return {
         **quality,
+        **({"eval_sets": score_eval_sets(task, student, plan.evals, device)} if plan.evals else {}),
         **size,
         "rungs": [*rungs, {"step": result.steps, **quality}],
         "train_loss": result.losses[-1],

@@ -55,7 +55,34 @@ BAD = {
         "[teacher]\nmodel='./t'\n[teacher.train]\nhidden=100\nheads=3\n",
         r"teacher\.train\.hidden: must be a multiple of heads",
     ),
+    "bad sampler": ("[teacher]\nmodel='x'\n[study]\nsampler='cmaes'\n", r"study\.sampler: .*tpe, nsga2, gp, random"),
+    "bad constraint": (
+        "[teacher]\nmodel='x'\n[constraints]\nflops=1e9\n",
+        r"constraints\.flops: not a metric of task causal-lm; allowed: perplexity",
+    ),
+    "bad rungs": ("[teacher]\nmodel='x'\n[multi_fidelity]\nrungs=[0.5, 0.25]\n", r"multi_fidelity\.rungs: increasing"),
+    "eval without name": ("[teacher]\nmodel='x'\n[[eval]]\nsource='pydoc-topics'\n", r"eval\[0\]\.name: required"),
+    "eval twice": (
+        "[teacher]\nmodel='x'\n[[eval]]\nname='a'\nsource='pydoc-topics'\n[[eval]]\nname='a'\nsource='pydoc-topics'\n",
+        r"eval\[1\]\.name: 'a' is used",
+    ),
+    "eval key": (
+        "[teacher]\nmodel='x'\n[[eval]]\nname='a'\nsource='pydoc-topics'\nblock_length=8\n",
+        r"eval\[0\]\.block_length: unknown key; allowed: name, source",
+    ),
+    "eval files": ("[teacher]\nmodel='x'\n[[eval]]\nname='a'\nsource='json'\n", r"eval\[0\]\.files: source 'json' needs"),
 }
+
+
+def test_eval_sets_take_the_rest_from_data(tmp_path):
+    path = tmp_path / "evals.toml"
+    path.write_text(
+        "[teacher]\nmodel='x'\n[data]\nblock_length=64\neval_blocks=9\n"
+        "[[eval]]\nname='mail'\nsource='json'\nfiles=['m.jsonl']\ntext_column='body'\n"
+    )
+    (only,) = load_spec(path).evals
+    assert only.name == "mail" and only.data.files == ("m.jsonl",) and only.data.text_column == "body"
+    assert only.data.block_length == 64 and only.data.eval_blocks == 9
 
 
 @pytest.mark.parametrize("text, message", BAD.values(), ids=BAD.keys())

@@ -1,0 +1,151 @@
+"""How far the front can be trusted: brief-run quality against full-run quality on trials that
+span the brief-quality range, beside the proxy users would otherwise trust (the non-embedding
+parameter count, as LTS does), each as Kendall's tau and Spearman's rho with a bootstrap
+interval. Full runs are ordinary `nas distill` runs in the study's storage; one that exists
+already counts and is never run again."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import optuna
+
+from distill.errors import InputError
+from distill.tasks import quality_metrics
+from nas.search import DISTILLED, distinct_complete, front_trials, is_feasible
+from nas.spec import StudySpec
+
+logger = logging.getLogger(__name__)
+
+FIDELITY = "fidelity"  # study user attribute: the last measurement
+PROXY = "non_embedding_params"
+RESAMPLES = 2000
+LEVEL = 0.95
+
+
+def pick_trials(study: optuna.Study, metric: str, direction: str, k: int, seed: int) -> list[optuna.trial.FrozenTrial]:
+    """`k` feasible complete trials spanning the brief range of `metric`: the candidates sorted
+    by it and cut into `k` strata of neighbours, one trial from each (one already fully
+    distilled where a stratum has one, else drawn with `seed`); the front's best at `metric` is
+    always among them, so the pick users would make is checked."""
+    candidates = [t for t in distinct_complete(study) if is_feasible(t) and metric in t.user_attrs]
+    if len(candidates) < 3:
+        raise InputError(
+            f"--trials: the study has {len(candidates)} complete feasible trial(s); fidelity needs at least 3"
+        )
+    k = min(k, len(candidates))
+    sign = 1.0 if direction == "min" else -1.0
+    ordered = sorted(candidates, key=lambda t: (sign * t.user_attrs[metric], t.number))
+    distilled = study.user_attrs.get(DISTILLED, {})
+    rng = np.random.default_rng(seed)
+    picks = []
+    for stratum in np.array_split(np.arange(len(ordered)), k):
+        done = [i for i in stratum if str(ordered[i].number) in distilled]
+        picks.append(ordered[done[0] if done else int(rng.choice(stratum))])
+    front = [t for t in front_trials(study) if metric in t.user_attrs]
+    if front:
+        best = min(front, key=lambda t: sign * t.user_attrs[metric])
+        if best.number not in {t.number for t in picks}:
+            # It lies in the first stratum (the best brief values): it takes that stratum's
+            # place, unless that one has a full run already.
+            if str(picks[0].number) in distilled:
+                picks.append(best)
+            else:
+                picks[0] = best
+    return sorted(picks, key=lambda t: t.number)
+
+
+def correlations(predictor: list[float], target: list[float], seed: int) -> dict[str, Any]:
+    """Kendall's tau and Spearman's rho of `predictor` against `target`, each with a percentile
+    bootstrap interval over resampled trials (pairs kept together; `LEVEL`, `RESAMPLES`, `seed`)."""
+    from scipy import stats
+
+    x, y = np.asarray(predictor, dtype=float), np.asarray(target, dtype=float)
+    out: dict[str, Any] = {}
+    for name, fn in (("kendall_tau", stats.kendalltau), ("spearman", stats.spearmanr)):
+        out[name] = _finite(fn(x, y).statistic)
+        with warnings.catch_warnings():  # resamples with ties only (few trials) give NaN: dropped
+            warnings.simplefilter("ignore")
+            boot = stats.bootstrap(
+                (x, y),
+                lambda a, b, fn=fn: fn(a, b).statistic,
+                paired=True,
+                vectorized=False,
+                n_resamples=RESAMPLES,
+                confidence_level=LEVEL,
+                method="percentile",
+                rng=np.random.default_rng(seed),
+            )
+        low, high = boot.confidence_interval
+        out[f"{name}_interval"] = [_finite(low), _finite(high)]
+    return out
+
+
+def _finite(value: Any) -> float | None:
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def measure(
+    spec: StudySpec,
+    study: optuna.Study,
+    k: int,
+    *,
+    distill_one: Callable[[optuna.trial.FrozenTrial], dict[str, Any]],
+) -> dict[str, Any]:
+    """Pick `k` trials, fully distill those without a full run (`distill_one`, which records it
+    on the study as `nas distill` does), correlate, store the result on the study, return it."""
+    task = spec.task
+    quality = quality_metrics(task)
+    metric, direction = spec.objectives.metrics[0]
+    picks = pick_trials(study, metric, direction, k, spec.study.seed)
+    for i, trial in enumerate(picks, 1):
+        if str(trial.number) in study.user_attrs.get(DISTILLED, {}):
+            logger.info("trial %d (%d/%d): fully distilled already", trial.number, i, len(picks))
+            continue
+        logger.info("trial %d (%d/%d): full distillation", trial.number, i, len(picks))
+        distill_one(trial)
+    distilled = study.user_attrs.get(DISTILLED, {})
+    rows = [
+        {
+            "trial": t.number,
+            "arch_short": t.user_attrs.get("arch_short", ""),
+            "brief": {m: t.user_attrs.get(m) for m in quality},
+            "full": {m: distilled[str(t.number)]["metrics"].get(m) for m in quality},
+            "full_steps": distilled[str(t.number)]["steps"],
+            PROXY: t.user_attrs[PROXY],
+        }
+        for t in picks
+    ]
+    result: dict[str, Any] = {
+        "trials": rows,
+        "seed": spec.study.seed,
+        "resamples": RESAMPLES,
+        "level": LEVEL,
+        "brief_steps": sorted({t.user_attrs.get("train_steps") for t in picks if t.user_attrs.get("train_steps")}),
+        "measured": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "metrics": {},
+    }
+    for m, d in quality.items():
+        usable = [r for r in rows if r["brief"][m] is not None and r["full"][m] is not None]
+        if len(usable) < 3:
+            continue
+        full = [r["full"][m] for r in usable]
+        # The proxy's sign: more parameters should mean better quality (lower where lower is better).
+        proxy = [(-r[PROXY] if d == "min" else r[PROXY]) for r in usable]
+        result["metrics"][m] = {
+            "direction": d,
+            "brief": correlations([r["brief"][m] for r in usable], full, spec.study.seed),
+            "proxy": correlations(proxy, full, spec.study.seed),
+        }
+    study.set_user_attr(FIDELITY, result)
+    return result
+
+
+__all__ = ["FIDELITY", "PROXY", "correlations", "measure", "pick_trials"]

@@ -1,0 +1,107 @@
+"""`nas fidelity` and `[[eval]]` sets on a tiny study: trials and full runs scored on an extra
+set, brief-vs-full correlations stored and equal to scipy's on the stored pairs, full runs
+never repeated, and the report drawing them."""
+
+import inspect
+import json
+import subprocess
+import sys
+
+import optuna
+import pytest
+from scipy import stats
+
+from nas.full import export_dir
+from nas.pareto import front_table
+from nas.search import DISTILLED, distinct_complete, run_search
+from nas.spec import load_spec
+from tests.conftest import write_spec
+
+EXTRA = """
+[[eval]]
+name = "modules"
+source = "json"
+files = ["modules.jsonl"]
+text_column = "doc"
+eval_blocks = 6
+"""
+
+
+def _nas(*args):
+    return subprocess.run([sys.executable, "-m", "nas", *args], capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def study_spec(tmp_path_factory, teacher_dirs, ray_local):
+    import csv
+    import email
+    import http.client
+    import logging
+    import os
+
+    folder = tmp_path_factory.mktemp("fidelity")
+    docs = [inspect.getdoc(m) for m in (csv, email, http.client, logging, os, json, inspect)]
+    (folder / "modules.jsonl").write_text("\n".join(json.dumps({"doc": d}) for d in docs))
+    path = write_spec(folder, teacher_dirs["gpt2"], name="fid", extra=EXTRA)
+    overrides = ["study.trials=5", "multi_fidelity.enabled=false", "space.families=['gpt2', 'llama']"]
+    spec = load_spec(path, overrides)
+    run_search(spec)
+    return path, spec, overrides
+
+
+def test_every_trial_is_scored_on_the_extra_set(study_spec):
+    _, spec, _ = study_spec
+    study = optuna.load_study(study_name=spec.name, storage=spec.storage_url)
+    teacher = study.user_attrs["eval_sets"]["modules"]
+    assert teacher["perplexity"] > 1 and teacher["params"] > 0
+    for t in distinct_complete(study):
+        scored = t.user_attrs["eval_sets"]["modules"]
+        assert set(scored) == {"perplexity", "kl", "top1_agreement"}
+        assert scored["perplexity"] != t.user_attrs["perplexity"]  # another set, another number
+    table = front_table(study)
+    assert "modules perplexity" in table.splitlines()[1]
+
+
+def test_fidelity_measures_stores_and_never_distills_twice(study_spec):
+    path, spec, overrides = study_spec
+    full = ["full.steps=12", "full.batch_size=4", "full.eval_every=6", "full.checkpoint_every=6"]
+    proc = _nas("fidelity", str(path), "--trials", "3", *overrides, *full)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Kendall tau" in proc.stdout and "non-embedding params" in proc.stdout
+    study = optuna.load_study(study_name=spec.name, storage=spec.storage_url)
+    result = study.user_attrs["fidelity"]
+    distilled = study.user_attrs[DISTILLED]
+    numbers = [r["trial"] for r in result["trials"]]
+    assert len(numbers) == 3 and set(numbers) == {int(n) for n in distilled}
+    best = min(distinct_complete(study), key=lambda t: t.user_attrs["perplexity"])
+    assert best.number in numbers  # the pick users would make is checked
+    for metric in ("perplexity", "kl", "top1_agreement"):
+        brief = [study.trials[n].user_attrs[metric] for n in numbers]
+        ends = [distilled[str(n)]["metrics"][metric] for n in numbers]
+        stored = result["metrics"][metric]
+        assert stored["brief"]["kendall_tau"] == pytest.approx(stats.kendalltau(brief, ends).statistic)
+        assert stored["brief"]["spearman"] == pytest.approx(stats.spearmanr(brief, ends).statistic)
+        sign = -1 if metric != "top1_agreement" else 1  # more parameters: lower perplexity, higher agreement
+        proxy = [sign * study.trials[n].user_attrs["non_embedding_params"] for n in numbers]
+        assert stored["proxy"]["kendall_tau"] == pytest.approx(stats.kendalltau(proxy, ends).statistic)
+    card = (export_dir(spec, numbers[0]) / "README.md").read_text()
+    assert "Quality on other data" in card and "modules" in card
+    assert "modules" in distilled[str(numbers[0])]["eval_sets"]
+    finished = {n: r["finished"] for n, r in distilled.items()}
+    again = _nas("fidelity", str(path), "--trials", "3", *overrides, *full)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stderr.count("fully distilled already") == 3
+    after = optuna.load_study(study_name=spec.name, storage=spec.storage_url).user_attrs[DISTILLED]
+    assert {n: r["finished"] for n, r in after.items()} == finished
+    report = _nas("report", str(path), *overrides)
+    assert report.returncode == 0, report.stderr[-2000:]
+    html = (spec.out_dir / "report.html").read_text()
+    assert "Brief against full perplexity" in html and "modules perplexity" in html
+
+
+def test_fidelity_needs_three_complete_trials(tmp_path, teacher_dirs, ray_local):
+    path = write_spec(tmp_path, teacher_dirs["gpt2"], name="few")
+    run_search(load_spec(path, ["study.trials=2", "multi_fidelity.enabled=false"]))
+    proc = _nas("fidelity", str(path), "--trials", "4")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "at least 3" in proc.stderr
