@@ -171,7 +171,9 @@ def evaluate(args: argparse.Namespace) -> None:
 
 def replay_one(spec: StudySpec, brief: dict[str, dict], sampler: str, mf: bool, seed: int, trials: int) -> list[tuple[int, int, float]]:
     """One search answered from the table: (distinct architectures, steps, hypervolume of the
-    COMPLETE trials) after each new architecture."""
+    COMPLETE trials) after each new architecture. Without multi-fidelity it ends after `trials`
+    architectures; with it, once it has spent as many steps as those would (or the table is
+    exhausted), so that both are compared on the same compute too."""
     import optuna
 
     from nas.sampling import make_sampler
@@ -190,8 +192,9 @@ def replay_one(spec: StudySpec, brief: dict[str, dict], sampler: str, mf: bool, 
     complete: list[list[float]] = []
     history: list[tuple[int, int, float]] = []
     steps = 0
+    per_trial = next(iter(brief.values()))["rungs"][-1]["step"]
     for _ in range(trials * 20):
-        if len(told) >= trials:
+        if (len(told) >= trials and not mf) or steps >= trials * per_trial or len(told) == len(brief):
             break
         trial = study.ask()
         arch = spec.space.sample(trial)
@@ -238,13 +241,18 @@ def steps_to(history: list[tuple[int, int, float]], target: float) -> float:
     return next((s for _, s, hv in history if hv >= target - 1e-12), float("inf"))
 
 
+def hv_at_steps(history: list[tuple[int, int, float]], budget: float) -> float:
+    """Hypervolume once no more than `budget` training steps were spent."""
+    return max((hv for _, s, hv in history if s <= budget), default=0.0)
+
+
 def spread(values: list[float], fmt: str = "{:.3f}") -> str:
-    finite = [v for v in values if np.isfinite(v)]
-    if not finite:
-        return "never"
-    med = statistics.median(values) if len(finite) == len(values) else float("inf")
-    shown = fmt.format(med) if np.isfinite(med) else "never"
-    return f"{shown} [{fmt.format(min(finite))}-{fmt.format(max(finite))}]" + ("" if len(finite) == len(values) else f" ({len(values) - len(finite)} never)")
+    """Median [min-max]; "never" stands for an infinite value (a target not reached)."""
+
+    def show(v: float) -> str:
+        return fmt.format(v) if np.isfinite(v) else "never"
+
+    return f"{show(statistics.median(values))} [{show(min(values))}-{show(max(values))}]"
 
 
 def kendall(a: list[float], b: list[float]) -> tuple[float, float]:
@@ -294,6 +302,7 @@ def replay(args: argparse.Namespace) -> None:
         raise SystemExit(f"{args.table}: {len(missing)} of {len(archs)} architectures not evaluated; run `evaluate` first")
     _, best_hv = reference(spec, brief)
     runs: dict[tuple[str, bool], list[list[tuple[int, int, float]]]] = {}
+    args.samplers = ["random", *[s for s in args.samplers if s != "random"]]  # the baseline
     for sampler in args.samplers:
         for mf in (False, True):
             start = time.time()
@@ -302,19 +311,47 @@ def replay(args: argparse.Namespace) -> None:
     marks = [m for m in (25, 50, args.trials) if m <= args.trials]
     base = statistics.median(at(h, args.trials) / best_hv for h in runs["random", False])
     rungs = "/".join(str(r["step"]) for r in next(iter(brief.values()))["rungs"])
+    per_trial = next(iter(brief.values()))["rungs"][-1]["step"]
+    budgets = [m * per_trial for m in marks]  # the steps of 25, 50, ... whole brief runs
     print(
-        f"{len(brief)} architectures of {SPEC.name} ({', '.join(OVERRIDES)}), brief budget {rungs} steps; "
-        f"{args.seeds} seeds; hypervolume as a share of the whole table's front, median [min-max]\n"
+        f"{len(brief)} architectures of {SPEC.name} ({', '.join(OVERRIDES)}), brief runs reporting at {rungs} steps; "
+        f"searches of {args.trials} architectures, one at a time, {args.seeds} seeds; hypervolume (HV) as a share "
+        f"of the whole table's front, median [min-max]\n"
     )
-    head = ["sampler", "multi-fidelity", *[f"HV at {m} trials" for m in marks], f"steps for {args.trials} trials", f"steps to random's HV at {args.trials} ({base:.3f})"]
+    head = [
+        "sampler",
+        "multi-fidelity",
+        *[f"HV at {m} trials" for m in marks],
+        *[f"HV at {b:,} steps" for b in budgets],
+        f"steps for {args.trials} trials",
+        f"steps to random's HV at {args.trials} ({base:.3f})",
+    ]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for (sampler, mf), hist in runs.items():
         cells = [sampler, "on" if mf else "off"]
         cells += [spread([at(h, m) / best_hv for h in hist]) for m in marks]
-        cells.append(spread([float(h[-1][1]) for h in hist], "{:,.0f}"))
+        cells += [spread([hv_at_steps(h, b) / best_hv for h in hist]) for b in budgets]
+        cells.append(spread([float(next((s for n, s, _ in h if n >= args.trials), h[-1][1])) for h in hist], "{:,.0f}"))
         cells.append(spread([steps_to(h, base * best_hv) for h in hist], "{:,.0f}"))
         print("| " + " | ".join(cells) + " |")
+    print()
+    half = marks[-2] if len(marks) > 1 else marks[-1]
+    for sampler in args.samplers:
+        if sampler == "random":
+            continue
+        got = statistics.median(at(h, half) / best_hv for h in runs[sampler, False])
+        print(f"- {sampler} after {half} trials: HV {got:.3f}, random search after {args.trials}: {base:.3f}")
+    for sampler in args.samplers:
+        # Per seed: the steps multi-fidelity needs to reach the HV the same seed reached without it.
+        shares = [
+            steps_to(mf, at(plain, args.trials)) / plain[-1][1]
+            for plain, mf in zip(runs[sampler, False], runs[sampler, True])
+        ]
+        print(
+            f"- {sampler} with multi-fidelity reaches the HV of {args.trials} trials without it in "
+            f"{spread(shares, '{:.2f}')} of their steps (never: not within as many steps)"
+        )
     print()
     for line in fidelity_lines(spec, brief, full):
         print(line)

@@ -236,6 +236,17 @@ def fidelity_table(task: Any, name: str, result: dict[str, Any]) -> str:
     for m, c in result["metrics"].items():
         for label, key in (("brief run", "brief"), ("non-embedding params", "proxy")):
             lines.append(f"{m:<16}{label:<30}{cell(c[key], 'kendall_tau'):>26}{cell(c[key], 'spearman'):>26}")
+    pick = result.get("pick")
+    if pick:
+        m = pick["metric"]
+        lines.append("")
+        lines.append(
+            f"The front's best {m} (trial {pick['trial']}, what `nas distill --best {m}` takes) ends at "
+            f"{format_metric(task, m, pick['full'])}; the best full run compared (trial {pick['best_trial']}) at "
+            f"{format_metric(task, m, pick['best_full'])}: {pick['gap']:.1%} worse."
+            if pick["trial"] != pick["best_trial"]
+            else f"The front's best {m} (trial {pick['trial']}, what `nas distill --best {m}` takes) is also the best full run compared."
+        )
     return "\n".join(lines)
 
 

@@ -6,6 +6,7 @@ already counts and is never run again."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -29,7 +30,16 @@ RESAMPLES = 2000
 LEVEL = 0.95
 
 
-def pick_trials(study: optuna.Study, metric: str, direction: str, k: int, seed: int) -> list[optuna.trial.FrozenTrial]:
+def reusable(study: optuna.Study, spec: StudySpec) -> set[str]:
+    """Trials whose recorded full run had the spec's `[full]` budget (records made before
+    budgets were recorded count too): one never reruns, a run of another budget is not mixed in."""
+    budget = dataclasses.asdict(spec.full)
+    return {n for n, r in study.user_attrs.get(DISTILLED, {}).items() if r.get("budget", budget) == budget}
+
+
+def pick_trials(
+    study: optuna.Study, metric: str, direction: str, k: int, seed: int, distilled: set[str] | None = None
+) -> list[optuna.trial.FrozenTrial]:
     """`k` feasible complete trials spanning the brief range of `metric`: the candidates sorted
     by it and cut into `k` strata of neighbours, one trial from each (one already fully
     distilled where a stratum has one, else drawn with `seed`); the front's best at `metric` is
@@ -42,7 +52,7 @@ def pick_trials(study: optuna.Study, metric: str, direction: str, k: int, seed: 
     k = min(k, len(candidates))
     sign = 1.0 if direction == "min" else -1.0
     ordered = sorted(candidates, key=lambda t: (sign * t.user_attrs[metric], t.number))
-    distilled = study.user_attrs.get(DISTILLED, {})
+    distilled = distilled if distilled is not None else set(study.user_attrs.get(DISTILLED, {}))
     rng = np.random.default_rng(seed)
     picks = []
     for stratum in np.array_split(np.arange(len(ordered)), k):
@@ -70,7 +80,7 @@ def correlations(predictor: list[float], target: list[float], seed: int) -> dict
     out: dict[str, Any] = {}
     for name, fn in (("kendall_tau", stats.kendalltau), ("spearman", stats.spearmanr)):
         out[name] = _finite(fn(x, y).statistic)
-        with warnings.catch_warnings():  # resamples with ties only (few trials) give NaN: dropped
+        with warnings.catch_warnings():  # resamples that repeat one trial only (few trials) give NaN
             warnings.simplefilter("ignore")
             boot = stats.bootstrap(
                 (x, y),
@@ -82,8 +92,12 @@ def correlations(predictor: list[float], target: list[float], seed: int) -> dict
                 method="percentile",
                 rng=np.random.default_rng(seed),
             )
-        low, high = boot.confidence_interval
+        # scipy's interval is NaN as soon as one resample is: the percentiles of the others.
+        values = boot.bootstrap_distribution[np.isfinite(boot.bootstrap_distribution)]
+        tail = 100 * (1 - LEVEL) / 2
+        low, high = np.percentile(values, [tail, 100 - tail]) if len(values) else (math.nan, math.nan)
         out[f"{name}_interval"] = [_finite(low), _finite(high)]
+        out[f"{name}_resamples"] = int(len(values))
     return out
 
 
@@ -104,9 +118,10 @@ def measure(
     task = spec.task
     quality = quality_metrics(task)
     metric, direction = spec.objectives.metrics[0]
-    picks = pick_trials(study, metric, direction, k, spec.study.seed)
+    done = reusable(study, spec)
+    picks = pick_trials(study, metric, direction, k, spec.study.seed, done)
     for i, trial in enumerate(picks, 1):
-        if str(trial.number) in study.user_attrs.get(DISTILLED, {}):
+        if str(trial.number) in done:
             logger.info("trial %d (%d/%d): fully distilled already", trial.number, i, len(picks))
             continue
         logger.info("trial %d (%d/%d): full distillation", trial.number, i, len(picks))
@@ -144,8 +159,34 @@ def measure(
             "brief": correlations([r["brief"][m] for r in usable], full, spec.study.seed),
             "proxy": correlations(proxy, full, spec.study.seed),
         }
+    result["pick"] = _pick_gap(study, rows, metric, direction)
     study.set_user_attr(FIDELITY, result)
     return result
+
+
+def _pick_gap(study: optuna.Study, rows: list[dict[str, Any]], metric: str, direction: str) -> dict[str, Any] | None:
+    """The front's best brief pick at `metric` (what `nas distill --best` takes) against the
+    best full run among the compared trials: how much following the front costs."""
+    sign = 1.0 if direction == "min" else -1.0
+    front = {t.number for t in front_trials(study)}
+    on_front = [
+        r for r in rows if r["trial"] in front and r["brief"][metric] is not None and r["full"][metric] is not None
+    ]
+    done = [r for r in rows if r["full"][metric] is not None]
+    if not on_front or not done:
+        return None
+    pick = min(on_front, key=lambda r: sign * r["brief"][metric])
+    best = min(done, key=lambda r: sign * r["full"][metric])
+    scale = abs(best["full"][metric]) or 1.0
+    gap = sign * (pick["full"][metric] - best["full"][metric]) / scale
+    return {
+        "metric": metric,
+        "trial": pick["trial"],
+        "full": pick["full"][metric],
+        "best_trial": best["trial"],
+        "best_full": best["full"][metric],
+        "gap": gap,
+    }
 
 
 __all__ = ["FIDELITY", "PROXY", "correlations", "measure", "pick_trials"]

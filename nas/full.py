@@ -100,16 +100,17 @@ def full_distill(
         logger.warning("no checkpoint in %s: starting from the beginning", ckpt)
     task = spec.task
     data = prepare_study(spec)
+    evals = prepare_eval_sets(spec)  # before training: a bad source fails before the run, not after
     arch = trial.user_attrs["arch"]
     logger.info("full distillation of trial %d (%s)", trial.number, task.describe(arch))
     student, result, metrics, device, seconds = distill_arch(
         spec, arch, data, on_step=on_step, checkpoint_dir=ckpt, resume=resume
     )
-    evals = prepare_eval_sets(spec)
     record = {
         "export": str(out),
         "metrics": metrics,
         "eval_sets": score_eval_sets(task, student, evals, device),
+        "budget": dataclasses.asdict(spec.full),
         "teacher_eval_sets": eval_set_teacher_metrics(evals),
         "brief": {k: trial.user_attrs[k] for k in quality_metrics(task) if k in trial.user_attrs},
         "steps": result.steps,

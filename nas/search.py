@@ -20,13 +20,14 @@ from distill.tasks import Task, get_task, task_for_metrics
 from nas.sampling import DEFAULT_SAMPLER, make_sampler
 from nas.scheduler import FINAL, RUNG, pareto_asha
 from nas.spec import Constraints, StudySpec
-from nas.trial import TrialPlan, pick_device, recorded, run_trial
+from nas.trial import TrialPlan, pick_device, recorded, run_trial, rung_steps
 
 logger = logging.getLogger(__name__)
 
 MAX_ROUNDS = 3
 INTERRUPTED = "interrupted: the search stopped before this trial finished"
 DISTILLED = "distilled"  # study user attribute: {trial number: record of its full distillation}
+UNMEASURED = 1.0  # the constraint value of a bound whose metric a trial has no value for: violated
 EVAL_SETS = "eval_sets"  # trial and study attribute: {eval set: metrics} (of the student; of the teacher)
 
 
@@ -52,6 +53,13 @@ def open_study(spec: StudySpec) -> optuna.Study:
     if stored_task not in (None, spec.study.task):
         raise InputError(f"study.task: the stored study {spec.name!r} is a {stored_task} study; give it a new name")
     study.set_user_attr("task", spec.study.task)
+    bounds = {b.metric: b.limit for b in spec.constraints.bounds}
+    if study.user_attrs.get("constraints", {}) != bounds and study.trials:
+        raise InputError(
+            f"constraints: the stored study {spec.name!r} was searched with {study.user_attrs.get('constraints') or 'none'}; "
+            f"the spec asks for {bounds or 'none'}; its trials were judged by the old ones, give the study a new name"
+        )
+    study.set_user_attr("constraints", bounds)
     stored_sampler = study.user_attrs.get("sampler")
     if stored_sampler and spec.study.sampler not in ("", stored_sampler):
         raise InputError(
@@ -174,7 +182,7 @@ def wait_for_twin(plan: TrialPlan, number: int, poll_s: float = 1.0) -> tuple[bo
 
 def _decoded(value: Any) -> Any:
     """A structured value a trial reported as JSON text (see `_trainable`)."""
-    if isinstance(value, str) and value[:1] in "[{":
+    if isinstance(value, str) and value.startswith(("[", "{")):
         return json.loads(value)
     return value
 
@@ -243,9 +251,10 @@ def _searcher_class() -> type:
             violations = self.constraints.violations(result)
             if violations:
                 attrs["violations"] = violations
+            if self.constraints.bounds:  # every bound, every trial: samplers need the same count
                 live = self.inner._ot_trials[trial_id]  # the Optuna trial OptunaSearch asked for
-                for name, value in violations.items():
-                    live.set_constraint(name, value)  # read by every sampler, best_trials and the plots
+                for b in self.constraints.bounds:  # read by every sampler, best_trials and the plots
+                    live.set_constraint(b.metric, violations.get(b.metric, UNMEASURED))
             set_trial_attrs(self.study, number, attrs)
             # A result without the objectives makes OptunaSearch tell PRUNED.
             self.inner.on_trial_complete(trial_id, result if trained else None)
@@ -299,7 +308,7 @@ def _trainable(config: dict[str, Any], plan: TrialPlan) -> None:
         name = "out of memory" if isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError)) else type(exc).__name__
         report({**unknown, "fail_reason": f"{name}: {exc}".strip()[:500]})
         return
-    report({**metrics, "arch_short": short, FINAL: True})
+    report({**unknown, **metrics, "arch_short": short, FINAL: True})
 
 
 def _progress_callback(study: optuna.Study, total: int, target: int, started: float) -> Any:
@@ -464,10 +473,15 @@ def run_search(spec: StudySpec, *, trials: int | None = None, address: str | Non
     scheduler = None
     if mf.enabled and len(mf.rungs) > 1:
         scheduler = pareto_asha(metrics, modes, mf.reduction)
-        for t in distinct_evaluated(study):  # a resumed search judges new trials against the stored ones
-            for rung, values in enumerate(t.user_attrs.get("rungs", [])[: len(mf.rungs) - 1]):
-                if all(m in values or m in t.user_attrs for m in metrics):
-                    scheduler.board.record(f"stored-{t.number}", rung, {**t.user_attrs, **values})
+        # A resumed search judges new trials against the stored ones that reported at the same steps.
+        stops = rung_steps(spec.distill.total_steps(task.lengths(data, "train"), spec.study.seed), plan.rungs)[:-1]
+        for t in distinct_evaluated(study):
+            for entry in t.user_attrs.get("rungs", []):
+                if entry.get("step") not in stops:
+                    continue
+                values = {**t.user_attrs, **entry}
+                if all(math.isfinite(float(values.get(m, math.nan))) for m in metrics):
+                    scheduler.board.record(f"stored-{t.number}", stops.index(entry["step"]), values)
     started = time.time()
     for _ in range(MAX_ROUNDS):
         before = len(distinct_evaluated(study))

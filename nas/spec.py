@@ -121,8 +121,11 @@ class Bound:
     direction: str
 
     def violation(self, value: float) -> float:
-        """How far `value` is beyond the bound: > 0 violated, <= 0 met (Optuna's convention)."""
-        return value - self.limit if self.direction == "min" else self.limit - value
+        """How far `value` is beyond the bound, relative to it: > 0 violated, <= 0 met
+        (Optuna's convention; relative, so that samplers adding violations up weigh a bound on
+        parameters and one on perplexity alike)."""
+        beyond = value - self.limit if self.direction == "min" else self.limit - value
+        return beyond / abs(self.limit) if self.limit else beyond
 
     def describe(self, value: float) -> str:
         return f"{self.metric} {value:.6g} {'>' if self.direction == 'min' else '<'} {self.limit:.6g}"
@@ -391,7 +394,9 @@ def _build_evals(task: Task, raw: Any, data: Any) -> tuple[EvalSet, ...]:
             fields[k] = _check_type(f"{key}.{k}", value, hints[k])
         if "source" not in fields:
             raise SpecError(f"{key}.source: required (a file builder with files, a dataset name, or pydoc-topics)")
-        inherited = {k: v for k, v in dataclasses.asdict(data).items() if k not in ("source", "files", "text_column", "split")}
+        # The source and how much of it are the table's (default: all of it); the cut is [data]'s.
+        own = ("source", "files", "text_column", "split", "eval_blocks")
+        inherited = {k: v for k, v in dataclasses.asdict(data).items() if k not in own} | {"eval_blocks": 0}
         sets.append(EvalSet(name, _construct(task.data_config, inherited | fields, key)))
     return tuple(sets)
 

@@ -75,6 +75,8 @@ def test_fidelity_measures_stores_and_never_distills_twice(study_spec):
     assert len(numbers) == 3 and set(numbers) == {int(n) for n in distilled}
     best = min(distinct_complete(study), key=lambda t: t.user_attrs["perplexity"])
     assert best.number in numbers  # the pick users would make is checked
+    assert result["pick"]["trial"] == best.number and result["pick"]["gap"] >= 0
+    assert result["pick"]["best_full"] == min(distilled[str(n)]["metrics"]["perplexity"] for n in numbers)
     for metric in ("perplexity", "kl", "top1_agreement"):
         brief = [study.trials[n].user_attrs[metric] for n in numbers]
         ends = [distilled[str(n)]["metrics"][metric] for n in numbers]

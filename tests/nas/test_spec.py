@@ -82,7 +82,7 @@ def test_eval_sets_take_the_rest_from_data(tmp_path):
     )
     (only,) = load_spec(path).evals
     assert only.name == "mail" and only.data.files == ("m.jsonl",) and only.data.text_column == "body"
-    assert only.data.block_length == 64 and only.data.eval_blocks == 9
+    assert only.data.block_length == 64 and only.data.eval_blocks == 0  # all of it unless the table says
 
 
 @pytest.mark.parametrize("text, message", BAD.values(), ids=BAD.keys())
