@@ -123,11 +123,8 @@ def _full(arch: dict[str, Any]) -> dict[str, Any]:
 
 def full_picks(spec: StudySpec, brief: dict[str, dict], k: int) -> list[dict[str, Any]]:
     """The brief front's architectures, then others evenly spaced over brief quality, `k` in all."""
-    metrics = spec.objectives.metrics
-    rows = list(brief.values())
-    points = to_minimize([[final(r)[m] for m, _ in metrics] for r in rows], [d for _, d in metrics])
-    front = [rows[i] for i in np.flatnonzero(nondominated_ranks(points) == 0)]
-    quality, direction = metrics[0]
+    rows, front = list(brief.values()), brief_front(spec, brief)
+    quality, direction = spec.objectives.metrics[0]
     ordered = sorted(rows, key=lambda r: final(r)[quality] * (1 if direction == "min" else -1))
     spaced = [ordered[int(round(x))] for x in np.linspace(0, len(ordered) - 1, num=k)]
     picks: dict[str, dict] = {}
@@ -135,6 +132,14 @@ def full_picks(spec: StudySpec, brief: dict[str, dict], k: int) -> list[dict[str
         if len(picks) < k:
             picks.setdefault(key(r["arch"]), r)
     return [r["arch"] for r in picks.values()]
+
+
+def brief_front(spec: StudySpec, brief: dict[str, dict]) -> list[dict[str, Any]]:
+    """The records on the Pareto front of the table's brief runs."""
+    metrics = spec.objectives.metrics
+    rows = list(brief.values())
+    points = to_minimize([[final(r)[m] for m, _ in metrics] for r in rows], [d for _, d in metrics])
+    return [rows[i] for i in np.flatnonzero(nondominated_ranks(points) == 0)]
 
 
 def final(row: dict[str, Any]) -> dict[str, Any]:
@@ -256,9 +261,11 @@ def spread(values: list[float], fmt: str = "{:.3f}") -> str:
 
 
 def kendall(a: list[float], b: list[float]) -> tuple[float, float]:
-    from scipy import stats
+    """Kendall's tau and Spearman's rho as `nas fidelity` computes them."""
+    from nas.fidelity import correlations
 
-    return float(stats.kendalltau(a, b).statistic), float(stats.spearmanr(a, b).statistic)
+    c = correlations(a, b, seed=0)
+    return c["kendall_tau"], c["spearman"]
 
 
 def fidelity_lines(spec: StudySpec, brief: dict[str, dict], full: dict[str, dict]) -> list[str]:
@@ -276,10 +283,7 @@ def fidelity_lines(spec: StudySpec, brief: dict[str, dict], full: dict[str, dict
     tau, rho = kendall([sign * -b["non_embedding_params"] for b, _ in pairs], ends)
     lines.append(f"| non-embedding parameters (more is better) | {tau:.2f} | {rho:.2f} |")
     # The brief front's best-quality pick against the best full run among the distilled.
-    metrics = spec.objectives.metrics
-    rows = list(brief.values())
-    points = to_minimize([[final(r)[m] for m, _ in metrics] for r in rows], [d for _, d in metrics])
-    front = [rows[i] for i in np.flatnonzero(nondominated_ranks(points) == 0)]
+    front = brief_front(spec, brief)
     pick = min(front, key=lambda r: sign * final(r)[quality])
     best = min(full.values(), key=lambda f: sign * f[quality])
     if key(pick["arch"]) in full:

@@ -198,6 +198,8 @@ def _fidelity(args: argparse.Namespace, spec: Any, study: Any) -> int:
 
 def fidelity_table(task: Any, name: str, result: dict[str, Any]) -> str:
     """The trials compared and, per quality metric, the rank correlations with full quality."""
+    from nas.pareto import text_table
+
     rows = result["trials"]
     quality = list(result["metrics"])
     steps = ", ".join(str(s) for s in sorted({r["full_steps"] for r in rows}))
@@ -205,7 +207,7 @@ def fidelity_table(task: Any, name: str, result: dict[str, Any]) -> str:
         f"Fidelity of {name}: {len(rows)} trials, brief runs of {', '.join(map(str, result['brief_steps']))} steps against full runs of {steps}"
     ]
     head = ["trial", "architecture", *[f"{m} brief -> full" for m in quality[:1]], "non-embedding params"]
-    table = [head] + [
+    body = [
         [
             str(r["trial"]),
             r["arch_short"],
@@ -217,10 +219,7 @@ def fidelity_table(task: Any, name: str, result: dict[str, Any]) -> str:
         ]
         for r in rows
     ]
-    widths = [max(len(line[i]) for line in table) for i in range(len(head))]
-    lines += [
-        "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))) for line in table
-    ]
+    lines += text_table(head, body, rule=False)
     level = f"{result['level']:.0%}"
     lines.append("")
     lines.append(

@@ -31,7 +31,7 @@ def _eval_sets(task: Any, record: dict[str, Any]) -> str:
         for m in quality
     )
     return f"""
-## Quality on other data (the spec's extra evaluation sets, every example of each)
+## Quality on other data (the spec's extra evaluation sets)
 
 | metric | {head} |
 |---|{"---|" * 2 * len(names)}

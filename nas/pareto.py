@@ -87,10 +87,18 @@ def front_table(study: optuna.Study) -> str:
             + [format_metric(task, quality, on_sets.get(s, {}).get(quality)) for s in sets]
             + ([format_metric(task, quality, teacher.get(quality))] if full else [])
         )
+    lines = text_table(header, body)
+    return f"Pareto front of {study.study_name}: {len(rows)} architectures\n" + "\n".join(lines)
+
+
+def text_table(header: list[str], body: list[list[str]], rule: bool = True) -> list[str]:
+    """Aligned columns: the first two (trial, architecture) to the left, numbers to the right;
+    a rule of dashes under the header unless `rule` is False."""
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
     lines = [
         "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
         for line in [header, *body]
     ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return f"Pareto front of {study.study_name}: {len(rows)} architectures\n" + "\n".join(lines)
+    if rule:
+        lines.insert(1, "  ".join("-" * w for w in widths))
+    return lines

@@ -20,7 +20,7 @@ from distill.tasks import Task, get_task, task_for_metrics
 from nas.sampling import DEFAULT_SAMPLER, make_sampler
 from nas.scheduler import FINAL, RUNG, pareto_asha
 from nas.spec import Constraints, StudySpec
-from nas.trial import TrialPlan, pick_device, recorded, run_trial, rung_steps
+from nas.trial import TrialPlan, pick_device, plan_stops, recorded, run_trial
 
 logger = logging.getLogger(__name__)
 
@@ -248,12 +248,10 @@ def _searcher_class() -> type:
             attrs = {k: _decoded(result[k]) for k in self.keep if k in result}
             if RUNG in result:  # stopped by the scheduler at this rung
                 attrs["pruned_at"] = {"rung": result[RUNG], "step": result["step"]}
-            violations = self.constraints.violations(result)
-            if violations:
-                attrs["violations"] = violations
             if self.constraints.bounds:  # every bound, every trial: samplers need the same count
+                violations = self.constraints.violations(result)
                 live = self.inner._ot_trials[trial_id]  # the Optuna trial OptunaSearch asked for
-                for b in self.constraints.bounds:  # read by every sampler, best_trials and the plots
+                for b in self.constraints.bounds:  # trial.constraints: read by samplers, best_trials, plots
                     live.set_constraint(b.metric, violations.get(b.metric, UNMEASURED))
             set_trial_attrs(self.study, number, attrs)
             # A result without the objectives makes OptunaSearch tell PRUNED.
@@ -474,7 +472,7 @@ def run_search(spec: StudySpec, *, trials: int | None = None, address: str | Non
     if mf.enabled and len(mf.rungs) > 1:
         scheduler = pareto_asha(metrics, modes, mf.reduction)
         # A resumed search judges new trials against the stored ones that reported at the same steps.
-        stops = rung_steps(spec.distill.total_steps(task.lengths(data, "train"), spec.study.seed), plan.rungs)[:-1]
+        stops = plan_stops(plan)[:-1]
         for t in distinct_evaluated(study):
             for entry in t.user_attrs.get("rungs", []):
                 if entry.get("step") not in stops:

@@ -23,7 +23,7 @@ CURVE_POINTS = 50
 # What a trial stores besides its task's metrics (Optuna user attributes).
 TRIAL_ATTRS = (
     "arch", "arch_short", "duplicate_of", "train_loss", "train_seconds", "train_steps", "loss_curve", "device",
-    "rungs", "pruned_at", "not_trained", "violations", "eval_sets",
+    "rungs", "pruned_at", "not_trained", "eval_sets",
 )  # fmt: skip
 
 
@@ -63,6 +63,12 @@ def rung_steps(total: int, rungs: tuple[float, ...]) -> list[int]:
     return sorted({max(1, min(total, round(share * total))) for share in rungs} | {total})
 
 
+def plan_stops(plan: TrialPlan) -> list[int]:
+    """The steps at which a trial of `plan` reports (its rungs; the last is its whole budget)."""
+    lengths = get_task(plan.task).lengths(plan.data, "train")
+    return rung_steps(plan.budget.total_steps(lengths, plan.seed), plan.rungs)
+
+
 def score_eval_sets(task: Any, student: torch.nn.Module, evals: dict[str, PreparedData], device: torch.device) -> dict[str, dict[str, float]]:
     """The task's quality metrics of `student` on each extra evaluation set."""
     return {name: task.evaluate(student, data, "eval", device) for name, data in evals.items()}
@@ -88,7 +94,7 @@ def run_trial(
         return {**size, "not_trained": f"infeasible before training: {missed}", "device": str(device)}
     loss = make_loss(task, student, data, plan.loss, study_teachers(task, data, plan.loss, device), device)
     lengths = task.lengths(data, "train")
-    stops = rung_steps(plan.budget.total_steps(lengths, plan.seed), plan.rungs)
+    stops = plan_stops(plan)
     rungs: list[dict[str, Any]] = []
 
     def at_rung(step: int, total: int, loss_value: float) -> None:
