@@ -64,12 +64,17 @@ class PreparedData:
         return AutoConfig.from_pretrained(self.path / "teacher")
 
 
+CACHE_FORMAT = 2
+"""Raised whenever what a cache holds for the same inputs changes (2: held-out splits without
+paragraphs of earlier splits), so an older cache is never reused."""
+
+
 def cache_key(
     task: str, source: TeacherSource, data: Any, plan: dict[str, Any], params: dict[str, Any], seed: int
 ) -> str:
     stamp = (Path(source.path) / "config.json").stat().st_mtime_ns if source.local and source.exists() else None
     blob = json.dumps(
-        [task, source.path, source.revision, stamp, dataclasses.asdict(data), plan, params, seed],
+        [CACHE_FORMAT, task, source.path, source.revision, stamp, dataclasses.asdict(data), plan, params, seed],
         sort_keys=True,
         default=str,
     )

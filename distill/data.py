@@ -69,7 +69,10 @@ SPLITS = ("train", "valid", "eval")
 
 
 def load_documents(cfg: DataConfig, base_dir: Path, seed: int) -> dict[str, list[str]]:
-    """Documents split three ways (train, valid, eval); no document is in two splits."""
+    """Documents split three ways (train, valid, eval); no document is in two splits, and no
+    paragraph either: a paragraph of a held-out document that is also in an earlier split
+    (train, then valid) is dropped from it, so boilerplate repeated across documents is never
+    scored as held-out text."""
     import datasets
 
     if cfg.source == "pydoc-topics":
@@ -96,7 +99,29 @@ def load_documents(cfg: DataConfig, base_dir: Path, seed: int) -> dict[str, list
     held_out = ds.train_test_split(test_size=cfg.eval_fraction, seed=seed)
     valid = held_out["train"].train_test_split(test_size=cfg.valid_fraction, seed=seed)
     parts = {"train": valid["train"], "valid": valid["test"], "eval": held_out["test"]}
-    return {split: list(part[cfg.text_column]) for split, part in parts.items()}
+    return unique_paragraphs({split: list(part[cfg.text_column]) for split, part in parts.items()})
+
+
+def _norm(para: str) -> str:
+    return " ".join(para.split())
+
+
+def unique_paragraphs(splits: dict[str, list[str]], min_chars: int = 40) -> dict[str, list[str]]:
+    """Each split after the first without the paragraphs (at least `min_chars` characters,
+    compared with whitespace collapsed) that an earlier split holds; documents left empty go."""
+    seen: set[str] = set()
+    out: dict[str, list[str]] = {}
+    for i, (split, docs) in enumerate(splits.items()):
+        kept = []
+        for doc in docs:
+            paras = doc.split("\n\n")
+            if i:
+                paras = [p for p in paras if len(_norm(p)) < min_chars or _norm(p) not in seen]
+            if any(p.strip() for p in paras):
+                kept.append("\n\n".join(paras))
+        seen.update(n for doc in docs for p in doc.split("\n\n") if len(n := _norm(p)) >= min_chars)
+        out[split] = kept
+    return out
 
 
 def stdlib_docstrings(min_chars: int = 200) -> list[str]:
@@ -141,7 +166,7 @@ def paragraphs(docs: list[str], min_chars: int = 40) -> list[str]:
     out = []
     for doc in docs:
         for para in doc.split("\n\n"):
-            para = " ".join(para.split())
+            para = _norm(para)
             if len(para) >= min_chars:
                 out.append(para)
     return out

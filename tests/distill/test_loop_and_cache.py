@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from distill import Budget, DataConfig, LossConfig, TeacherConfig, TeacherTraining, distill, prepare
-from distill.data import pack
+from distill.data import load_documents, pack, paragraphs, unique_paragraphs
 from distill.tasks import get_task
 from distill.tasks.causal_lm import lm_loss
 from distill.teachers import teacher_source
@@ -71,6 +71,27 @@ def _next_batch(lengths, steps, size, seed):
 def test_fixed_length_tokens_budget_is_whole_steps():
     assert Budget(tokens=1000, batch_size=4).total_steps(np.full(50, 32)) == 1000 // (4 * 32)
     assert Budget(tokens=10, batch_size=4).total_steps(np.full(50, 32)) == 1  # at least one step
+
+
+def test_held_out_splits_hold_no_paragraph_of_an_earlier_split(tmp_path):
+    boiler = "See also: the chapter on the data model, where every special method is listed."
+    splits = unique_paragraphs(
+        {
+            "train": [f"first doc\n\n{boiler}", "other text"],
+            "valid": [f"a held-out paragraph that is long enough to count.\n\n{boiler}", boiler],
+            "eval": ["short\n\n" + "  a held-out paragraph that is long\nenough to count.  "],
+        }
+    )
+    assert splits["train"] == [f"first doc\n\n{boiler}", "other text"]
+    assert splits["valid"] == ["a held-out paragraph that is long enough to count."]  # the boiler-only doc goes
+    assert splits["eval"] == ["short"]  # same paragraph as valid's, whitespace aside; short ones stay
+
+    # the shipped demo corpus repeats paragraphs across topics: none reaches a held-out split
+    docs = load_documents(DataConfig(source="pydoc-topics", eval_fraction=0.1), tmp_path, seed=0)
+    seen = set(paragraphs(docs["train"]))
+    for split in ("valid", "eval"):
+        assert docs[split] and not seen & set(paragraphs(docs[split])), split
+        seen |= set(paragraphs(docs[split]))
 
 
 def test_teacher_cache_is_made_once_and_matches_the_teacher(tmp_path, teacher_dirs):
