@@ -202,11 +202,12 @@ def fidelity_table(task: Any, name: str, result: dict[str, Any]) -> str:
 
     rows = result["trials"]
     quality = list(result["metrics"])
-    steps = ", ".join(str(s) for s in sorted({r["full_steps"] for r in rows}))
     lines = [
-        f"Fidelity of {name}: {len(rows)} trials, brief runs of {', '.join(map(str, result['brief_steps']))} steps against full runs of {steps}"
+        f"Fidelity of {name}: {len(rows)} trials, brief runs of {', '.join(map(str, result['brief_steps']))} steps "
+        "against full runs (each at its best validation step)"
     ]
-    head = ["trial", "architecture", *[f"{m} brief -> full" for m in quality[:1]], "non-embedding params"]
+    head = ["trial", "architecture", *[f"{m} brief -> full" for m in quality[:1]], "full: best/run steps"]
+    head.append("non-embedding params")
     body = [
         [
             str(r["trial"]),
@@ -215,6 +216,7 @@ def fidelity_table(task: Any, name: str, result: dict[str, Any]) -> str:
                 f"{format_metric(task, m, r['brief'][m])} -> {format_metric(task, m, r['full'][m])}"
                 for m in quality[:1]
             ],
+            f"{r.get('full_best_step') or r['full_steps']}/{r['full_steps']}",
             f"{r['non_embedding_params']:,}",
         ]
         for r in rows

@@ -134,6 +134,7 @@ def measure(
             "brief": {m: t.user_attrs.get(m) for m in quality},
             "full": {m: distilled[str(t.number)]["metrics"].get(m) for m in quality},
             "full_steps": distilled[str(t.number)]["steps"],
+            "full_best_step": distilled[str(t.number)].get("best_step"),
             PROXY: t.user_attrs[PROXY],
         }
         for t in picks
