@@ -30,7 +30,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from nas.dominance import hypervolume, nondominated_ranks, to_minimize  # noqa: E402
+from nas.dominance import hypervolume, nondominated_ranks, reference_point, to_minimize  # noqa: E402
 from nas.spec import StudySpec, load_spec  # noqa: E402
 
 SPEC = ROOT / "studies" / "demo-lm.toml"
@@ -231,8 +231,7 @@ def reference(spec: StudySpec, brief: dict[str, dict]) -> tuple[np.ndarray, floa
     objective) and the hypervolume of the whole table's front."""
     metrics = spec.objectives.metrics
     points = to_minimize([[final(r)[m] for m, _ in metrics] for r in brief.values()], [d for _, d in metrics])
-    worst = points.max(axis=0)
-    ref = worst + 0.1 * np.abs(worst)
+    ref = reference_point(points)
     return ref, hypervolume(points, ref)
 
 
@@ -260,12 +259,12 @@ def spread(values: list[float], fmt: str = "{:.3f}") -> str:
     return f"{show(statistics.median(values))} [{show(min(values))}-{show(max(values))}]"
 
 
-def kendall(a: list[float], b: list[float]) -> tuple[float, float]:
-    """Kendall's tau and Spearman's rho as `nas fidelity` computes them."""
+def kendall(a: list[float], b: list[float]) -> tuple[str, str]:
+    """Kendall's tau and Spearman's rho as `nas fidelity` computes them, formatted ("-": undefined)."""
     from nas.fidelity import correlations
 
     c = correlations(a, b, seed=0)
-    return c["kendall_tau"], c["spearman"]
+    return tuple("-" if c[k] is None else f"{c[k]:.2f}" for k in ("kendall_tau", "spearman"))
 
 
 def fidelity_lines(spec: StudySpec, brief: dict[str, dict], full: dict[str, dict]) -> list[str]:
@@ -278,10 +277,10 @@ def fidelity_lines(spec: StudySpec, brief: dict[str, dict], full: dict[str, dict
     lines = [f"| predictor of full {quality} ({len(pairs)} fully distilled, {pairs[0][1]['steps']} steps) | Kendall tau | Spearman |", "|---|---|---|"]
     for r, rung in enumerate(pairs[0][0]["rungs"]):
         tau, rho = kendall([b["rungs"][r][quality] for b, _ in pairs], ends)
-        lines.append(f"| brief {quality} at step {rung['step']} | {tau:.2f} | {rho:.2f} |")
+        lines.append(f"| brief {quality} at step {rung['step']} | {tau} | {rho} |")
     sign = 1 if direction == "min" else -1  # fewer parameters predicting better quality
     tau, rho = kendall([sign * -b["non_embedding_params"] for b, _ in pairs], ends)
-    lines.append(f"| non-embedding parameters (more is better) | {tau:.2f} | {rho:.2f} |")
+    lines.append(f"| non-embedding parameters (more is better) | {tau} | {rho} |")
     # The brief front's best-quality pick against the best full run among the distilled.
     front = brief_front(spec, brief)
     pick = min(front, key=lambda r: sign * final(r)[quality])
@@ -292,7 +291,7 @@ def fidelity_lines(spec: StudySpec, brief: dict[str, dict], full: dict[str, dict
         lines.append(
             f"The brief front's best-{quality} pick, {pick['short']}, ends at {got:.1f} after full distillation; "
             f"the best full run among the distilled, {best['short']}, at {best[quality]:.1f} "
-            f"({100 * (got - best[quality]) / best[quality]:+.1f} %)."
+            f"({100 * sign * (got - best[quality]) / abs(best[quality]):.1f} % worse)."
         )
     return lines
 

@@ -66,6 +66,9 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument(
         "--trials", type=int, default=8, help="how many trials to compare (default 8; full runs that exist count)"
     )
+    f.add_argument(
+        "--overwrite", action="store_true", help="redistill picked trials whose full run had another [full] budget"
+    )
     for name, text in (("pareto", "print the Pareto front"), ("report", "write the HTML report")):
         c = _command(sub, name, text, "study.name=other")
         if name == "pareto":
@@ -177,21 +180,28 @@ def _distill(args: argparse.Namespace, spec: Any, study: Any) -> int:
 
 
 def _fidelity(args: argparse.Namespace, spec: Any, study: Any) -> int:
+    import shlex
+
     from nas.fidelity import measure
-    from nas.full import full_distill
+    from nas.full import checkpoint_dir, full_distill
 
     if args.trials < 3:
         raise InputError(f"--trials: at least 3 trials are needed to rank, got {args.trials}")
 
     def distill_one(trial: Any) -> dict[str, Any]:
         bar = _StepBar(spec, f"trial {trial.number}")
-        command = f"nas distill {spec.path.name} --trial {trial.number}"
+        # What reproduces this export: the same spec, overrides and storage, one trial.
+        storage = ["--storage", args.storage] if args.storage else []
+        command = shlex.join(["nas", "distill", *args.spec, "--trial", str(trial.number), *storage])
+        resume = (checkpoint_dir(spec, trial.number) / "last.pt").exists()  # a killed run goes on
         try:
-            return full_distill(spec, trial, study, overwrite=True, command=command, on_step=bar)
+            return full_distill(
+                spec, trial, study, resume=resume, overwrite=args.overwrite, command=command, on_step=bar
+            )
         finally:
             bar.close()
 
-    result = measure(spec, study, args.trials, distill_one=distill_one)
+    result = measure(spec, study, args.trials, distill_one=distill_one, overwrite=args.overwrite)
     print(fidelity_table(spec.task, study.study_name, result))
     return 0
 
@@ -201,10 +211,10 @@ def fidelity_table(task: Any, name: str, result: dict[str, Any]) -> str:
     from nas.pareto import text_table
 
     rows = result["trials"]
-    quality = list(result["metrics"])
+    quality = sorted(result["metrics"], key=lambda m: m != result.get("objective"))  # the front's metric first
     lines = [
         f"Fidelity of {name}: {len(rows)} trials, brief runs of {', '.join(map(str, result['brief_steps']))} steps "
-        "against full runs (each at its best validation step)"
+        "against full runs"
     ]
     head = ["trial", "architecture", *[f"{m} brief -> full" for m in quality[:1]], "full: best/run steps"]
     head.append("non-embedding params")

@@ -13,8 +13,10 @@ def to_minimize(values: np.ndarray | list, directions: list[str]) -> np.ndarray:
     return np.asarray(values, dtype=float).reshape(-1, len(directions)) * signs
 
 
-def dominates(a: np.ndarray, b: np.ndarray) -> bool:
-    return bool(np.all(a <= b) and np.any(a < b))
+def reference_point(points: np.ndarray | list) -> np.ndarray:
+    """The hypervolume's reference point: 10 % beyond the worst value of each objective."""
+    worst = np.asarray(points, dtype=float).max(axis=0)
+    return worst + 0.1 * np.abs(worst)
 
 
 def nondominated_ranks(points: np.ndarray) -> np.ndarray:

@@ -101,6 +101,10 @@ def correlations(predictor: list[float], target: list[float], seed: int) -> dict
     return out
 
 
+def _known(value: Any) -> bool:
+    return value is not None and math.isfinite(value)
+
+
 def _finite(value: Any) -> float | None:
     value = float(value)
     return value if math.isfinite(value) else None
@@ -112,14 +116,22 @@ def measure(
     k: int,
     *,
     distill_one: Callable[[optuna.trial.FrozenTrial], dict[str, Any]],
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Pick `k` trials, fully distill those without a full run (`distill_one`, which records it
-    on the study as `nas distill` does), correlate, store the result on the study, return it."""
-    task = spec.task
-    quality = quality_metrics(task)
+    on the study as `nas distill` does), correlate, store the result on the study, return it.
+    A picked trial whose full run had another `[full]` budget is redistilled, replacing its
+    export, only with `overwrite`; otherwise nothing runs."""
+    quality = quality_metrics(spec.task)
     metric, direction = spec.objectives.metrics[0]
     done = reusable(study, spec)
     picks = pick_trials(study, metric, direction, k, spec.study.seed, done)
+    other = [t.number for t in picks if str(t.number) in study.user_attrs.get(DISTILLED, {}) and str(t.number) not in done]
+    if other and not overwrite:
+        raise InputError(
+            f"[full]: trial(s) {', '.join(map(str, other))} were fully distilled with another [full] budget; "
+            "give the same budget, or pass --overwrite to redistill them (their exports are replaced)"
+        )
     for i, trial in enumerate(picks, 1):
         if str(trial.number) in done:
             logger.info("trial %d (%d/%d): fully distilled already", trial.number, i, len(picks))
@@ -146,10 +158,11 @@ def measure(
         "level": LEVEL,
         "brief_steps": sorted({t.user_attrs.get("train_steps") for t in picks if t.user_attrs.get("train_steps")}),
         "measured": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "objective": metric,
         "metrics": {},
     }
     for m, d in quality.items():
-        usable = [r for r in rows if r["brief"][m] is not None and r["full"][m] is not None]
+        usable = [r for r in rows if _known(r["brief"][m]) and _known(r["full"][m])]
         if len(usable) < 3:
             continue
         full = [r["full"][m] for r in usable]
@@ -160,20 +173,18 @@ def measure(
             "brief": correlations([r["brief"][m] for r in usable], full, spec.study.seed),
             "proxy": correlations(proxy, full, spec.study.seed),
         }
-    result["pick"] = _pick_gap(study, rows, metric, direction)
+    result["pick"] = pick_gap(study, rows, metric, direction)
     study.set_user_attr(FIDELITY, result)
     return result
 
 
-def _pick_gap(study: optuna.Study, rows: list[dict[str, Any]], metric: str, direction: str) -> dict[str, Any] | None:
+def pick_gap(study: optuna.Study, rows: list[dict[str, Any]], metric: str, direction: str) -> dict[str, Any] | None:
     """The front's best brief pick at `metric` (what `nas distill --best` takes) against the
     best full run among the compared trials: how much following the front costs."""
     sign = 1.0 if direction == "min" else -1.0
     front = {t.number for t in front_trials(study)}
-    on_front = [
-        r for r in rows if r["trial"] in front and r["brief"][metric] is not None and r["full"][metric] is not None
-    ]
-    done = [r for r in rows if r["full"][metric] is not None]
+    on_front = [r for r in rows if r["trial"] in front and _known(r["brief"][metric]) and _known(r["full"][metric])]
+    done = [r for r in rows if _known(r["full"][metric])]
     if not on_front or not done:
         return None
     pick = min(on_front, key=lambda r: sign * r["brief"][metric])
@@ -190,4 +201,4 @@ def _pick_gap(study: optuna.Study, rows: list[dict[str, Any]], metric: str, dire
     }
 
 
-__all__ = ["FIDELITY", "PROXY", "correlations", "measure", "pick_trials"]
+__all__ = ["FIDELITY", "PROXY", "correlations", "measure", "pick_gap", "pick_trials"]

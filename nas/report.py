@@ -10,6 +10,7 @@ import plotly.graph_objects as go
 from optuna.trial import TrialState
 
 from distill.tasks import format_metric
+from nas.dominance import reference_point, to_minimize
 from nas.fidelity import FIDELITY, PROXY
 from nas.pareto import eval_set_names, front_rows
 from nas.search import distinct_complete, task_of, trial_counts
@@ -38,14 +39,10 @@ def _plot_study(study: optuna.Study) -> optuna.Study:
 
 
 def _reference_point(study: optuna.Study) -> list[float]:
-    """10% beyond the worst value of each objective."""
-    values = [t.values for t in study.trials]
-    ref = []
-    for i, d in enumerate(study.directions):
-        column = [v[i] for v in values]
-        worst = max(column) if d == optuna.study.StudyDirection.MINIMIZE else min(column)
-        ref.append(worst + 0.1 * abs(worst) if d == optuna.study.StudyDirection.MINIMIZE else worst - 0.1 * abs(worst))
-    return ref
+    """10% beyond the worst value of each objective, in the study's own directions."""
+    directions = ["min" if d == optuna.study.StudyDirection.MINIMIZE else "max" for d in study.directions]
+    ref = reference_point(to_minimize([t.values for t in study.trials], directions))
+    return to_minimize(ref, directions)[0].tolist()  # negating twice: back to the study's signs
 
 
 def _curves(study: optuna.Study) -> go.Figure:

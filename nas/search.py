@@ -391,8 +391,15 @@ def _prepare(spec: StudySpec, data: Any, **kwargs: Any) -> PreparedData:
 
 def prepare_eval_sets(spec: StudySpec) -> dict[str, PreparedData]:
     """Each `[[eval]]` set tokenized with the teacher's outputs on it, cached like the study's
-    data (after `prepare_study`: the teacher exists by then)."""
-    return {s.name: _prepare(spec, s.data, held_out_only=True) for s in spec.evals}
+    data (after `prepare_study`: the teacher exists by then). A data error names the set's table."""
+    out = {}
+    for i, s in enumerate(spec.evals):
+        try:
+            out[s.name] = _prepare(spec, s.data, held_out_only=True)
+        except InputError as e:
+            text = str(e)
+            raise InputError(f"eval[{i}].{text[5:]}" if text.startswith("data.") else f"eval[{i}] ({s.name}): {text}") from None
+    return out
 
 
 def eval_set_teacher_metrics(evals: dict[str, PreparedData]) -> dict[str, dict[str, float]]:

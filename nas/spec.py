@@ -368,6 +368,8 @@ def _build_constraints(task: Task, raw: Any) -> Constraints:
         if name not in declared:
             raise SpecError(f"constraints.{name}: not a metric of task {task.name}; allowed: {', '.join(declared)}")
         limit = _check_type(f"constraints.{name}", value, float)
+        if not math.isfinite(limit):
+            raise SpecError(f"constraints.{name}: must be a finite number, got {value}")
         bounds.append(Bound(name, limit, declared[name].direction))
     return Constraints(tuple(bounds))
 
@@ -395,8 +397,7 @@ def _build_evals(task: Task, raw: Any, data: Any) -> tuple[EvalSet, ...]:
         if "source" not in fields:
             raise SpecError(f"{key}.source: required (a file builder with files, a dataset name, or pydoc-topics)")
         # The source and how much of it are the table's (default: all of it); the cut is [data]'s.
-        own = ("source", "files", "text_column", "split", "eval_blocks")
-        inherited = {k: v for k, v in dataclasses.asdict(data).items() if k not in own} | {"eval_blocks": 0}
+        inherited = {k: v for k, v in dataclasses.asdict(data).items() if k not in EVAL_KEYS} | {"eval_blocks": 0}
         sets.append(EvalSet(name, _construct(task.data_config, inherited | fields, key)))
     return tuple(sets)
 

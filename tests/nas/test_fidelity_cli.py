@@ -95,6 +95,14 @@ def test_fidelity_measures_stores_and_never_distills_twice(study_spec):
     assert again.stderr.count("fully distilled already") == 3
     after = optuna.load_study(study_name=spec.name, storage=spec.storage_url).user_attrs[DISTILLED]
     assert {n: r["finished"] for n, r in after.items()} == finished
+    # another [full] budget never silently replaces those exports
+    shorter = _nas("fidelity", str(path), "--trials", "3", *overrides, *full[1:], "full.steps=6")
+    assert shorter.returncode == 2 and "another [full] budget" in shorter.stderr and "--overwrite" in shorter.stderr
+    assert len(shorter.stderr.strip().splitlines()) == 1, shorter.stderr
+    after = optuna.load_study(study_name=spec.name, storage=spec.storage_url).user_attrs[DISTILLED]
+    assert {n: r["finished"] for n, r in after.items()} == finished
+    # the card's command reproduces the export: the same spec and overrides, one trial
+    assert f"--trial {numbers[0]}" in card and "full.steps=12" in card
     report = _nas("report", str(path), *overrides)
     assert report.returncode == 0, report.stderr[-2000:]
     html = (spec.out_dir / "report.html").read_text()

@@ -52,14 +52,16 @@ def test_multi_fidelity_stops_dominated_trials_and_keeps_them_off_the_front(prun
 
 def test_constraints_filter_the_front_and_best(tmp_path, teacher_dirs):
     """A bound on parameters is checked before a trial starts; one on perplexity after it."""
-    spec = load_spec(write_spec(tmp_path, teacher_dirs["gpt2"], name="bounded"), ["study.trials=4", *WIDE])
+    one = "study.concurrency=1"  # the same proposals on every run: the bounds below are met for sure
+    spec = load_spec(write_spec(tmp_path, teacher_dirs["gpt2"], name="bounded"), ["study.trials=4", one, *WIDE])
     free = run_search(spec.with_storage(f"sqlite:///{tmp_path / 'free.db'}"))
     sizes = sorted(t.user_attrs["params"] for t in distinct_complete(free))
     ppl = sorted(t.user_attrs["perplexity"] for t in distinct_complete(free))
     bounds = [f"constraints.params={sizes[-1] - 1}", f"constraints.perplexity={ppl[-1] - 1e-6}"]
-    bounded = load_spec(spec.path, ["study.trials=6", "study.name=bounded2", "multi_fidelity.enabled=false", *WIDE, *bounds])
+    bounded = load_spec(spec.path, ["study.trials=6", "study.name=bounded2", "multi_fidelity.enabled=false", one, *WIDE, *bounds])
     study = run_search(bounded)
     untrained = [t for t in study.trials if "not_trained" in t.user_attrs and "duplicate_of" not in t.user_attrs]
+    assert untrained, "no architecture was refused before training"
     for t in untrained:
         assert t.state == TrialState.PRUNED and t.user_attrs["params"] > sizes[-1] - 1
         assert "train_steps" not in t.user_attrs and t.constraints["params"] > 0
@@ -73,8 +75,36 @@ def test_constraints_filter_the_front_and_best(tmp_path, teacher_dirs):
     assert {r["trial"] for r in front_rows(study)} == {t.number for t in front}
     html = write_report(study, tmp_path / "report.html").read_text()
     infeasible = len(distinct_complete(study)) - len(feasible)  # trained, then beyond the perplexity bound
+    assert infeasible > 0
     assert f"{infeasible} infeasible" in html
     assert ("Infeasible Trial" in html) == (infeasible > 0)  # Optuna's grey points, named so on hover
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "nsga2", "gp"])
+def test_model_based_samplers_get_past_their_random_start_with_constraints(tmp_path, teacher_dirs, sampler):
+    """The study's space and the sampler as a search makes them, 16 proposals scored by a
+    synthetic two-objective function with a bound on size: well past each sampler's random
+    start, so its own model (TPE's densities, NSGA-II's generations, GP's kernel) and its use
+    of the constraints run. Without Ray or training: the proposals are what is tested."""
+    from nas.sampling import SAMPLERS, make_sampler
+
+    spec = load_spec(write_spec(tmp_path, teacher_dirs["llama"], name="synthetic"), WIDE)
+    made = make_sampler(sampler, seed=0, trials=16)
+    assert type(made).__name__ == {"tpe": "TPESampler", "nsga2": "NSGAIISampler", "gp": "GPSampler"}[sampler]
+    assert set(SAMPLERS) == {"tpe", "nsga2", "gp", "random"}
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(directions=["minimize", "minimize"], sampler=made)
+    sizes = []
+    for _ in range(16):
+        trial = study.ask()
+        arch = spec.space.sample(trial)
+        size = arch["layers"] * arch["heads"] * arch["head_dim"]
+        trial.set_constraint("size", (size - 32) / 32)
+        study.tell(trial, [1.0 / size + 0.01 * arch["layers"], float(size)])
+        sizes.append(size)
+    assert len(study.trials) == 16 and all(t.state == TrialState.COMPLETE for t in study.trials)
+    assert all(t.constraints is not None for t in study.trials)
+    assert study.best_trials and all(t.constraints["size"] <= 0 for t in study.best_trials)
 
 
 @pytest.mark.parametrize("sampler", ["tpe", "nsga2", "gp", "random"])

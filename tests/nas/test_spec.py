@@ -60,6 +60,10 @@ BAD = {
         "[teacher]\nmodel='x'\n[constraints]\nflops=1e9\n",
         r"constraints\.flops: not a metric of task causal-lm; allowed: perplexity",
     ),
+    "infinite constraint": (
+        "[teacher]\nmodel='x'\n[constraints]\nparams=inf\n",
+        r"constraints\.params: must be a finite number, got inf",
+    ),
     "bad rungs": ("[teacher]\nmodel='x'\n[multi_fidelity]\nrungs=[0.5, 0.25]\n", r"multi_fidelity\.rungs: increasing"),
     "eval without name": ("[teacher]\nmodel='x'\n[[eval]]\nsource='pydoc-topics'\n", r"eval\[0\]\.name: required"),
     "eval twice": (
