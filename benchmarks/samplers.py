@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from nas.dominance import hypervolume, nondominated_ranks, reference_point, to_minimize  # noqa: E402
+from nas.fidelity import correlations, pick_gap  # noqa: E402
 from nas.spec import StudySpec, load_spec  # noqa: E402
 
 SPEC = ROOT / "studies" / "demo-lm.toml"
@@ -261,8 +262,6 @@ def spread(values: list[float], fmt: str = "{:.3f}") -> str:
 
 def kendall(a: list[float], b: list[float]) -> tuple[str, str]:
     """Kendall's tau and Spearman's rho as `nas fidelity` computes them, formatted ("-": undefined)."""
-    from nas.fidelity import correlations
-
     c = correlations(a, b, seed=0)
     return tuple("-" if c[k] is None else f"{c[k]:.2f}" for k in ("kendall_tau", "spearman"))
 
@@ -282,16 +281,17 @@ def fidelity_lines(spec: StudySpec, brief: dict[str, dict], full: dict[str, dict
     tau, rho = kendall([sign * -b["non_embedding_params"] for b, _ in pairs], ends)
     lines.append(f"| non-embedding parameters (more is better) | {tau} | {rho} |")
     # The brief front's best-quality pick against the best full run among the distilled.
-    front = brief_front(spec, brief)
-    pick = min(front, key=lambda r: sign * final(r)[quality])
-    best = min(full.values(), key=lambda f: sign * f[quality])
-    if key(pick["arch"]) in full:
-        got = full[key(pick["arch"])][quality]
+    rows = [
+        {"trial": k, "brief": {quality: final(b)[quality]}, "full": {quality: full[k][quality] if k in full else None}}
+        for k, b in brief.items()
+    ]
+    gap = pick_gap(rows, {key(r["arch"]) for r in brief_front(spec, brief)}, quality, direction)
+    if gap is not None:
         lines.append("")
         lines.append(
-            f"The brief front's best-{quality} pick, {pick['short']}, ends at {got:.1f} after full distillation; "
-            f"the best full run among the distilled, {best['short']}, at {best[quality]:.1f} "
-            f"({100 * sign * (got - best[quality]) / abs(best[quality]):.1f} % worse)."
+            f"The brief front's best-{quality} pick, {brief[gap['trial']]['short']}, ends at {gap['full']:.1f} after "
+            f"full distillation; the best full run among the distilled, {brief[gap['best_trial']]['short']}, at "
+            f"{gap['best_full']:.1f} ({100 * gap['gap']:.1f} % worse)."
         )
     return lines
 

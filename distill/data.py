@@ -109,17 +109,23 @@ def _norm(para: str) -> str:
 def unique_paragraphs(splits: dict[str, list[str]], min_chars: int = 40) -> dict[str, list[str]]:
     """Each split after the first without the paragraphs (at least `min_chars` characters,
     compared with whitespace collapsed) that an earlier split holds; documents left empty go."""
-    seen: set[str] = set()
+    seen: set[str] = set()  # the earlier splits' paragraphs
     out: dict[str, list[str]] = {}
-    for i, (split, docs) in enumerate(splits.items()):
+    for split, docs in splits.items():
+        here: set[str] = set()
         kept = []
         for doc in docs:
-            paras = doc.split("\n\n")
-            if i:
-                paras = [p for p in paras if len(_norm(p)) < min_chars or _norm(p) not in seen]
+            paras = []
+            for p in doc.split("\n\n"):
+                n = _norm(p)
+                if len(n) < min_chars:
+                    paras.append(p)
+                elif n not in seen:
+                    paras.append(p)
+                    here.add(n)
             if any(p.strip() for p in paras):
                 kept.append("\n\n".join(paras))
-        seen.update(n for doc in docs for p in doc.split("\n\n") if len(n := _norm(p)) >= min_chars)
+        seen |= here
         out[split] = kept
     return out
 

@@ -23,6 +23,8 @@ from distill.errors import InputError
 
 logger = logging.getLogger(__name__)
 
+LAST_CHECKPOINT = "last.pt"  # in a run's checkpoint folder: what `resume` continues from
+
 
 @dataclasses.dataclass(frozen=True)
 class Budget:
@@ -192,7 +194,7 @@ def distill(
         "step": 0, "losses": [], "evals": [], "best": math.inf, "best_step": None, "bad_evals": 0,
     }  # fmt: skip
     best_weights: dict[str, torch.Tensor] | None = None
-    last = checkpoint_dir / "last.pt" if checkpoint_dir else None
+    last = checkpoint_dir / LAST_CHECKPOINT if checkpoint_dir else None
     if checkpoint_dir is not None:
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
     if resume and last is not None and last.exists():

@@ -183,7 +183,7 @@ def _fidelity(args: argparse.Namespace, spec: Any, study: Any) -> int:
     import shlex
 
     from nas.fidelity import measure
-    from nas.full import checkpoint_dir, full_distill
+    from nas.full import full_distill, has_checkpoint
 
     if args.trials < 3:
         raise InputError(f"--trials: at least 3 trials are needed to rank, got {args.trials}")
@@ -193,7 +193,7 @@ def _fidelity(args: argparse.Namespace, spec: Any, study: Any) -> int:
         # What reproduces this export: the same spec, overrides and storage, one trial.
         storage = ["--storage", args.storage] if args.storage else []
         command = shlex.join(["nas", "distill", *args.spec, "--trial", str(trial.number), *storage])
-        resume = (checkpoint_dir(spec, trial.number) / "last.pt").exists()  # a killed run goes on
+        resume = has_checkpoint(spec, trial.number)  # a killed run goes on
         try:
             return full_distill(
                 spec, trial, study, resume=resume, overwrite=args.overwrite, command=command, on_step=bar
@@ -216,8 +216,7 @@ def fidelity_table(task: Any, name: str, result: dict[str, Any]) -> str:
         f"Fidelity of {name}: {len(rows)} trials, brief runs of {', '.join(map(str, result['brief_steps']))} steps "
         "against full runs"
     ]
-    head = ["trial", "architecture", *[f"{m} brief -> full" for m in quality[:1]], "full: best/run steps"]
-    head.append("non-embedding params")
+    head = ["trial", "architecture", *[f"{m} brief -> full" for m in quality[:1]], "full: best/run steps", "non-embedding params"]
     body = [
         [
             str(r["trial"]),

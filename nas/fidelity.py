@@ -101,11 +101,10 @@ def correlations(predictor: list[float], target: list[float], seed: int) -> dict
     return out
 
 
-def _known(value: Any) -> bool:
-    return value is not None and math.isfinite(value)
-
-
 def _finite(value: Any) -> float | None:
+    """`value` as a float, or None where there is none or it is NaN or infinite."""
+    if value is None:
+        return None
     value = float(value)
     return value if math.isfinite(value) else None
 
@@ -143,8 +142,8 @@ def measure(
         {
             "trial": t.number,
             "arch_short": t.user_attrs.get("arch_short", ""),
-            "brief": {m: t.user_attrs.get(m) for m in quality},
-            "full": {m: distilled[str(t.number)]["metrics"].get(m) for m in quality},
+            "brief": {m: _finite(t.user_attrs.get(m)) for m in quality},
+            "full": {m: _finite(distilled[str(t.number)]["metrics"].get(m)) for m in quality},
             "full_steps": distilled[str(t.number)]["steps"],
             "full_best_step": distilled[str(t.number)].get("best_step"),
             PROXY: t.user_attrs[PROXY],
@@ -162,7 +161,7 @@ def measure(
         "metrics": {},
     }
     for m, d in quality.items():
-        usable = [r for r in rows if _known(r["brief"][m]) and _known(r["full"][m])]
+        usable = [r for r in rows if r["brief"][m] is not None and r["full"][m] is not None]
         if len(usable) < 3:
             continue
         full = [r["full"][m] for r in usable]
@@ -173,21 +172,24 @@ def measure(
             "brief": correlations([r["brief"][m] for r in usable], full, spec.study.seed),
             "proxy": correlations(proxy, full, spec.study.seed),
         }
-    result["pick"] = pick_gap(study, rows, metric, direction)
+    result["pick"] = pick_gap(rows, {t.number for t in front_trials(study)}, metric, direction)
     study.set_user_attr(FIDELITY, result)
     return result
 
 
-def pick_gap(study: optuna.Study, rows: list[dict[str, Any]], metric: str, direction: str) -> dict[str, Any] | None:
+def pick_gap(rows: list[dict[str, Any]], front: set[Any], metric: str, direction: str) -> dict[str, Any] | None:
     """The front's best brief pick at `metric` (what `nas distill --best` takes) against the
-    best full run among the compared trials: how much following the front costs."""
+    best full run among `rows` ({"trial", "brief": {metric: value}, "full": {...}}, None for a
+    value there is none of): how much following the front costs. None where the pick has no
+    full run to judge it by."""
     sign = 1.0 if direction == "min" else -1.0
-    front = {t.number for t in front_trials(study)}
-    on_front = [r for r in rows if r["trial"] in front and _known(r["brief"][metric]) and _known(r["full"][metric])]
-    done = [r for r in rows if _known(r["full"][metric])]
+    on_front = [r for r in rows if r["trial"] in front and r["brief"][metric] is not None]
+    done = [r for r in rows if r["full"][metric] is not None]
     if not on_front or not done:
         return None
     pick = min(on_front, key=lambda r: sign * r["brief"][metric])
+    if pick["full"][metric] is None:
+        return None
     best = min(done, key=lambda r: sign * r["full"][metric])
     scale = abs(best["full"][metric]) or 1.0
     gap = sign * (pick["full"][metric] - best["full"][metric]) / scale

@@ -20,6 +20,7 @@ import torch
 from distill import distill, make_loss, study_teachers
 from distill.errors import InputError
 from distill.files import written_whole
+from distill.loop import LAST_CHECKPOINT
 from distill.tasks import quality_metrics
 from nas.model_card import model_card
 from nas.search import (
@@ -79,6 +80,11 @@ def checkpoint_dir(spec: StudySpec, number: int) -> Path:
     return spec.out_dir / "checkpoints" / str(number)
 
 
+def has_checkpoint(spec: StudySpec, number: int) -> bool:
+    """Whether a killed full run of trial `number` left a checkpoint to resume from."""
+    return (checkpoint_dir(spec, number) / LAST_CHECKPOINT).exists()
+
+
 def full_distill(
     spec: StudySpec,
     trial: optuna.trial.FrozenTrial,
@@ -96,7 +102,7 @@ def full_distill(
     ckpt = checkpoint_dir(spec, trial.number)
     if not resume:
         shutil.rmtree(ckpt, ignore_errors=True)
-    elif not (ckpt / "last.pt").exists():
+    elif not has_checkpoint(spec, trial.number):
         logger.warning("no checkpoint in %s: starting from the beginning", ckpt)
     task = spec.task
     data = prepare_study(spec)
@@ -184,4 +190,4 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-__all__ = ["checkpoint_dir", "distill_arch", "export_dir", "full_distill", "select_trial"]
+__all__ = ["checkpoint_dir", "distill_arch", "export_dir", "full_distill", "has_checkpoint", "select_trial"]
