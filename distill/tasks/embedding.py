@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import stats
 
 from distill.cache import PreparedData
 from distill.data import DataConfig, encode_texts, load_documents, paragraphs
@@ -382,10 +383,6 @@ def evaluate_embeddings(
     return embedding_fidelity(encode(student, ids, mask, device), torch.from_numpy(np.array(teacher_emb)))
 
 
-def _ranks(x: torch.Tensor) -> torch.Tensor:
-    return x.argsort().argsort().float()
-
-
 def embedding_fidelity(student: torch.Tensor, teacher: torch.Tensor, k: int = 10) -> dict[str, float]:
     """How well student embeddings (N, D) stand in for the teacher's (N, D) on the same sentences:
     mean cosine; Spearman correlation of the two sets of pairwise cosine similarities; mean
@@ -396,8 +393,9 @@ def embedding_fidelity(student: torch.Tensor, teacher: torch.Tensor, k: int = 10
     cosine = (s * t).sum(-1).mean().item()
     iu = torch.triu_indices(n, n, offset=1)
     s_sim, t_sim = s @ s.T, t @ t.T  # (N, N)
-    rs, rt = _ranks(s_sim[iu[0], iu[1]]), _ranks(t_sim[iu[0], iu[1]])
-    spearman = torch.corrcoef(torch.stack([rs, rt]))[0, 1].item()
+    # scipy: tied similarities share their mean rank, and the sums are float64 (in float32 the
+    # correlation of ~N^2/2 ranks moved in its fifth digit between CPUs).
+    spearman = float(stats.spearmanr(s_sim[iu[0], iu[1]].double().numpy(), t_sim[iu[0], iu[1]].double().numpy())[0])
     k = min(k, n - 1)
     eye = torch.eye(n, dtype=torch.bool)
     s_nn = s_sim.masked_fill(eye, -2).topk(k, dim=-1).indices  # (N, k)

@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from scipy import stats
 
 from distill.losses import next_token_ce, topk_kd_loss
 
@@ -116,6 +117,14 @@ def test_embedding_fidelity():
     assert r["spearman"] == pytest.approx(1.0) and r["retrieval"] == pytest.approx(1.0) and r["cosine"] < 0.9
     noise = embedding_fidelity(torch.randn(30, 8), t)
     assert noise["spearman"] < 0.5 and noise["retrieval"] < 0.7
+    # A student that maps ten sentences to one point ties 45 of its similarities: they share a
+    # rank (as scipy and the textbook rank them), not an order that depends on the sort kernel.
+    collapsed = t.clone()
+    collapsed[:10] = t[0]
+    iu = torch.triu_indices(30, 30, offset=1)
+    sims = [F.normalize(x, dim=-1) @ F.normalize(x, dim=-1).T for x in (collapsed, t)]
+    want = stats.spearmanr(*[s[iu[0], iu[1]].double().numpy() for s in sims])[0]
+    assert embedding_fidelity(collapsed, t)["spearman"] == pytest.approx(want, rel=1e-12)
 
 
 def test_registered_terms_bind_their_inputs_by_name_and_vanish_on_the_teachers_own_outputs():
