@@ -10,7 +10,7 @@ search; a trial stopped at a rung costs the steps it ran), and report the hyperv
 against trials and against training steps, and how well each rung ranks the full runs.
 
     python benchmarks/samplers.py evaluate [--workers 8] [--full 24]   # once; resumable
-    python benchmarks/samplers.py replay [--seeds 5] [--trials 100]
+    python benchmarks/samplers.py replay [--seeds 5] [--trials 100] [--workers 2]
 """
 
 from __future__ import annotations
@@ -179,11 +179,14 @@ def replay_one(spec: StudySpec, brief: dict[str, dict], sampler: str, mf: bool, 
     """One search answered from the table: (distinct architectures, steps, hypervolume of the
     COMPLETE trials) after each new architecture. Without multi-fidelity it ends after `trials`
     architectures; with it, once it has spent as many steps as those would (or the table is
-    exhausted), so that both are compared on the same compute too."""
+    exhausted), so that both are compared on the same compute too. Either way it makes at most
+    as many proposals as the search's rounds allow (`MAX_ROUNDS` x `trials`): a sampler that
+    keeps proposing what it has tried ends short, as it would in a real search."""
     import optuna
 
     from nas.sampling import make_sampler
     from nas.scheduler import RungBoard
+    from nas.search import MAX_ROUNDS
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     metrics = [m for m, _ in spec.objectives.metrics]
@@ -193,13 +196,14 @@ def replay_one(spec: StudySpec, brief: dict[str, dict], sampler: str, mf: bool, 
         directions=["minimize" if d == "min" else "maximize" for d in modes],
         sampler=make_sampler(sampler, seed=seed, trials=trials),
     )
+    study.set_metric_names(metrics)
     board = RungBoard(metrics, modes, spec.multi_fidelity.reduction) if mf else None
     told: dict[str, tuple[optuna.trial.TrialState, list[float] | None]] = {}
     complete: list[list[float]] = []
     history: list[tuple[int, int, float]] = []
     steps = 0
     per_trial = next(iter(brief.values()))["rungs"][-1]["step"]
-    for _ in range(trials * 20):
+    for _ in range(trials * MAX_ROUNDS):
         if (len(told) >= trials and not mf) or steps >= trials * per_trial or len(told) == len(brief):
             break
         trial = study.ask()
@@ -216,6 +220,9 @@ def replay_one(spec: StudySpec, brief: dict[str, dict], sampler: str, mf: bool, 
             for r, rung in enumerate(row["rungs"][:-1]):
                 if not board.goes_on(k, r, {**final(row), **rung}):
                     state, values, used = optuna.trial.TrialState.PRUNED, None, rung["step"]
+                    # What the search stores on a stopped trial: its size, its rungs so far.
+                    for name, value in {**final(row), **rung, "rungs": row["rungs"][: r + 1]}.items():
+                        trial.set_user_attr(name, value)
                     break
         study.tell(trial, values, state=state)
         told[k] = (state, values)
@@ -224,6 +231,21 @@ def replay_one(spec: StudySpec, brief: dict[str, dict], sampler: str, mf: bool, 
             complete.append(values)
         hv = hypervolume(to_minimize(complete, modes), ref) if complete else 0.0
         history.append((len(told), steps, hv))
+    return history
+
+
+def _init_replay(overrides: list[str], table: Path, trials: int) -> None:
+    import torch
+
+    torch.set_num_threads(1)  # one replay per core
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    _WORK.update(spec=load(overrides), brief=read_table(table)[0], trials=trials)
+
+
+def _replay_job(sampler: str, mf: bool, seed: int) -> list[tuple[int, int, float]]:
+    start = time.time()
+    history = replay_one(_WORK["spec"], _WORK["brief"], sampler, mf, seed, _WORK["trials"])
+    logger.info("%s%s seed %d: %.0fs", sampler, " + multi-fidelity" if mf else "", seed, time.time() - start)
     return history
 
 
@@ -304,13 +326,13 @@ def replay(args: argparse.Namespace) -> None:
     if missing:
         raise SystemExit(f"{args.table}: {len(missing)} of {len(archs)} architectures not evaluated; run `evaluate` first")
     _, best_hv = reference(spec, brief)
-    runs: dict[tuple[str, bool], list[list[tuple[int, int, float]]]] = {}
     args.samplers = ["random", *[s for s in args.samplers if s != "random"]]  # the baseline
-    for sampler in args.samplers:
-        for mf in (False, True):
-            start = time.time()
-            runs[sampler, mf] = [replay_one(spec, brief, sampler, mf, seed, args.trials) for seed in range(args.seeds)]
-            logger.info("%s%s: %.0fs", sampler, " + multi-fidelity" if mf else "", time.time() - start)
+    jobs = [(sampler, mf, seed) for sampler in args.samplers for mf in (False, True) for seed in range(args.seeds)]
+    with mp.get_context("spawn").Pool(args.workers, _init_replay, (args.set, args.table, args.trials)) as pool:
+        histories = pool.starmap(_replay_job, jobs)
+    runs: dict[tuple[str, bool], list[list[tuple[int, int, float]]]] = {}
+    for (sampler, mf, _), history in zip(jobs, histories):
+        runs.setdefault((sampler, mf), []).append(history)
     marks = [m for m in (25, 50, args.trials) if m <= args.trials]
     base = statistics.median(at(h, args.trials) / best_hv for h in runs["random", False])
     rungs = "/".join(str(r["step"]) for r in next(iter(brief.values()))["rungs"])
@@ -371,6 +393,7 @@ def main() -> None:
     r.add_argument("--seeds", type=int, default=5)
     r.add_argument("--trials", type=int, default=100)
     r.add_argument("--samplers", nargs="+", default=list(SAMPLER_NAMES))
+    r.add_argument("--workers", type=int, default=1, help="replays side by side")
     for q in (e, r):
         q.add_argument("--table", type=Path, default=TABLE)
         q.add_argument("--set", nargs="*", default=[], help="spec overrides, key=value")

@@ -90,7 +90,8 @@ def test_model_based_samplers_get_past_their_random_start_with_constraints(tmp_p
 
     spec = load_spec(write_spec(tmp_path, teacher_dirs["llama"], name="synthetic"), WIDE)
     made = make_sampler(sampler, seed=0, trials=16)
-    assert type(made).__name__ == {"tpe": "TPESampler", "nsga2": "NSGAIISampler", "gp": "GPSampler"}[sampler]
+    kinds = {"tpe": optuna.samplers.TPESampler, "nsga2": optuna.samplers.NSGAIISampler, "gp": optuna.samplers.GPSampler}
+    assert isinstance(made, kinds[sampler])
     assert set(SAMPLERS) == {"tpe", "nsga2", "gp", "random"}
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(directions=["minimize", "minimize"], sampler=made)
@@ -103,6 +104,38 @@ def test_model_based_samplers_get_past_their_random_start_with_constraints(tmp_p
     assert len(study.trials) == 16 and all(t.state == TrialState.COMPLETE for t in study.trials)
     assert all(t.constraints is not None for t in study.trials)
     assert study.best_trials and all(t.constraints["size"] <= 0 for t in study.best_trials)
+
+
+def test_gp_sees_trials_stopped_at_a_rung_and_moves_on():
+    """GPSampler models COMPLETE trials only: a discrete space whose best-looking corner is
+    always stopped at its first rung would draw it back again and again. The study's GP sees
+    a stopped trial at its rung's quality and its size, and goes on to other architectures."""
+    from nas.sampling import make_sampler, stopped_as_complete
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(directions=["minimize", "minimize"], sampler=make_sampler("gp", seed=0, trials=12))
+    study.set_metric_names(["quality", "params"])
+    told: dict[tuple[int, int], tuple[TrialState, list[float] | None]] = {}
+    for _ in range(20):
+        trial = study.ask()
+        arch = (trial.suggest_int("x", 0, 7), trial.suggest_int("y", 0, 3))
+        if arch in told:  # a repeat, as the search records one
+            trial.set_user_attr("duplicate_of", 0)
+            study.tell(trial, told[arch][1], state=told[arch][0])
+            continue
+        quality, params = 10.0 - arch[0] + arch[1], float(arch[0])
+        if arch[1] == 0:  # stopped at its first rung, where it was worse than it would end
+            trial.set_user_attr("params", params)
+            trial.set_user_attr("rungs", [{"step": 1, "quality": quality + 6}])
+            told[arch] = (TrialState.PRUNED, None)
+        else:
+            told[arch] = (TrialState.COMPLETE, [quality, params])
+        study.tell(trial, told[arch][1], state=told[arch][0])
+    stopped = {(t.params["x"], t.params["y"]) for t in study.trials if t.state == TrialState.PRUNED}
+    shown = stopped_as_complete(study)
+    assert stopped and len(shown) == len(stopped)
+    assert all(t.values == [16.0 - t.params["x"], float(t.params["x"])] for t in shown)
+    assert len(told) >= 12  # Optuna's own GPSampler, on the same proposals: 6 distinct in 20
 
 
 @pytest.mark.parametrize("sampler", ["tpe", "nsga2", "gp", "random"])
