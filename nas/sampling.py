@@ -45,8 +45,8 @@ def stopped_as_complete(study: optuna.Study) -> list[FrozenTrial]:
     constrained = any(t.constraints for t in complete)
     shown = []
     for t in study._get_trials(deepcopy=False, states=(TrialState.PRUNED,), use_cache=False):
-        if "duplicate_of" in t.user_attrs or (constrained and not t.constraints):
-            continue
+        if "duplicate_of" in t.user_attrs or bool(t.constraints) != constrained:
+            continue  # GPSampler needs every trial it reads to carry constraints, or none
         at = {**t.user_attrs, **(t.user_attrs.get("rungs") or [{}])[-1]}
         values = []
         for i, name in enumerate(names):

@@ -138,6 +138,17 @@ def test_gp_sees_trials_stopped_at_a_rung_and_moves_on():
     assert len(told) >= 12  # Optuna's own GPSampler, on the same proposals: 6 distinct in 20
 
 
+def test_a_gp_search_with_multi_fidelity_reaches_its_trial_count_without_repeats(tmp_path, teacher_dirs):
+    """Through Ray Tune: 14 architectures, half of them proposed by GP's model with stopped
+    trials in the study. Optuna's own GPSampler, in this search, re-proposed stopped
+    architectures and ended its three rounds at 11 distinct."""
+    path = write_spec(tmp_path, teacher_dirs["llama"], name="gp-mf")
+    args = ["study.sampler=gp", "study.trials=14", "study.seed=2", "study.concurrency=1", "distill.steps=8"]
+    study = run_search(load_spec(path, [*args, "multi_fidelity.reduction=3", *WIDE]))
+    stopped = [t for t in study.trials if "pruned_at" in t.user_attrs]
+    assert len(stopped) >= 4 and len(distinct_evaluated(study)) == 14
+
+
 @pytest.mark.parametrize("sampler", ["tpe", "nsga2", "gp", "random"])
 def test_each_sampler_runs_a_search_and_a_resumed_study_keeps_it(tmp_path, teacher_dirs, sampler):
     path = write_spec(tmp_path, teacher_dirs["llama"], name=f"s-{sampler}")
