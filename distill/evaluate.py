@@ -18,12 +18,12 @@ from distill.loop import autocast
 def param_counts(model: torch.nn.Module) -> dict[str, int]:
     """Total parameters, and those outside the token/position embeddings and the LM head."""
     total = model.num_parameters()
-    embedding = sum(p.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters())
+    # By identity: an encoder-decoder's source, target and output embeddings may be one tensor.
+    embedding = {id(p): p for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()}
     out_emb = model.get_output_embeddings()
-    in_emb = model.get_input_embeddings()
-    if out_emb is not None and out_emb.weight is not in_emb.weight:
-        embedding += sum(p.numel() for p in out_emb.parameters())
-    return {"params": total, "non_embedding_params": total - embedding}
+    if out_emb is not None:
+        embedding.update((id(p), p) for p in out_emb.parameters())
+    return {"params": total, "non_embedding_params": total - sum(p.numel() for p in embedding.values())}
 
 
 def median_ms(run: Any, device: torch.device, warmup: int = 2, repeats: int = 7) -> float:

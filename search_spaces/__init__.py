@@ -11,18 +11,30 @@ from search_spaces._init import (
     layer_map,
     pick_layers,
 )
+from search_spaces._seq2seq import (
+    SEQ2SEQ_FAMILIES,
+    Seq2SeqArch,
+    Seq2SeqSpace,
+    build_seq2seq,
+    build_seq2seq_config,
+)
 
 __all__ = [
     "FAMILIES",
+    "SEQ2SEQ_FAMILIES",
     "DecoderArch",
     "DecoderSpace",
     "EncoderArch",
     "EncoderSpace",
+    "Seq2SeqArch",
+    "Seq2SeqSpace",
     "bert_importance",
     "build_config",
     "build_encoder",
     "build_encoder_config",
     "build_model",
+    "build_seq2seq",
+    "build_seq2seq_config",
     "decoder_importance",
     "init_bert_from_teacher",
     "init_decoder_from_teacher",

@@ -12,6 +12,8 @@ from typing import Any
 
 import optuna
 
+from search_spaces._common import WidthArch, sample_init, sample_width
+
 LLAMA_FAMILY = ("llama", "qwen2", "mistral")
 INITS = ("random", "teacher")
 LAYER_PICKS = ("even", "first", "every_other")
@@ -100,31 +102,27 @@ class DecoderSpace:
         """Sample one architecture: `suggest_*` calls only, returns the plain-dict architecture."""
         family = trial.suggest_categorical("family", list(self.families))
         layers = trial.suggest_int("layers", self.layers[0], self.layers[1])
-        heads = trial.suggest_categorical("heads", list(self.heads))
-        head_dim = trial.suggest_categorical("head_dim", list(self.head_dim))
-        ffn_ratio = trial.suggest_categorical("ffn_ratio", [float(r) for r in self.ffn_ratio])
+        width = sample_width(trial, self)
         tie = trial.suggest_categorical("tie_embeddings", list(self.tie_embeddings))
+        heads = width["heads"]
         kv_heads = heads
         if family in LLAMA_FAMILY and self.gqa:
             # One parameter name per head count keeps each distribution's choices fixed.
             kv_heads = trial.suggest_categorical(f"kv_heads_of_{heads}", _divisors(heads))
-        init = trial.suggest_categorical("init", list(self.init))
-        pick = trial.suggest_categorical("layer_pick", list(self.layer_pick)) if init == "teacher" else "even"
         return {
             "family": family,
             "layers": layers,
             "heads": heads,
             "kv_heads": kv_heads,
-            "head_dim": head_dim,
-            "ffn_ratio": ffn_ratio,
+            "head_dim": width["head_dim"],
+            "ffn_ratio": width["ffn_ratio"],
             "tie_embeddings": tie,
-            "init": init,
-            "layer_pick": pick,
+            **sample_init(trial, self),
         }
 
 
 @dataclasses.dataclass(frozen=True)
-class DecoderArch:
+class DecoderArch(WidthArch):
     """A decoder-only student; valid by construction (hidden = heads x head_dim, kv | heads)."""
 
     family: str
@@ -148,21 +146,6 @@ class DecoderArch:
             raise ValueError(f"kv_heads ({self.kv_heads}) must divide heads ({self.heads})")
         if self.family == "gpt2" and self.kv_heads != self.heads:
             raise ValueError("gpt2 students have no grouped-query attention: kv_heads must equal heads")
-
-    @classmethod
-    def from_dict(cls, arch: dict[str, Any]) -> DecoderArch:
-        return cls(**{f.name: arch[f.name] for f in dataclasses.fields(cls) if f.name in arch})
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @property
-    def hidden(self) -> int:
-        return self.heads * self.head_dim
-
-    @property
-    def ffn(self) -> int:
-        return max(1, round(self.ffn_ratio * self.hidden))
 
     def short(self) -> str:
         """One-line summary, e.g. `llama L3 d128 h4/kv2 ffn512 tied`."""

@@ -14,6 +14,8 @@ from typing import Any
 
 import optuna
 
+from search_spaces._common import WidthArch, sample_init, sample_width
+
 INITS = ("random", "teacher")
 LAYER_PICKS = ("even", "first", "every_other")
 
@@ -83,21 +85,17 @@ class EncoderSpace:
 
     def sample(self, trial: optuna.trial.BaseTrial) -> dict[str, Any]:
         """Sample one architecture: `suggest_*` calls only, returns the plain-dict architecture."""
-        init = trial.suggest_categorical("init", list(self.init))
-        pick = trial.suggest_categorical("layer_pick", list(self.layer_pick)) if init == "teacher" else "even"
+        init = sample_init(trial, self)  # first, as stored studies sampled it
         return {
             "family": "bert",
             "layers": trial.suggest_int("layers", self.layers[0], self.layers[1]),
-            "heads": trial.suggest_categorical("heads", list(self.heads)),
-            "head_dim": trial.suggest_categorical("head_dim", list(self.head_dim)),
-            "ffn_ratio": trial.suggest_categorical("ffn_ratio", [float(r) for r in self.ffn_ratio]),
-            "init": init,
-            "layer_pick": pick,
+            **sample_width(trial, self),
+            **init,
         }
 
 
 @dataclasses.dataclass(frozen=True)
-class EncoderArch:
+class EncoderArch(WidthArch):
     """A BERT-family student; hidden = heads x head_dim, valid by construction."""
 
     family: str
@@ -117,21 +115,6 @@ class EncoderArch:
             raise ValueError(f"init: unknown {self.init!r}; allowed: {', '.join(INITS)}")
         if self.layer_pick not in LAYER_PICKS:
             raise ValueError(f"layer_pick: unknown {self.layer_pick!r}; allowed: {', '.join(LAYER_PICKS)}")
-
-    @classmethod
-    def from_dict(cls, arch: dict[str, Any]) -> EncoderArch:
-        return cls(**{f.name: arch[f.name] for f in dataclasses.fields(cls) if f.name in arch})
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @property
-    def hidden(self) -> int:
-        return self.heads * self.head_dim
-
-    @property
-    def ffn(self) -> int:
-        return max(1, round(self.ffn_ratio * self.hidden))
 
     def short(self) -> str:
         """One-line summary, e.g. `bert L3 d192 h6 ffn768 init=teacher/even`."""

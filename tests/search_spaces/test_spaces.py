@@ -8,7 +8,19 @@ import torch
 from transformers import AutoConfig
 
 from distill.evaluate import param_counts
-from search_spaces import FAMILIES, DecoderArch, DecoderSpace, EncoderArch, EncoderSpace, build_encoder, build_model
+from search_spaces import (
+    FAMILIES,
+    SEQ2SEQ_FAMILIES,
+    DecoderArch,
+    DecoderSpace,
+    EncoderArch,
+    EncoderSpace,
+    Seq2SeqArch,
+    Seq2SeqSpace,
+    build_encoder,
+    build_model,
+    build_seq2seq,
+)
 from search_spaces._encoder import LAYER_PICKS
 
 TEACHER = AutoConfig.for_model(
@@ -46,6 +58,37 @@ def _encoder(arch):
     )
 
 
+SEQ2SEQ_TEACHERS = {
+    "marian": AutoConfig.for_model(
+        "marian", vocab_size=97, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=32,
+        pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+    ),
+    "t5": AutoConfig.for_model(
+        "t5", vocab_size=97, d_model=16, d_kv=8, num_heads=2, d_ff=32, num_layers=1, num_decoder_layers=1,
+        feed_forward_proj="gated-gelu", pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+    ),
+}
+
+
+def _seq2seq(teacher):
+    def build(arch):
+        a = Seq2SeqArch.from_dict(arch)
+        assert a.hidden == a.heads * a.head_dim
+        config = SEQ2SEQ_TEACHERS[teacher]
+        model = build_seq2seq(a, config, max_positions=32)
+        assert (model.config.pad_token_id, model.config.eos_token_id) == (config.pad_token_id, config.eos_token_id)
+        feed_forward = model.config.feed_forward_proj if a.family == "t5" else "relu"
+        return (
+            a,
+            model,
+            a.param_counts(97, 32, feed_forward),
+            lambda ids: model(input_ids=ids, decoder_input_ids=ids[:, :5]).logits.shape == (1, 5, 97),
+        )
+
+    return build
+
+
 # The shared suite: every search space, with how to build and run what it samples.
 SPACES = {
     "decoder-all-families": (
@@ -62,6 +105,14 @@ SPACES = {
         ),
         _encoder,
     ),
+    # Students of either family from a teacher of either family: the vocabulary is what they share.
+    **{
+        f"seq2seq-from-{teacher}": (
+            Seq2SeqSpace(families=SEQ2SEQ_FAMILIES, encoder_layers=(1, 3), decoder_layers=(1, 2), heads=(2, 3, 4), head_dim=(8, 16)),
+            _seq2seq(teacher),
+        )
+        for teacher in SEQ2SEQ_TEACHERS
+    },
 }
 
 
