@@ -51,10 +51,7 @@ class DataConfig:
             raise ValueError(f"files: source {self.source!r} needs at least one file")
         if self.files and self.source not in FILE_BUILDERS:
             raise ValueError(f"source: files need a file builder, one of {', '.join(FILE_BUILDERS)}")
-        if not 0.0 < self.eval_fraction < 1.0:
-            raise ValueError(f"eval_fraction: must be between 0 and 1, got {self.eval_fraction}")
-        if not 0.0 < self.valid_fraction < 1.0:
-            raise ValueError(f"valid_fraction: must be between 0 and 1, got {self.valid_fraction}")
+        check_fractions(self.eval_fraction, self.valid_fraction)
         if self.block_length < 8:
             raise ValueError(f"block_length: must be at least 8, got {self.block_length}")
         if min(self.train_blocks, self.eval_blocks, self.valid_blocks) < 0:
@@ -66,6 +63,27 @@ class DataConfig:
 
 
 SPLITS = ("train", "valid", "eval")
+
+
+def check_fractions(eval_fraction: float, valid_fraction: float) -> None:
+    """The held-out shares of a `[data]` section, each strictly between 0 and 1."""
+    for key, value in (("eval_fraction", eval_fraction), ("valid_fraction", valid_fraction)):
+        if not 0.0 < value < 1.0:
+            raise ValueError(f"{key}: must be between 0 and 1, got {value}")
+
+
+def open_dataset(source: str, files: tuple[str, ...], split: str, base_dir: Path) -> Any:
+    """A `datasets` split: of local `files` (relative to `base_dir`) with builder `source`, or
+    of the hub dataset `source` when there are no files."""
+    import datasets
+
+    if not files:
+        return datasets.load_dataset(source, split=split)
+    paths = [str((base_dir / f).resolve()) for f in files]
+    missing = [f for f, p in zip(files, paths) if not Path(p).exists()]
+    if missing:
+        raise InputError(f"data.files: {missing[0]!r} does not exist")
+    return datasets.load_dataset(source, data_files=paths, split=split)
 
 
 def load_documents(cfg: DataConfig, base_dir: Path, seed: int) -> dict[str, list[str]]:
@@ -81,14 +99,8 @@ def load_documents(cfg: DataConfig, base_dir: Path, seed: int) -> dict[str, list
         ds = datasets.Dataset.from_dict({cfg.text_column: [topics[k] for k in sorted(topics)]})
     elif cfg.source == "stdlib-docstrings":
         ds = datasets.Dataset.from_dict({cfg.text_column: stdlib_docstrings()})
-    elif cfg.source in FILE_BUILDERS:
-        paths = [str((base_dir / f).resolve()) for f in cfg.files]
-        missing = [f for f, p in zip(cfg.files, paths) if not Path(p).exists()]
-        if missing:
-            raise InputError(f"data.files: {missing[0]!r} does not exist")
-        ds = datasets.load_dataset(cfg.source, data_files=paths, split=cfg.split)
     else:
-        ds = datasets.load_dataset(cfg.source, split=cfg.split)
+        ds = open_dataset(cfg.source, cfg.files, cfg.split, base_dir)
     if cfg.text_column not in ds.column_names:
         raise InputError(
             f"data.text_column: {cfg.text_column!r} is not a column of the data; columns: {', '.join(ds.column_names)}"
