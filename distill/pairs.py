@@ -53,7 +53,9 @@ class PairDataConfig:
     valid_fraction: float = 0.05
     """share of the other source sentences held out for validation"""
     max_length: int = 64
-    """tokens per sentence, each side (longer ones are cut)"""
+    """tokens per sentence, each side (longer ones are cut; generation stops there too)"""
+    beams: int = 1
+    """beam width of the generations that students and teacher are scored on (1: greedy)"""
     train_pairs: int = 0
     """at most this many training pairs (0: all)"""
     eval_pairs: int = 200
@@ -80,6 +82,8 @@ class PairDataConfig:
         check_fractions(self.eval_fraction, self.valid_fraction)
         if self.max_length < 4:
             raise ValueError(f"max_length: must be at least 4, got {self.max_length}")
+        if self.beams < 1:
+            raise ValueError(f"beams: must be at least 1 (1: greedy), got {self.beams}")
         if min(self.train_pairs, self.eval_pairs, self.valid_pairs) < 0:
             raise ValueError("train_pairs/eval_pairs/valid_pairs: must be >= 0 (0 means all)")
 

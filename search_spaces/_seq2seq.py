@@ -43,7 +43,8 @@ class Seq2SeqSpace:
     encoder_layers: tuple[int, int] = (1, 4)
     """[min, max] encoder layers"""
     decoder_layers: tuple[int, int] = (1, 2)
-    """[min, max] decoder layers"""
+    """[min, max] decoder layers; a T5 student has at most as many as encoder layers (its
+    generation cache in transformers 5 is sized by the encoder's depth)"""
     heads: tuple[int, ...] = (2, 4)
     """choices for the number of attention heads (encoder and decoder alike)"""
     head_dim: tuple[int, ...] = (16, 32)
@@ -105,7 +106,11 @@ class Seq2SeqSpace:
         """Sample one architecture: `suggest_*` calls only, returns the plain-dict architecture."""
         family = trial.suggest_categorical("family", list(self.families))
         encoder_layers = trial.suggest_int("encoder_layers", *self.encoder_layers)
-        decoder_layers = trial.suggest_int("decoder_layers", *self.decoder_layers)
+        if family == "t5":  # one parameter name per encoder depth keeps each distribution fixed
+            lo, hi = (min(v, encoder_layers) for v in self.decoder_layers)
+            decoder_layers = trial.suggest_int(f"t5_decoder_layers_of_{encoder_layers}", lo, hi)
+        else:
+            decoder_layers = trial.suggest_int("decoder_layers", *self.decoder_layers)
         width = sample_width(trial, self)
         share = trial.suggest_categorical("share_embeddings", list(self.share_embeddings)) if family == "marian" else True
         return {
@@ -163,6 +168,8 @@ class Seq2SeqArch(WidthArch):
             raise ValueError(f"init/layer_pick: allowed {', '.join(INITS)} / {', '.join(LAYER_PICKS)}")
         if self.family == "t5" and not self.share_embeddings:
             raise ValueError("share_embeddings: T5 students always share their embeddings")
+        if self.family == "t5" and self.decoder_layers > self.encoder_layers:
+            raise ValueError("decoder_layers: a T5 student cannot have more decoder than encoder layers (transformers 5 cannot generate with it)")
 
     def short(self) -> str:
         """One-line summary, e.g. `marian E4 D1 d128 h4 ffn512 shared`."""

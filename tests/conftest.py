@@ -159,6 +159,38 @@ def save_tiny_sentence_encoder(folder: Path, tokenizer) -> Path:
     return folder
 
 
+def save_tiny_translator(folder: Path, tokenizer) -> Path:
+    """A 2+2-layer, 32-wide Marian encoder-decoder with `tokenizer`, saved as a HF folder."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSeq2SeqLM
+
+    eos = tokenizer.eos_token_id
+    config = AutoConfig.for_model(
+        "marian",
+        vocab_size=len(tokenizer),
+        d_model=32,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        max_position_embeddings=64,
+        pad_token_id=eos,
+        eos_token_id=eos,
+        decoder_start_token_id=eos,
+    )
+    torch.manual_seed(0)
+    AutoModelForSeq2SeqLM.from_config(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def translation_teacher(tmp_path_factory, tokenizer) -> Path:
+    return save_tiny_translator(tmp_path_factory.mktemp("translation-teacher") / "marian", tokenizer)
+
+
 @pytest.fixture(scope="session")
 def sentence_teacher(tmp_path_factory, tokenizer) -> Path:
     return save_tiny_sentence_encoder(tmp_path_factory.mktemp("sentence-teacher") / "encoder", tokenizer)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from distill.errors import InputError
-from distill.tasks import causal_lm, embedding
+from distill.tasks import causal_lm, embedding, translation
 from distill.tasks.base import Batch, CardParts, Metric, OutputArray, Task, Teacher, format_metric, quality_metrics
 
-TASKS: dict[str, Task] = {t.name: t for t in (causal_lm.TASK, embedding.TASK)}
+TASKS: dict[str, Task] = {t.name: t for t in (causal_lm.TASK, embedding.TASK, translation.TASK)}
 DEFAULT_TASK = causal_lm.TASK.name
 
 

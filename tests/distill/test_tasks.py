@@ -27,8 +27,9 @@ from distill import (
 )
 from distill.errors import InputError
 from distill.objective import allowed_terms
+from distill.pairs import PairDataConfig
 from distill.tasks import TASKS
-from search_spaces import DecoderSpace, EncoderSpace
+from search_spaces import DecoderSpace, EncoderSpace, Seq2SeqSpace
 from tests.conftest import write_spec
 
 CPU = torch.device("cpu")
@@ -50,6 +51,12 @@ SETUPS = {
         EncoderSpace(layers=(1, 2), heads=(2, 4), head_dim=(8,), init=("teacher", "random")),
         EncoderSpace(layers=(1, 2), heads=(16,), head_dim=(8,), init=("teacher",)),
     ),
+    "translation": (
+        "translation",
+        PairDataConfig(package="pycountry", pair=("en", "de"), max_length=24, train_pairs=32, valid_pairs=8, eval_pairs=16),
+        Seq2SeqSpace(families=("marian", "t5"), encoder_layers=(1, 3), decoder_layers=(1, 2), heads=(2, 4), head_dim=(8,)),
+        Seq2SeqSpace(families=("marian",), heads=(2,), head_dim=(8,), init=("teacher",)),
+    ),
 }
 
 
@@ -58,13 +65,13 @@ def test_every_registered_task_has_a_setup_here():
 
 
 @pytest.fixture(scope="module", params=sorted(TASKS))
-def study(request, tmp_path_factory, teacher_dirs, sentence_teacher):
+def study(request, tmp_path_factory, teacher_dirs, sentence_teacher, translation_teacher):
     """A task's prepared study: every term it allows at weight 1."""
     task = TASKS[request.param]
     teacher, data_cfg, fits, too_big = SETUPS[task.name]
     folder = tmp_path_factory.mktemp(task.name)
     write_spec(folder, folder)  # the documents file
-    path = sentence_teacher if teacher == "sentence" else teacher_dirs[teacher]
+    path = {"sentence": sentence_teacher, "translation": translation_teacher}.get(teacher) or teacher_dirs.get(teacher)
     loss = LossConfig(dict.fromkeys(allowed_terms(task), 1.0), dataclasses.asdict(task.loss_params()))
     data = prepare(
         task,

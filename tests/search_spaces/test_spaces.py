@@ -168,3 +168,18 @@ def test_invalid_architectures_are_impossible():
         DecoderArch("llama", 2, heads=8, kv_heads=3, head_dim=8, ffn_ratio=2.0, tie_embeddings=True)
     with pytest.raises(ValueError, match="gpt2"):
         DecoderArch("gpt2", 2, heads=8, kv_heads=2, head_dim=8, ffn_ratio=2.0, tie_embeddings=True)
+
+
+def test_t5_students_generate_with_any_sampled_depths():
+    """transformers 5 sizes a T5 generation cache by the encoder's depth: the space never
+    samples a T5 student with more decoder than encoder layers, and every one it samples generates."""
+    space = Seq2SeqSpace(families=("t5",), encoder_layers=(1, 3), decoder_layers=(2, 3), heads=(2,), head_dim=(8,))
+    depths = set()
+    for arch, _ in _samples(space, 12):
+        a = Seq2SeqArch.from_dict(arch)
+        depths.add((a.encoder_layers, a.decoder_layers))
+        model = build_seq2seq(a, SEQ2SEQ_TEACHERS["marian"], max_positions=32).eval()
+        assert model.generate(input_ids=torch.randint(2, 97, (2, 5)), min_new_tokens=3, max_new_tokens=3).shape[1] == 4
+    assert all(d <= e for e, d in depths) and (1, 1) in depths and any(d == 3 for _, d in depths)
+    with pytest.raises(ValueError, match="^decoder_layers: "):
+        Seq2SeqArch("t5", 1, 2, heads=2, head_dim=8, ffn_ratio=2.0, share_embeddings=True)

@@ -1,0 +1,329 @@
+"""Translation students: encoder-decoder students (Marian-style, T5-style) of an
+`AutoModelForSeq2SeqLM` teacher, sharing its tokenizer, distilled on sentence pairs with the
+teacher's top-k distribution under teacher forcing (word-level KD) and cross-entropy on the
+reference, and scored by what they generate: BLEU and chrF from sacrebleu, beside the KL to
+the teacher under teacher forcing."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import statistics
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from distill.cache import PreparedData
+from distill.errors import InputError
+from distill.evaluate import median_ms, param_counts, peak_memory_mb
+from distill.loop import autocast
+from distill.losses import topk_kd_loss
+from distill.pairs import PairDataConfig, load_pairs
+from distill.tasks.base import (
+    NON_EMBEDDING_PARAMS,
+    PARAMS,
+    PEAK_MEMORY,
+    Batch,
+    CardParts,
+    Metric,
+    OutputArray,
+    Teacher,
+    check_space_fits,
+)
+from distill.teachers import TeacherSource
+from search_spaces import Seq2SeqArch, Seq2SeqSpace, build_seq2seq
+
+logger = logging.getLogger(__name__)
+
+METRICS = (
+    Metric("bleu", "quality", "max", "{:.2f}", "BLEU against the references (sacrebleu)"),
+    Metric("chrf", "quality", "max", "{:.2f}", "chrF against the references (sacrebleu)"),
+    Metric("kl", "quality", "min", "{:.4f}", "KL to the teacher under teacher forcing, nats/token (lower is better)"),
+    PARAMS,
+    NON_EMBEDDING_PARAMS,
+    Metric("latency_ms", "size", "min", "{:.2f}", "generation latency, ms/sentence (batch 1)"),
+    Metric("sentences_per_s", "size", "max", "{:.1f}", "sentences/s generated at batch 32"),
+    PEAK_MEMORY,
+)
+
+USAGE = """from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+tokenizer = AutoTokenizer.from_pretrained("{path}")
+model = AutoModelForSeq2SeqLM.from_pretrained("{path}")
+batch = tokenizer(["Germany", "the Republic of Austria"], return_tensors="pt", padding=True)
+out = model.generate(**batch)  # the decoding the scores were measured with: generation_config.json
+print(tokenizer.batch_decode(out, skip_special_tokens=True))"""
+
+SPEED_BATCH = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class TranslationLossParams:
+    """The parameters of a translation loss besides the term weights."""
+
+    temperature: float = 1.0
+    """softmax temperature of the teacher's cached distribution on training pairs and of the KL"""
+    top_k: int = 32
+    """teacher log-probabilities kept per target position (the rest is one tail bucket)"""
+
+    def __post_init__(self) -> None:
+        if not self.temperature > 0:
+            raise ValueError(f"temperature: must be > 0, got {self.temperature}")
+        if self.top_k < 1:
+            raise ValueError(f"top_k: must be >= 1, got {self.top_k}")
+
+
+def encode_side(tokenizer: Any, texts: list[str], max_length: int, target: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids (N, max_length) int32 and mask (N, max_length) int8 of one side, each sentence
+    ending with EOS (added where the tokenizer does not add it, as Marian's and T5's do) and
+    cut to `max_length`."""
+    eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    kwargs = {"text_target": texts} if target else {"text": texts}
+    seqs = tokenizer(**kwargs, truncation=True, max_length=max_length)["input_ids"]
+    ids = np.full((len(texts), max_length), pad, dtype=np.int32)
+    mask = np.zeros((len(texts), max_length), dtype=np.int8)
+    for i, seq in enumerate(seqs):
+        if eos is not None and (not seq or seq[-1] != eos):
+            seq = [*seq[: max_length - 1], eos]
+        ids[i, : len(seq)], mask[i, : len(seq)] = seq, 1
+    return ids, mask
+
+
+def _cut(ids: np.ndarray, mask: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch cut to its longest real sequence: the cache pads to the full length."""
+    length = max(1, int(mask.sum(1).max()))
+    return (
+        torch.from_numpy(ids[:, :length].astype(np.int64)).to(device),
+        torch.from_numpy(mask[:, :length].astype(np.int64)).to(device),
+    )
+
+
+def decoder_inputs(model: Any, labels: torch.Tensor) -> torch.Tensor:
+    """Teacher forcing: the reference shifted right behind the decoder's start token."""
+    start = model.config.decoder_start_token_id
+    return torch.cat([torch.full_like(labels[:, :1], start), labels[:, :-1]], dim=1)
+
+
+class Translation:
+    name = "translation"
+    data_config = PairDataConfig
+    space = Seq2SeqSpace
+    metrics = METRICS
+    loss_params = TranslationLossParams
+    default_weights = {"forward_kl": 1.0, "ce": 0.5}
+    outputs = {"topk": ("teacher_logprobs", "teacher_indices")}
+    values = frozenset({"student_logits", "labels", "mask"})
+    eval_outputs = ("topk",)
+    held_out_params = {"temperature": 1.0}  # held-out KL against the plain distribution
+    teacher_batch = 32
+    card = CardParts("transformers", "translation", USAGE, "pairs", "sent_s", False)
+
+    # -- the teacher and the data, once per study
+    def load_data(self, data: PairDataConfig, base_dir: Path, seed: int) -> dict[str, list[tuple[str, str]]]:
+        splits, _ = load_pairs(data, base_dir, seed)
+        return splits
+
+    def load_teacher(self, source: TeacherSource) -> Teacher:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(source.path, revision=source.revision, trust_remote_code=source.trust_remote_code)
+        if not getattr(config, "is_encoder_decoder", False):
+            raise InputError(
+                f"teacher.model: translation students learn from an encoder-decoder teacher "
+                f"(AutoModelForSeq2SeqLM: Marian, T5, BART, ...); {source.name!r} is a {config.model_type!r} model"
+            )
+        model, tokenizer = source.load("AutoModelForSeq2SeqLM")
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        return Teacher(model, tokenizer, source)
+
+    def check_space(self, space: Seq2SeqSpace, teacher_config: Any) -> None:
+        if "teacher" in space.init:
+            raise InputError("space.init: translation students start from random weights (init = [\"random\"])")
+        check_space_fits(space, teacher_config)
+
+    def encode(self, pairs: list[tuple[str, str]], teacher: Teacher, data: PairDataConfig, split: str) -> dict[str, np.ndarray]:
+        if data.limit(split):
+            pairs = pairs[: data.limit(split)]
+        if not pairs:
+            raise InputError(f"data: the {split} split holds no pair; give more pairs or a larger {split} share")
+        src_ids, src_mask = encode_side(teacher.tokenizer, [s for s, _ in pairs], data.max_length, target=False)
+        tgt_ids, tgt_mask = encode_side(teacher.tokenizer, [t for _, t in pairs], data.max_length, target=True)
+        out = {"src_ids": src_ids, "src_mask": src_mask, "tgt_ids": tgt_ids, "tgt_mask": tgt_mask}
+        if split != "train":  # what generations are scored against, as given
+            out["references"] = np.array([t for _, t in pairs], dtype=str)
+        return out
+
+    def lengths(self, data: PreparedData, split: str) -> np.ndarray:
+        return np.asarray(data.array(f"{split}_tgt_mask")).sum(1)
+
+    def batch(self, data: PreparedData, split: str, idx: np.ndarray, device: torch.device) -> Batch:
+        src, src_mask = _cut(data.array(f"{split}_src_ids")[idx], data.array(f"{split}_src_mask")[idx], device)
+        tgt, tgt_mask = _cut(data.array(f"{split}_tgt_ids")[idx], data.array(f"{split}_tgt_mask")[idx], device)
+        inputs = {"input_ids": src, "attention_mask": src_mask, "labels": tgt, "decoder_attention_mask": tgt_mask}
+        return Batch(inputs, {"tokens": tgt.shape[1]})
+
+    def output_arrays(self, groups: set[str], teacher: Teacher, params: dict[str, Any], data: PairDataConfig) -> dict[str, OutputArray]:
+        vocab = teacher.model.config.vocab_size
+        if params["top_k"] > vocab:
+            raise InputError(f"distill.loss.top_k: {params['top_k']} exceeds the teacher's vocabulary ({vocab})")
+        shape = (data.max_length, params["top_k"])
+        return {
+            "teacher_logprobs": OutputArray(shape, "float16", {0: "tokens"}),
+            "teacher_indices": OutputArray(shape, "int32", {0: "tokens"}),
+        }
+
+    def teacher_outputs(self, teacher: Teacher, batch: Batch, groups: set[str], params: dict[str, Any]) -> dict[str, torch.Tensor]:
+        logits = _forced_logits(teacher.model, batch).float()  # (B, T, V)
+        top = torch.log_softmax(logits / params["temperature"], dim=-1).topk(params["top_k"], dim=-1)
+        return {"teacher_logprobs": top.values, "teacher_indices": top.indices.int()}
+
+    def importance(self, teacher: Teacher, data: PreparedData, device: torch.device) -> dict[str, Any] | None:
+        return None  # students start from random weights
+
+    # -- students
+    def build_student(self, arch: dict[str, Any], data: PreparedData, device: torch.device) -> torch.nn.Module:
+        a = Seq2SeqArch.from_dict(arch)
+        return build_seq2seq(a, data.teacher_config(), data.meta["data"]["max_length"]).to(device)
+
+    def as_student(self, teacher: Teacher, data: PreparedData) -> torch.nn.Module:
+        return teacher.model
+
+    def forward(
+        self, student: torch.nn.Module, batch: Batch, wanted: set[str], teacher: dict[str, torch.Tensor]
+    ) -> dict[str, Any]:
+        logits = _forced_logits(student, batch)  # (B, T, V)
+        labels = batch.inputs["labels"].masked_fill(batch.inputs["decoder_attention_mask"] == 0, -100)
+        return {"student_logits": logits, "labels": labels, "mask": batch.inputs["decoder_attention_mask"]}
+
+    def evaluate(self, student: torch.nn.Module, data: PreparedData, split: str, device: torch.device) -> dict[str, float]:
+        return evaluate_translation(student, data, split, device)
+
+    def size(self, student: torch.nn.Module, data: PreparedData, device: torch.device) -> dict[str, float]:
+        """Parameters; generation latency per sentence at batch 1 and sentences/s at batch
+        32, a fixed number of new tokens (the held-out references' median length) from the
+        held-out sources; peak memory of a teacher-forced pass."""
+        student.eval()
+        cfg = data.meta["data"]
+        new = max(1, int(statistics.median(self.lengths(data, "eval"))))
+        src, mask = _cut(data.array("eval_src_ids")[:SPEED_BATCH], data.array("eval_src_mask")[:SPEED_BATCH], device)
+        reps = -(-SPEED_BATCH // len(src))
+        src, mask = src.repeat(reps, 1)[:SPEED_BATCH], mask.repeat(reps, 1)[:SPEED_BATCH]
+
+        def run(n: int) -> Any:
+            return lambda: student.generate(
+                input_ids=src[:n], attention_mask=mask[:n], num_beams=cfg["beams"],
+                min_new_tokens=new, max_new_tokens=new, do_sample=False,
+            )
+
+        probe = self.batch(data, "eval", np.arange(1), device)
+        inputs = {k: v for k, v in probe.inputs.items() if k != "labels"}
+        inputs["decoder_input_ids"] = decoder_inputs(student, probe.inputs["labels"])
+        return {
+            **param_counts(student),
+            "latency_ms": median_ms(run(1), device),
+            "sentences_per_s": SPEED_BATCH / (median_ms(run(SPEED_BATCH), device, repeats=3) / 1000.0),
+            "peak_memory_mb": peak_memory_mb(student, 0, device=device, inputs=inputs),
+        }
+
+    def param_counts(self, arch: dict[str, Any], data: PreparedData) -> dict[str, int]:
+        config = data.teacher_config()
+        a = Seq2SeqArch.from_dict(arch)
+        feed_forward = config.feed_forward_proj if a.family == "t5" and config.model_type == "t5" else "relu"
+        return a.param_counts(config.vocab_size, data.meta["data"]["max_length"], feed_forward)
+
+    def describe(self, arch: dict[str, Any]) -> str:
+        return Seq2SeqArch.from_dict(arch).short()
+
+    def export(self, student: torch.nn.Module, data: PreparedData, folder: Path) -> None:
+        """save_pretrained (safetensors), the teacher's tokenizer, and a generation config with
+        the decoding the scores were measured with."""
+        from transformers import AutoTokenizer
+
+        student.cpu().save_pretrained(folder)
+        AutoTokenizer.from_pretrained(data.path / "teacher").save_pretrained(folder)
+        generation_config(student, data.meta["data"]).save_pretrained(folder)
+
+
+def generation_config(model: Any, data: dict[str, Any]) -> Any:
+    """The decoding students and teacher are scored with: the spec's beams, at most the
+    study's sentence length."""
+    from transformers import GenerationConfig
+
+    config = model.config
+    return GenerationConfig(
+        decoder_start_token_id=config.decoder_start_token_id,
+        bos_token_id=config.bos_token_id,
+        eos_token_id=config.eos_token_id,
+        pad_token_id=config.pad_token_id,
+        num_beams=data["beams"],
+        max_length=data["max_length"],
+        do_sample=False,
+    )
+
+
+def _forced_logits(model: Any, batch: Batch) -> torch.Tensor:
+    i = batch.inputs
+    with autocast(i["input_ids"].device):
+        return model(
+            input_ids=i["input_ids"],
+            attention_mask=i["attention_mask"],
+            decoder_input_ids=decoder_inputs(model, i["labels"]),
+            decoder_attention_mask=i["decoder_attention_mask"],
+        ).logits
+
+
+@torch.no_grad()
+def generate(model: Any, data: PreparedData, split: str, device: torch.device, batch_size: int = 32) -> list[str]:
+    """The model's translations of the sources of `split`, decoded with the teacher's tokenizer."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(data.path / "teacher")
+    settings = generation_config(model, data.meta["data"])
+    model.to(device).eval()
+    ids, masks = data.array(f"{split}_src_ids"), data.array(f"{split}_src_mask")
+    out: list[str] = []
+    for start in range(0, len(ids), batch_size):
+        src, mask = _cut(ids[start : start + batch_size], masks[start : start + batch_size], device)
+        with autocast(device):
+            generated = model.generate(input_ids=src, attention_mask=mask, generation_config=settings)
+        out += tokenizer.batch_decode(generated, skip_special_tokens=True)
+    return [" ".join(h.split()) for h in out]
+
+
+def score(hypotheses: list[str], references: list[str]) -> dict[str, Any]:
+    """Corpus BLEU and chrF of sacrebleu with its default settings, and their signatures."""
+    from sacrebleu.metrics import BLEU, CHRF
+
+    bleu, chrf = BLEU(), CHRF()
+    return {
+        "bleu": bleu.corpus_score(hypotheses, [references]).score,
+        "chrf": chrf.corpus_score(hypotheses, [references]).score,
+        "signatures": {"bleu": str(bleu.get_signature()), "chrf": str(chrf.get_signature())},
+    }
+
+
+@torch.no_grad()
+def evaluate_translation(model: Any, data: PreparedData, split: str, device: torch.device, batch_size: int = 32) -> dict[str, float]:
+    """BLEU and chrF of the model's translations of `split`, and its KL to the teacher under
+    teacher forcing (against the cached top-k, at temperature 1)."""
+    hypotheses = generate(model, data, split, device, batch_size)
+    scores = score(hypotheses, [str(r) for r in data.array(f"{split}_references")])
+    kl = count = 0.0
+    for start in range(0, len(hypotheses), batch_size):
+        idx = np.arange(start, min(len(hypotheses), start + batch_size))
+        batch = TASK.batch(data, split, idx, device)
+        t = batch.lengths["tokens"]
+        logits = _forced_logits(model, batch).float()
+        t_logp = torch.from_numpy(np.array(data.array(f"{split}_teacher_logprobs")[idx, :t])).to(device)
+        t_idx = torch.from_numpy(np.array(data.array(f"{split}_teacher_indices")[idx, :t])).to(device)
+        mask = batch.inputs["decoder_attention_mask"]
+        n = mask.sum().item()
+        kl += topk_kd_loss(logits, t_logp, t_idx, 1.0, mask).item() * n
+        count += n
+    return {"bleu": scores["bleu"], "chrf": scores["chrf"], "kl": kl / count}
+
+
+TASK = Translation()
