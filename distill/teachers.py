@@ -14,7 +14,7 @@ from distill.errors import InputError
 
 @dataclasses.dataclass(frozen=True)
 class TeacherTraining:
-    """How to train a small GPT teacher when the teacher folder does not exist yet."""
+    """How to train a small teacher (of the task's kind) when the teacher folder does not exist yet."""
 
     vocab_size: int = 4096
     """byte-level BPE vocabulary trained on the study's training documents"""
@@ -46,7 +46,8 @@ class TeacherConfig:
     trust_remote_code: bool = False
     """allow the model's own Python code to run (off by default)"""
     train: TeacherTraining | None = None
-    """train a small GPT into `model` (a local folder) on first use (tasks that can train their teacher)"""
+    """train a small teacher of the task's kind (a GPT, a Marian translator) into `model` (a
+    local folder) on first use (tasks that can train their teacher)"""
     package: str = ""
     """instead of `model`: a Python package that ships the model; its get_model_path() gives the folder"""
 
@@ -77,13 +78,18 @@ class TeacherSource:
 
     def load(self, auto_class: str) -> tuple[Any, Any]:
         """The model (eval mode) through `transformers.<auto_class>` and its tokenizer."""
+        self.config()  # one clear error for a folder that is not there
+        tokenizer = self._pretrained("AutoTokenizer")
+        return self.load_model(auto_class).eval(), tokenizer
+
+    def config(self) -> Any:
+        """The teacher's config alone (what kind of model it is, before loading weights)."""
         if not self.exists():
             raise InputError(
                 f"teacher.model: folder {self.name!r} does not exist (or has no config.json); "
                 "give an existing folder, a hub id, or a [teacher.train] section where the task trains its teacher"
             )
-        tokenizer = self._pretrained("AutoTokenizer")
-        return self.load_model(auto_class).eval(), tokenizer
+        return self._pretrained("AutoConfig")
 
     def load_model(self, auto_class: str) -> Any:
         """The weights alone (students sliced from the teacher)."""

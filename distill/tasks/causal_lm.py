@@ -93,6 +93,12 @@ class CausalLM:
         return load_documents(data, base_dir, seed)
 
     def load_teacher(self, source: TeacherSource) -> Teacher:
+        config = source.config()
+        if getattr(config, "is_encoder_decoder", False):
+            raise InputError(
+                f"teacher.model: causal-LM students learn from a decoder-only teacher (AutoModelForCausalLM); "
+                f"{source.name!r} is an encoder-decoder {config.model_type!r} model (study.task = \"translation\" distills it)"
+            )
         model, tokenizer = source.load("AutoModelForCausalLM")
         return Teacher(model, tokenizer, source)
 

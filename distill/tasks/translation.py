@@ -18,8 +18,8 @@ import torch
 from distill.cache import PreparedData
 from distill.errors import InputError
 from distill.evaluate import median_ms, param_counts, peak_memory_mb
-from distill.loop import autocast
-from distill.losses import topk_kd_loss
+from distill.loop import Budget, autocast, distill
+from distill.losses import next_token_ce, topk_kd_loss
 from distill.pairs import PairDataConfig, load_pairs
 from distill.tasks.base import (
     NON_EMBEDDING_PARAMS,
@@ -32,7 +32,7 @@ from distill.tasks.base import (
     Teacher,
     check_space_fits,
 )
-from distill.teachers import TeacherSource
+from distill.teachers import TeacherSource, TeacherTraining
 from search_spaces import Seq2SeqArch, Seq2SeqSpace, build_seq2seq
 
 logger = logging.getLogger(__name__)
@@ -126,9 +126,7 @@ class Translation:
         return splits
 
     def load_teacher(self, source: TeacherSource) -> Teacher:
-        from transformers import AutoConfig
-
-        config = AutoConfig.from_pretrained(source.path, revision=source.revision, trust_remote_code=source.trust_remote_code)
+        config = source.config()
         if not getattr(config, "is_encoder_decoder", False):
             raise InputError(
                 f"teacher.model: translation students learn from an encoder-decoder teacher "
@@ -138,6 +136,10 @@ class Translation:
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         return Teacher(model, tokenizer, source)
+
+    def train_teacher(self, cfg: TeacherTraining, pairs: list[tuple[str, str]], out: Path, data: PairDataConfig) -> None:
+        """Train a tokenizer and a small Marian model on `pairs` and `save_pretrained` both into `out`."""
+        train_teacher(cfg, pairs, out, data.max_length)
 
     def check_space(self, space: Seq2SeqSpace, teacher_config: Any) -> None:
         if "teacher" in space.init:
@@ -324,6 +326,69 @@ def evaluate_translation(model: Any, data: PreparedData, split: str, device: tor
         kl += topk_kd_loss(logits, t_logp, t_idx, 1.0, mask).item() * n
         count += n
     return {"bleu": scores["bleu"], "chrf": scores["chrf"], "kl": kl / count}
+
+
+def train_pair_tokenizer(pairs: list[tuple[str, str]], vocab_size: int) -> Any:
+    """One BPE tokenizer for both languages, trained with `tokenizers` on the pairs' two sides
+    (byte-level, so no character is unknown), that ends every sentence with `</s>` as Marian's does."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    pad, eos, unk = "<pad>", "</s>", "<unk>"
+    tok = Tokenizer(models.BPE(unk_token=unk))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[pad, eos, unk],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator([side for pair in pairs for side in pair], trainer=trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"$A {eos}", pair=f"$A {eos} $B {eos}", special_tokens=[(eos, tok.token_to_id(eos))]
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=pad, eos_token=eos, unk_token=unk)
+
+
+def train_teacher(cfg: TeacherTraining, pairs: list[tuple[str, str]], out: Path, max_length: int, seed: int = 0) -> None:
+    """Train a tokenizer and a Marian encoder-decoder (cfg.layers each side) on `pairs` with
+    cross-entropy on the references, and `save_pretrained` both into `out`."""
+    from types import SimpleNamespace
+
+    from distill.files import written_whole
+
+    logger.info("training the teacher into %s (%d steps); later runs reuse it", out, cfg.steps)
+    tokenizer = train_pair_tokenizer(pairs, cfg.vocab_size)
+    src, src_mask = encode_side(tokenizer, [s for s, _ in pairs], max_length, target=False)
+    tgt, tgt_mask = encode_side(tokenizer, [t for _, t in pairs], max_length, target=True)
+    arch = Seq2SeqArch("marian", cfg.layers, cfg.layers, cfg.heads, cfg.hidden // cfg.heads, 4.0, True)
+    ids = {"pad": tokenizer.pad_token_id, "eos": tokenizer.eos_token_id}
+    vocab = SimpleNamespace(
+        model_type="tokenizer", vocab_size=len(tokenizer), bos_token_id=None, eos_token_id=ids["eos"],
+        pad_token_id=ids["pad"], decoder_start_token_id=ids["pad"],
+    )
+    torch.manual_seed(seed)
+    model = build_seq2seq(arch, vocab, max_length)
+    cpu = torch.device("cpu")
+
+    def loss(idx: np.ndarray) -> torch.Tensor:
+        s, sm = _cut(src[idx], src_mask[idx], cpu)
+        t, tm = _cut(tgt[idx], tgt_mask[idx], cpu)
+        batch = Batch({"input_ids": s, "attention_mask": sm, "labels": t, "decoder_attention_mask": tm})
+        out = TASK.forward(model, batch, set(), {})
+        return next_token_ce(out["student_logits"], out["labels"])
+
+    def on_step(step: int, total: int, value: float) -> None:
+        if step % 100 == 0 or step == total:
+            logger.info("teacher step %d/%d, loss %.3f", step, total, value)
+
+    budget = Budget(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, warmup=0.05)
+    distill(model, budget, loss, tgt_mask.sum(1), seed=seed, on_step=on_step)
+    with written_whole(out) as tmp:  # a killed run never leaves a half-written teacher behind
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        generation_config(model, {"beams": 1, "max_length": max_length}).save_pretrained(tmp)
 
 
 TASK = Translation()

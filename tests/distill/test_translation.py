@@ -1,0 +1,89 @@
+"""Translation specifics beyond the task contract: padding, sacrebleu's own command line, and
+teachers of the wrong kind."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from distill.errors import InputError
+from distill.tasks import TASKS
+from distill.tasks.base import Batch
+from distill.tasks.translation import encode_side, score, train_pair_tokenizer
+from distill.teachers import TeacherSource
+from search_spaces import Seq2SeqArch, build_seq2seq
+
+PAIRS = [
+    ("Germany", "Deutschland"),
+    ("the Republic of Austria", "die Republik Österreich"),
+    ("Swiss franc", "Schweizer Franken"),
+    ("Upper Sorbian", "Obersorbisch"),
+]
+
+
+def _batch(tokenizer, pad_to):
+    src, src_mask = encode_side(tokenizer, [s for s, _ in PAIRS], pad_to, target=False)
+    tgt, tgt_mask = encode_side(tokenizer, [t for _, t in PAIRS], pad_to, target=True)
+    as_long = {k: torch.from_numpy(v.astype("int64")) for k, v in dict(src=src, sm=src_mask, tgt=tgt, tm=tgt_mask).items()}
+    inputs = {"input_ids": as_long["src"], "attention_mask": as_long["sm"], "labels": as_long["tgt"]}
+    return Batch({**inputs, "decoder_attention_mask": as_long["tm"]}, {"tokens": pad_to})
+
+
+def test_the_pair_tokenizer_ends_every_sentence_with_eos_and_padding_changes_no_loss():
+    from distill.losses import next_token_ce, topk_kd_loss
+
+    tokenizer = train_pair_tokenizer(PAIRS * 10, 300)
+    assert all(ids[-1] == tokenizer.eos_token_id for ids in tokenizer([s for s, _ in PAIRS])["input_ids"])
+    config = build_seq2seq(Seq2SeqArch("marian", 1, 1, 2, 8, 2.0, True), _vocab(tokenizer), 40).config
+    torch.manual_seed(0)
+    student = build_seq2seq(Seq2SeqArch("marian", 2, 1, 2, 8, 2.0, True), config, 40).eval()
+    teacher = build_seq2seq(Seq2SeqArch("t5", 2, 1, 2, 8, 2.0, True), config, 40).eval()
+    task, losses = TASKS["translation"], []
+    for pad_to in (24, 40):  # the same pairs, with 16 more padding positions on each side
+        batch = _batch(tokenizer, pad_to)
+        assert batch.inputs["attention_mask"].sum(1).max() < 24 and batch.inputs["decoder_attention_mask"].sum(1).max() < 24
+        with torch.no_grad():
+            out = task.forward(student, batch, set(), {})
+            top = task.teacher_outputs(_Teacher(teacher), batch, {"topk"}, {"temperature": 1.0, "top_k": 8})
+        kd = topk_kd_loss(out["student_logits"], top["teacher_logprobs"], top["teacher_indices"], 1.0, out["mask"])
+        losses.append((next_token_ce(out["student_logits"], out["labels"]).item(), kd.item()))
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+
+class _Teacher:
+    def __init__(self, model):
+        self.model = model
+
+
+def _vocab(tokenizer):
+    from types import SimpleNamespace
+
+    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    return SimpleNamespace(
+        model_type="tokenizer", vocab_size=len(tokenizer), bos_token_id=None, eos_token_id=eos,
+        pad_token_id=pad, decoder_start_token_id=pad,
+    )
+
+
+def test_scores_equal_sacrebleus_command_line(tmp_path):
+    hypotheses = ["Deutschland", "die Republik Osterreich", "Schweizer Frank", "Sorbisch"]
+    references = [t for _, t in PAIRS]
+    (tmp_path / "hyp.txt").write_text("\n".join(hypotheses) + "\n")
+    (tmp_path / "ref.txt").write_text("\n".join(references) + "\n")
+    cli = subprocess.run(
+        [sys.executable, "-m", "sacrebleu", str(tmp_path / "ref.txt"), "-i", str(tmp_path / "hyp.txt"), "-m", "bleu", "chrf", "-b", "-f", "text"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()
+    ours = score(hypotheses, references)
+    assert [float(v) for v in cli] == [round(ours["bleu"], 1), round(ours["chrf"], 1)]
+    assert ours["signatures"]["bleu"].startswith("nrefs:1|case:mixed|eff:no|tok:13a")
+
+
+def test_teachers_of_the_wrong_kind_are_refused_in_one_line(teacher_dirs, translation_teacher):
+    causal = TeacherSource(str(teacher_dirs["gpt2"]), None, False, "tiny-gpt2")
+    with pytest.raises(InputError, match=r"^teacher\.model: translation students .* 'gpt2' model$"):
+        TASKS["translation"].load_teacher(causal)
+    seq2seq = TeacherSource(str(translation_teacher), None, False, "tiny-marian")
+    with pytest.raises(InputError, match=r"^teacher\.model: causal-LM students .* encoder-decoder 'marian' model"):
+        TASKS["causal-lm"].load_teacher(seq2seq)
