@@ -13,7 +13,7 @@ SHIPPED = sorted((ROOT / "studies").glob("*.toml"))
 def test_the_shipped_specs_and_the_default():
     from nas.cli import DEFAULT_SPEC
 
-    assert {"demo.toml", "demo-lm.toml"} <= {p.name for p in SHIPPED}
+    assert {"demo.toml", "demo-lm.toml", "demo-mt.toml"} <= {p.name for p in SHIPPED}
     assert DEFAULT_SPEC == "studies/demo.toml" and load_spec(ROOT / DEFAULT_SPEC).study.task == "embedding"
 
 
