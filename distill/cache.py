@@ -64,9 +64,10 @@ class PreparedData:
         return AutoConfig.from_pretrained(self.path / "teacher")
 
 
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3
 """Raised whenever what a cache holds for the same inputs changes (2: held-out splits without
-paragraphs of earlier splits), so an older cache is never reused."""
+paragraphs of earlier splits; 3: what reading the data found and how quality is scored), so
+an older cache is never reused."""
 
 
 def cache_key(
@@ -147,6 +148,8 @@ def prepare(
             "teacher_info": teacher.info,
             **{f"{split}_items": n for split, n in counts.items()},
             "data": dataclasses.asdict(data_cfg),
+            "data_info": getattr(docs, "info", {}),  # what reading the data found (skipped examples)
+            "scoring": dict(getattr(task, "scoring", {})),  # how quality is computed (signatures)
             "plan": plan,
             "params": params,
         }

@@ -65,6 +65,15 @@ class DataConfig:
 SPLITS = ("train", "valid", "eval")
 
 
+class DataSplits(dict):
+    """A task's examples by split, with what reading them found (`info`, e.g. how many pairs
+    were skipped and why), which the study stores beside its trials."""
+
+    def __init__(self, splits: dict[str, list[Any]], info: dict[str, Any]) -> None:
+        super().__init__(splits)
+        self.info = info
+
+
 def check_fractions(eval_fraction: float, valid_fraction: float) -> None:
     """The held-out shares of a `[data]` section, each strictly between 0 and 1."""
     for key, value in (("eval_fraction", eval_fraction), ("valid_fraction", valid_fraction)):

@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 from distill.tasks import Metric
+from nas.pareto import provenance
 from nas.spec import StudySpec
 
 
@@ -102,7 +103,7 @@ parameters and uses the teacher's tokenizer. Load it with:
 
 - Teacher: `{teacher_name}`
 - Data: {data}; split into train / validation / held-out with the study's seed
-- Loss: {spec.loss.describe()}
+{"".join(f"- {line}" + chr(10) for line in provenance(meta))}- Loss: {spec.loss.describe()}
 - Optimizer: AdamW, lr {budget.lr}, warmup {budget.warmup:.0%} then cosine, batch {budget.batch_size} {items} ({budget.grad_accum} micro-batches), weight decay {budget.weight_decay}, gradient clipping {budget.grad_clip}
 - Validation every {budget.eval_every} steps on {meta["valid_items"]} validation {items}; {best}
 

@@ -91,6 +91,19 @@ def front_table(study: optuna.Study) -> str:
     return f"Pareto front of {study.study_name}: {len(rows)} architectures\n" + "\n".join(lines)
 
 
+def provenance(attrs: dict[str, Any]) -> list[str]:
+    """What reading the data found and how quality was computed (a study's or a cache's
+    `data_info` and `scoring`), one plain line each, for reports and model cards."""
+    lines = [
+        f"{what}: " + ", ".join(f"{n:,} {k}" for k, n in counts.items())
+        for what, counts in (attrs.get("data_info") or {}).items()
+    ]
+    scoring = attrs.get("scoring") or {}
+    if scoring:
+        lines.append("scoring: " + "; ".join(f"{metric} {signature}" for metric, signature in scoring.items()))
+    return lines
+
+
 def text_table(header: list[str], body: list[list[str]], rule: bool = True) -> list[str]:
     """Aligned columns: the first two (trial, architecture) to the left, numbers to the right;
     a rule of dashes under the header unless `rule` is False."""

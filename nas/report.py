@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 from distill.tasks import format_metric
 from nas.dominance import reference_point, to_minimize
 from nas.fidelity import FIDELITY, PROXY
-from nas.pareto import eval_set_names, front_rows
+from nas.pareto import eval_set_names, front_rows, provenance
 from nas.search import distinct_complete, task_of, trial_counts
 
 HOVER_HIDDEN = ("loss_curve", "arch")
@@ -196,7 +196,7 @@ def write_report(study: optuna.Study, out: Path) -> Path:
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}</style></head><body>
 <h1>Study {html.escape(study.study_name)}</h1>
 <p>Teacher: {html.escape(str(study.user_attrs.get("teacher", "?")))} ({html.escape(teacher_line)})</p>
-<p>Trials: {html.escape(counts)}. Infeasible trials (beyond a bound of [constraints]) are drawn grey and never on the front.</p>
+{"".join(f"<p>{html.escape(line)}</p>" for line in provenance(study.user_attrs))}<p>Trials: {html.escape(counts)}. Infeasible trials (beyond a bound of [constraints]) are drawn grey and never on the front.</p>
 <h2>Pareto front</h2><table><tr>{head}</tr>{body}</table>
 {"".join(parts)}
 </body></html>

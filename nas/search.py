@@ -446,6 +446,8 @@ def run_search(spec: StudySpec, *, trials: int | None = None, address: str | Non
     data = prepare_study(spec)
     study.set_user_attr("teacher", data.meta["teacher_name"])
     study.set_user_attr("teacher_metrics", data.meta["teacher_metrics"])
+    for key in ("data_info", "scoring"):  # what reading the data found; how quality is computed
+        study.set_user_attr(key, data.meta.get(key, {}))
     evals = prepare_eval_sets(spec)
     study.set_user_attr(EVAL_SETS, eval_set_teacher_metrics(evals))
     metrics = [n for n, _ in spec.objectives.metrics]

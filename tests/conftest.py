@@ -242,3 +242,50 @@ size = ["non_embedding_params", "latency_ms_b32"]
 """
     )
     return spec
+
+
+def write_translation_spec(folder: Path, teacher: Path, name: str = "tinymt", extra: str = "") -> Path:
+    """A translation study spec for the tiny Marian teacher on the catalogs pycountry ships."""
+    spec = folder / f"{name}.toml"
+    spec.write_text(
+        f"""
+[study]
+name = "{name}"
+task = "translation"
+trials = 3
+seed = 0
+concurrency = 2
+
+[teacher]
+model = "{teacher}"
+
+[data]
+source = "gettext"
+package = "pycountry"
+pair = ["en", "de"]
+max_length = 24
+train_pairs = 64
+valid_pairs = 8
+eval_pairs = 16
+
+[objectives]
+quality = ["chrf"]
+size = ["params"]
+
+[space]
+families = ["marian", "t5"]
+encoder_layers = [1, 2]
+decoder_layers = [1, 2]
+heads = [2, 4]
+head_dim = [8]
+
+[distill]
+steps = 4
+batch_size = 4
+
+[distill.loss]
+top_k = 8
+{extra}
+"""
+    )
+    return spec

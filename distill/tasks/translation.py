@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from distill.cache import PreparedData
+from distill.data import DataSplits
 from distill.errors import InputError
 from distill.evaluate import median_ms, param_counts, peak_memory_mb
 from distill.loop import Budget, autocast, distill
@@ -121,9 +122,14 @@ class Translation:
     card = CardParts("transformers", "translation", USAGE, "pairs", "sent_s", False)
 
     # -- the teacher and the data, once per study
-    def load_data(self, data: PairDataConfig, base_dir: Path, seed: int) -> dict[str, list[tuple[str, str]]]:
-        splits, _ = load_pairs(data, base_dir, seed)
-        return splits
+    @property
+    def scoring(self) -> dict[str, str]:
+        """sacrebleu's signatures of the BLEU and chrF the study reports (stored with it)."""
+        return score(["-"], ["-"])["signatures"]  # sacrebleu signs a metric once it has scored
+
+    def load_data(self, data: PairDataConfig, base_dir: Path, seed: int) -> DataSplits:
+        splits, counts = load_pairs(data, base_dir, seed)
+        return DataSplits(splits, {"pairs": counts})
 
     def load_teacher(self, source: TeacherSource) -> Teacher:
         config = source.config()
