@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import struct
 from collections import Counter
 from pathlib import Path
 
@@ -96,7 +97,10 @@ def package_catalogs(package: str, language: str) -> list[Path]:
     """The gettext catalogs of `language` that an installed package ships, in name order."""
     import importlib.util
 
-    spec = importlib.util.find_spec(package)
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):  # a dotted name whose parent is not installed
+        spec = None
     if spec is None or not spec.submodule_search_locations:
         raise InputError(f"data.package: {package!r} is not an installed Python package")
     found: list[Path] = []
@@ -115,7 +119,7 @@ def read_catalog(path: Path, language: str) -> tuple[list[tuple[str, str]], Coun
         raise InputError(f"data.files: {path.name} is not a gettext catalog: gettext data reads .po and .mo files")
     try:
         catalog = polib.mofile(str(path)) if path.suffix == ".mo" else polib.pofile(str(path))
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
+    except (OSError, ValueError, UnicodeDecodeError, struct.error) as exc:  # struct: a truncated .mo
         raise InputError(f"data.files: {path.name} is not a gettext catalog (.po or .mo): {exc}") from None
     declared = (catalog.metadata.get("Language") or "").replace("-", "_").split("_")[0]
     if declared and declared != language.replace("-", "_").split("_")[0]:
@@ -172,7 +176,9 @@ def _raw_pairs(cfg: PairDataConfig, base_dir: Path) -> tuple[list[tuple[str, str
         rows = ((t[cfg.pair[0]], t[cfg.pair[1]]) for t in column)
     pairs, skipped = [], Counter()
     for src, tgt in rows:
-        if not (src or "").strip() or not (tgt or "").strip():
+        if not isinstance(src, str) or not isinstance(tgt, str):
+            raise InputError(f"data.source: pairs must be text on both sides; found {type(src).__name__} and {type(tgt).__name__}")
+        if not src.strip() or not tgt.strip():
             skipped["empty"] += 1
         elif src.strip() == tgt.strip():
             skipped["untranslated"] += 1
@@ -210,7 +216,9 @@ def load_pairs(cfg: PairDataConfig, base_dir: Path, seed: int) -> tuple[dict[str
     n_eval = max(1, round(cfg.eval_fraction * len(sources)))
     n_valid = max(1, round(cfg.valid_fraction * (len(sources) - n_eval)))
     cut = {"eval": order[:n_eval], "valid": order[n_eval : n_eval + n_valid], "train": order[n_eval + n_valid :]}
-    splits = {name: [(sources[i], pairs[sources[i]]) for i in sorted(idx)] for name, idx in cut.items()}
+    # In drawn order, so that a limit (`eval_pairs`, `train_pairs`) keeps a random sample of
+    # the split rather than the first catalogs' entries.
+    splits = {name: [(sources[i], pairs[sources[i]]) for i in idx] for name, idx in cut.items()}
     return {name: splits[name] for name in ("train", "valid", "eval")}, counts
 
 

@@ -31,7 +31,6 @@ from search_spaces._common import (
 SEQ2SEQ_FAMILIES = ("marian", "t5")
 INITS = ("random", "teacher")
 LAYER_PICKS = ("even", "first", "every_other")
-T5_FEED_FORWARD = ("relu", "gated-gelu")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,7 +189,7 @@ class Seq2SeqArch(WidthArch):
         else:
             embedding = vocab_size * d + 2 * T5_BUCKETS * self.heads  # one bucket table per stack
             attention = 4 * d * d
-            ffn = (3 if feed_forward == "gated-gelu" else 2) * d * f
+            ffn = (3 if feed_forward.startswith("gated-") else 2) * d * f
             body = enc * (attention + ffn + 2 * d) + dec * (2 * attention + ffn + 3 * d) + 2 * d
         source = 0 if self.share_embeddings else vocab_size * d  # the target's is tied to the output
         return {"params": embedding + source + body, "non_embedding_params": body}

@@ -204,6 +204,16 @@ class Task(Protocol):
         ...
 
 
+def trimmed(ids: np.ndarray, mask: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Padded items (N, L) as a batch cut to its longest real sequence (the cache pads every
+    item to the full length): token ids and mask, int64 on `device`."""
+    length = max(1, int(mask.sum(1).max()))
+    return (
+        torch.from_numpy(ids[:, :length].astype(np.int64)).to(device),
+        torch.from_numpy(mask[:, :length].astype(np.int64)).to(device),
+    )
+
+
 # Size metrics every task measures the same way (what ships is counted without its training state).
 PARAMS = Metric("params", "size", "min", "{:,.0f}", "parameters")
 NON_EMBEDDING_PARAMS = Metric("non_embedding_params", "size", "min", "{:,.0f}", "non-embedding parameters")
@@ -249,4 +259,5 @@ __all__ = [
     "format_metric",
     "quality_metrics",
     "trains_teacher",
+    "trimmed",
 ]

@@ -33,6 +33,7 @@ from distill.tasks.base import (
     OutputArray,
     Teacher,
     check_space_fits,
+    trimmed,
 )
 from distill.teachers import TeacherSource
 from search_spaces import (
@@ -164,13 +165,6 @@ class LastLayerQKV:
             h.remove()
 
 
-def _trimmed(ids: np.ndarray, mask: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """A batch cut to its longest real sequence: the cache pads to the full length."""
-    length = max(1, int(mask.sum(1).max()))
-    i = torch.from_numpy(ids[:, :length].astype(np.int64)).to(device)
-    return i, torch.from_numpy(mask[:, :length].astype(np.int64)).to(device)
-
-
 class Embedding:
     name = "embedding"
     data_config = DataConfig
@@ -218,7 +212,7 @@ class Embedding:
         return np.asarray(data.array(f"{split}_mask")).sum(1)
 
     def batch(self, data: PreparedData, split: str, idx: np.ndarray, device: torch.device) -> Batch:
-        i, m = _trimmed(data.array(f"{split}_ids")[idx], data.array(f"{split}_mask")[idx], device)
+        i, m = trimmed(data.array(f"{split}_ids")[idx], data.array(f"{split}_mask")[idx], device)
         return Batch({"input_ids": i, "attention_mask": m}, {"tokens": i.shape[1]})
 
     def output_arrays(self, groups: set[str], teacher: Teacher, params: dict[str, Any], data: DataConfig) -> dict[str, OutputArray]:
@@ -368,7 +362,7 @@ def encode(
     """Embeddings (N, D) of a model that maps (input_ids, attention_mask) to (B, D)."""
     out = []
     for start in range(0, len(ids), batch):
-        i, m = _trimmed(ids[start : start + batch], mask[start : start + batch], device)
+        i, m = trimmed(ids[start : start + batch], mask[start : start + batch], device)
         with autocast(device):
             out.append(model(input_ids=i, attention_mask=m).float().cpu())
     return torch.cat(out)

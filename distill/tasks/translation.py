@@ -32,6 +32,7 @@ from distill.tasks.base import (
     OutputArray,
     Teacher,
     check_space_fits,
+    trimmed,
 )
 from distill.teachers import TeacherSource, TeacherTraining
 from search_spaces import Seq2SeqArch, Seq2SeqSpace, build_seq2seq
@@ -90,15 +91,6 @@ def encode_side(tokenizer: Any, texts: list[str], max_length: int, target: bool)
             seq = [*seq[: max_length - 1], eos]
         ids[i, : len(seq)], mask[i, : len(seq)] = seq, 1
     return ids, mask
-
-
-def _cut(ids: np.ndarray, mask: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """A batch cut to its longest real sequence: the cache pads to the full length."""
-    length = max(1, int(mask.sum(1).max()))
-    return (
-        torch.from_numpy(ids[:, :length].astype(np.int64)).to(device),
-        torch.from_numpy(mask[:, :length].astype(np.int64)).to(device),
-    )
 
 
 def decoder_inputs(model: Any, labels: torch.Tensor) -> torch.Tensor:
@@ -168,8 +160,8 @@ class Translation:
         return np.asarray(data.array(f"{split}_tgt_mask")).sum(1)
 
     def batch(self, data: PreparedData, split: str, idx: np.ndarray, device: torch.device) -> Batch:
-        src, src_mask = _cut(data.array(f"{split}_src_ids")[idx], data.array(f"{split}_src_mask")[idx], device)
-        tgt, tgt_mask = _cut(data.array(f"{split}_tgt_ids")[idx], data.array(f"{split}_tgt_mask")[idx], device)
+        src, src_mask = trimmed(data.array(f"{split}_src_ids")[idx], data.array(f"{split}_src_mask")[idx], device)
+        tgt, tgt_mask = trimmed(data.array(f"{split}_tgt_ids")[idx], data.array(f"{split}_tgt_mask")[idx], device)
         inputs = {"input_ids": src, "attention_mask": src_mask, "labels": tgt, "decoder_attention_mask": tgt_mask}
         return Batch(inputs, {"tokens": tgt.shape[1]})
 
@@ -216,7 +208,7 @@ class Translation:
         student.eval()
         cfg = data.meta["data"]
         new = max(1, int(statistics.median(self.lengths(data, "eval"))))
-        src, mask = _cut(data.array("eval_src_ids")[:SPEED_BATCH], data.array("eval_src_mask")[:SPEED_BATCH], device)
+        src, mask = trimmed(data.array("eval_src_ids")[:SPEED_BATCH], data.array("eval_src_mask")[:SPEED_BATCH], device)
         reps = -(-SPEED_BATCH // len(src))
         src, mask = src.repeat(reps, 1)[:SPEED_BATCH], mask.repeat(reps, 1)[:SPEED_BATCH]
 
@@ -261,13 +253,11 @@ def generation_config(model: Any, data: dict[str, Any]) -> Any:
     from transformers import GenerationConfig
 
     config = model.config
+    ids = ("decoder_start_token_id", "bos_token_id", "eos_token_id", "pad_token_id")  # T5 has no bos
     return GenerationConfig(
-        decoder_start_token_id=config.decoder_start_token_id,
-        bos_token_id=config.bos_token_id,
-        eos_token_id=config.eos_token_id,
-        pad_token_id=config.pad_token_id,
+        **{name: getattr(config, name, None) for name in ids},
         num_beams=data["beams"],
-        max_length=data["max_length"],
+        max_new_tokens=data["max_length"],  # as long as the longest reference the study keeps
         do_sample=False,
     )
 
@@ -294,7 +284,7 @@ def generate(model: Any, data: PreparedData, split: str, device: torch.device, b
     ids, masks = data.array(f"{split}_src_ids"), data.array(f"{split}_src_mask")
     out: list[str] = []
     for start in range(0, len(ids), batch_size):
-        src, mask = _cut(ids[start : start + batch_size], masks[start : start + batch_size], device)
+        src, mask = trimmed(ids[start : start + batch_size], masks[start : start + batch_size], device)
         with autocast(device):
             generated = model.generate(input_ids=src, attention_mask=mask, generation_config=settings)
         out += tokenizer.batch_decode(generated, skip_special_tokens=True)
@@ -379,8 +369,8 @@ def train_teacher(cfg: TeacherTraining, pairs: list[tuple[str, str]], out: Path,
     cpu = torch.device("cpu")
 
     def loss(idx: np.ndarray) -> torch.Tensor:
-        s, sm = _cut(src[idx], src_mask[idx], cpu)
-        t, tm = _cut(tgt[idx], tgt_mask[idx], cpu)
+        s, sm = trimmed(src[idx], src_mask[idx], cpu)
+        t, tm = trimmed(tgt[idx], tgt_mask[idx], cpu)
         batch = Batch({"input_ids": s, "attention_mask": sm, "labels": t, "decoder_attention_mask": tm})
         out = TASK.forward(model, batch, set(), {})
         return next_token_ce(out["student_logits"], out["labels"])

@@ -31,6 +31,12 @@ def _catalog(path, language="de"):
     return path
 
 
+def _mo_bytes():
+    from distill.pairs import package_catalogs
+
+    return package_catalogs("pycountry", "de")[0].read_bytes()  # a real compiled catalog
+
+
 def test_a_po_catalog_skips_and_counts_what_teaches_nothing(tmp_path):
     _catalog(tmp_path / "countries.po")
     splits, counts = load_pairs(PairDataConfig(files=("countries.po",)), tmp_path, seed=0)
@@ -81,6 +87,10 @@ def test_the_translation_layout_and_two_columns_read_the_same_pairs(tmp_path):
          dict(source="json", files=("p.jsonl",)), "data.source"),
         (lambda d: None, dict(package="pycountry", pair=("en", "xx")), "data.pair"),
         (lambda d: None, dict(package="no_such_package_here"), "data.package"),
+        (lambda d: None, dict(package="no_such_parent.child"), "data.package"),
+        (lambda d: (d / "cut.mo").write_bytes(_mo_bytes()[:40]), dict(files=("cut.mo",)), "data.files"),
+        (lambda d: (d / "n.jsonl").write_text(json.dumps({"a": 1, "b": "zwei"}) + "\n"),
+         dict(source="json", files=("n.jsonl",), source_column="a", target_column="b"), "data.source"),
     ],
 )
 def test_bad_data_is_one_error_naming_the_key(tmp_path, make, cfg, key):

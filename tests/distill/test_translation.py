@@ -87,3 +87,19 @@ def test_teachers_of_the_wrong_kind_are_refused_in_one_line(teacher_dirs, transl
     seq2seq = TeacherSource(str(translation_teacher), None, False, "tiny-marian")
     with pytest.raises(InputError, match=r"^teacher\.model: causal-LM students .* encoder-decoder 'marian' model"):
         TASKS["causal-lm"].load_teacher(seq2seq)
+
+
+def test_the_scoring_decoding_works_for_a_t5_config_without_bos():
+    from transformers import AutoConfig, AutoModelForSeq2SeqLM
+
+    from distill.tasks.translation import generation_config
+
+    config = AutoConfig.for_model(
+        "t5", vocab_size=97, d_model=16, d_kv=8, num_heads=2, d_ff=32, num_layers=1, pad_token_id=0, eos_token_id=1,
+        decoder_start_token_id=0,
+    )
+    assert getattr(config, "bos_token_id", None) is None
+    model = AutoModelForSeq2SeqLM.from_config(config).eval()
+    settings = generation_config(model, {"beams": 2, "max_length": 6})
+    out = model.generate(input_ids=torch.randint(2, 97, (2, 5)), generation_config=settings)
+    assert settings.num_beams == 2 and out.shape[1] <= 7  # the start token and at most 6 new ones
