@@ -102,7 +102,9 @@ class TeacherSource:
             return getattr(transformers, auto_class).from_pretrained(
                 self.path, revision=self.revision, trust_remote_code=self.trust_remote_code, **kwargs
             )
-        except OSError as exc:  # not found, moved, unreachable hub, no safetensors weights
+        # OSError: not found, moved, unreachable hub, no safetensors weights; ImportError: a
+        # tokenizer whose library is missing; ValueError: a model the auto class does not know.
+        except (OSError, ImportError, ValueError) as exc:
             raise InputError(f"teacher.model: cannot load {self.name!r}: {_first_line(exc)}") from exc
 
 

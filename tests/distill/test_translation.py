@@ -103,3 +103,9 @@ def test_the_scoring_decoding_works_for_a_t5_config_without_bos():
     settings = generation_config(model, {"beams": 2, "max_length": 6})
     out = model.generate(input_ids=torch.randint(2, 97, (2, 5)), generation_config=settings)
     assert settings.num_beams == 2 and out.shape[1] <= 7  # the start token and at most 6 new ones
+
+
+def test_a_model_the_auto_class_does_not_know_is_one_line(teacher_dirs):
+    causal = TeacherSource(str(teacher_dirs["gpt2"]), None, False, "tiny-gpt2")
+    with pytest.raises(InputError, match=r"^teacher\.model: cannot load 'tiny-gpt2': "):
+        causal.load("AutoModelForSeq2SeqLM")
