@@ -1,4 +1,5 @@
-"""Tasks: one module each, one registry. The only place that knows a task by its name."""
+"""Tasks: one module each (with what only they use, such as `pairs` for translation), one
+registry. The only place that knows a task by its name."""
 
 from __future__ import annotations
 

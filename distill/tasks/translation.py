@@ -21,7 +21,6 @@ from distill.errors import InputError
 from distill.evaluate import median_ms, param_counts, peak_memory_mb
 from distill.loop import Budget, autocast, distill
 from distill.losses import next_token_ce, topk_kd_loss
-from distill.pairs import PairDataConfig, load_pairs
 from distill.tasks.base import (
     NON_EMBEDDING_PARAMS,
     PARAMS,
@@ -34,6 +33,7 @@ from distill.tasks.base import (
     check_space_fits,
     trimmed,
 )
+from distill.tasks.pairs import PairDataConfig, load_pairs
 from distill.teachers import TeacherSource, TeacherTraining
 from search_spaces import Seq2SeqArch, Seq2SeqSpace, build_seq2seq
 

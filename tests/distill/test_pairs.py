@@ -7,7 +7,7 @@ import polib
 import pytest
 
 from distill.errors import InputError
-from distill.pairs import PairDataConfig, load_pairs
+from distill.tasks.pairs import PairDataConfig, load_pairs
 
 
 def _catalog(path, language="de"):
@@ -32,7 +32,7 @@ def _catalog(path, language="de"):
 
 
 def _mo_bytes():
-    from distill.pairs import package_catalogs
+    from distill.tasks.pairs import package_catalogs
 
     return package_catalogs("pycountry", "de")[0].read_bytes()  # a real compiled catalog
 

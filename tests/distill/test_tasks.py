@@ -27,8 +27,8 @@ from distill import (
 )
 from distill.errors import InputError
 from distill.objective import allowed_terms
-from distill.pairs import PairDataConfig
 from distill.tasks import TASKS
+from distill.tasks.pairs import PairDataConfig
 from search_spaces import DecoderSpace, EncoderSpace, Seq2SeqSpace
 from tests.conftest import write_spec
 
