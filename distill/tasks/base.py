@@ -214,6 +214,24 @@ def trimmed(ids: np.ndarray, mask: np.ndarray, device: torch.device) -> tuple[to
     )
 
 
+def topk_arrays(vocab: int, params: dict[str, Any], positions: int, cut: dict[int, str]) -> dict[str, OutputArray]:
+    """The cached arrays of the "topk" teacher output group: the teacher's `top_k` most likely
+    tokens at each of `positions` and their log-probabilities."""
+    from distill.errors import InputError
+
+    if params["top_k"] > vocab:
+        raise InputError(f"distill.loss.top_k: {params['top_k']} exceeds the teacher's vocabulary ({vocab})")
+    shape = (positions, params["top_k"])
+    return {"teacher_logprobs": OutputArray(shape, "float16", cut), "teacher_indices": OutputArray(shape, "int32", cut)}
+
+
+def topk_outputs(logits: torch.Tensor, params: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The "topk" group from teacher logits (B, T, V): log-probabilities at the loss's
+    temperature, and indices, of its `top_k` tokens, each (B, T, k)."""
+    top = torch.log_softmax(logits.float() / params["temperature"], dim=-1).topk(params["top_k"], dim=-1)
+    return {"teacher_logprobs": top.values, "teacher_indices": top.indices.int()}
+
+
 # Size metrics every task measures the same way (what ships is counted without its training state).
 PARAMS = Metric("params", "size", "min", "{:,.0f}", "parameters")
 NON_EMBEDDING_PARAMS = Metric("non_embedding_params", "size", "min", "{:,.0f}", "non-embedding parameters")
@@ -259,5 +277,7 @@ __all__ = [
     "format_metric",
     "quality_metrics",
     "trains_teacher",
+    "topk_arrays",
+    "topk_outputs",
     "trimmed",
 ]

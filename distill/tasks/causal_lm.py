@@ -30,6 +30,8 @@ from distill.tasks.base import (
     OutputArray,
     Teacher,
     check_space_fits,
+    topk_arrays,
+    topk_outputs,
 )
 from distill.teachers import TeacherSource, TeacherTraining, train_tokenizer
 from search_spaces import (
@@ -121,18 +123,14 @@ class CausalLM:
         return Batch({"input_ids": tokens})
 
     def output_arrays(self, groups: set[str], teacher: Teacher, params: dict[str, Any], data: DataConfig) -> dict[str, OutputArray]:
-        vocab = teacher.model.config.vocab_size
-        if params["top_k"] > vocab:
-            raise InputError(f"distill.loss.top_k: {params['top_k']} exceeds the teacher's vocabulary ({vocab})")
-        shape = (data.block_length - 1, params["top_k"])  # packed blocks: nothing to cut
-        return {"teacher_logprobs": OutputArray(shape, "float16"), "teacher_indices": OutputArray(shape, "int32")}
+        # packed blocks: every position counts, nothing to cut
+        return topk_arrays(teacher.model.config.vocab_size, params, data.block_length - 1, {})
 
     def teacher_outputs(self, teacher: Teacher, batch: Batch, groups: set[str], params: dict[str, Any]) -> dict[str, torch.Tensor]:
         tokens = batch.inputs["input_ids"]
         with autocast(tokens.device):
             logits = teacher.model(input_ids=tokens).logits[:, :-1].float()  # (B, L-1, V)
-        top = torch.log_softmax(logits / params["temperature"], dim=-1).topk(params["top_k"], dim=-1)  # (B, L-1, k)
-        return {"teacher_logprobs": top.values, "teacher_indices": top.indices.int()}
+        return topk_outputs(logits, params)
 
     def importance(self, teacher: Teacher, data: PreparedData, device: torch.device) -> dict[str, Any] | None:
         if teacher.model.config.model_type not in FAMILIES:

@@ -31,6 +31,8 @@ from distill.tasks.base import (
     OutputArray,
     Teacher,
     check_space_fits,
+    topk_arrays,
+    topk_outputs,
     trimmed,
 )
 from distill.tasks.pairs import PairDataConfig, load_pairs
@@ -166,19 +168,10 @@ class Translation:
         return Batch(inputs, {"tokens": tgt.shape[1]})
 
     def output_arrays(self, groups: set[str], teacher: Teacher, params: dict[str, Any], data: PairDataConfig) -> dict[str, OutputArray]:
-        vocab = teacher.model.config.vocab_size
-        if params["top_k"] > vocab:
-            raise InputError(f"distill.loss.top_k: {params['top_k']} exceeds the teacher's vocabulary ({vocab})")
-        shape = (data.max_length, params["top_k"])
-        return {
-            "teacher_logprobs": OutputArray(shape, "float16", {0: "tokens"}),
-            "teacher_indices": OutputArray(shape, "int32", {0: "tokens"}),
-        }
+        return topk_arrays(teacher.model.config.vocab_size, params, data.max_length, {0: "tokens"})
 
     def teacher_outputs(self, teacher: Teacher, batch: Batch, groups: set[str], params: dict[str, Any]) -> dict[str, torch.Tensor]:
-        logits = _forced_logits(teacher.model, batch).float()  # (B, T, V)
-        top = torch.log_softmax(logits / params["temperature"], dim=-1).topk(params["top_k"], dim=-1)
-        return {"teacher_logprobs": top.values, "teacher_indices": top.indices.int()}
+        return topk_outputs(_forced_logits(teacher.model, batch), params)  # per target position
 
     def importance(self, teacher: Teacher, data: PreparedData, device: torch.device) -> dict[str, Any] | None:
         return None  # students start from random weights
