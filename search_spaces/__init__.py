@@ -7,9 +7,11 @@ from search_spaces._init import (
     decoder_importance,
     init_bert_from_teacher,
     init_decoder_from_teacher,
+    init_seq2seq_from_teacher,
     kept_channels,
     layer_map,
     pick_layers,
+    seq2seq_importance,
 )
 from search_spaces._seq2seq import (
     SEQ2SEQ_FAMILIES,
@@ -38,7 +40,9 @@ __all__ = [
     "decoder_importance",
     "init_bert_from_teacher",
     "init_decoder_from_teacher",
+    "init_seq2seq_from_teacher",
     "kept_channels",
     "layer_map",
     "pick_layers",
+    "seq2seq_importance",
 ]

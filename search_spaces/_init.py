@@ -104,30 +104,40 @@ def _attention_index(context: torch.Tensor, heads: int, head_dim: int) -> torch.
     return torch.cat([h * teacher_dim + _top(context[h], head_dim) for h in keep.tolist()])
 
 
+Roles = list[tuple[str, "tuple[str | None, ...] | None"]]
+
+
 def _copy_slices(
     student: Any,
     teacher: Any,
-    roles: list[tuple[str, tuple[str | None, ...]]],
+    roles: Roles,
     layer_pattern: str,
-    layers: list[int],
+    layers: dict[str, list[int]],
     hidden: torch.Tensor,
-    per_layer: list[dict[str, torch.Tensor]],
+    per_layer: dict[str, list[dict[str, torch.Tensor]]],
+    in_place: str | None = None,
 ) -> None:
-    """Copy into every student weight its slice of the teacher's: student layer i reads teacher
-    layer layers[i] (`layer_pattern` captures the layer prefix and index), and each axis is
-    indexed by its role in `roles` (None: whole axis, "hidden": kept channels, else the layer's
-    index set of that name)."""
+    """Copy into every student weight its slice of the teacher's: layer i of a stack reads
+    teacher layer layers[stack][i] (`layer_pattern` captures the stack's prefix and the layer
+    index) and each axis is indexed by its role in `roles` (None: whole axis, "hidden": kept
+    channels, else the layer's index set of that name). Roles None: the student keeps its own
+    (sinusoidal positions at its width). Weights matching `in_place` are read from the same
+    layer index of the teacher (T5's relative position buckets live in the first layer only)."""
     teacher_params = dict(teacher.named_parameters())
     for name, param in student.named_parameters():
-        match = re.search(layer_pattern, name)
-        i = int(match.group(2)) if match else None
-        source = name if match is None else name.replace(f"{match.group(1)}.{i}.", f"{match.group(1)}.{layers[i]}.", 1)
         axes = next(r for pattern, r in roles if re.search(pattern, name))
+        if axes is None:
+            continue
+        match = re.search(layer_pattern, name)
+        stack, i = (match.group(1), int(match.group(2))) if match else (None, None)
+        source = name
+        if match is not None and not (in_place and re.search(in_place, name)):
+            source = name.replace(f"{stack}.{i}.", f"{stack}.{layers[stack][i]}.", 1)
         # a tied output layer is not a parameter of its own: it is the output embedding
         weight = teacher_params[source] if source in teacher_params else teacher.get_output_embeddings().weight
         for axis, role in enumerate(axes):
             if role is not None:
-                index = hidden if role == "hidden" else per_layer[i][role]
+                index = hidden if role == "hidden" else per_layer[stack][i][role]
                 weight = weight.index_select(axis, index.to(weight.device))
         param.copy_(weight)
 
@@ -177,7 +187,8 @@ def init_bert_from_teacher(
         }
         for j in layers
     ]
-    _copy_slices(student, teacher, _BERT_ROLES, r"(encoder\.layer)\.(\d+)\.", layers, hidden, per_layer)
+    stack = "encoder.layer"
+    _copy_slices(student, teacher, _BERT_ROLES, r"(encoder\.layer)\.(\d+)\.", {stack: layers}, hidden, {stack: per_layer})
     return layers
 
 
@@ -196,9 +207,23 @@ def decoder_importance(teacher: Any, batch: dict[str, torch.Tensor]) -> dict[str
     context dimension (the output projection's input) and per FFN neuron (the down
     projection's input) of each layer of a GPT-2 or Llama-family teacher."""
     blocks, family = _decoder_layout(teacher)
-    hidden = torch.zeros(teacher.config.hidden_size)
-    context: list[torch.Tensor] = []
-    ffn: list[torch.Tensor] = []
+    gpt2 = family == "gpt2"
+    units = {
+        "context": [b.attn.c_proj if gpt2 else b.self_attn.o_proj for b in blocks],
+        "ffn": [b.mlp.c_proj if gpt2 else b.mlp.down_proj for b in blocks],
+    }
+    scores = activation_scores(teacher, batch, teacher.config.hidden_size, units)
+    heads = teacher.config.n_head if gpt2 else teacher.config.num_attention_heads
+    return {**scores, "context": [c.view(heads, -1) for c in scores["context"]]}
+
+
+def activation_scores(model: Any, batch: dict[str, torch.Tensor], width: int, units: dict[str, list[Any]]) -> dict[str, Any]:
+    """Mean |activation| over the positions of `batch`: per hidden channel (summed over every
+    norm's output, `hidden`), and per input unit of each module in `units` (role -> one module
+    per layer: an output projection's input is its attention context, an FFN's down
+    projection's input its neurons)."""
+    hidden = torch.zeros(width)
+    found: dict[str, dict[Any, torch.Tensor]] = {role: {} for role in units}
     hooks = []
 
     def mean_abs(x: Any) -> torch.Tensor:  # on the CPU, wherever the teacher runs
@@ -208,21 +233,20 @@ def decoder_importance(teacher: Any, batch: dict[str, torch.Tensor]) -> dict[str
     def add_hidden(_m: Any, _i: Any, out: Any) -> None:  # returns None: the output is kept
         hidden.add_(mean_abs(out))
 
-    for _name, module in teacher.named_modules():
+    def keep(role: str, layer: int) -> Any:
+        return lambda _m, i: found[role].__setitem__(layer, mean_abs(i))
+
+    for _name, module in model.named_modules():
         if type(module).__name__.endswith(("LayerNorm", "RMSNorm")):
             hooks.append(module.register_forward_hook(add_hidden))
-    for block in blocks:
-        attn_out = block.attn.c_proj if family == "gpt2" else block.self_attn.o_proj
-        ffn_out = block.mlp.c_proj if family == "gpt2" else block.mlp.down_proj
-        hooks.append(attn_out.register_forward_pre_hook(lambda _m, i: context.append(mean_abs(i))))
-        hooks.append(ffn_out.register_forward_pre_hook(lambda _m, i: ffn.append(mean_abs(i))))
+    for role, modules in units.items():
+        hooks += [m.register_forward_pre_hook(keep(role, j)) for j, m in enumerate(modules)]
     try:
-        teacher.eval()(**batch)
+        model.eval()(**batch)
     finally:
         for h in hooks:
             h.remove()
-    heads = teacher.config.num_attention_heads if family == "llama" else teacher.config.n_head
-    return {"hidden": hidden, "context": [c.view(heads, -1) for c in context], "ffn": ffn}
+    return {"hidden": hidden, **{role: [found[role][j] for j in range(len(units[role]))] for role in units}}
 
 
 def _gqa_index(context: torch.Tensor, kv_teacher: int, heads: int, kv_heads: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -315,7 +339,147 @@ def init_decoder_from_teacher(
         ffn = _top(scores["ffn"][j], s_ffn)
         qkv = torch.cat([q, heads * t_dim + q, 2 * heads * t_dim + q]) if family == "gpt2" else None
         per_layer.append({"q": q, "kv": kv_rows, "ffn": ffn, "qkv": qkv})
+    stack = "transformer.h" if family == "gpt2" else "model.layers"
     _copy_slices(
-        student, teacher, _DECODER_ROLES[family], r"(transformer\.h|model\.layers)\.(\d+)\.", layers, hidden, per_layer
+        student, teacher, _DECODER_ROLES[family], rf"({re.escape(stack)})\.(\d+)\.", {stack: layers}, hidden, {stack: per_layer}
     )
+    return layers
+
+
+# Encoder-decoder students: each stack (encoder, decoder) takes its own layers; "attn" are the
+# self-attention rows kept, "cross" the decoder's attention over the encoder's, "heads" the
+# heads kept (T5's relative position buckets are per head).
+_SEQ2SEQ_ROLES: dict[str, Roles] = {
+    "marian": [
+        (r"embed_positions\.weight$", None),  # sinusoidal at the student's own width
+        (r"(shared|embed_tokens)\.weight$|lm_head\.weight$", (None, "hidden")),
+        (r"layer_norm\.(weight|bias)$", ("hidden",)),
+        (r"self_attn\.(q|k|v)_proj\.weight$", ("attn", "hidden")),
+        (r"self_attn\.(q|k|v)_proj\.bias$", ("attn",)),
+        (r"self_attn\.out_proj\.weight$", ("hidden", "attn")),
+        (r"encoder_attn\.(q|k|v)_proj\.weight$", ("cross", "hidden")),
+        (r"encoder_attn\.(q|k|v)_proj\.bias$", ("cross",)),
+        (r"encoder_attn\.out_proj\.weight$", ("hidden", "cross")),
+        (r"fc1\.weight$", ("ffn", "hidden")),
+        (r"fc1\.bias$", ("ffn",)),
+        (r"fc2\.weight$", ("hidden", "ffn")),
+        (r"(out_proj|fc2)\.bias$", ("hidden",)),
+    ],
+    "t5": [
+        (r"(shared|embed_tokens)\.weight$|lm_head\.weight$", (None, "hidden")),
+        (r"layer_norm\.weight$", ("hidden",)),
+        (r"relative_attention_bias\.weight$", (None, "heads")),
+        (r"SelfAttention\.(q|k|v)\.weight$", ("attn", "hidden")),
+        (r"SelfAttention\.o\.weight$", ("hidden", "attn")),
+        (r"EncDecAttention\.(q|k|v)\.weight$", ("cross", "hidden")),
+        (r"EncDecAttention\.o\.weight$", ("hidden", "cross")),
+        (r"DenseReluDense\.wi(_0|_1)?\.weight$", ("ffn", "hidden")),
+        (r"DenseReluDense\.wo\.weight$", ("hidden", "ffn")),
+    ],
+}
+_SEQ2SEQ_STACKS = {"marian": ("model.encoder.layers", "model.decoder.layers"), "t5": ("encoder.block", "decoder.block")}
+
+
+def _seq2seq_units(model: Any) -> dict[str, dict[str, list[Any]]]:
+    """Per stack, the modules whose inputs are each layer's attention context ("context"),
+    cross-attention context ("cross", decoder) and FFN neurons ("ffn")."""
+    family = model.config.model_type
+    if family not in _SEQ2SEQ_ROLES:
+        raise ValueError(f"init = teacher: no slicing for {family!r} models; allowed: {', '.join(_SEQ2SEQ_ROLES)}")
+    encoder, decoder = _SEQ2SEQ_STACKS[family]
+    if family == "marian":
+        enc, dec = model.model.encoder.layers, model.model.decoder.layers
+        return {
+            encoder: {"context": [b.self_attn.out_proj for b in enc], "ffn": [b.fc2 for b in enc]},
+            decoder: {
+                "context": [b.self_attn.out_proj for b in dec],
+                "cross": [b.encoder_attn.out_proj for b in dec],
+                "ffn": [b.fc2 for b in dec],
+            },
+        }
+    enc, dec = model.encoder.block, model.decoder.block
+    return {
+        encoder: {"context": [b.layer[0].SelfAttention.o for b in enc], "ffn": [b.layer[-1].DenseReluDense.wo for b in enc]},
+        decoder: {
+            "context": [b.layer[0].SelfAttention.o for b in dec],
+            "cross": [b.layer[1].EncDecAttention.o for b in dec],
+            "ffn": [b.layer[-1].DenseReluDense.wo for b in dec],
+        },
+    }
+
+
+@torch.no_grad()
+def seq2seq_importance(teacher: Any, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Mean |activation| on a teacher-forced `batch` (input_ids, attention_mask,
+    decoder_input_ids, decoder_attention_mask) of a Marian or T5 teacher: per hidden channel
+    (every norm's output, both stacks), and per stack per layer the attention context
+    (heads, head_dim), the decoder's cross-attention context, and the FFN neurons."""
+    from search_spaces._seq2seq import teacher_shape
+
+    shape = teacher_shape(teacher.config)
+    units = _seq2seq_units(teacher)
+    flat = {f"{stack}/{role}": modules for stack, roles in units.items() for role, modules in roles.items()}
+    scores = activation_scores(teacher, batch, shape["hidden"], flat)
+    per_head = ("context", "cross")
+    return {
+        "hidden": scores["hidden"],
+        **{
+            stack: {
+                role: [s.view(shape["heads"], -1) if role in per_head else s for s in scores[f"{stack}/{role}"]]
+                for role in roles
+            }
+            for stack, roles in units.items()
+        },
+    }
+
+
+@torch.no_grad()
+def init_seq2seq_from_teacher(
+    student: Any,
+    teacher: Any,
+    batch: dict[str, torch.Tensor] | None,
+    layer_pick: str,
+    scores: dict[str, Any] | None = None,
+) -> dict[str, list[int]]:
+    """Overwrite every weight of a Marian or T5 `student` with its slice of a teacher of the
+    same family and head width: the encoder and the decoder each take `layer_pick` of their
+    own layers; hidden channels, heads and FFN neurons are ranked by `seq2seq_importance`
+    (measured on `batch` when `scores` are not given). Returns the teacher layers per stack."""
+    from search_spaces._seq2seq import teacher_shape
+
+    family = teacher.config.model_type
+    if student.config.model_type != family:
+        raise ValueError(f"family: a {student.config.model_type} student cannot be sliced from a {family} teacher")
+    s, t = teacher_shape(student.config), teacher_shape(teacher.config)
+    if s["head_dim"] != t["head_dim"]:
+        raise ValueError(f"head_dim: init = teacher keeps the teacher's head width ({t['head_dim']}), got {s['head_dim']}")
+    if any(s[k] > t[k] for k in ("hidden", "heads", "ffn")):
+        raise ValueError("init = teacher: the student is wider than the teacher somewhere (hidden, heads or FFN)")
+    scores = scores if scores is not None else seq2seq_importance(teacher, batch)
+    encoder, decoder = _SEQ2SEQ_STACKS[family]
+    layers = {
+        encoder: pick_layers(t["encoder_layers"], s["encoder_layers"], layer_pick),
+        decoder: pick_layers(t["decoder_layers"], s["decoder_layers"], layer_pick),
+    }
+    per_layer: dict[str, list[dict[str, torch.Tensor]]] = {}
+    for stack, picked in layers.items():
+        per_layer[stack] = []
+        for j in picked:
+            context = scores[stack]["context"][j]
+            units = {
+                "attn": _attention_index(context, s["heads"], s["head_dim"]),
+                "heads": _top(context.norm(dim=1), s["heads"]),
+                "ffn": _top(scores[stack]["ffn"][j], s["ffn"]),
+            }
+            if "cross" in scores[stack]:
+                units["cross"] = _attention_index(scores[stack]["cross"][j], s["heads"], s["head_dim"])
+            per_layer[stack].append(units)
+    hidden = kept_channels(scores, s["hidden"])
+    pattern = "(" + "|".join(re.escape(stack) for stack in layers) + r")\.(\d+)\."
+    _copy_slices(
+        student, teacher, _SEQ2SEQ_ROLES[family], pattern, layers, hidden, per_layer, in_place="relative_attention_bias"
+    )
+    bias = getattr(teacher, "final_logits_bias", None)  # Marian's output bias (a buffer, e.g. banning <pad>)
+    if bias is not None and getattr(student, "final_logits_bias", None) is not None:
+        student.final_logits_bias.copy_(bias)
     return layers

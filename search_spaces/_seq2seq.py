@@ -85,6 +85,11 @@ class Seq2SeqSpace:
             )
         if "teacher" not in self.init:
             return
+        if config.model_type not in SEQ2SEQ_FAMILIES:
+            raise ValueError(
+                f"init: students are sliced from Marian or T5 teachers only; a {config.model_type!r} teacher "
+                f"teaches students that start from random weights (init = [\"random\"])"
+            )
         shape = teacher_shape(config)
         if list(self.families) != [config.model_type] or list(self.head_dim) != [shape["head_dim"]]:
             raise ValueError(

@@ -238,6 +238,16 @@ NON_EMBEDDING_PARAMS = Metric("non_embedding_params", "size", "min", "{:,.0f}", 
 PEAK_MEMORY = Metric("peak_memory_mb", "size", "min", "{:.2f}", "peak memory, MiB (batch 1)")
 
 
+def slice_teacher(student: torch.nn.Module, data: PreparedData, auto_class: str, init: Any, layer_pick: str) -> dict[str, Any]:
+    """Overwrite `student` with its slice of the study's teacher (loaded with `auto_class`):
+    `init(student, teacher, batch, layer_pick, scores=...)` of `search_spaces`, with the unit
+    importance the study measured once on its calibration batch. Returns those scores."""
+    teacher = data.teacher_source.load_model(auto_class)
+    scores = torch.load(data.path / "importance.pt", map_location="cpu", weights_only=True)
+    init(student, teacher, None, layer_pick, scores=scores)
+    return scores
+
+
 def check_space_fits(space: Any, teacher_config: Any) -> None:
     """A search space's own check against the teacher (`space.check_teacher`), as one error
     line that names the `space.<key>`."""
@@ -276,6 +286,7 @@ __all__ = [
     "Teacher",
     "format_metric",
     "quality_metrics",
+    "slice_teacher",
     "trains_teacher",
     "topk_arrays",
     "topk_outputs",

@@ -30,6 +30,7 @@ from distill.tasks.base import (
     OutputArray,
     Teacher,
     check_space_fits,
+    slice_teacher,
     topk_arrays,
     topk_outputs,
 )
@@ -143,9 +144,7 @@ class CausalLM:
         a = DecoderArch.from_dict(arch)
         student = build_model(a, data.teacher_config(), data.meta["data"]["block_length"])
         if a.init == "teacher":  # sliced from the teacher, ranked on the study's calibration batch
-            teacher = data.teacher_source.load_model("AutoModelForCausalLM")
-            scores = torch.load(data.path / "importance.pt", map_location="cpu", weights_only=True)
-            init_decoder_from_teacher(student, teacher, None, a.layer_pick, scores=scores)
+            slice_teacher(student, data, "AutoModelForCausalLM", init_decoder_from_teacher, a.layer_pick)
         return student.to(device)
 
     def as_student(self, teacher: Teacher, data: PreparedData) -> torch.nn.Module:

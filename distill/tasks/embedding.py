@@ -33,6 +33,7 @@ from distill.tasks.base import (
     OutputArray,
     Teacher,
     check_space_fits,
+    slice_teacher,
     trimmed,
 )
 from distill.teachers import TeacherSource
@@ -262,9 +263,7 @@ class Embedding:
         encoder = build_encoder(a, config)
         projection = None
         if a.init == "teacher":
-            teacher = data.teacher_source.load_model("AutoModel")
-            scores = torch.load(data.path / "importance.pt", map_location="cpu", weights_only=True)
-            init_bert_from_teacher(encoder, teacher, None, a.layer_pick, scores=scores)
+            scores = slice_teacher(encoder, data, "AutoModel", init_bert_from_teacher, a.layer_pick)
             projection = selection_matrix(kept_channels(scores, a.hidden), config.hidden_size)
         mapping = layer_map(a.layers, config.num_hidden_layers, a.layer_pick if a.init == "teacher" else "even")
         heads = math.gcd(config.num_attention_heads, a.hidden)

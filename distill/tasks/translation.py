@@ -31,13 +31,21 @@ from distill.tasks.base import (
     OutputArray,
     Teacher,
     check_space_fits,
+    slice_teacher,
     topk_arrays,
     topk_outputs,
     trimmed,
 )
 from distill.tasks.pairs import PairDataConfig, load_pairs
 from distill.teachers import TeacherSource, TeacherTraining
-from search_spaces import Seq2SeqArch, Seq2SeqSpace, build_seq2seq
+from search_spaces import (
+    SEQ2SEQ_FAMILIES,
+    Seq2SeqArch,
+    Seq2SeqSpace,
+    build_seq2seq,
+    init_seq2seq_from_teacher,
+    seq2seq_importance,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -142,8 +150,6 @@ class Translation:
         train_teacher(cfg, pairs, out, data.max_length)
 
     def check_space(self, space: Seq2SeqSpace, teacher_config: Any) -> None:
-        if "teacher" in space.init:
-            raise InputError("space.init: translation students start from random weights (init = [\"random\"])")
         check_space_fits(space, teacher_config)
 
     def encode(self, pairs: list[tuple[str, str]], teacher: Teacher, data: PairDataConfig, split: str) -> dict[str, np.ndarray]:
@@ -174,12 +180,18 @@ class Translation:
         return topk_outputs(_forced_logits(teacher.model, batch), params)  # per target position
 
     def importance(self, teacher: Teacher, data: PreparedData, device: torch.device) -> dict[str, Any] | None:
-        return None  # students start from random weights
+        if teacher.model.config.model_type not in SEQ2SEQ_FAMILIES:
+            return None  # no slicing for other families
+        batch = self.batch(data, "train", np.arange(min(16, len(self.lengths(data, "train")))), device)
+        return seq2seq_importance(teacher.model, _forced_inputs(teacher.model, batch))
 
     # -- students
     def build_student(self, arch: dict[str, Any], data: PreparedData, device: torch.device) -> torch.nn.Module:
         a = Seq2SeqArch.from_dict(arch)
-        return build_seq2seq(a, data.teacher_config(), data.meta["data"]["max_length"]).to(device)
+        student = build_seq2seq(a, data.teacher_config(), data.meta["data"]["max_length"])
+        if a.init == "teacher":  # sliced from the teacher, ranked on the study's calibration pairs
+            slice_teacher(student, data, "AutoModelForSeq2SeqLM", init_seq2seq_from_teacher, a.layer_pick)
+        return student.to(device)
 
     def as_student(self, teacher: Teacher, data: PreparedData) -> torch.nn.Module:
         return teacher.model
@@ -211,9 +223,7 @@ class Translation:
                 min_new_tokens=new, max_new_tokens=new, do_sample=False,
             )
 
-        probe = self.batch(data, "eval", np.arange(1), device)
-        inputs = {k: v for k, v in probe.inputs.items() if k != "labels"}
-        inputs["decoder_input_ids"] = decoder_inputs(student, probe.inputs["labels"])
+        inputs = _forced_inputs(student, self.batch(data, "eval", np.arange(1), device))
         return {
             **param_counts(student),
             "latency_ms": median_ms(run(1), device),
@@ -255,15 +265,20 @@ def generation_config(model: Any, data: dict[str, Any]) -> Any:
     )
 
 
-def _forced_logits(model: Any, batch: Batch) -> torch.Tensor:
+def _forced_inputs(model: Any, batch: Batch) -> dict[str, torch.Tensor]:
+    """The model inputs of teacher forcing on `batch`: sources, and the references shifted right."""
     i = batch.inputs
-    with autocast(i["input_ids"].device):
-        return model(
-            input_ids=i["input_ids"],
-            attention_mask=i["attention_mask"],
-            decoder_input_ids=decoder_inputs(model, i["labels"]),
-            decoder_attention_mask=i["decoder_attention_mask"],
-        ).logits
+    return {
+        "input_ids": i["input_ids"],
+        "attention_mask": i["attention_mask"],
+        "decoder_input_ids": decoder_inputs(model, i["labels"]),
+        "decoder_attention_mask": i["decoder_attention_mask"],
+    }
+
+
+def _forced_logits(model: Any, batch: Batch) -> torch.Tensor:
+    with autocast(batch.inputs["input_ids"].device):
+        return model(**_forced_inputs(model, batch)).logits
 
 
 @torch.no_grad()

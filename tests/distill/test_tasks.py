@@ -54,8 +54,11 @@ SETUPS = {
     "translation": (
         "translation",
         PairDataConfig(package="pycountry", pair=("en", "de"), max_length=24, train_pairs=32, valid_pairs=8, eval_pairs=16),
-        Seq2SeqSpace(families=("marian", "t5"), encoder_layers=(1, 3), decoder_layers=(1, 2), heads=(2, 4), head_dim=(8,)),
-        Seq2SeqSpace(families=("marian",), heads=(2,), head_dim=(8,), init=("teacher",)),
+        Seq2SeqSpace(
+            families=("marian",), encoder_layers=(1, 2), decoder_layers=(1, 2), heads=(2, 4), head_dim=(8,), ffn_ratio=(1.0, 2.0),
+            init=("teacher", "random"), layer_pick=("even", "every_other"),
+        ),  # fmt: skip
+        Seq2SeqSpace(families=("marian",), encoder_layers=(1, 3), heads=(2,), head_dim=(8,), init=("teacher",)),
     ),
 }
 
@@ -85,6 +88,22 @@ def study(request, tmp_path_factory, teacher_dirs, sentence_teacher, translation
     return task, data, loss, fits, too_big
 
 
+# Students with the teacher's own shape, sliced from it: they must score as the teacher does.
+TEACHER_SHAPED = {
+    "causal-lm": {
+        "family": "llama", "layers": 2, "heads": 4, "kv_heads": 2, "head_dim": 8, "ffn_ratio": 2.0,
+        "tie_embeddings": False, "init": "teacher", "layer_pick": "even",
+    },
+    "embedding": {
+        "family": "bert", "layers": 4, "heads": 8, "head_dim": 8, "ffn_ratio": 2.0, "init": "teacher", "layer_pick": "even",
+    },
+    "translation": {
+        "family": "marian", "encoder_layers": 2, "decoder_layers": 2, "heads": 4, "head_dim": 8, "ffn_ratio": 2.0,
+        "share_embeddings": True, "init": "teacher", "layer_pick": "even",
+    },
+}  # fmt: skip
+
+
 def _arch(space, seed=0):
     trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed)).ask()
     return space.sample(trial)
@@ -110,7 +129,7 @@ def test_the_teacher_is_measured_with_every_declared_metric(study):
 def test_a_space_larger_than_the_teacher_is_refused_up_front(study):
     task, data, _, fits, too_big = study
     task.check_space(fits, data.teacher_config())
-    with pytest.raises(InputError, match=r"^space\.(layers|heads|head_dim|ffn_ratio|init): "):
+    with pytest.raises(InputError, match=r"^space\.(layers|encoder_layers|heads|head_dim|ffn_ratio|init): "):
         task.check_space(too_big, data.teacher_config())
 
 
@@ -131,6 +150,14 @@ def test_a_student_learns_with_every_allowed_term(study):
         assert set(quality) == {m.name for m in task.metrics if m.kind == "quality"}
         assert set(size) == {m.name for m in task.metrics if m.kind == "size"}
         assert all(np.isfinite(v) for v in (*quality.values(), *size.values()))
+
+
+def test_a_student_of_the_teachers_shape_sliced_from_it_scores_as_the_teacher(study):
+    task, data, *_ = study
+    student = task.build_student(TEACHER_SHAPED[task.name], data, CPU)
+    quality = task.evaluate(student, data, "eval", CPU)
+    for name, value in quality.items():
+        assert value == pytest.approx(data.meta["teacher_metrics"][name], abs=1e-4), name
 
 
 def test_parameter_counts_from_the_architecture_equal_the_built_students(study):

@@ -183,3 +183,119 @@ def test_gqa_regrouping_when_the_student_has_more_kv_heads():
     for i in range(4):
         assert any(torch.equal(k_s[i * 8 : (i + 1) * 8], k_t[j * 8 : (j + 1) * 8]) for j in range(2))
     assert torch.isfinite(student(**ids).logits).all()
+
+
+def _seq2seq_teacher(family, **kw):
+    from transformers import AutoModelForSeq2SeqLM
+
+    ids = {"vocab_size": 97, "pad_token_id": 0, "eos_token_id": 1, "decoder_start_token_id": 0}
+    if family == "marian":
+        cfg = AutoConfig.for_model(
+            "marian", d_model=32, encoder_layers=3, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
+            encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=32, decoder_vocab_size=97,
+            tie_word_embeddings=True, **ids, **kw,
+        )  # fmt: skip
+    else:
+        cfg = AutoConfig.for_model(
+            "t5", d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=3, num_decoder_layers=2,
+            relative_attention_num_buckets=32, **ids, **kw,
+        )  # fmt: skip
+    torch.manual_seed(0)
+    model = AutoModelForSeq2SeqLM.from_config(cfg).eval()
+    if family == "marian":  # a trained model's output bias is not zero (OPUS-MT bans <pad> there)
+        model.final_logits_bias.normal_()
+    return model
+
+
+def _pairs_batch():
+    torch.manual_seed(3)
+    mask = torch.ones(3, 9, dtype=torch.long)
+    mask[1, 6:] = 0
+    dmask = torch.ones(3, 7, dtype=torch.long)
+    dmask[2, 4:] = 0
+    return {
+        "input_ids": torch.randint(2, 97, (3, 9)),
+        "attention_mask": mask,
+        "decoder_input_ids": torch.randint(2, 97, (3, 7)),
+        "decoder_attention_mask": dmask,
+    }
+
+
+SEQ2SEQ_TEACHERS = [
+    ("marian", {"share_encoder_decoder_embeddings": True}),
+    ("marian", {"share_encoder_decoder_embeddings": False}),
+    ("t5", {"feed_forward_proj": "relu"}),
+    ("t5", {"feed_forward_proj": "gated-gelu", "tie_word_embeddings": False}),  # T5 v1.1
+]
+
+
+@pytest.mark.parametrize(("family", "kw"), SEQ2SEQ_TEACHERS)
+@pytest.mark.parametrize("pick", ["even", "first", "every_other"])
+def test_seq2seq_with_the_teachers_shape_reproduces_it(family, kw, pick):
+    from search_spaces import Seq2SeqArch, build_seq2seq, init_seq2seq_from_teacher
+
+    teacher = _seq2seq_teacher(family, **kw)
+    share = kw.get("share_encoder_decoder_embeddings", True)
+    student = build_seq2seq(Seq2SeqArch(family, 3, 2, 4, 8, 2.0, share, "teacher", pick), teacher.config, 32).eval()
+    torch.manual_seed(5)
+    student.apply(lambda m: [torch.nn.init.normal_(p) for p in m.parameters(recurse=False) if p.requires_grad])
+    batch = _pairs_batch()
+    layers = init_seq2seq_from_teacher(student, teacher, batch, pick)
+    assert sorted(len(v) for v in layers.values()) == [2, 3] and all(v == sorted(set(v)) for v in layers.values())
+    with torch.no_grad():
+        torch.testing.assert_close(student(**batch).logits, teacher(**batch).logits, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("family", "kw"), SEQ2SEQ_TEACHERS[1:3])
+def test_seq2seq_slicing_takes_each_stacks_layers_and_the_most_important_units(family, kw):
+    from search_spaces import Seq2SeqArch, build_seq2seq, init_seq2seq_from_teacher, seq2seq_importance
+
+    teacher = _seq2seq_teacher(family, **kw)
+    batch = _pairs_batch()
+    scores = seq2seq_importance(teacher, batch)
+    share = kw.get("share_encoder_decoder_embeddings", True)
+    student = build_seq2seq(Seq2SeqArch(family, 2, 1, 2, 8, 1.0, share, "teacher", "first"), teacher.config, 32)
+    layers = init_seq2seq_from_teacher(student, teacher, None, "first", scores=scores)
+    assert list(layers.values()) == [[0, 1], [0]]
+    hidden = scores["hidden"].topk(16).indices.sort().values
+    dec = next(k for k in layers if "decoder" in k)
+    ffn = scores[dec]["ffn"][0].topk(16).indices.sort().values
+    heads = scores[dec]["cross"][0].norm(dim=1).topk(2).indices.sort().values
+    rows = torch.cat([h * 8 + torch.arange(8) for h in heads.tolist()])
+    if family == "marian":
+        t, s = teacher.model.decoder.layers[0], student.model.decoder.layers[0]
+        torch.testing.assert_close(s.fc1.weight, t.fc1.weight[ffn][:, hidden])
+        torch.testing.assert_close(s.encoder_attn.q_proj.weight, t.encoder_attn.q_proj.weight[rows][:, hidden])
+        torch.testing.assert_close(student.final_logits_bias, teacher.final_logits_bias)
+    else:
+        t, s = teacher.decoder.block[0].layer, student.decoder.block[0].layer
+        torch.testing.assert_close(s[2].DenseReluDense.wi.weight, t[2].DenseReluDense.wi.weight[ffn][:, hidden])
+        torch.testing.assert_close(s[1].EncDecAttention.q.weight, t[1].EncDecAttention.q.weight[rows][:, hidden])
+    with torch.no_grad():
+        assert torch.isfinite(student(**batch).logits).all()
+        out = student.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], max_new_tokens=5)
+    assert out.shape[0] == 3
+
+
+def test_seq2seq_t5_relative_buckets_come_from_the_first_layer():
+    from search_spaces import Seq2SeqArch, build_seq2seq, init_seq2seq_from_teacher
+
+    teacher = _seq2seq_teacher("t5", feed_forward_proj="relu")
+    student = build_seq2seq(Seq2SeqArch("t5", 1, 1, 4, 8, 2.0, True, "teacher", "every_other"), teacher.config, 32)
+    layers = init_seq2seq_from_teacher(student, teacher, _pairs_batch(), "every_other")
+    assert layers == {"encoder.block": [1], "decoder.block": [1]}  # the buckets live only in the teacher's layer 0
+    bias_t = teacher.encoder.block[0].layer[0].SelfAttention.relative_attention_bias.weight
+    bias_s = student.encoder.block[0].layer[0].SelfAttention.relative_attention_bias.weight
+    assert sorted(bias_s.T.tolist()) == sorted(bias_t.T.tolist())  # every head's buckets, in the kept order
+
+
+def test_seq2seq_init_refuses_another_family_and_wider_students():
+    from search_spaces import Seq2SeqArch, build_seq2seq, init_seq2seq_from_teacher
+
+    teacher = _seq2seq_teacher("marian")
+    t5 = build_seq2seq(Seq2SeqArch("t5", 2, 1, 2, 8, 1.0, True), teacher.config, 32)
+    with pytest.raises(ValueError, match="cannot be sliced"):
+        init_seq2seq_from_teacher(t5, teacher, _pairs_batch(), "even")
+    wide = build_seq2seq(Seq2SeqArch("marian", 2, 1, 8, 8, 1.0, True), teacher.config, 32)
+    with pytest.raises(ValueError, match="wider"):
+        init_seq2seq_from_teacher(wide, teacher, _pairs_batch(), "even")
