@@ -108,8 +108,9 @@ def _full(arch: dict[str, Any]) -> dict[str, Any]:
     from nas.full import distill_arch
 
     spec = _WORK["spec"]
-    _, result, metrics, device, seconds = distill_arch(spec, arch, _WORK["data"])
-    quality = {m.name: metrics[m.name] for m in spec.task.metrics if m.kind == "quality"}
+    run = distill_arch(spec, arch, _WORK["data"])
+    result = run.result
+    quality = {m.name: run.metrics[m.name] for m in spec.task.metrics if m.kind == "quality"}
     return {
         "kind": "full",
         "arch": arch,
@@ -117,8 +118,8 @@ def _full(arch: dict[str, Any]) -> dict[str, Any]:
         **quality,
         "steps": result.steps,
         "best_step": result.best_step,
-        "seconds": round(seconds, 2),
-        "device": str(device),
+        "seconds": round(run.seconds, 2),
+        "device": str(run.device),
     }
 
 

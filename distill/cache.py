@@ -64,6 +64,9 @@ class PreparedData:
         return AutoConfig.from_pretrained(self.path / "teacher")
 
 
+TEACHER_TEXT = "eval_teacher_text"
+"""The cached array of the text the teacher generated on the held-out split (tasks that generate)"""
+
 CACHE_FORMAT = 4
 """Raised whenever what a cache holds for the same inputs changes (2: held-out splits without
 paragraphs of earlier splits; 3: what reading the data found and how quality is scored; 4: the
@@ -140,6 +143,8 @@ def prepare(
             counts[split] = len(next(iter(arrays.values())))
         logger.info("%s: %s", task.card.items, " / ".join(f"{counts[s]} {s}" for s in splits))
         teacher.model.config.save_pretrained(tmp / "teacher")
+        if getattr(teacher.model, "generation_config", None) is not None:  # how the teacher decodes
+            teacher.model.generation_config.save_pretrained(tmp / "teacher")
         teacher.tokenizer.save_pretrained(tmp / "teacher")
         meta: dict[str, Any] = {
             "task": task.name,
@@ -163,7 +168,12 @@ def prepare(
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
         probe = PreparedData(tmp)
         as_student = task.as_student(teacher, probe)
-        meta["teacher_metrics"] = task.evaluate(as_student, probe, "eval", dev) | task.size(as_student, probe, dev)
+        from distill.tasks.base import scores_and_text  # the task registry imports this module
+
+        quality, text = scores_and_text(task.evaluate(as_student, probe, "eval", dev))
+        if text is not None:
+            np.save(tmp / f"{TEACHER_TEXT}.npy", np.array(text, dtype=str))
+        meta["teacher_metrics"] = quality | task.size(as_student, probe, dev)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
     logger.info("teacher outputs cached in %s", final)
     return PreparedData(final)

@@ -9,7 +9,9 @@ parameters are named from one vocabulary, and each micro-batch binds them by nam
   (embedding output first), each (B, T, D) after its learned projection to the teacher's width;
   `student_query` / `student_key` / `student_value` (B, T, Ds), its last layer's projections;
 - teacher side (the `needs` groups): "topk" gives `teacher_logprobs` and `teacher_indices`
-  (B, T, K); "sentence_embedding" gives `teacher_embedding` (B, D); "hidden_states" gives
+  (B, T, K); "sequences" gives `teacher_sequence` and `teacher_sequence_mask` (B, L), the
+  teacher's beam-search output for each source, which the task runs the student on
+  (`student_sequence_logits`, `sequence_labels`); "sentence_embedding" gives `teacher_embedding` (B, D); "hidden_states" gives
   `teacher_hidden` (B, Lt + 1, T, D); "qkv" gives `teacher_query` / `teacher_key` /
   `teacher_value` (B, T, D);
 - the batch and the study: `labels` (B, T) next tokens, `mask` (B, T) 1 for real tokens (None
@@ -71,6 +73,14 @@ def topk_kd_loss(
 def next_token_ce(student_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of next-token predictions. student_logits (B, T, V), labels (B, T); mean."""
     return F.cross_entropy(student_logits.float().flatten(0, 1), labels.flatten())
+
+
+def sequence_kd_loss(student_sequence_logits: torch.Tensor, sequence_labels: torch.Tensor) -> torch.Tensor:
+    """Sequence-level KD (Kim and Rush, 2016, "Sequence-Level Knowledge Distillation"): the
+    cross-entropy of the student, teacher-forced on the teacher's beam-search output for the
+    same source, against that output. student_sequence_logits (B, T, V); sequence_labels
+    (B, T), the teacher's tokens, -100 where it had ended. Mean over counted positions."""
+    return next_token_ce(student_sequence_logits, sequence_labels)
 
 
 def embedding_cosine_loss(student_embedding: torch.Tensor, teacher_embedding: torch.Tensor) -> torch.Tensor:
@@ -185,7 +195,14 @@ LOSSES: dict[str, LossTerm] = {
         "KL(teacher || student) at temperature {temperature} over the teacher's top {top_k} tokens "
         "and one bucket for the rest (scaled by T²)",
     ),
-    "cosine": LossTerm(embedding_cosine_loss, ("sentence_embedding",), "(1 - cosine) between student and teacher embeddings"),
+    "sequence_kd": LossTerm(
+        sequence_kd_loss,
+        ("sequences",),
+        "cross-entropy on the teacher's own translations (beam search, {sequence_beams} beams; sequence-level KD)",
+    ),
+    "cosine": LossTerm(
+        embedding_cosine_loss, ("sentence_embedding",), "(1 - cosine) between student and teacher embeddings"
+    ),
     "mse": LossTerm(embedding_mse_loss, ("sentence_embedding",), "MSE between student and teacher sentence embeddings"),
     "hidden": LossTerm(
         mapped_hidden_loss,

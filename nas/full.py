@@ -22,6 +22,7 @@ from distill.errors import InputError
 from distill.files import written_whole
 from distill.loop import LAST_CHECKPOINT
 from distill.tasks import quality_metrics
+from distill.tasks.base import scores_and_text
 from nas.model_card import model_card
 from nas.search import (
     DISTILLED,
@@ -32,7 +33,8 @@ from nas.search import (
     prepare_study,
 )
 from nas.spec import StudySpec
-from nas.trial import pick_device, score_eval_sets
+from nas.texts import TEXTS, save_outputs, save_references
+from nas.trial import held_out_scores, pick_device
 
 logger = logging.getLogger(__name__)
 
@@ -109,13 +111,12 @@ def full_distill(
     evals = prepare_eval_sets(spec)  # before training: a bad source fails before the run, not after
     arch = trial.user_attrs["arch"]
     logger.info("full distillation of trial %d (%s)", trial.number, task.describe(arch))
-    student, result, metrics, device, seconds = distill_arch(
-        spec, arch, data, on_step=on_step, checkpoint_dir=ckpt, resume=resume
-    )
+    run = distill_arch(spec, arch, data, evals=evals, on_step=on_step, checkpoint_dir=ckpt, resume=resume)
+    result, device = run.result, run.device
     record = {
         "export": str(out),
-        "metrics": metrics,
-        "eval_sets": score_eval_sets(task, student, evals, device),
+        "metrics": run.metrics,
+        "eval_sets": run.eval_sets,
         "budget": dataclasses.asdict(spec.full),
         "teacher_eval_sets": eval_set_teacher_metrics(evals),
         "brief": {k: trial.user_attrs[k] for k in quality_metrics(task) if k in trial.user_attrs},
@@ -123,14 +124,18 @@ def full_distill(
         "best_step": result.best_step,
         "stopped_early": result.stopped_early,
         "evals": result.evals,
-        "train_seconds_last_run": seconds,
+        "train_seconds_last_run": run.seconds,
         "device": str(device),
         "command": command,
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     # The task's folder plus the model card and `distill_nas.json`, published whole.
     with written_whole(out) as tmp:
-        task.export(student, data, tmp)
+        task.export(run.student, data, tmp)
+        if run.texts:  # what the scores were computed on, to recompute them with other tools
+            save_references(tmp / TEXTS, {"eval": data, **evals})
+            save_outputs(tmp / TEXTS, "student", run.texts)
+            record["texts"] = sorted(f"{TEXTS}/{p.name}" for p in (tmp / TEXTS).iterdir())
         (tmp / "README.md").write_text(model_card(spec, data.meta, trial.number, arch, record))
         (tmp / "distill_nas.json").write_text(json.dumps({"arch": arch, **record}, indent=2, default=_plain))
     shutil.rmtree(ckpt, ignore_errors=True)  # the run is complete: its checkpoints are spent
@@ -140,18 +145,33 @@ def full_distill(
     return record
 
 
+@dataclasses.dataclass
+class FullRun:
+    """A finished full run: the student, the loop's result, its metrics on the held-out split
+    and its size, its quality on each extra evaluation set, the text it generated on each
+    held-out set (tasks that generate), the device and the seconds spent training."""
+
+    student: torch.nn.Module
+    result: Any
+    metrics: dict[str, Any]
+    eval_sets: dict[str, dict[str, float]]
+    texts: dict[str, list[str]]
+    device: torch.device
+    seconds: float
+
+
 def distill_arch(
     spec: StudySpec,
     arch: dict[str, Any],
     data: Any,
     *,
+    evals: dict[str, Any] | None = None,
     on_step: Callable[[int, int, float], None] | None = None,
     checkpoint_dir: Path | None = None,
     resume: bool = False,
-) -> tuple[torch.nn.Module, Any, dict[str, Any], torch.device, float]:
+) -> FullRun:
     """The full run of one architecture with the `[full]` budget (the best checkpoint on the
-    validation split by the first objective kept): the student, the loop's result, its metrics
-    on the held-out split and its size, the device and the seconds spent training."""
+    validation split by the first objective kept), measured on the held-out split and `evals`."""
     task, budget = spec.task, spec.full
     device = pick_device(spec.resources.gpus or float(torch.cuda.is_available()))
     metric, direction = spec.objectives.metrics[0]
@@ -162,7 +182,7 @@ def distill_arch(
     lengths = task.lengths(data, "train")
 
     def validate(model: torch.nn.Module) -> float:
-        return sign * task.evaluate(model, data, "valid", device)[metric]
+        return sign * scores_and_text(task.evaluate(model, data, "valid", device))[0][metric]
 
     start = time.perf_counter()
     result = distill(
@@ -178,8 +198,8 @@ def distill_arch(
         resume=resume,
     )
     seconds = time.perf_counter() - start
-    metrics = task.evaluate(student, data, "eval", device) | task.size(student, data, device)
-    return student, result, metrics, device, seconds
+    quality, sets, texts = held_out_scores(task, student, data, evals or {}, device)
+    return FullRun(student, result, quality | task.size(student, data, device), sets, texts, device, seconds)
 
 
 def _plain(value: Any) -> Any:

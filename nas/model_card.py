@@ -40,6 +40,21 @@ def _eval_sets(task: Any, record: dict[str, Any]) -> str:
 """
 
 
+def _rescore(task: Any, record: dict[str, Any]) -> str:
+    """How to recompute the held-out scores from the text saved in the export (tasks that generate)."""
+    if not record.get("texts") or not task.card.rescore:
+        return ""
+    command = task.card.rescore.format(references="outputs/references.eval.txt", outputs="outputs/student.eval.txt")
+    return f"""
+The held-out scores above, recomputed from this folder's `outputs/` (the inputs, the references,
+the student's and the teacher's outputs, one line per item):
+
+```bash
+{command}
+```
+"""
+
+
 def model_card(spec: StudySpec, meta: dict[str, Any], number: int, arch: dict[str, Any], record: dict[str, Any]) -> str:
     task, budget = spec.task, spec.full
     teacher = meta["teacher_metrics"]
@@ -112,4 +127,4 @@ parameters and uses the teacher's tokenizer. Load it with:
 ```bash
 {record["command"] or f"nas distill {spec.path.name} --trial {number}"}
 ```
-"""
+{_rescore(task, record)}"""

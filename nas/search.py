@@ -17,9 +17,11 @@ from optuna.trial import TrialState
 from distill import PreparedData, prepare
 from distill.errors import InputError
 from distill.tasks import Task, get_task, task_for_metrics
+from distill.tasks.base import OUTPUTS
 from nas.sampling import DEFAULT_SAMPLER, make_sampler
 from nas.scheduler import FINAL, RUNG, pareto_asha
 from nas.spec import Constraints, StudySpec
+from nas.texts import TEXTS, save_outputs, save_references
 from nas.trial import TrialPlan, pick_device, plan_stops, recorded, run_trial
 
 logger = logging.getLogger(__name__)
@@ -199,11 +201,17 @@ def _searcher_class() -> type:
         on_trial_complete() when a trial ends, stopped by the scheduler or not."""
 
         def __init__(
-            self, inner: Any, study: optuna.Study, metrics: list[str], keep: tuple[str, ...], constraints: Constraints
+            self,
+            inner: Any,
+            study: optuna.Study,
+            metrics: list[str],
+            keep: tuple[str, ...],
+            constraints: Constraints,
+            texts: Path,
         ) -> None:
             super().__init__(metric=inner.metric, mode=inner.mode)
             self.inner, self.study, self.metrics, self.keep = inner, study, metrics, keep
-            self.constraints = constraints
+            self.constraints, self.texts = constraints, texts
             self.numbers: dict[str, int] = {}
 
         def set_search_properties(self, metric: Any, mode: Any, config: dict, **spec: Any) -> bool:
@@ -254,6 +262,8 @@ def _searcher_class() -> type:
                 for b in self.constraints.bounds:  # trial.constraints: read by samplers, best_trials, plots
                     live.set_constraint(b.metric, violations.get(b.metric, UNMEASURED))
             set_trial_attrs(self.study, number, attrs)
+            if trained and isinstance(_decoded(result.get(OUTPUTS)), dict):  # the text it was scored on
+                save_outputs(self.texts, f"trial-{number}", _decoded(result[OUTPUTS]))
             # A result without the objectives makes OptunaSearch tell PRUNED.
             self.inner.on_trial_complete(trial_id, result if trained else None)
 
@@ -450,6 +460,7 @@ def run_search(spec: StudySpec, *, trials: int | None = None, address: str | Non
         study.set_user_attr(key, data.meta.get(key, {}))
     evals = prepare_eval_sets(spec)
     study.set_user_attr(EVAL_SETS, eval_set_teacher_metrics(evals))
+    save_references(spec.out_dir / TEXTS, {"eval": data, **evals})  # what generated text is scored against
     metrics = [n for n, _ in spec.objectives.metrics]
     modes = [d for _, d in spec.objectives.metrics]
     task = spec.task
@@ -499,7 +510,9 @@ def run_search(spec: StudySpec, *, trials: int | None = None, address: str | Non
         inner = OptunaSearch(
             space=define, metric=metrics, mode=modes, sampler=sampler, study_name=spec.name, storage=study._storage
         )
-        searcher = _searcher_class()(inner, study, metrics, recorded(spec.study.task), spec.constraints)
+        searcher = _searcher_class()(
+            inner, study, metrics, recorded(spec.study.task), spec.constraints, spec.out_dir / TEXTS
+        )
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(

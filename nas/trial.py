@@ -15,6 +15,7 @@ import torch
 
 from distill import Budget, LossConfig, PreparedData, distill, make_loss, study_teachers
 from distill.tasks import get_task
+from distill.tasks.base import OUTPUTS, scores_and_text
 from nas.spec import Constraints
 
 logger = logging.getLogger(__name__)
@@ -69,9 +70,20 @@ def plan_stops(plan: TrialPlan) -> list[int]:
     return rung_steps(plan.budget.total_steps(lengths, plan.seed), plan.rungs)
 
 
-def score_eval_sets(task: Any, student: torch.nn.Module, evals: dict[str, PreparedData], device: torch.device) -> dict[str, dict[str, float]]:
-    """The task's quality metrics of `student` on each extra evaluation set."""
-    return {name: task.evaluate(student, data, "eval", device) for name, data in evals.items()}
+def held_out_scores(
+    task: Any, student: torch.nn.Module, data: PreparedData, evals: dict[str, PreparedData], device: torch.device
+) -> tuple[dict[str, float], dict[str, dict[str, float]], dict[str, list[str]]]:
+    """The task's quality metrics of `student` on the study's held-out split and on each extra
+    evaluation set, and the text it generated on each ("eval" and the sets' names; empty for
+    tasks that generate none)."""
+    quality, text = scores_and_text(task.evaluate(student, data, "eval", device))
+    texts = {"eval": text} if text is not None else {}
+    sets = {}
+    for name, extra in evals.items():
+        sets[name], text = scores_and_text(task.evaluate(student, extra, "eval", device))
+        if text is not None:
+            texts[name] = text
+    return quality, sets, texts
 
 
 def run_trial(
@@ -82,7 +94,8 @@ def run_trial(
     A student whose size breaks `plan.size_bounds` is not trained: the result holds its size
     and `not_trained`. Otherwise, with several rungs, `report(rung, metrics)` gets the quality
     and size at every rung before the last; the result's `rungs` lists every rung's step and
-    quality, the last one's being the result's own."""
+    quality, the last one's being the result's own. For tasks that generate text, the result's
+    `outputs` holds the student's text on each held-out set."""
     torch.set_num_threads(max(1, int(plan.cpus)))
     device = pick_device(plan.gpus)
     task, data = get_task(plan.task), plan.data
@@ -99,7 +112,7 @@ def run_trial(
 
     def at_rung(step: int, total: int, loss_value: float) -> None:
         if step in stops[:-1]:
-            rungs.append({"step": step, **task.evaluate(student, data, "eval", device)})
+            rungs.append({"step": step, **scores_and_text(task.evaluate(student, data, "eval", device))[0]})
             student.train()
             if report is not None:
                 report(len(rungs) - 1, {**rungs[-1], **size, "rungs": list(rungs)})
@@ -108,10 +121,11 @@ def run_trial(
     result = distill(student, plan.budget, loss, lengths, seed=plan.seed, device=device, on_step=at_rung)
     train_seconds = time.perf_counter() - start
     stride = max(1, len(result.losses) // CURVE_POINTS)
-    quality = task.evaluate(student, data, "eval", device)
+    quality, sets, texts = held_out_scores(task, student, data, plan.evals, device)
     return {
         **quality,
-        **({"eval_sets": score_eval_sets(task, student, plan.evals, device)} if plan.evals else {}),
+        **({"eval_sets": sets} if plan.evals else {}),
+        **({OUTPUTS: texts} if texts else {}),
         **size,
         "rungs": [*rungs, {"step": result.steps, **quality}],
         "train_loss": result.losses[-1],

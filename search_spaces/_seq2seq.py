@@ -247,6 +247,7 @@ def build_seq2seq_config(arch: Seq2SeqArch, teacher_config: Any, max_positions: 
         tie_word_embeddings=True,  # transformers 5 unties every embedding of a Marian model without it
         scale_embedding=teacher_config.scale_embedding if same else True,
         activation_function=teacher_config.activation_function if same else "swish",
+        forced_eos_token_id=tokens["eos_token_id"],  # Marian's default is OPUS-MT's EOS id, not this vocabulary's
         **common,
     )
 

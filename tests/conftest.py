@@ -164,7 +164,7 @@ def save_tiny_translator(folder: Path, tokenizer) -> Path:
     import torch
     from transformers import AutoConfig, AutoModelForSeq2SeqLM
 
-    eos = tokenizer.eos_token_id
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     config = AutoConfig.for_model(
         "marian",
         vocab_size=len(tokenizer),
@@ -176,9 +176,9 @@ def save_tiny_translator(folder: Path, tokenizer) -> Path:
         encoder_ffn_dim=64,
         decoder_ffn_dim=64,
         max_position_embeddings=64,
-        pad_token_id=eos,
+        pad_token_id=pad,
         eos_token_id=eos,
-        decoder_start_token_id=eos,
+        decoder_start_token_id=pad,  # as Marian's
     )
     torch.manual_seed(0)
     AutoModelForSeq2SeqLM.from_config(config).save_pretrained(folder)
@@ -187,8 +187,19 @@ def save_tiny_translator(folder: Path, tokenizer) -> Path:
 
 
 @pytest.fixture(scope="session")
-def translation_teacher(tmp_path_factory, tokenizer) -> Path:
-    return save_tiny_translator(tmp_path_factory.mktemp("translation-teacher") / "marian", tokenizer)
+def pair_tokenizer():
+    """One BPE for English and German, ending sentences with </s> as Marian's does, trained on
+    the training pairs of pycountry's catalogs."""
+    from distill.tasks.pairs import PairDataConfig, load_pairs
+    from distill.tasks.translation import train_pair_tokenizer
+
+    splits, _ = load_pairs(PairDataConfig(package="pycountry", pair=("en", "de")), Path("."), 0)
+    return train_pair_tokenizer(splits["train"], 600)
+
+
+@pytest.fixture(scope="session")
+def translation_teacher(tmp_path_factory, pair_tokenizer) -> Path:
+    return save_tiny_translator(tmp_path_factory.mktemp("translation-teacher") / "marian", pair_tokenizer)
 
 
 @pytest.fixture(scope="session")

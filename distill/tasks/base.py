@@ -83,6 +83,9 @@ class CardParts:
     """the progress bar's throughput unit ("tok_s", "sent_s")"""
     rate_in_tokens: bool
     """whether that rate counts tokens (items x the `[data]` block_length) or items"""
+    rescore: str = ""
+    """for tasks that generate: the shell command that recomputes the scores from the saved
+    text (`{references}` and `{outputs}` are its files)"""
 
 
 class Task(Protocol):
@@ -182,7 +185,10 @@ class Task(Protocol):
         ...
 
     def evaluate(self, student: torch.nn.Module, data: PreparedData, split: str, device: torch.device) -> dict[str, float]:
-        """Every quality metric on `split` ("valid" or "eval") against the cached teacher outputs."""
+        """Every quality metric on `split` ("valid" or "eval") against the cached teacher outputs.
+        A task whose metrics score text the student generates also returns that text under
+        `OUTPUTS` (one string per item) and caches what it is scored against as
+        `<split>_references`: studies save both, so that other tools recompute the scores."""
         ...
 
     def size(self, student: torch.nn.Module, data: PreparedData, device: torch.device) -> dict[str, float]:
@@ -202,6 +208,17 @@ class Task(Protocol):
     def export(self, student: torch.nn.Module, data: PreparedData, folder: Path) -> None:
         """Write a folder the ecosystem loads (`card.usage` shows how), without the model card."""
         ...
+
+
+OUTPUTS = "outputs"
+"""The key under which `Task.evaluate` returns the text a student generated"""
+
+
+def scores_and_text(metrics: dict[str, Any]) -> tuple[dict[str, Any], list[str] | None]:
+    """What `Task.evaluate` returned, as its metrics and the text it scored (None when the task
+    generates none)."""
+    metrics = dict(metrics)
+    return metrics, metrics.pop(OUTPUTS, None)
 
 
 def trimmed(ids: np.ndarray, mask: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -284,7 +301,9 @@ __all__ = [
     "OutputArray",
     "Task",
     "Teacher",
+    "OUTPUTS",
     "format_metric",
+    "scores_and_text",
     "quality_metrics",
     "slice_teacher",
     "trains_teacher",

@@ -23,6 +23,7 @@ from distill.loop import Budget, autocast, distill
 from distill.losses import next_token_ce, topk_kd_loss
 from distill.tasks.base import (
     NON_EMBEDDING_PARAMS,
+    OUTPUTS,
     PARAMS,
     PEAK_MEMORY,
     Batch,
@@ -78,12 +79,17 @@ class TranslationLossParams:
     """softmax temperature of the teacher's cached distribution on training pairs and of the KL"""
     top_k: int = 32
     """teacher log-probabilities kept per target position (the rest is one tail bucket)"""
+    sequence_beams: int = 5
+    """beams of the teacher's translations of the training sources that sequence-level KD
+    (`sequence_kd`) trains on (generated once per study)"""
 
     def __post_init__(self) -> None:
         if not self.temperature > 0:
             raise ValueError(f"temperature: must be > 0, got {self.temperature}")
         if self.top_k < 1:
             raise ValueError(f"top_k: must be >= 1, got {self.top_k}")
+        if self.sequence_beams < 1:
+            raise ValueError(f"sequence_beams: must be >= 1, got {self.sequence_beams}")
 
 
 def encode_side(tokenizer: Any, texts: list[str], max_length: int, target: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -116,12 +122,17 @@ class Translation:
     metrics = METRICS
     loss_params = TranslationLossParams
     default_weights = {"forward_kl": 1.0, "ce": 0.5}
-    outputs = {"topk": ("teacher_logprobs", "teacher_indices")}
-    values = frozenset({"student_logits", "labels", "mask"})
+    outputs = {
+        "topk": ("teacher_logprobs", "teacher_indices"),
+        "sequences": ("teacher_sequence", "teacher_sequence_mask"),
+    }
+    values = frozenset({"student_logits", "labels", "mask", "student_sequence_logits", "sequence_labels"})
     eval_outputs = ("topk",)
     held_out_params = {"temperature": 1.0}  # held-out KL against the plain distribution
     teacher_batch = 32
-    card = CardParts("transformers", "translation", USAGE, "pairs", "sent_s", False)
+    card = CardParts(
+        "transformers", "translation", USAGE, "pairs", "sent_s", False, "sacrebleu {references} -i {outputs} -m bleu chrf"
+    )
 
     # -- the teacher and the data, once per study
     @property
@@ -145,14 +156,18 @@ class Translation:
             tokenizer.pad_token = tokenizer.eos_token
         return Teacher(model, tokenizer, source)
 
-    def train_teacher(self, cfg: TeacherTraining, pairs: list[tuple[str, str]], out: Path, data: PairDataConfig) -> None:
+    def train_teacher(
+        self, cfg: TeacherTraining, pairs: list[tuple[str, str]], out: Path, data: PairDataConfig
+    ) -> None:
         """Train a tokenizer and a small Marian model on `pairs` and `save_pretrained` both into `out`."""
         train_teacher(cfg, pairs, out, data.max_length)
 
     def check_space(self, space: Seq2SeqSpace, teacher_config: Any) -> None:
         check_space_fits(space, teacher_config)
 
-    def encode(self, pairs: list[tuple[str, str]], teacher: Teacher, data: PairDataConfig, split: str) -> dict[str, np.ndarray]:
+    def encode(
+        self, pairs: list[tuple[str, str]], teacher: Teacher, data: PairDataConfig, split: str
+    ) -> dict[str, np.ndarray]:
         if data.limit(split):
             pairs = pairs[: data.limit(split)]
         if not pairs:
@@ -160,8 +175,9 @@ class Translation:
         src_ids, src_mask = encode_side(teacher.tokenizer, [s for s, _ in pairs], data.max_length, target=False)
         tgt_ids, tgt_mask = encode_side(teacher.tokenizer, [t for _, t in pairs], data.max_length, target=True)
         out = {"src_ids": src_ids, "src_mask": src_mask, "tgt_ids": tgt_ids, "tgt_mask": tgt_mask}
-        if split != "train":  # what generations are scored against, as given
-            out["references"] = np.array([t for _, t in pairs], dtype=str)
+        if split != "train":  # what is translated and what that is scored against, one line each as a file holds it
+            out["sources"] = np.array([" ".join(s.split()) for s, _ in pairs], dtype=str)
+            out["references"] = np.array([" ".join(t.split()) for _, t in pairs], dtype=str)
         return out
 
     def lengths(self, data: PreparedData, split: str) -> np.ndarray:
@@ -171,13 +187,27 @@ class Translation:
         src, src_mask = trimmed(data.array(f"{split}_src_ids")[idx], data.array(f"{split}_src_mask")[idx], device)
         tgt, tgt_mask = trimmed(data.array(f"{split}_tgt_ids")[idx], data.array(f"{split}_tgt_mask")[idx], device)
         inputs = {"input_ids": src, "attention_mask": src_mask, "labels": tgt, "decoder_attention_mask": tgt_mask}
-        return Batch(inputs, {"tokens": tgt.shape[1]})
+        # "max_tokens": the study's sentence length, the longest a generated translation may be
+        return Batch(inputs, {"tokens": tgt.shape[1], "max_tokens": data.array(f"{split}_tgt_ids").shape[1]})
 
-    def output_arrays(self, groups: set[str], teacher: Teacher, params: dict[str, Any], data: PairDataConfig) -> dict[str, OutputArray]:
-        return topk_arrays(teacher.model.config.vocab_size, params, data.max_length, {0: "tokens"})
+    def output_arrays(
+        self, groups: set[str], teacher: Teacher, params: dict[str, Any], data: PairDataConfig
+    ) -> dict[str, OutputArray]:
+        arrays = {}
+        if "topk" in groups:  # per target position of the reference
+            arrays |= topk_arrays(teacher.model.config.vocab_size, params, data.max_length, {0: "tokens"})
+        if "sequences" in groups:  # the teacher's translation, whole (its length is not the reference's)
+            arrays["teacher_sequence"] = OutputArray((data.max_length,), "int32")
+            arrays["teacher_sequence_mask"] = OutputArray((data.max_length,), "int8")
+        return arrays
 
-    def teacher_outputs(self, teacher: Teacher, batch: Batch, groups: set[str], params: dict[str, Any]) -> dict[str, torch.Tensor]:
-        return topk_outputs(_forced_logits(teacher.model, batch), params)  # per target position
+    def teacher_outputs(
+        self, teacher: Teacher, batch: Batch, groups: set[str], params: dict[str, Any]
+    ) -> dict[str, torch.Tensor]:
+        out = topk_outputs(_forced_logits(teacher.model, batch), params) if "topk" in groups else {}
+        if "sequences" in groups:
+            out |= translations(teacher.model, batch, params["sequence_beams"])
+        return out
 
     def importance(self, teacher: Teacher, data: PreparedData, device: torch.device) -> dict[str, Any] | None:
         if teacher.model.config.model_type not in SEQ2SEQ_FAMILIES:
@@ -199,11 +229,28 @@ class Translation:
     def forward(
         self, student: torch.nn.Module, batch: Batch, wanted: set[str], teacher: dict[str, torch.Tensor]
     ) -> dict[str, Any]:
-        logits = _forced_logits(student, batch)  # (B, T, V)
-        labels = batch.inputs["labels"].masked_fill(batch.inputs["decoder_attention_mask"] == 0, -100)
-        return {"student_logits": logits, "labels": labels, "mask": batch.inputs["decoder_attention_mask"]}
+        """The student teacher-forced on the reference (`student_logits`, `labels` -100 at
+        padding) and, for sequence-level KD, on the teacher's translation of the same sources
+        (`student_sequence_logits`, `sequence_labels`); each only when a term wants it."""
+        out: dict[str, Any] = {}
+        if wanted & {"student_logits", "labels", "mask"}:
+            mask = batch.inputs["decoder_attention_mask"]
+            labels = batch.inputs["labels"].masked_fill(mask == 0, -100)
+            out |= {"student_logits": _forced_logits(student, batch), "labels": labels, "mask": mask}
+        if wanted & {"student_sequence_logits", "sequence_labels"}:
+            length = max(1, int(teacher["teacher_sequence_mask"].sum(1).max()))  # the longest translation
+            seq = teacher["teacher_sequence"][:, :length].long()
+            mask = teacher["teacher_sequence_mask"][:, :length].long()
+            on_teacher = Batch({**batch.inputs, "labels": seq, "decoder_attention_mask": mask})
+            out |= {
+                "student_sequence_logits": _forced_logits(student, on_teacher),
+                "sequence_labels": seq.masked_fill(mask == 0, -100),
+            }
+        return out
 
-    def evaluate(self, student: torch.nn.Module, data: PreparedData, split: str, device: torch.device) -> dict[str, float]:
+    def evaluate(
+        self, student: torch.nn.Module, data: PreparedData, split: str, device: torch.device
+    ) -> dict[str, float]:
         return evaluate_translation(student, data, split, device)
 
     def size(self, student: torch.nn.Module, data: PreparedData, device: torch.device) -> dict[str, float]:
@@ -211,17 +258,16 @@ class Translation:
         32, a fixed number of new tokens (the held-out references' median length) from the
         held-out sources; peak memory of a teacher-forced pass."""
         student.eval()
-        cfg = data.meta["data"]
         new = max(1, int(statistics.median(self.lengths(data, "eval"))))
+        study = study_decoding(data)
+        settings = decoding(study, study.num_beams, new)
+        settings.min_new_tokens = new  # every sentence exactly `new` tokens: speed, not quality
         src, mask = trimmed(data.array("eval_src_ids")[:SPEED_BATCH], data.array("eval_src_mask")[:SPEED_BATCH], device)
         reps = -(-SPEED_BATCH // len(src))
         src, mask = src.repeat(reps, 1)[:SPEED_BATCH], mask.repeat(reps, 1)[:SPEED_BATCH]
 
         def run(n: int) -> Any:
-            return lambda: student.generate(
-                input_ids=src[:n], attention_mask=mask[:n], num_beams=cfg["beams"],
-                min_new_tokens=new, max_new_tokens=new, do_sample=False,
-            )
+            return lambda: student.generate(input_ids=src[:n], attention_mask=mask[:n], generation_config=settings)
 
         inputs = _forced_inputs(student, self.batch(data, "eval", np.arange(1), device))
         return {
@@ -247,22 +293,43 @@ class Translation:
 
         student.cpu().save_pretrained(folder)
         AutoTokenizer.from_pretrained(data.path / "teacher").save_pretrained(folder)
-        generation_config(student, data.meta["data"]).save_pretrained(folder)
+        study_decoding(data).save_pretrained(folder)
 
 
-def generation_config(model: Any, data: dict[str, Any]) -> Any:
-    """The decoding students and teacher are scored with: the spec's beams, at most the
-    study's sentence length."""
+def decoding(base: Any, beams: int, max_new_tokens: int) -> Any:
+    """A copy of the generation config `base` (a teacher's own decoding: its special tokens, the
+    tokens it bans or forces) that searches with `beams` beams (greedy with 1) for at most
+    `max_new_tokens` tokens, without sampling."""
+    import copy
+
+    settings = copy.deepcopy(base)
+    settings.update(num_beams=beams, max_new_tokens=max_new_tokens, max_length=None, do_sample=False, num_return_sequences=1)
+    return settings
+
+
+def study_decoding(data: PreparedData) -> Any:
+    """How students and teacher are scored: the teacher's own generation config with the spec's
+    beams, at most the study's sentence length (the longest reference the study keeps)."""
     from transformers import GenerationConfig
 
-    config = model.config
-    ids = ("decoder_start_token_id", "bos_token_id", "eos_token_id", "pad_token_id")  # T5 has no bos
-    return GenerationConfig(
-        **{name: getattr(config, name, None) for name in ids},
-        num_beams=data["beams"],
-        max_new_tokens=data["max_length"],  # as long as the longest reference the study keeps
-        do_sample=False,
-    )
+    cfg = data.meta["data"]
+    return decoding(GenerationConfig.from_pretrained(data.path / "teacher"), cfg["beams"], cfg["max_length"])
+
+
+@torch.no_grad()
+def translations(model: Any, batch: Batch, beams: int) -> dict[str, torch.Tensor]:
+    """The model's beam-search translations of the batch's sources, as targets to train on:
+    `teacher_sequence` (B, L) token ids without the decoder's start token, ending with EOS
+    (unless cut at the study's sentence length), and `teacher_sequence_mask` (B, L), 1 up to
+    and including the first EOS."""
+    i = batch.inputs
+    settings = decoding(model.generation_config, beams, batch.lengths["max_tokens"])  # the teacher's own, with these beams
+    with autocast(i["input_ids"].device):
+        seq = model.generate(input_ids=i["input_ids"], attention_mask=i["attention_mask"], generation_config=settings)
+    seq = seq[:, 1:]  # the decoder's start token
+    ended = (seq == settings.eos_token_id).int()
+    after_eos = (ended.cumsum(1) - ended) > 0  # positions behind the first EOS
+    return {"teacher_sequence": seq.int(), "teacher_sequence_mask": (~after_eos).to(torch.int8)}
 
 
 def _forced_inputs(model: Any, batch: Batch) -> dict[str, torch.Tensor]:
@@ -287,7 +354,9 @@ def generate(model: Any, data: PreparedData, split: str, device: torch.device, b
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(data.path / "teacher")
-    settings = generation_config(model, data.meta["data"])
+    # The model's own config, not only the argument: generate() fills what the argument leaves
+    # unset from it, and an export must decode as the scores were measured.
+    model.generation_config = settings = study_decoding(data)
     model.to(device).eval()
     ids, masks = data.array(f"{split}_src_ids"), data.array(f"{split}_src_mask")
     out: list[str] = []
@@ -312,7 +381,9 @@ def score(hypotheses: list[str], references: list[str]) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def evaluate_translation(model: Any, data: PreparedData, split: str, device: torch.device, batch_size: int = 32) -> dict[str, float]:
+def evaluate_translation(
+    model: Any, data: PreparedData, split: str, device: torch.device, batch_size: int = 32
+) -> dict[str, float]:
     """BLEU and chrF of the model's translations of `split`, and its KL to the teacher under
     teacher forcing (against the cached top-k, at temperature 1)."""
     hypotheses = generate(model, data, split, device, batch_size)
@@ -329,7 +400,7 @@ def evaluate_translation(model: Any, data: PreparedData, split: str, device: tor
         n = mask.sum().item()
         kl += topk_kd_loss(logits, t_logp, t_idx, 1.0, mask).item() * n
         count += n
-    return {"bleu": scores["bleu"], "chrf": scores["chrf"], "kl": kl / count}
+    return {"bleu": scores["bleu"], "chrf": scores["chrf"], "kl": kl / count, OUTPUTS: hypotheses}
 
 
 def train_pair_tokenizer(pairs: list[tuple[str, str]], vocab_size: int) -> Any:
@@ -355,7 +426,9 @@ def train_pair_tokenizer(pairs: list[tuple[str, str]], vocab_size: int) -> Any:
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=pad, eos_token=eos, unk_token=unk)
 
 
-def train_teacher(cfg: TeacherTraining, pairs: list[tuple[str, str]], out: Path, max_length: int, seed: int = 0) -> None:
+def train_teacher(
+    cfg: TeacherTraining, pairs: list[tuple[str, str]], out: Path, max_length: int, seed: int = 0
+) -> None:
     """Train a tokenizer and a Marian encoder-decoder (cfg.layers each side) on `pairs` with
     cross-entropy on the references, and `save_pretrained` both into `out`."""
     from types import SimpleNamespace
@@ -369,8 +442,12 @@ def train_teacher(cfg: TeacherTraining, pairs: list[tuple[str, str]], out: Path,
     arch = Seq2SeqArch("marian", cfg.layers, cfg.layers, cfg.heads, cfg.hidden // cfg.heads, 4.0, True)
     ids = {"pad": tokenizer.pad_token_id, "eos": tokenizer.eos_token_id}
     vocab = SimpleNamespace(
-        model_type="tokenizer", vocab_size=len(tokenizer), bos_token_id=None, eos_token_id=ids["eos"],
-        pad_token_id=ids["pad"], decoder_start_token_id=ids["pad"],
+        model_type="tokenizer",
+        vocab_size=len(tokenizer),
+        bos_token_id=None,
+        eos_token_id=ids["eos"],
+        pad_token_id=ids["pad"],
+        decoder_start_token_id=ids["pad"],
     )
     torch.manual_seed(seed)
     model = build_seq2seq(arch, vocab, max_length)
@@ -380,7 +457,7 @@ def train_teacher(cfg: TeacherTraining, pairs: list[tuple[str, str]], out: Path,
         s, sm = trimmed(src[idx], src_mask[idx], cpu)
         t, tm = trimmed(tgt[idx], tgt_mask[idx], cpu)
         batch = Batch({"input_ids": s, "attention_mask": sm, "labels": t, "decoder_attention_mask": tm})
-        out = TASK.forward(model, batch, set(), {})
+        out = TASK.forward(model, batch, {"student_logits", "labels"}, {})
         return next_token_ce(out["student_logits"], out["labels"])
 
     def on_step(step: int, total: int, value: float) -> None:
@@ -392,7 +469,7 @@ def train_teacher(cfg: TeacherTraining, pairs: list[tuple[str, str]], out: Path,
     with written_whole(out) as tmp:  # a killed run never leaves a half-written teacher behind
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        generation_config(model, {"beams": 1, "max_length": max_length}).save_pretrained(tmp)
+        decoding(model.generation_config, 1, max_length).save_pretrained(tmp)
 
 
 TASK = Translation()

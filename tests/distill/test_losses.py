@@ -73,6 +73,23 @@ def test_next_token_ce_matches_uniform():
     assert next_token_ce(logits, torch.zeros(2, 3, dtype=torch.long)).item() == pytest.approx(math.log(16))
 
 
+def test_sequence_kd_is_cross_entropy_on_the_teachers_tokens_ignoring_where_it_ended():
+    from distill.losses import next_token_ce, sequence_kd_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 4, 11, requires_grad=True)
+    seq = torch.tensor([[3, 5, 1, -100], [7, 1, -100, -100]])
+    want = F.cross_entropy(logits[seq != -100], seq[seq != -100])
+    assert sequence_kd_loss(logits, seq).item() == pytest.approx(want.item(), rel=1e-6)
+    assert sequence_kd_loss(logits, seq).item() == next_token_ce(logits, seq).item()
+    # a student that puts its mass on the teacher's tokens has (nearly) no loss, whatever it says after the end
+    sure = torch.full((2, 4, 11), -30.0)
+    sure[seq != -100, seq[seq != -100]] = 30.0
+    assert sequence_kd_loss(sure, seq).item() < 1e-6
+    sequence_kd_loss(logits, seq).backward()
+    assert logits.grad[seq == -100].abs().max() == 0 and logits.grad[seq != -100].abs().max() > 0
+
+
 def test_embedding_losses_are_zero_for_identical_inputs_and_positive_otherwise():
     from distill.losses import embedding_cosine_loss, embedding_mse_loss, hidden_state_loss
 

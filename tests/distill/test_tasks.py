@@ -28,6 +28,7 @@ from distill import (
 from distill.errors import InputError
 from distill.objective import allowed_terms
 from distill.tasks import TASKS
+from distill.tasks.base import scores_and_text
 from distill.tasks.pairs import PairDataConfig
 from search_spaces import DecoderSpace, EncoderSpace, Seq2SeqSpace
 from tests.conftest import write_spec
@@ -145,7 +146,10 @@ def test_a_student_learns_with_every_allowed_term(study):
         result = distill(student, Budget(steps=3, batch_size=4), loss_fn, task.lengths(data, "train"))
         assert len(result.losses) == 3 and all(np.isfinite(result.losses)), task.describe(arch)
         assert any(not torch.equal(a, b) for a, b in zip(before, student.parameters()))
-        quality = task.evaluate(student, data, "eval", CPU)
+        quality, text = scores_and_text(task.evaluate(student, data, "eval", CPU))
+        if text is not None:  # what a generating task scored: one text per held-out item
+            assert len(text) == data.meta["eval_items"] and all(isinstance(t, str) for t in text)
+            assert (data.path / "eval_references.npy").exists()
         size = task.size(student, data, CPU)
         assert set(quality) == {m.name for m in task.metrics if m.kind == "quality"}
         assert set(size) == {m.name for m in task.metrics if m.kind == "size"}
@@ -155,7 +159,7 @@ def test_a_student_learns_with_every_allowed_term(study):
 def test_a_student_of_the_teachers_shape_sliced_from_it_scores_as_the_teacher(study):
     task, data, *_ = study
     student = task.build_student(TEACHER_SHAPED[task.name], data, CPU)
-    quality = task.evaluate(student, data, "eval", CPU)
+    quality, _ = scores_and_text(task.evaluate(student, data, "eval", CPU))
     for name, value in quality.items():
         assert value == pytest.approx(data.meta["teacher_metrics"][name], abs=1e-4), name
 
@@ -170,9 +174,12 @@ def test_parameter_counts_from_the_architecture_equal_the_built_students(study):
 
 
 def test_forward_gives_every_value_the_task_declares(study):
-    task, data, *_ = study
+    task, data, loss, *_ = study
     student = task.build_student(_arch(SETUPS[task.name][2]), data, CPU)
-    out = task.forward(student, task.batch(data, "train", np.arange(3), CPU), set(task.values), {})
+    idx = np.arange(3)
+    batch = task.batch(data, "train", idx, CPU)
+    teacher = CachedTeacher(data, loss.needs(), CPU).outputs("train", idx, batch)  # every group the task computes
+    out = task.forward(student, batch, set(task.values), teacher)
     assert set(task.values) <= set(out)
 
 

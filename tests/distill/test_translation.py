@@ -44,7 +44,7 @@ def test_the_pair_tokenizer_ends_every_sentence_with_eos_and_padding_changes_no_
         batch = _batch(tokenizer, pad_to)
         assert batch.inputs["attention_mask"].sum(1).max() < 24 and batch.inputs["decoder_attention_mask"].sum(1).max() < 24
         with torch.no_grad():
-            out = task.forward(student, batch, set(), {})
+            out = task.forward(student, batch, {"student_logits", "labels", "mask"}, {})
             top = task.teacher_outputs(_Teacher(teacher), batch, {"topk"}, {"temperature": 1.0, "top_k": 8})
         kd = topk_kd_loss(out["student_logits"], top["teacher_logprobs"], top["teacher_indices"], 1.0, out["mask"])
         losses.append((next_token_ce(out["student_logits"], out["labels"]).item(), kd.item()))
@@ -92,7 +92,7 @@ def test_teachers_of_the_wrong_kind_are_refused_in_one_line(teacher_dirs, transl
 def test_the_scoring_decoding_works_for_a_t5_config_without_bos():
     from transformers import AutoConfig, AutoModelForSeq2SeqLM
 
-    from distill.tasks.translation import generation_config
+    from distill.tasks.translation import decoding
 
     config = AutoConfig.for_model(
         "t5", vocab_size=97, d_model=16, d_kv=8, num_heads=2, d_ff=32, num_layers=1, pad_token_id=0, eos_token_id=1,
@@ -100,7 +100,7 @@ def test_the_scoring_decoding_works_for_a_t5_config_without_bos():
     )
     assert getattr(config, "bos_token_id", None) is None
     model = AutoModelForSeq2SeqLM.from_config(config).eval()
-    settings = generation_config(model, {"beams": 2, "max_length": 6})
+    settings = decoding(model.generation_config, 2, 6)
     out = model.generate(input_ids=torch.randint(2, 97, (2, 5)), generation_config=settings)
     assert settings.num_beams == 2 and out.shape[1] <= 7  # the start token and at most 6 new ones
 
@@ -109,3 +109,31 @@ def test_a_model_the_auto_class_does_not_know_is_one_line(teacher_dirs):
     causal = TeacherSource(str(teacher_dirs["gpt2"]), None, False, "tiny-gpt2")
     with pytest.raises(InputError, match=r"^teacher\.model: cannot load 'tiny-gpt2': "):
         causal.load("AutoModelForSeq2SeqLM")
+
+
+def test_a_teacher_trained_here_learns_its_pairs_and_its_translations_are_the_sequence_kd_targets(tmp_path):
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, GenerationConfig
+
+    from distill.tasks.translation import train_teacher, translations
+    from distill.teachers import TeacherTraining
+
+    cfg = TeacherTraining(vocab_size=300, layers=1, hidden=32, heads=2, steps=300, batch_size=4, lr=3e-3)
+    train_teacher(cfg, PAIRS * 4, tmp_path / "teacher", 16)
+    model = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "teacher").eval()
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "teacher")
+    assert GenerationConfig.from_pretrained(tmp_path / "teacher").max_new_tokens == 16
+    batch = _batch(tokenizer, 16)
+    batch.lengths["max_tokens"] = 16
+    out = translations(model, batch, beams=3)
+    seq, mask = out["teacher_sequence"].long(), out["teacher_sequence_mask"].long()
+    # it has learnt its four pairs: its translations are the references, each ending at its first EOS
+    n = seq.shape[1]
+    ref, ref_mask = batch.inputs["labels"][:, :n], batch.inputs["decoder_attention_mask"][:, :n]
+    assert torch.equal(mask.sum(1), batch.inputs["decoder_attention_mask"].sum(1))
+    assert torch.equal(seq * ref_mask, ref * ref_mask)
+    assert all(seq[i, n - 1] == tokenizer.eos_token_id for i, n in enumerate(mask.sum(1).tolist()))
+    beams = model.generate(input_ids=batch.inputs["input_ids"], attention_mask=batch.inputs["attention_mask"], num_beams=3)
+    assert torch.equal(seq * mask, beams[:, 1:][:, : seq.shape[1]] * mask)  # the beam search, without the start token
+    batch.lengths["max_tokens"] = 4  # the study's sentence length bounds what is kept
+    cut = translations(model, batch, beams=3)
+    assert cut["teacher_sequence"].shape[1] <= 4 and int(cut["teacher_sequence_mask"].sum(1).max()) <= 4
