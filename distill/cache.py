@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from distill.data import SPLITS
+from distill.data import SPLITS, DataSplits
 from distill.files import written_whole
 from distill.teacher_outputs import split_params
 from distill.teachers import TeacherConfig, TeacherSource, teacher_source
@@ -126,12 +126,12 @@ def prepare(
         if check is not None:
             check(data.teacher_config())
         return data
-    docs = docs or task.load_data(data_cfg, base_dir, seed)
-    if held_out_only:  # the whole source is held out
-        docs = {"eval": [example for split in SPLITS for example in docs[split]]}
-    teacher = task.load_teacher(source)
+    teacher = task.load_teacher(source)  # a teacher of the wrong kind is refused before the data is read
     if check is not None:
         check(teacher.model.config)
+    docs = docs or task.load_data(data_cfg, base_dir, seed)
+    if held_out_only:  # the whole source is held out
+        docs = DataSplits({"eval": [example for split in SPLITS for example in docs[split]]}, getattr(docs, "info", {}))
     dev = torch.device(device)
     teacher.model.to(dev)
     with written_whole(final) as tmp:
@@ -154,7 +154,7 @@ def prepare(
             **{f"{split}_items": n for split, n in counts.items()},
             "data": dataclasses.asdict(data_cfg),
             "data_info": getattr(docs, "info", {}),  # what reading the data found (skipped examples)
-            "scoring": dict(getattr(task, "scoring", {})),  # how quality is computed (signatures)
+            "scoring": task.scoring(data_cfg) if hasattr(task, "scoring") else {},  # how quality is computed
             "plan": plan,
             "params": params,
         }

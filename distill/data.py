@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -20,6 +20,11 @@ BUILTIN_CORPORA = ("pydoc-topics", "stdlib-docstrings")
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     """Where the text comes from and how it is cut (the `[data]` section of a study spec)."""
+
+    EVAL_KEYS: ClassVar[tuple[str, ...]] = ("source", "files", "text_column", "split", "eval_blocks")
+    """what an `[[eval]]` table may set (where its text comes from, how much of it); the rest is `[data]`'s"""
+    EVAL_LIMIT: ClassVar[str] = "eval_blocks"
+    """the limit an `[[eval]]` set leaves at 0 (all of it) unless its table says"""
 
     source: str = "pydoc-topics"
     """a `datasets` builder for local files (text, json, csv, parquet), a dataset name on the

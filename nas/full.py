@@ -26,6 +26,7 @@ from distill.tasks.base import scores_and_text
 from nas.model_card import model_card
 from nas.search import (
     DISTILLED,
+    EVAL_SETS_INFO,
     distinct_complete,
     eval_set_teacher_metrics,
     front_trials,
@@ -119,6 +120,7 @@ def full_distill(
         "eval_sets": run.eval_sets,
         "budget": dataclasses.asdict(spec.full),
         "teacher_eval_sets": eval_set_teacher_metrics(evals),
+        EVAL_SETS_INFO: {name: d.meta.get("data_info", {}) for name, d in evals.items()},
         "brief": {k: trial.user_attrs[k] for k in quality_metrics(task) if k in trial.user_attrs},
         "steps": result.steps,
         "best_step": result.best_step,

@@ -40,11 +40,13 @@ def _eval_sets(task: Any, record: dict[str, Any]) -> str:
 """
 
 
-def _rescore(task: Any, record: dict[str, Any]) -> str:
+def _rescore(task: Any, meta: dict[str, Any], record: dict[str, Any]) -> str:
     """How to recompute the held-out scores from the text saved in the export (tasks that generate)."""
     if not record.get("texts") or not task.card.rescore:
         return ""
-    command = task.card.rescore.format(references="outputs/references.eval.txt", outputs="outputs/student.eval.txt")
+    command = task.card.rescore.format(
+        references="outputs/references.eval.txt", outputs="outputs/student.eval.txt", data=meta.get("data", {})
+    )
     return f"""
 The held-out scores above, recomputed from this folder's `outputs/` (the inputs, the references,
 the student's and the teacher's outputs, one line per item):
@@ -118,7 +120,7 @@ parameters and uses the teacher's tokenizer. Load it with:
 
 - Teacher: `{teacher_name}`
 - Data: {data}; split into train / validation / held-out with the study's seed
-{"".join(f"- {line}" + chr(10) for line in provenance(meta))}- Loss: {spec.loss.describe()}
+{"".join(f"- {line}" + chr(10) for line in provenance({**meta, **record}))}- Loss: {spec.loss.describe()}
 - Optimizer: AdamW, lr {budget.lr}, warmup {budget.warmup:.0%} then cosine, batch {budget.batch_size} {items} ({budget.grad_accum} micro-batches), weight decay {budget.weight_decay}, gradient clipping {budget.grad_clip}
 - Validation every {budget.eval_every} steps on {meta["valid_items"]} validation {items}; {best}
 
@@ -127,4 +129,4 @@ parameters and uses the teacher's tokenizer. Load it with:
 ```bash
 {record["command"] or f"nas distill {spec.path.name} --trial {number}"}
 ```
-{_rescore(task, record)}"""
+{_rescore(task, meta, record)}"""

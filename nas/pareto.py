@@ -9,7 +9,7 @@ from typing import Any
 import optuna
 
 from distill.tasks import format_metric
-from nas.search import DISTILLED, EVAL_SETS, front_trials, task_of
+from nas.search import DISTILLED, EVAL_SETS, EVAL_SETS_INFO, front_trials, task_of
 
 
 def front_rows(study: optuna.Study) -> list[dict[str, Any]]:
@@ -93,10 +93,16 @@ def front_table(study: optuna.Study) -> str:
 
 def provenance(attrs: dict[str, Any]) -> list[str]:
     """What reading the data found and how quality was computed (a study's or a cache's
-    `data_info` and `scoring`), one plain line each, for reports and model cards."""
+    `data_info` and `scoring`, and the `data_info` of each extra evaluation set), one plain
+    line each, for reports and model cards."""
     lines = [
         f"{what}: " + ", ".join(f"{n:,} {k}" for k, n in counts.items())
         for what, counts in (attrs.get("data_info") or {}).items()
+    ]
+    lines += [
+        f"eval set {name}, {what}: " + ", ".join(f"{n:,} {k}" for k, n in counts.items())
+        for name, info in (attrs.get(EVAL_SETS_INFO) or {}).items()
+        for what, counts in info.items()
     ]
     scoring = attrs.get("scoring") or {}
     if scoring:

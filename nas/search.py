@@ -31,6 +31,7 @@ INTERRUPTED = "interrupted: the search stopped before this trial finished"
 DISTILLED = "distilled"  # study user attribute: {trial number: record of its full distillation}
 UNMEASURED = 1.0  # the constraint value of a bound whose metric a trial has no value for: violated
 EVAL_SETS = "eval_sets"  # trial and study attribute: {eval set: metrics} (of the student; of the teacher)
+EVAL_SETS_INFO = "eval_sets_info"  # study attribute: {eval set: what reading its data found}
 
 
 def open_study(spec: StudySpec) -> optuna.Study:
@@ -460,6 +461,7 @@ def run_search(spec: StudySpec, *, trials: int | None = None, address: str | Non
         study.set_user_attr(key, data.meta.get(key, {}))
     evals = prepare_eval_sets(spec)
     study.set_user_attr(EVAL_SETS, eval_set_teacher_metrics(evals))
+    study.set_user_attr(EVAL_SETS_INFO, {name: d.meta.get("data_info", {}) for name, d in evals.items()})
     save_references(spec.out_dir / TEXTS, {"eval": data, **evals})  # what generated text is scored against
     metrics = [n for n, _ in spec.objectives.metrics]
     modes = [d for _, d in spec.objectives.metrics]

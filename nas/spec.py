@@ -201,8 +201,6 @@ SECTIONS = (
     "study", "teacher", "data", "eval", "space", "distill", "full", "objectives", "constraints", "multi_fidelity",
     "resources",
 )  # fmt: skip
-# What an `[[eval]]` table may set of the task's data section; the rest is `[data]`'s.
-EVAL_KEYS = ("source", "files", "text_column", "split", "eval_blocks")
 NESTED: dict[tuple[str, str], type] = {("teacher", "train"): TeacherTraining}
 # Keys of `[distill]` that moved to `[distill.loss]`, for a helpful error on older specs.
 MOVED = {
@@ -391,13 +389,15 @@ def _build_evals(task: Task, raw: Any, data: Any) -> tuple[EvalSet, ...]:
         for k, value in table.items():
             if k == "name":
                 continue
-            if k not in EVAL_KEYS:
-                raise SpecError(f"{key}.{k}: unknown key; allowed: name, {', '.join(EVAL_KEYS)} (the rest is [data]'s)")
+            if k not in task.data_config.EVAL_KEYS:
+                allowed = ", ".join(task.data_config.EVAL_KEYS)
+                raise SpecError(f"{key}.{k}: unknown key; allowed: name, {allowed} (the rest is [data]'s)")
             fields[k] = _check_type(f"{key}.{k}", value, hints[k])
         if "source" not in fields:
             raise SpecError(f"{key}.source: required (a file builder with files, a dataset name, or pydoc-topics)")
         # The source and how much of it are the table's (default: all of it); the cut is [data]'s.
-        inherited = {k: v for k, v in dataclasses.asdict(data).items() if k not in EVAL_KEYS} | {"eval_blocks": 0}
+        keys = task.data_config.EVAL_KEYS
+        inherited = {k: v for k, v in dataclasses.asdict(data).items() if k not in keys} | {task.data_config.EVAL_LIMIT: 0}
         sets.append(EvalSet(name, _construct(task.data_config, inherited | fields, key)))
     return tuple(sets)
 

@@ -19,6 +19,7 @@ from search_spaces._seq2seq import (
     Seq2SeqSpace,
     build_seq2seq,
     build_seq2seq_config,
+    target_vocab,
 )
 
 __all__ = [
@@ -45,4 +46,5 @@ __all__ = [
     "layer_map",
     "pick_layers",
     "seq2seq_importance",
+    "target_vocab",
 ]

@@ -83,6 +83,11 @@ class Seq2SeqSpace:
                 f"families: a translation student needs an encoder-decoder teacher "
                 f"(AutoModelForSeq2SeqLM: Marian, T5, BART, ...); got model_type {config.model_type!r}"
             )
+        if target_vocab(config) != config.vocab_size and (self.families != ("marian",) or True in self.share_embeddings):
+            raise ValueError(
+                f"share_embeddings: the teacher has a target vocabulary of its own ({target_vocab(config)} tokens, "
+                f"source {config.vocab_size}); its students need families = [\"marian\"] and share_embeddings = [false]"
+            )
         if "teacher" not in self.init:
             return
         if config.model_type not in SEQ2SEQ_FAMILIES:
@@ -125,6 +130,12 @@ class Seq2SeqSpace:
             "share_embeddings": share,
             **sample_init(trial, self),
         }
+
+
+def target_vocab(config: Any) -> int:
+    """The size of the vocabulary a model generates from: Marian models may have a target
+    vocabulary apart from the source's (`decoder_vocab_size`)."""
+    return getattr(config, "decoder_vocab_size", None) or config.vocab_size
 
 
 def teacher_shape(config: Any) -> dict[str, int]:
@@ -181,13 +192,17 @@ class Seq2SeqArch(WidthArch):
         init = f" init=teacher/{self.layer_pick}" if self.init == "teacher" else ""
         return f"{self.family} E{self.encoder_layers} D{self.decoder_layers} d{self.hidden} h{self.heads} ffn{self.ffn} {tie}{init}"
 
-    def param_counts(self, vocab_size: int, max_positions: int, feed_forward: str = "relu") -> dict[str, int]:
+    def param_counts(
+        self, vocab_size: int, max_positions: int, feed_forward: str = "relu", target_vocab: int | None = None
+    ) -> dict[str, int]:
         """Parameter counts derived from the architecture (must match the built model, as
         `distill.evaluate.param_counts` counts it: token, position and relative-position
-        embeddings and an output projection of its own are the embedding part)."""
+        embeddings and an output projection of its own are the embedding part). `target_vocab`:
+        a Marian teacher's target vocabulary, when it has one apart from the source's."""
         d, f, enc, dec = self.hidden, self.ffn, self.encoder_layers, self.decoder_layers
         if self.family == "marian":
-            embedding = vocab_size * d + 2 * max_positions * d  # sinusoidal positions are (frozen) parameters
+            target = (target_vocab or vocab_size) * d  # the target embedding, tied to the output layer
+            embedding = target + 2 * max_positions * d  # sinusoidal positions are (frozen) parameters
             attention = 4 * (d * d + d)
             ffn = (d * f + f) + (f * d + d)
             body = enc * (attention + ffn + 4 * d) + dec * (2 * attention + ffn + 6 * d)
@@ -243,7 +258,7 @@ def build_seq2seq_config(arch: Seq2SeqArch, teacher_config: Any, max_positions: 
         decoder_ffn_dim=arch.ffn,
         max_position_embeddings=max_positions,
         share_encoder_decoder_embeddings=arch.share_embeddings,
-        decoder_vocab_size=teacher_config.vocab_size,
+        decoder_vocab_size=target_vocab(teacher_config),
         tie_word_embeddings=True,  # transformers 5 unties every embedding of a Marian model without it
         scale_embedding=teacher_config.scale_embedding if same else True,
         activation_function=teacher_config.activation_function if same else "swish",

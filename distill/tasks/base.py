@@ -85,7 +85,7 @@ class CardParts:
     """whether that rate counts tokens (items x the `[data]` block_length) or items"""
     rescore: str = ""
     """for tasks that generate: the shell command that recomputes the scores from the saved
-    text (`{references}` and `{outputs}` are its files)"""
+    text (`{references}` and `{outputs}` are its files, `{data}` the study's `[data]`)"""
 
 
 class Task(Protocol):

@@ -15,6 +15,7 @@ import logging
 import struct
 from collections import Counter
 from pathlib import Path
+from typing import ClassVar
 
 from distill.data import check_fractions, open_dataset
 from distill.errors import InputError
@@ -30,6 +31,13 @@ SKIPS = ("empty", "untranslated", "fuzzy", "repeated source")
 class PairDataConfig:
     """Where the sentence pairs come from and how long they may be (the `[data]` section of a
     translation study)."""
+
+    EVAL_KEYS: ClassVar[tuple[str, ...]] = (
+        "source", "files", "package", "translation_column", "source_column", "target_column", "split", "eval_pairs",
+    )  # fmt: skip
+    """what an `[[eval]]` table may set (where its pairs come from, how many); the rest is `[data]`'s"""
+    EVAL_LIMIT: ClassVar[str] = "eval_pairs"
+    """the limit an `[[eval]]` set leaves at 0 (all of it) unless its table says"""
 
     source: str = GETTEXT
     """`gettext` (catalogs: `files`, or those a Python `package` ships), a `datasets` builder
@@ -57,6 +65,13 @@ class PairDataConfig:
     """tokens per sentence, each side (longer ones are cut; generation stops there too)"""
     beams: int = 1
     """beam width of the generations that students and teacher are scored on (1: greedy)"""
+    source_prefix: str = ""
+    """text put before every source sentence, as the teacher expects it: T5's task prefix
+    ("translate English to German: ") or a multilingual Marian model's target token (">>deu<< ")"""
+    lang_codes: tuple[str, ...] = ()
+    """[source code, target code] of a multilingual teacher's tokenizer (mBART-50: "en_XX",
+    "de_DE"; NLLB: "eng_Latn", "deu_Latn"; M2M100: "en", "de"): its source and target
+    languages, and the token generation starts with"""
     train_pairs: int = 0
     """at most this many training pairs (0: all)"""
     eval_pairs: int = 200
@@ -67,6 +82,9 @@ class PairDataConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "files", tuple(self.files))
         object.__setattr__(self, "pair", tuple(self.pair))
+        object.__setattr__(self, "lang_codes", tuple(self.lang_codes))
+        if self.lang_codes and (len(self.lang_codes) != 2 or not all(isinstance(c, str) and c for c in self.lang_codes)):
+            raise ValueError(f"lang_codes: must be [source code, target code] of the teacher's tokenizer, got {list(self.lang_codes)}")
         if len(self.pair) != 2 or not all(isinstance(p, str) and p for p in self.pair) or self.pair[0] == self.pair[1]:
             raise ValueError(f"pair: must be [source language, target language], two different codes, got {list(self.pair)}")
         if self.source == GETTEXT:
@@ -202,15 +220,15 @@ def load_pairs(cfg: PairDataConfig, base_dir: Path, seed: int) -> tuple[dict[str
             pairs[key] = " ".join(tgt.split())
     counts = {"read": len(raw) + sum(skipped[k] for k in ("empty", "untranslated", "fuzzy")), "kept": len(pairs)}
     counts |= {k: skipped[k] for k in SKIPS}
-    logger.info(
-        "%d pairs kept of %d read; skipped: %s", counts["kept"], counts["read"],
-        ", ".join(f"{counts[k]} {k}" for k in SKIPS),
-    )
-    if len(pairs) < 3:
+    if len(pairs) < 3:  # the counts are in the one error line
         raise InputError(
             f"data.source: needs at least 3 usable {cfg.pair[0]}-{cfg.pair[1]} pairs after skipping, found {len(pairs)} "
             f"({', '.join(f'{counts[k]} {k}' for k in SKIPS)})"
         )
+    logger.info(
+        "%d pairs kept of %d read; skipped: %s", counts["kept"], counts["read"],
+        ", ".join(f"{counts[k]} {k}" for k in SKIPS),
+    )
     sources = list(pairs)
     order = np.random.default_rng(seed).permutation(len(sources))
     n_eval = max(1, round(cfg.eval_fraction * len(sources)))

@@ -46,6 +46,7 @@ from search_spaces import (
     build_seq2seq,
     init_seq2seq_from_teacher,
     seq2seq_importance,
+    target_vocab,
 )
 
 logger = logging.getLogger(__name__)
@@ -93,9 +94,9 @@ class TranslationLossParams:
 
 
 def encode_side(tokenizer: Any, texts: list[str], max_length: int, target: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Token ids (N, max_length) int32 and mask (N, max_length) int8 of one side, each sentence
-    ending with EOS (added where the tokenizer does not add it, as Marian's and T5's do) and
-    cut to `max_length`."""
+    """Token ids (N, max_length) int32 and mask (N, max_length) int8 of one side, cut to
+    `max_length`, each sentence holding an EOS: added at the end where the tokenizer put none
+    (Marian's and T5's end with it; mBART's put a language code after it)."""
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     kwargs = {"text_target": texts} if target else {"text": texts}
@@ -103,14 +104,18 @@ def encode_side(tokenizer: Any, texts: list[str], max_length: int, target: bool)
     ids = np.full((len(texts), max_length), pad, dtype=np.int32)
     mask = np.zeros((len(texts), max_length), dtype=np.int8)
     for i, seq in enumerate(seqs):
-        if eos is not None and (not seq or seq[-1] != eos):
+        if eos is not None and eos not in seq:
             seq = [*seq[: max_length - 1], eos]
         ids[i, : len(seq)], mask[i, : len(seq)] = seq, 1
     return ids, mask
 
 
 def decoder_inputs(model: Any, labels: torch.Tensor) -> torch.Tensor:
-    """Teacher forcing: the reference shifted right behind the decoder's start token."""
+    """Teacher forcing: the reference shifted right, as the model itself shifts its labels
+    (behind the decoder's start token; mBART wraps its language code to the front)."""
+    shift = getattr(model, "prepare_decoder_input_ids_from_labels", None)
+    if shift is not None:
+        return shift(labels=labels)
     start = model.config.decoder_start_token_id
     return torch.cat([torch.full_like(labels[:, :1], start), labels[:, :-1]], dim=1)
 
@@ -131,14 +136,27 @@ class Translation:
     held_out_params = {"temperature": 1.0}  # held-out KL against the plain distribution
     teacher_batch = 32
     card = CardParts(
-        "transformers", "translation", USAGE, "pairs", "sent_s", False, "sacrebleu {references} -i {outputs} -m bleu chrf"
+        "transformers",
+        "translation",
+        USAGE,
+        "pairs",
+        "sent_s",
+        False,
+        "sacrebleu {references} -i {outputs} -m bleu chrf -l {data[pair][0]}-{data[pair][1]}",
     )
 
     # -- the teacher and the data, once per study
-    @property
-    def scoring(self) -> dict[str, str]:
-        """sacrebleu's signatures of the BLEU and chrF the study reports (stored with it)."""
-        return score(["-"], ["-"])["signatures"]  # sacrebleu signs a metric once it has scored
+    def scoring(self, data: PairDataConfig) -> dict[str, str]:
+        """sacrebleu's signatures of the BLEU and chrF the study reports (stored with it); BLEU
+        tokenizes as sacrebleu does for the target language (Chinese, Japanese and Korean
+        apart from the rest)."""
+        try:
+            return score(["-"], ["-"], data.pair[1])["signatures"]  # sacrebleu signs a metric once it has scored
+        except (ImportError, RuntimeError):  # Japanese and Korean need MeCab
+            raise InputError(
+                f"data.pair: BLEU into {data.pair[1]!r} needs the tokenizer that sacrebleu installs as an extra "
+                f"(pip install 'sacrebleu[ja]' or 'sacrebleu[ko]')"
+            ) from None
 
     def load_data(self, data: PairDataConfig, base_dir: Path, seed: int) -> DataSplits:
         splits, counts = load_pairs(data, base_dir, seed)
@@ -172,11 +190,13 @@ class Translation:
             pairs = pairs[: data.limit(split)]
         if not pairs:
             raise InputError(f"data: the {split} split holds no pair; give more pairs or a larger {split} share")
-        src_ids, src_mask = encode_side(teacher.tokenizer, [s for s, _ in pairs], data.max_length, target=False)
+        set_languages(teacher, data)
+        sources = [data.source_prefix + s for s, _ in pairs]
+        src_ids, src_mask = encode_side(teacher.tokenizer, sources, data.max_length, target=False)
         tgt_ids, tgt_mask = encode_side(teacher.tokenizer, [t for _, t in pairs], data.max_length, target=True)
         out = {"src_ids": src_ids, "src_mask": src_mask, "tgt_ids": tgt_ids, "tgt_mask": tgt_mask}
         if split != "train":  # what is translated and what that is scored against, one line each as a file holds it
-            out["sources"] = np.array([" ".join(s.split()) for s, _ in pairs], dtype=str)
+            out["sources"] = np.array([" ".join(s.split()) for s in sources], dtype=str)
             out["references"] = np.array([" ".join(t.split()) for _, t in pairs], dtype=str)
         return out
 
@@ -195,7 +215,7 @@ class Translation:
     ) -> dict[str, OutputArray]:
         arrays = {}
         if "topk" in groups:  # per target position of the reference
-            arrays |= topk_arrays(teacher.model.config.vocab_size, params, data.max_length, {0: "tokens"})
+            arrays |= topk_arrays(target_vocab(teacher.model.config), params, data.max_length, {0: "tokens"})
         if "sequences" in groups:  # the teacher's translation, whole (its length is not the reference's)
             arrays["teacher_sequence"] = OutputArray((data.max_length,), "int32")
             arrays["teacher_sequence_mask"] = OutputArray((data.max_length,), "int8")
@@ -281,7 +301,7 @@ class Translation:
         config = data.teacher_config()
         a = Seq2SeqArch.from_dict(arch)
         feed_forward = config.feed_forward_proj if a.family == "t5" and config.model_type == "t5" else "relu"
-        return a.param_counts(config.vocab_size, data.meta["data"]["max_length"], feed_forward)
+        return a.param_counts(config.vocab_size, data.meta["data"]["max_length"], feed_forward, target_vocab(config))
 
     def describe(self, arch: dict[str, Any]) -> str:
         return Seq2SeqArch.from_dict(arch).short()
@@ -294,6 +314,28 @@ class Translation:
         student.cpu().save_pretrained(folder)
         AutoTokenizer.from_pretrained(data.path / "teacher").save_pretrained(folder)
         study_decoding(data).save_pretrained(folder)
+
+
+def set_languages(teacher: Teacher, data: PairDataConfig) -> None:
+    """A multilingual teacher told the pair (`data.lang_codes`): its tokenizer's source and
+    target languages, and its decoding starting with the target language's token unless the
+    teacher's own generation config already forces one (both are cached with the study)."""
+    if not data.lang_codes:
+        return
+    tokenizer, settings = teacher.tokenizer, teacher.model.generation_config
+    ids = []
+    for code in data.lang_codes:
+        by_code = getattr(tokenizer, "get_lang_id", None)  # M2M100: "de" is the token "__de__"
+        try:
+            token = by_code(code) if by_code is not None else tokenizer.convert_tokens_to_ids(code)
+        except (KeyError, ValueError):
+            token = None
+        if token is None or token == tokenizer.unk_token_id:
+            raise InputError(f"data.lang_codes: {code!r} is not a language code of the teacher's tokenizer")
+        ids.append(token)
+    tokenizer.src_lang, tokenizer.tgt_lang = data.lang_codes
+    if getattr(settings, "forced_bos_token_id", None) is None:
+        settings.forced_bos_token_id = ids[1]
 
 
 def decoding(base: Any, beams: int, max_new_tokens: int) -> Any:
@@ -368,11 +410,12 @@ def generate(model: Any, data: PreparedData, split: str, device: torch.device, b
     return [" ".join(h.split()) for h in out]
 
 
-def score(hypotheses: list[str], references: list[str]) -> dict[str, Any]:
-    """Corpus BLEU and chrF of sacrebleu with its default settings, and their signatures."""
+def score(hypotheses: list[str], references: list[str], target: str | None = None) -> dict[str, Any]:
+    """Corpus BLEU and chrF of sacrebleu with its default settings for the `target` language
+    (as `sacrebleu -l <source>-<target>`), and their signatures."""
     from sacrebleu.metrics import BLEU, CHRF
 
-    bleu, chrf = BLEU(), CHRF()
+    bleu, chrf = BLEU(trg_lang=(target or "").replace("-", "_").split("_")[0]), CHRF()
     return {
         "bleu": bleu.corpus_score(hypotheses, [references]).score,
         "chrf": chrf.corpus_score(hypotheses, [references]).score,
@@ -387,7 +430,7 @@ def evaluate_translation(
     """BLEU and chrF of the model's translations of `split`, and its KL to the teacher under
     teacher forcing (against the cached top-k, at temperature 1)."""
     hypotheses = generate(model, data, split, device, batch_size)
-    scores = score(hypotheses, [str(r) for r in data.array(f"{split}_references")])
+    scores = score(hypotheses, [str(r) for r in data.array(f"{split}_references")], data.meta["data"]["pair"][1])
     kl = count = 0.0
     for start in range(0, len(hypotheses), batch_size):
         idx = np.arange(start, min(len(hypotheses), start + batch_size))

@@ -137,3 +137,97 @@ def test_a_teacher_trained_here_learns_its_pairs_and_its_translations_are_the_se
     batch.lengths["max_tokens"] = 4  # the study's sentence length bounds what is kept
     cut = translations(model, batch, beams=3)
     assert cut["teacher_sequence"].shape[1] <= 4 and int(cut["teacher_sequence_mask"].sum(1).max()) <= 4
+
+
+def _tiny(family, **kw):
+    from transformers import AutoConfig, AutoModelForSeq2SeqLM
+
+    ids = {"vocab_size": 97, "pad_token_id": 0, "eos_token_id": 1, "decoder_start_token_id": 2}
+    shapes = {
+        "marian": dict(d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+                       encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=32),
+        "mbart": dict(d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+                      encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=32),
+        "t5": dict(d_model=16, d_kv=8, num_heads=2, d_ff=32, num_layers=1, num_decoder_layers=1),
+    }  # fmt: skip
+    torch.manual_seed(0)
+    return AutoModelForSeq2SeqLM.from_config(AutoConfig.for_model(family, **ids, **shapes[family], **kw)).eval()
+
+
+@pytest.mark.parametrize("family", ["marian", "t5", "mbart"])
+def test_teacher_forcing_is_the_models_own(family):
+    from distill.tasks.translation import _forced_logits, decoder_inputs
+
+    model = _tiny(family)
+    labels = torch.tensor([[5, 6, 7, 1, 50], [8, 1, 50, 0, 0]])  # mBART's layout: tokens, EOS, language code
+    mask = (labels != 0).long()
+    shifted = decoder_inputs(model, labels)
+    if family == "mbart":  # the language code wrapped to the front, not a fixed start token
+        assert shifted[:, 0].tolist() == [50, 50]
+    else:
+        assert shifted[:, 0].tolist() == [model.config.decoder_start_token_id] * 2
+    assert torch.equal(shifted[:, 1:], labels[:, :-1])
+    src = torch.tensor([[9, 10, 1], [11, 1, 0]])
+    batch = Batch({"input_ids": src, "attention_mask": (src != 0).long(), "labels": labels, "decoder_attention_mask": mask})
+    with torch.no_grad():  # what the cache holds is what the model computes from its own labels
+        own = model(input_ids=src, attention_mask=(src != 0).long(), labels=labels, decoder_attention_mask=mask).logits
+        torch.testing.assert_close(_forced_logits(model, batch), own)
+
+
+def test_eos_is_added_only_where_the_tokenizer_put_none():
+    tokenizer = train_pair_tokenizer(PAIRS * 10, 300)
+    ids, mask = encode_side(tokenizer, ["Germany"], 8, target=False)
+    n = int(mask.sum())
+    assert ids[0, n - 1] == tokenizer.eos_token_id and list(ids[0, :n]).count(tokenizer.eos_token_id) == 1
+    tokenizer.post_processor = None  # now it ends sentences with nothing
+    tokenizer._tokenizer.post_processor = None
+    bare, bare_mask = encode_side(tokenizer, ["Germany"], 8, target=False)
+    assert bare[0, int(bare_mask.sum()) - 1] == tokenizer.eos_token_id
+    assert encode_side(tokenizer, ["Germany " * 20], 8, target=False)[0][0, -1] == tokenizer.eos_token_id  # cut, then ended
+
+
+def test_a_source_prefix_and_a_multilingual_tokenizers_language_codes(tmp_path):
+    from distill.tasks.base import Teacher
+    from distill.tasks.pairs import PairDataConfig
+    from distill.tasks.translation import set_languages
+
+    tokenizer = train_pair_tokenizer(PAIRS * 10, 300)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["en_XX", "de_DE"]})
+    model = build_seq2seq(Seq2SeqArch("marian", 1, 1, 2, 8, 2.0, True), _vocab(tokenizer), 40).eval()
+    teacher = Teacher(model, tokenizer, TeacherSource(str(tmp_path), None, True, "tiny"))
+    data = PairDataConfig(package="pycountry", source_prefix=">>de<< ", lang_codes=["en_XX", "de_DE"], max_length=16)
+    encoded = TASKS["translation"].encode(PAIRS, teacher, data, "eval")
+    assert encoded["sources"][0] == ">>de<< Germany"
+    assert list(encoded["src_ids"][0][:3]) == tokenizer(">>de<< Germany")["input_ids"][:3]
+    # the tokenizer knows the pair, and generation starts with the target language's token
+    target = tokenizer.convert_tokens_to_ids("de_DE")
+    assert (tokenizer.src_lang, tokenizer.tgt_lang) == ("en_XX", "de_DE")
+    assert model.generation_config.forced_bos_token_id == target
+    out = model.generate(input_ids=torch.tensor(encoded["src_ids"][:2]).long(), max_new_tokens=3)
+    assert out[:, 1].tolist() == [target, target]
+    bad = PairDataConfig(package="pycountry", lang_codes=["en_XX", "xx_YY"])
+    with pytest.raises(InputError, match=r"^data\.lang_codes: 'xx_YY' is not a language code of the teacher's tokenizer$"):
+        set_languages(teacher, bad)
+
+
+def test_bleu_tokenizes_as_sacrebleu_does_for_the_target_language(tmp_path):
+    from distill.tasks.pairs import PairDataConfig
+
+    task = TASKS["translation"]
+    assert "tok:13a" in task.scoring(PairDataConfig(package="pycountry"))["bleu"]
+    assert "tok:zh" in task.scoring(PairDataConfig(package="pycountry", pair=("en", "zh_CN")))["bleu"]
+    hypotheses, references = ["我喜欢猫，也喜欢狗。", "今天天气很好"], ["我喜欢狗，也喜欢猫。", "今天天气不错"]
+    (tmp_path / "hyp.txt").write_text("\n".join(hypotheses) + "\n")
+    (tmp_path / "ref.txt").write_text("\n".join(references) + "\n")
+    cli = subprocess.run(
+        [sys.executable, "-m", "sacrebleu", str(tmp_path / "ref.txt"), "-i", str(tmp_path / "hyp.txt"), "-l", "en-zh",
+         "-m", "bleu", "-b", "-w", "6", "-f", "text"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    ours = score(hypotheses, references, "zh_CN")["bleu"]
+    assert float(cli) == pytest.approx(ours, abs=1e-5) and ours != pytest.approx(score(hypotheses, references)["bleu"])
+    try:
+        import MeCab  # noqa: F401
+    except ImportError:  # Japanese needs sacrebleu's extra: one line that says so, before anything runs
+        with pytest.raises(InputError, match=r"^data\.pair: BLEU into 'ja' needs the tokenizer that sacrebleu installs"):
+            task.scoring(PairDataConfig(package="pycountry", pair=("en", "ja")))

@@ -24,7 +24,14 @@ MIX = """sequence_kd = 1.0
 forward_kl = 1.0
 ce = 0.5
 sequence_beams = 2
+
+[[eval]]
+name = "cities"
+source = "json"
+package = ""
+files = ["cities.jsonl"]
 """
+CITIES = [("Vienna", "Wien"), ("Munich", "München"), ("Cologne", "Köln"), ("Berlin", "Berlin"), ("Zurich", "Zürich")]
 FULL = ["full.steps=30", "full.batch_size=8", "full.eval_every=10", "full.lr=3e-3"]
 
 
@@ -40,6 +47,8 @@ def sacrebleu_cli(references, hypotheses) -> list[float]:
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory, translation_teacher):
     folder = tmp_path_factory.mktemp("mt")
+    rows = [json.dumps({"translation": {"en": en, "de": de}}) for en, de in CITIES]
+    (folder / "cities.jsonl").write_text("\n".join(rows) + "\n")
     path = write_translation_spec(folder, translation_teacher, extra=MIX)
     spec = load_spec(path)
     return path, spec, run_search(spec)
@@ -54,16 +63,19 @@ def test_translation_search_end_to_end(searched, tmp_path):
         assert 0.0 <= t.user_attrs["chrf"] <= 100.0 and t.values == [t.user_attrs["chrf"], t.user_attrs["params"]]
         assert t.user_attrs["arch"]["family"] in ("marian", "t5")
     # the teacher's beam-search translations of the training sources were made once, in the study's cache
-    (cache,) = (spec.out_dir / "cache").iterdir()
-    meta = json.loads((cache / "meta.json").read_text())
+    metas = [json.loads((c / "meta.json").read_text()) for c in (spec.out_dir / "cache").iterdir()]
+    (meta,) = [m for m in metas if "train" in m["outputs"]]  # the other is the extra evaluation set's
     assert {"teacher_sequence", "teacher_logprobs"} <= set(meta["outputs"]["train"])
     # what reading the catalogs found and how the scores were computed, kept with the study
     pairs = study.user_attrs["data_info"]["pairs"]
     assert pairs["kept"] > 3000 and pairs["untranslated"] > 1000 and pairs["read"] > pairs["kept"]
     assert set(study.user_attrs["scoring"]) == {"bleu", "chrf"}
     assert study.user_attrs["scoring"]["chrf"].startswith("nrefs:1|case:mixed|eff:yes|nc:6")
+    assert study.user_attrs["eval_sets_info"]["cities"]["pairs"] == {
+        "read": 5, "kept": 4, "empty": 0, "untranslated": 1, "fuzzy": 0, "repeated source": 0,
+    }  # fmt: skip
     html = write_report(study, tmp_path / "report.html").read_text()
-    assert "scoring: bleu nrefs:1|" in html and "untranslated" in html
+    assert "scoring: bleu nrefs:1|" in html and "untranslated" in html and "eval set cities, pairs: 5 read, 4 kept" in html
     # each trial's translations are saved beside the references: sacrebleu's command line gives the stored scores
     texts = spec.out_dir / "outputs"
     references = (texts / "references.eval.txt").read_text().splitlines()
@@ -74,12 +86,16 @@ def test_translation_search_end_to_end(searched, tmp_path):
         assert sacrebleu_cli(texts / "references.eval.txt", hypotheses) == pytest.approx(
             [t.user_attrs["bleu"], t.user_attrs["chrf"]], abs=1e-4
         )
+        on_cities = sacrebleu_cli(texts / "references.cities.txt", texts / f"trial-{t.number}.cities.txt")
+        assert on_cities == pytest.approx([t.user_attrs["eval_sets"]["cities"][m] for m in ("bleu", "chrf")], abs=1e-4)
+    assert sorted((texts / "sources.cities.txt").read_text().splitlines()) == ["Cologne", "Munich", "Vienna", "Zurich"]
     teacher = sacrebleu_cli(texts / "references.eval.txt", texts / "teacher.eval.txt")
     assert teacher == pytest.approx([study.user_attrs["teacher_metrics"][m] for m in ("bleu", "chrf")], abs=1e-4)
 
 
 def test_the_best_trial_distilled_ships_a_translator_that_scores_as_its_card_says(searched, tmp_path):
     path, spec, _ = searched
+    caches = sorted((spec.out_dir / "cache").iterdir())
     proc = subprocess.run(
         [sys.executable, "-m", "nas", "distill", str(path), "--best", "chrf", *FULL],
         capture_output=True, text=True, timeout=900,
@@ -88,7 +104,7 @@ def test_the_best_trial_distilled_ships_a_translator_that_scores_as_its_card_say
     study = optuna.load_study(study_name=spec.name, storage=spec.storage_url)
     ((number, record),) = study.user_attrs[DISTILLED].items()
     folder = export_dir(spec, int(number))
-    assert len(list((spec.out_dir / "cache").iterdir())) == 1  # the study's teacher outputs, reused
+    assert sorted((spec.out_dir / "cache").iterdir()) == caches  # the study's teacher outputs, reused
     card = (folder / "README.md").read_text()
     for needed in ("BLEU against the references", "chrF against the references", "generation latency, ms/sentence",
                    "scoring: bleu nrefs:1|case:mixed|eff:no|tok:13a", "sequence-level KD", "pipeline_tag: translation",

@@ -20,6 +20,7 @@ from search_spaces import (
     build_encoder,
     build_model,
     build_seq2seq,
+    target_vocab,
 )
 from search_spaces._encoder import LAYER_PICKS
 
@@ -64,6 +65,11 @@ SEQ2SEQ_TEACHERS = {
         decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=32,
         pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
     ),
+    "marian-own-target-vocabulary": AutoConfig.for_model(
+        "marian", vocab_size=97, decoder_vocab_size=103, share_encoder_decoder_embeddings=False, d_model=16,
+        encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32,
+        decoder_ffn_dim=32, max_position_embeddings=32, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+    ),
     "t5": AutoConfig.for_model(
         "t5", vocab_size=97, d_model=16, d_kv=8, num_heads=2, d_ff=32, num_layers=1, num_decoder_layers=1,
         feed_forward_proj="gated-gelu", pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
@@ -79,11 +85,12 @@ def _seq2seq(teacher):
         model = build_seq2seq(a, config, max_positions=32)
         assert (model.config.pad_token_id, model.config.eos_token_id) == (config.pad_token_id, config.eos_token_id)
         feed_forward = model.config.feed_forward_proj if a.family == "t5" else "relu"
+        target = target_vocab(config)
         return (
             a,
             model,
-            a.param_counts(97, 32, feed_forward),
-            lambda ids: model(input_ids=ids, decoder_input_ids=ids[:, :5]).logits.shape == (1, 5, 97),
+            a.param_counts(97, 32, feed_forward, target),
+            lambda ids: model(input_ids=ids, decoder_input_ids=ids[:, :5]).logits.shape == (1, 5, target),
         )
 
     return build
@@ -111,8 +118,13 @@ SPACES = {
             Seq2SeqSpace(families=SEQ2SEQ_FAMILIES, encoder_layers=(1, 3), decoder_layers=(1, 2), heads=(2, 3, 4), head_dim=(8, 16)),
             _seq2seq(teacher),
         )
-        for teacher in SEQ2SEQ_TEACHERS
+        for teacher in ("marian", "t5")
     },
+    # A target vocabulary apart from the source's: Marian students with separate embeddings only.
+    "seq2seq-own-target-vocabulary": (
+        Seq2SeqSpace(families=("marian",), encoder_layers=(1, 2), heads=(2, 4), head_dim=(8,), share_embeddings=(False,)),
+        _seq2seq("marian-own-target-vocabulary"),
+    ),
 }
 
 
