@@ -6,10 +6,13 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import importlib.metadata
+import logging
 from pathlib import Path
 from typing import Any
 
 from distill.errors import InputError
+
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,20 +137,58 @@ def teacher_source(cfg: TeacherConfig, base_dir: Path) -> TeacherSource:
     return TeacherSource(cfg.model, cfg.revision, cfg.trust_remote_code, name)
 
 
-def train_tokenizer(texts: list[str], vocab_size: int) -> Any:
-    """A byte-level BPE tokenizer trained with `tokenizers`, wrapped for `transformers`."""
+def byte_level_bpe(texts: list[str], vocab_size: int, special_tokens: list[str], unk: str | None, prefix_space: bool) -> Any:
+    """A byte-level BPE (no character is unknown) trained with `tokenizers` on `texts`, its
+    `special_tokens` first in the vocabulary."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
-    eos = "<|endoftext|>"
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok = Tokenizer(models.BPE(unk_token=unk) if unk else models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=prefix_space)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=[eos],
+        special_tokens=special_tokens,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer=trainer)
+    return tok
+
+
+def train_tokenizer(texts: list[str], vocab_size: int) -> Any:
+    """A byte-level BPE tokenizer for a causal LM, wrapped for `transformers`."""
+    from transformers import PreTrainedTokenizerFast
+
+    eos = "<|endoftext|>"
+    tok = byte_level_bpe(texts, vocab_size, [eos], None, prefix_space=False)
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos, bos_token=eos, unk_token=eos)
+
+
+def train_and_save(
+    model: Any,
+    tokenizer: Any,
+    loss: Any,
+    lengths: Any,
+    cfg: TeacherTraining,
+    out: Path,
+    seed: int = 0,
+    extra: Any = None,
+) -> None:
+    """Train a teacher made here (`loss` of the indices of a batch of items of `lengths`
+    tokens) for `cfg`'s budget, logging its progress, then `save_pretrained` it, its tokenizer
+    and what `extra(folder)` writes into `out`, published whole: a killed run never leaves a
+    half-written teacher behind."""
+    from distill.files import written_whole
+    from distill.loop import Budget, distill
+
+    def on_step(step: int, total: int, value: float) -> None:
+        if step % 100 == 0 or step == total:
+            logger.info("teacher step %d/%d, loss %.3f", step, total, value)
+
+    budget = Budget(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, warmup=0.05)
+    distill(model, budget, loss, lengths, seed=seed, on_step=on_step)
+    with written_whole(out) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if extra is not None:
+            extra(tmp)

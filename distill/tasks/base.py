@@ -210,6 +210,22 @@ class Task(Protocol):
         ...
 
 
+@dataclasses.dataclass(frozen=True)
+class TopKLossParams:
+    """The parameters of a loss on the teacher's top-k distributions, besides the term weights."""
+
+    temperature: float = 1.0
+    """softmax temperature of the teacher's cached distribution on training items and of the KL"""
+    top_k: int = 32
+    """teacher log-probabilities kept per position (the rest is one tail bucket)"""
+
+    def __post_init__(self) -> None:
+        if not self.temperature > 0:
+            raise ValueError(f"temperature: must be > 0, got {self.temperature}")
+        if self.top_k < 1:
+            raise ValueError(f"top_k: must be >= 1, got {self.top_k}")
+
+
 OUTPUTS = "outputs"
 """The key under which `Task.evaluate` returns the text a student generated"""
 
@@ -301,6 +317,7 @@ __all__ = [
     "OutputArray",
     "Task",
     "Teacher",
+    "TopKLossParams",
     "OUTPUTS",
     "format_metric",
     "scores_and_text",

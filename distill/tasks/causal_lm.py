@@ -18,7 +18,7 @@ from distill.cache import PreparedData
 from distill.data import DataConfig, load_documents, pack
 from distill.errors import InputError
 from distill.evaluate import median_ms, param_counts, peak_memory_mb
-from distill.loop import Budget, autocast, distill
+from distill.loop import autocast
 from distill.losses import next_token_ce, topk_kd_loss
 from distill.tasks.base import (
     NON_EMBEDDING_PARAMS,
@@ -29,12 +29,13 @@ from distill.tasks.base import (
     Metric,
     OutputArray,
     Teacher,
+    TopKLossParams,
     check_space_fits,
     slice_teacher,
     topk_arrays,
     topk_outputs,
 )
-from distill.teachers import TeacherSource, TeacherTraining, train_tokenizer
+from distill.teachers import TeacherSource, TeacherTraining, train_and_save, train_tokenizer
 from search_spaces import (
     FAMILIES,
     DecoderArch,
@@ -62,19 +63,11 @@ print(generate("The", max_new_tokens=20)[0]["generated_text"])"""
 
 
 @dataclasses.dataclass(frozen=True)
-class CausalLossParams:
+class CausalLossParams(TopKLossParams):
     """The parameters of a causal-LM loss besides the term weights."""
 
     temperature: float = 2.0
     """softmax temperature of the teacher's cached distribution on training blocks and of the KL"""
-    top_k: int = 32
-    """teacher log-probabilities kept per position (the rest is one tail bucket)"""
-
-    def __post_init__(self) -> None:
-        if not self.temperature > 0:
-            raise ValueError(f"temperature: must be > 0, got {self.temperature}")
-        if self.top_k < 1:
-            raise ValueError(f"top_k: must be >= 1, got {self.top_k}")
 
 
 class CausalLM:
@@ -248,8 +241,6 @@ def train_teacher(cfg: TeacherTraining, texts: list[str], out: Path, block_lengt
     """Train a tokenizer and a GPT-2 on `texts` and `save_pretrained` both into `out`."""
     from transformers import PretrainedConfig
 
-    from distill.files import written_whole
-
     logger.info("training the teacher into %s (%d steps); later runs reuse it", out, cfg.steps)
     tokenizer = train_tokenizer(texts, cfg.vocab_size)
     blocks = pack(texts, tokenizer, block_length)
@@ -259,17 +250,8 @@ def train_teacher(cfg: TeacherTraining, texts: list[str], out: Path, block_lengt
     )
     torch.manual_seed(seed)
     model = build_model(arch, vocab, block_length)
-    budget = Budget(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, warmup=0.05)
-
-    def on_step(step: int, total: int, loss: float) -> None:
-        if step % 50 == 0 or step == total:
-            logger.info("teacher step %d/%d, loss %.3f", step, total, loss)
-
     cpu = torch.device("cpu")
-    distill(model, budget, lm_loss(model, blocks, cpu), np.full(len(blocks), block_length), seed=seed, on_step=on_step)
-    with written_whole(out) as tmp:  # a killed run never leaves a half-written teacher behind
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+    train_and_save(model, tokenizer, lm_loss(model, blocks, cpu), np.full(len(blocks), block_length), cfg, out, seed)
 
 
 TASK = CausalLM()

@@ -19,7 +19,7 @@ from distill.cache import PreparedData
 from distill.data import DataSplits
 from distill.errors import InputError
 from distill.evaluate import median_ms, param_counts, peak_memory_mb
-from distill.loop import Budget, autocast, distill
+from distill.loop import autocast
 from distill.losses import next_token_ce, topk_kd_loss
 from distill.tasks.base import (
     NON_EMBEDDING_PARAMS,
@@ -31,6 +31,7 @@ from distill.tasks.base import (
     Metric,
     OutputArray,
     Teacher,
+    TopKLossParams,
     check_space_fits,
     slice_teacher,
     topk_arrays,
@@ -38,7 +39,7 @@ from distill.tasks.base import (
     trimmed,
 )
 from distill.tasks.pairs import PairDataConfig, load_pairs
-from distill.teachers import TeacherSource, TeacherTraining
+from distill.teachers import TeacherSource, TeacherTraining, byte_level_bpe, train_and_save
 from search_spaces import (
     SEQ2SEQ_FAMILIES,
     Seq2SeqArch,
@@ -73,22 +74,15 @@ SPEED_BATCH = 32
 
 
 @dataclasses.dataclass(frozen=True)
-class TranslationLossParams:
+class TranslationLossParams(TopKLossParams):
     """The parameters of a translation loss besides the term weights."""
 
-    temperature: float = 1.0
-    """softmax temperature of the teacher's cached distribution on training pairs and of the KL"""
-    top_k: int = 32
-    """teacher log-probabilities kept per target position (the rest is one tail bucket)"""
     sequence_beams: int = 5
     """beams of the teacher's translations of the training sources that sequence-level KD
     (`sequence_kd`) trains on (generated once per study)"""
 
     def __post_init__(self) -> None:
-        if not self.temperature > 0:
-            raise ValueError(f"temperature: must be > 0, got {self.temperature}")
-        if self.top_k < 1:
-            raise ValueError(f"top_k: must be >= 1, got {self.top_k}")
+        super().__post_init__()
         if self.sequence_beams < 1:
             raise ValueError(f"sequence_beams: must be >= 1, got {self.sequence_beams}")
 
@@ -449,20 +443,12 @@ def evaluate_translation(
 def train_pair_tokenizer(pairs: list[tuple[str, str]], vocab_size: int) -> Any:
     """One BPE tokenizer for both languages, trained with `tokenizers` on the pairs' two sides
     (byte-level, so no character is unknown), that ends every sentence with `</s>` as Marian's does."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import decoders, processors
     from transformers import PreTrainedTokenizerFast
 
     pad, eos, unk = "<pad>", "</s>", "<unk>"
-    tok = Tokenizer(models.BPE(unk_token=unk))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=[pad, eos, unk],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator([side for pair in pairs for side in pair], trainer=trainer)
+    tok = byte_level_bpe([side for pair in pairs for side in pair], vocab_size, [pad, eos, unk], unk, prefix_space=True)
+    tok.decoder = decoders.Sequence([tok.decoder, decoders.Strip(" ", 1, 0)])  # without the space put before the first word
     tok.post_processor = processors.TemplateProcessing(
         single=f"$A {eos}", pair=f"$A {eos} $B {eos}", special_tokens=[(eos, tok.token_to_id(eos))]
     )
@@ -475,8 +461,6 @@ def train_teacher(
     """Train a tokenizer and a Marian encoder-decoder (cfg.layers each side) on `pairs` with
     cross-entropy on the references, and `save_pretrained` both into `out`."""
     from types import SimpleNamespace
-
-    from distill.files import written_whole
 
     logger.info("training the teacher into %s (%d steps); later runs reuse it", out, cfg.steps)
     tokenizer = train_pair_tokenizer(pairs, cfg.vocab_size)
@@ -503,16 +487,8 @@ def train_teacher(
         out = TASK.forward(model, batch, {"student_logits", "labels"}, {})
         return next_token_ce(out["student_logits"], out["labels"])
 
-    def on_step(step: int, total: int, value: float) -> None:
-        if step % 100 == 0 or step == total:
-            logger.info("teacher step %d/%d, loss %.3f", step, total, value)
-
-    budget = Budget(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, warmup=0.05)
-    distill(model, budget, loss, tgt_mask.sum(1), seed=seed, on_step=on_step)
-    with written_whole(out) as tmp:  # a killed run never leaves a half-written teacher behind
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        decoding(model.generation_config, 1, max_length).save_pretrained(tmp)
+    greedy = decoding(model.generation_config, 1, max_length)  # how it decodes, saved with it
+    train_and_save(model, tokenizer, loss, tgt_mask.sum(1), cfg, out, seed, extra=greedy.save_pretrained)
 
 
 TASK = Translation()

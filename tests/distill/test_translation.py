@@ -35,6 +35,9 @@ def test_the_pair_tokenizer_ends_every_sentence_with_eos_and_padding_changes_no_
 
     tokenizer = train_pair_tokenizer(PAIRS * 10, 300)
     assert all(ids[-1] == tokenizer.eos_token_id for ids in tokenizer([s for s, _ in PAIRS])["input_ids"])
+    assert [tokenizer.decode(ids, skip_special_tokens=True) for ids in tokenizer([t for _, t in PAIRS])["input_ids"]] == [
+        t for _, t in PAIRS
+    ]  # decoded as written: no space before the first word
     config = build_seq2seq(Seq2SeqArch("marian", 1, 1, 2, 8, 2.0, True), _vocab(tokenizer), 40).config
     torch.manual_seed(0)
     student = build_seq2seq(Seq2SeqArch("marian", 2, 1, 2, 8, 2.0, True), config, 40).eval()
