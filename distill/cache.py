@@ -67,10 +67,12 @@ class PreparedData:
 TEACHER_TEXT = "eval_teacher_text"
 """The cached array of the text the teacher generated on the held-out split (tasks that generate)"""
 
-CACHE_FORMAT = 4
+CACHE_FORMAT = 5
 """Raised whenever what a cache holds for the same inputs changes (2: held-out splits without
 paragraphs of earlier splits; 3: what reading the data found and how quality is scored; 4: the
-importance of Marian and T5 teachers' units), so an older cache is never reused."""
+importance of Marian and T5 teachers' units; 5: the teacher's generation config, held-out
+sources and the teacher's generated text, EOS only where a tokenizer puts none), so an older
+cache is never reused."""
 
 
 def cache_key(
@@ -105,6 +107,8 @@ def prepare(
     the "eval" split, with the teacher outputs evaluation reads and the teacher's own metrics;
     the teacher must exist already."""
     source = teacher_source(teacher_cfg, base_dir)
+    # How quality is scored, first: a metric this machine cannot compute fails before anything runs.
+    scoring = task.scoring(data_cfg) if hasattr(task, "scoring") else {}
     docs = None
     splits = ("eval",) if held_out_only else SPLITS
     if teacher_cfg.train is not None and not source.exists() and not held_out_only:
@@ -154,7 +158,7 @@ def prepare(
             **{f"{split}_items": n for split, n in counts.items()},
             "data": dataclasses.asdict(data_cfg),
             "data_info": getattr(docs, "info", {}),  # what reading the data found (skipped examples)
-            "scoring": task.scoring(data_cfg) if hasattr(task, "scoring") else {},  # how quality is computed
+            "scoring": scoring,  # how quality is computed (signatures)
             "plan": plan,
             "params": params,
         }

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 
 from distill.errors import InputError
+from distill.files import file_written_whole
 
 logger = logging.getLogger(__name__)
 
@@ -153,9 +153,8 @@ def _optimizer(student: torch.nn.Module, budget: Budget) -> torch.optim.Optimize
 
 
 def _save(obj: Any, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)  # a kill mid-write never leaves a torn checkpoint
+    with file_written_whole(path) as tmp:  # a kill mid-write never leaves a torn checkpoint
+        torch.save(obj, tmp)
 
 
 def distill(

@@ -79,6 +79,10 @@ def study_teachers(task: Task, data: PreparedData, loss: LossConfig, device: tor
         return []  # no term asks the teacher anything
     if loss.teacher_outputs == "live":
         teacher = task.load_teacher(data.teacher_source)
+        if (data.path / "teacher" / "generation_config.json").exists():  # how the study decodes with it
+            from transformers import GenerationConfig
+
+            teacher.model.generation_config = GenerationConfig.from_pretrained(data.path / "teacher")
         teacher.model.to(device)
         return [WeightedTeacher(LiveTeacher(task, teacher, loss.needs(), loss))]
     return [WeightedTeacher(CachedTeacher(data, loss.needs(), device))]

@@ -10,6 +10,7 @@ from typing import Any
 from distill.tasks import Metric
 from nas.pareto import provenance
 from nas.spec import StudySpec
+from nas.texts import TEXTS
 
 
 def _rows(metrics: list[Metric], *columns: dict[str, Any]) -> str:
@@ -42,13 +43,11 @@ def _eval_sets(task: Any, record: dict[str, Any]) -> str:
 
 def _rescore(task: Any, meta: dict[str, Any], record: dict[str, Any]) -> str:
     """How to recompute the held-out scores from the text saved in the export (tasks that generate)."""
-    if not record.get("texts") or not task.card.rescore:
+    if not record.get("texts") or not hasattr(task, "rescore"):
         return ""
-    command = task.card.rescore.format(
-        references="outputs/references.eval.txt", outputs="outputs/student.eval.txt", data=meta.get("data", {})
-    )
+    command = task.rescore(f"{TEXTS}/references.eval.txt", f"{TEXTS}/student.eval.txt", meta.get("data", {}))
     return f"""
-The held-out scores above, recomputed from this folder's `outputs/` (the inputs, the references,
+The held-out scores above, recomputed from this folder's `{TEXTS}/` (the inputs, the references,
 the student's and the teacher's outputs, one line per item):
 
 ```bash

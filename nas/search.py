@@ -417,6 +417,11 @@ def eval_set_teacher_metrics(evals: dict[str, PreparedData]) -> dict[str, dict[s
     return {name: data.meta["teacher_metrics"] for name, data in evals.items()}
 
 
+def eval_set_info(evals: dict[str, PreparedData]) -> dict[str, dict[str, Any]]:
+    """What reading each extra evaluation set's data found."""
+    return {name: data.meta.get("data_info", {}) for name, data in evals.items()}
+
+
 def trial_plan(spec: StudySpec, data: PreparedData, evals: dict[str, PreparedData] | None = None) -> TrialPlan:
     """What every trial of the study's search runs with."""
     mf = spec.multi_fidelity
@@ -461,7 +466,7 @@ def run_search(spec: StudySpec, *, trials: int | None = None, address: str | Non
         study.set_user_attr(key, data.meta.get(key, {}))
     evals = prepare_eval_sets(spec)
     study.set_user_attr(EVAL_SETS, eval_set_teacher_metrics(evals))
-    study.set_user_attr(EVAL_SETS_INFO, {name: d.meta.get("data_info", {}) for name, d in evals.items()})
+    study.set_user_attr(EVAL_SETS_INFO, eval_set_info(evals))
     save_references(spec.out_dir / TEXTS, {"eval": data, **evals})  # what generated text is scored against
     metrics = [n for n, _ in spec.objectives.metrics]
     modes = [d for _, d in spec.objectives.metrics]

@@ -385,6 +385,8 @@ def _build_evals(task: Task, raw: Any, data: Any) -> tuple[EvalSet, ...]:
             raise SpecError(f"{key}.name: required, letters, digits, '_' and '-' (it names columns and files), got {name!r}")
         if name in {s.name for s in sets}:
             raise SpecError(f"{key}.name: {name!r} is used by an earlier [[eval]] table")
+        if name == "eval":
+            raise SpecError(f"{key}.name: 'eval' names the study's own held-out split; choose another")
         fields = {}
         for k, value in table.items():
             if k == "name":
@@ -394,7 +396,7 @@ def _build_evals(task: Task, raw: Any, data: Any) -> tuple[EvalSet, ...]:
                 raise SpecError(f"{key}.{k}: unknown key; allowed: name, {allowed} (the rest is [data]'s)")
             fields[k] = _check_type(f"{key}.{k}", value, hints[k])
         if "source" not in fields:
-            raise SpecError(f"{key}.source: required (a file builder with files, a dataset name, or pydoc-topics)")
+            raise SpecError(f"{key}.source: required (where the set's examples come from, as in [data])")
         # The source and how much of it are the table's (default: all of it); the cut is [data]'s.
         keys = task.data_config.EVAL_KEYS
         inherited = {k: v for k, v in dataclasses.asdict(data).items() if k not in keys} | {task.data_config.EVAL_LIMIT: 0}

@@ -1,17 +1,19 @@
 """The text students and the teacher generated on held-out data, saved one line per item
-beside the references it was scored against, so that other tools recompute the stored scores,
-e.g. `sacrebleu outputs/references.eval.txt -i outputs/trial-3.eval.txt -m bleu chrf`.
+beside the references it was scored against, so that other tools recompute the stored scores
+(the task's `rescore` command, e.g. `sacrebleu outputs/references.eval.txt -i
+outputs/trial-3.eval.txt -m bleu chrf -l en-de`). A repeated architecture has no file of its
+own: it is its twin's (`duplicate_of`).
 
 A task whose metrics score generated text returns that text from `evaluate` under `OUTPUTS`
 and caches what it is scored against as `<split>_references` (see `distill.tasks.base`)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from distill import PreparedData
 from distill.cache import TEACHER_TEXT
+from distill.files import file_written_whole
 
 TEXTS = "outputs"
 """The folder of a study (and of an export) holding generated text and its references"""
@@ -20,9 +22,8 @@ TEXTS = "outputs"
 def write_lines(path: Path, lines: list[str]) -> Path:
     """One item per line, whole or not at all (a reader never sees half a file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
-    os.replace(tmp, path)
+    with file_written_whole(path) as tmp:
+        tmp.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
     return path
 
 

@@ -97,10 +97,14 @@ def _top(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 def _attention_index(context: torch.Tensor, heads: int, head_dim: int) -> torch.Tensor:
     """Rows of Q/K/V to keep: the `heads` most important heads, `head_dim` dimensions in each."""
+    return _head_rows(context, _top(context.norm(dim=1), heads), head_dim)
+
+
+def _head_rows(context: torch.Tensor, keep: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """Rows of Q/K/V to keep: the heads `keep`, the `head_dim` most important dimensions in each."""
     teacher_heads, teacher_dim = context.shape
     if head_dim > teacher_dim:
         raise ValueError(f"head_dim: {head_dim} exceeds the teacher's {teacher_dim}; init = teacher cannot widen heads")
-    keep = _top(context.norm(dim=1), heads)
     return torch.cat([h * teacher_dim + _top(context[h], head_dim) for h in keep.tolist()])
 
 
@@ -408,18 +412,31 @@ def _seq2seq_units(model: Any) -> dict[str, dict[str, list[Any]]]:
     }
 
 
+def _mean(values: list[Any]) -> Any:
+    """The element-wise mean of equally shaped tensors, or of lists of them."""
+    if isinstance(values[0], list):
+        return [_mean([v[j] for v in values]) for j in range(len(values[0]))]
+    return torch.stack(values).mean(0)
+
+
 @torch.no_grad()
 def seq2seq_importance(teacher: Any, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
     """Mean |activation| on a teacher-forced `batch` (input_ids, attention_mask,
     decoder_input_ids, decoder_attention_mask) of a Marian or T5 teacher: per hidden channel
     (every norm's output, both stacks), and per stack per layer the attention context
-    (heads, head_dim), the decoder's cross-attention context, and the FFN neurons."""
+    (heads, head_dim), the decoder's cross-attention context, and the FFN neurons. Each pair
+    is run alone at its own length, so padding counts for nothing; pairs weigh alike."""
     from search_spaces._seq2seq import teacher_shape
 
     shape = teacher_shape(teacher.config)
     units = _seq2seq_units(teacher)
     flat = {f"{stack}/{role}": modules for stack, roles in units.items() for role, modules in roles.items()}
-    scores = activation_scores(teacher, batch, shape["hidden"], flat)
+    each = []
+    for i in range(len(batch["input_ids"])):
+        src, tgt = int(batch["attention_mask"][i].sum()), int(batch["decoder_attention_mask"][i].sum())
+        one = {k: v[i : i + 1, : src if k in ("input_ids", "attention_mask") else tgt] for k, v in batch.items()}
+        each.append(activation_scores(teacher, one, shape["hidden"], flat))
+    scores = {key: _mean([s[key] for s in each]) for key in each[0]}
     per_head = ("context", "cross")
     return {
         "hidden": scores["hidden"],
@@ -464,11 +481,16 @@ def init_seq2seq_from_teacher(
     per_layer: dict[str, list[dict[str, torch.Tensor]]] = {}
     for stack, picked in layers.items():
         per_layer[stack] = []
+        # T5 computes its relative position bias once, in a stack's first layer, and adds it to
+        # the same head index of every layer: a T5 student keeps one set of self-attention
+        # heads through a stack, the most important over the layers it takes.
+        shared = _top(sum(scores[stack]["context"][j].norm(dim=1) for j in picked), s["heads"]) if family == "t5" else None
         for j in picked:
             context = scores[stack]["context"][j]
+            heads = shared if shared is not None else _top(context.norm(dim=1), s["heads"])
             units = {
-                "attn": _attention_index(context, s["heads"], s["head_dim"]),
-                "heads": _top(context.norm(dim=1), s["heads"]),
+                "attn": _head_rows(context, heads, s["head_dim"]),
+                "heads": heads,
                 "ffn": _top(scores[stack]["ffn"][j], s["ffn"]),
             }
             if "cross" in scores[stack]:

@@ -95,6 +95,11 @@ class Seq2SeqSpace:
                 f"init: students are sliced from Marian or T5 teachers only; a {config.model_type!r} teacher "
                 f"teaches students that start from random weights (init = [\"random\"])"
             )
+        if config.model_type == "marian" and not getattr(config, "tie_word_embeddings", True):
+            raise ValueError(
+                "init: a Marian teacher with an output layer of its own (tie_word_embeddings = false) is not sliced: "
+                "its students tie theirs; use init = [\"random\"]"
+            )
         shape = teacher_shape(config)
         if list(self.families) != [config.model_type] or list(self.head_dim) != [shape["head_dim"]]:
             raise ValueError(

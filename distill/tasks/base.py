@@ -83,17 +83,15 @@ class CardParts:
     """the progress bar's throughput unit ("tok_s", "sent_s")"""
     rate_in_tokens: bool
     """whether that rate counts tokens (items x the `[data]` block_length) or items"""
-    rescore: str = ""
-    """for tasks that generate: the shell command that recomputes the scores from the saved
-    text (`{references}` and `{outputs}` are its files, `{data}` the study's `[data]`)"""
 
 
 class Task(Protocol):
     """One kind of student. Methods are listed in the order a study calls them.
 
-    Once per study, in the driver (`distill.cache.prepare`): `load_data`, `load_teacher`, `check_space`,
-    `encode` for each split, `output_arrays` and `teacher_outputs` for each split's batches,
-    `importance`, then `as_student`, `evaluate` and `size` on the teacher itself.
+    Once per study, in the driver (`distill.cache.prepare`): `scoring` (where the task has it),
+    `load_teacher`, `check_space`, `load_data` (before `load_teacher` when the task trains its
+    teacher first), `encode` for each split, `output_arrays` and `teacher_outputs` for each
+    split's batches, `importance`, then `as_student`, `evaluate` and `size` on the teacher itself.
     In the driver, for every sampled architecture: `param_counts` (a bound on size is checked
     before a trial starts).
     In each trial and full run (`nas.trial`, `nas.full`): `build_student`, then per micro-batch
@@ -102,6 +100,10 @@ class Task(Protocol):
 
     Optional: `train_teacher(cfg, texts, folder, data)`, for a task whose teacher a spec may
     train on first use (`[teacher.train]`); specs of other tasks refuse that section.
+    `scoring(data)`: how quality is computed (e.g. sacrebleu's signatures), stored with the
+    study; raises `InputError` when this machine cannot compute it.
+    `rescore(references, outputs, data)`: for tasks that generate text, the shell command that
+    recomputes the stored scores from the saved files (model cards print it).
     """
 
     name: str
@@ -109,7 +111,8 @@ class Task(Protocol):
     space: type
     """the `[space]` dataclass: sampled by Optuna, checked against the teacher"""
     data_config: type
-    """the `[data]` dataclass"""
+    """the `[data]` dataclass; its `EVAL_KEYS` are what an `[[eval]]` table may set (the
+    rest is `[data]`'s) and its `EVAL_LIMIT` the count an extra set leaves at 0 (all of it)"""
     metrics: tuple[Metric, ...]
     """quality metrics first; the first quality metric is the default objective"""
     loss_params: type
@@ -184,11 +187,13 @@ class Task(Protocol):
         are run on what the teacher produced; with several teachers it is called once each."""
         ...
 
-    def evaluate(self, student: torch.nn.Module, data: PreparedData, split: str, device: torch.device) -> dict[str, float]:
-        """Every quality metric on `split` ("valid" or "eval") against the cached teacher outputs.
-        A task whose metrics score text the student generates also returns that text under
-        `OUTPUTS` (one string per item) and caches what it is scored against as
-        `<split>_references`: studies save both, so that other tools recompute the scores."""
+    def evaluate(self, student: torch.nn.Module, data: PreparedData, split: str, device: torch.device) -> dict[str, Any]:
+        """Every quality metric (a float each) on `split` ("valid" or "eval") against the cached
+        teacher outputs. A task whose metrics score text the student generates also returns
+        that text under `OUTPUTS` (a list, one string per item; `scores_and_text` parts the
+        two) and caches what it is scored against as `<split>_references` and, where there are
+        inputs to show, `<split>_sources`: studies save them, so that other tools recompute
+        the scores."""
         ...
 
     def size(self, student: torch.nn.Module, data: PreparedData, device: torch.device) -> dict[str, float]:

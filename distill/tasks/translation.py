@@ -129,15 +129,7 @@ class Translation:
     eval_outputs = ("topk",)
     held_out_params = {"temperature": 1.0}  # held-out KL against the plain distribution
     teacher_batch = 32
-    card = CardParts(
-        "transformers",
-        "translation",
-        USAGE,
-        "pairs",
-        "sent_s",
-        False,
-        "sacrebleu {references} -i {outputs} -m bleu chrf -l {data[pair][0]}-{data[pair][1]}",
-    )
+    card = CardParts("transformers", "translation", USAGE, "pairs", "sent_s", False)
 
     # -- the teacher and the data, once per study
     def scoring(self, data: PairDataConfig) -> dict[str, str]:
@@ -151,6 +143,11 @@ class Translation:
                 f"data.pair: BLEU into {data.pair[1]!r} needs the tokenizer that sacrebleu installs as an extra "
                 f"(pip install 'sacrebleu[ja]' or 'sacrebleu[ko]')"
             ) from None
+
+    def rescore(self, references: str, outputs: str, data: dict[str, Any]) -> str:
+        """The sacrebleu command line that recomputes the stored BLEU and chrF of `outputs`."""
+        source, target = (bleu_language(code) for code in data["pair"])
+        return f"sacrebleu {references} -i {outputs} -m bleu chrf -l {source}-{target}"
 
     def load_data(self, data: PairDataConfig, base_dir: Path, seed: int) -> DataSplits:
         splits, counts = load_pairs(data, base_dir, seed)
@@ -264,7 +261,7 @@ class Translation:
 
     def evaluate(
         self, student: torch.nn.Module, data: PreparedData, split: str, device: torch.device
-    ) -> dict[str, float]:
+    ) -> dict[str, Any]:
         return evaluate_translation(student, data, split, device)
 
     def size(self, student: torch.nn.Module, data: PreparedData, device: torch.device) -> dict[str, float]:
@@ -312,8 +309,8 @@ class Translation:
 
 def set_languages(teacher: Teacher, data: PairDataConfig) -> None:
     """A multilingual teacher told the pair (`data.lang_codes`): its tokenizer's source and
-    target languages, and its decoding starting with the target language's token unless the
-    teacher's own generation config already forces one (both are cached with the study)."""
+    target languages, and its decoding starting with the target language's token (in place of
+    any first token its own generation config forces; both are cached with the study)."""
     if not data.lang_codes:
         return
     tokenizer, settings = teacher.tokenizer, teacher.model.generation_config
@@ -328,8 +325,7 @@ def set_languages(teacher: Teacher, data: PairDataConfig) -> None:
             raise InputError(f"data.lang_codes: {code!r} is not a language code of the teacher's tokenizer")
         ids.append(token)
     tokenizer.src_lang, tokenizer.tgt_lang = data.lang_codes
-    if getattr(settings, "forced_bos_token_id", None) is None:
-        settings.forced_bos_token_id = ids[1]
+    settings.forced_bos_token_id = ids[1]
 
 
 def decoding(base: Any, beams: int, max_new_tokens: int) -> Any:
@@ -363,7 +359,8 @@ def translations(model: Any, batch: Batch, beams: int) -> dict[str, torch.Tensor
     with autocast(i["input_ids"].device):
         seq = model.generate(input_ids=i["input_ids"], attention_mask=i["attention_mask"], generation_config=settings)
     seq = seq[:, 1:]  # the decoder's start token
-    ended = (seq == settings.eos_token_id).int()
+    eos = settings.eos_token_id if isinstance(settings.eos_token_id, list) else [settings.eos_token_id]
+    ended = torch.isin(seq, torch.tensor(eos, device=seq.device)).int()
     after_eos = (ended.cumsum(1) - ended) > 0  # positions behind the first EOS
     return {"teacher_sequence": seq.int(), "teacher_sequence_mask": (~after_eos).to(torch.int8)}
 
@@ -404,12 +401,18 @@ def generate(model: Any, data: PreparedData, split: str, device: torch.device, b
     return [" ".join(h.split()) for h in out]
 
 
+def bleu_language(code: str) -> str:
+    """The language of a code as sacrebleu's BLEU chooses its tokenizer by it: `zh_CN`, `zh-TW`
+    and `zh` are all `zh`."""
+    return code.replace("-", "_").split("_")[0]
+
+
 def score(hypotheses: list[str], references: list[str], target: str | None = None) -> dict[str, Any]:
     """Corpus BLEU and chrF of sacrebleu with its default settings for the `target` language
     (as `sacrebleu -l <source>-<target>`), and their signatures."""
     from sacrebleu.metrics import BLEU, CHRF
 
-    bleu, chrf = BLEU(trg_lang=(target or "").replace("-", "_").split("_")[0]), CHRF()
+    bleu, chrf = BLEU(trg_lang=bleu_language(target or "")), CHRF()
     return {
         "bleu": bleu.corpus_score(hypotheses, [references]).score,
         "chrf": chrf.corpus_score(hypotheses, [references]).score,
@@ -420,7 +423,7 @@ def score(hypotheses: list[str], references: list[str], target: str | None = Non
 @torch.no_grad()
 def evaluate_translation(
     model: Any, data: PreparedData, split: str, device: torch.device, batch_size: int = 32
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """BLEU and chrF of the model's translations of `split`, and its KL to the teacher under
     teacher forcing (against the cached top-k, at temperature 1)."""
     hypotheses = generate(model, data, split, device, batch_size)

@@ -195,6 +195,8 @@ def test_live_teacher_outputs_match_the_cached_ones(study):
         assert a[name].shape == b[name].shape, name
         if a[name].is_floating_point():  # the cache keeps float16 where the declared array says so
             torch.testing.assert_close(b[name].float(), a[name].float(), rtol=2e-3, atol=2e-3)
+        else:  # token ids (top-k, generated sequences): the same, decoded as the study decodes
+            assert torch.equal(b[name].long(), a[name].long()), name
     # several teachers are a weighted list: half the cache and half the live teacher is one teacher
     torch.manual_seed(0)
     student = task.build_student(_arch(fits), data, CPU).eval()  # no dropout: the same forward each time

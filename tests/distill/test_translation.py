@@ -217,6 +217,8 @@ def test_bleu_tokenizes_as_sacrebleu_does_for_the_target_language(tmp_path):
     from distill.tasks.pairs import PairDataConfig
 
     task = TASKS["translation"]
+    # the card's command names the language as BLEU chose its tokenizer by it
+    assert task.rescore("r.txt", "h.txt", {"pair": ["en", "zh_CN"]}) == "sacrebleu r.txt -i h.txt -m bleu chrf -l en-zh"
     assert "tok:13a" in task.scoring(PairDataConfig(package="pycountry"))["bleu"]
     assert "tok:zh" in task.scoring(PairDataConfig(package="pycountry", pair=("en", "zh_CN")))["bleu"]
     hypotheses, references = ["我喜欢猫，也喜欢狗。", "今天天气很好"], ["我喜欢狗，也喜欢猫。", "今天天气不错"]

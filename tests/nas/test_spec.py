@@ -70,6 +70,7 @@ BAD = {
         "[teacher]\nmodel='x'\n[[eval]]\nname='a'\nsource='pydoc-topics'\n[[eval]]\nname='a'\nsource='pydoc-topics'\n",
         r"eval\[1\]\.name: 'a' is used",
     ),
+    "eval named eval": ("[teacher]\nmodel='x'\n[[eval]]\nname='eval'\nsource='pydoc-topics'\n", r"eval\[0\]\.name: 'eval' names the study's own"),
     "eval key": (
         "[teacher]\nmodel='x'\n[[eval]]\nname='a'\nsource='pydoc-topics'\nblock_length=8\n",
         r"eval\[0\]\.block_length: unknown key; allowed: name, source",

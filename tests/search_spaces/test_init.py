@@ -193,7 +193,7 @@ def _seq2seq_teacher(family, **kw):
         cfg = AutoConfig.for_model(
             "marian", d_model=32, encoder_layers=3, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
             encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=32, decoder_vocab_size=97,
-            tie_word_embeddings=True, **ids, **kw,
+            **{"tie_word_embeddings": True, **ids, **kw},
         )  # fmt: skip
     else:
         cfg = AutoConfig.for_model(
@@ -277,16 +277,45 @@ def test_seq2seq_slicing_takes_each_stacks_layers_and_the_most_important_units(f
     assert out.shape[0] == 3
 
 
-def test_seq2seq_t5_relative_buckets_come_from_the_first_layer():
-    from search_spaces import Seq2SeqArch, build_seq2seq, init_seq2seq_from_teacher
+def test_seq2seq_importance_is_blind_to_padding():
+    from search_spaces import seq2seq_importance
 
-    teacher = _seq2seq_teacher("t5", feed_forward_proj="relu")
-    student = build_seq2seq(Seq2SeqArch("t5", 1, 1, 4, 8, 2.0, True, "teacher", "every_other"), teacher.config, 32)
-    layers = init_seq2seq_from_teacher(student, teacher, _pairs_batch(), "every_other")
-    assert layers == {"encoder.block": [1], "decoder.block": [1]}  # the buckets live only in the teacher's layer 0
+    teacher = _seq2seq_teacher("marian")
+    batch = _pairs_batch()
+    padded = {k: torch.cat([v, torch.zeros(3, 5, dtype=v.dtype)], dim=1) for k, v in batch.items()}
+    a, b = seq2seq_importance(teacher, batch), seq2seq_importance(teacher, padded)
+    torch.testing.assert_close(a["hidden"], b["hidden"])
+    torch.testing.assert_close(a["model.decoder.layers"]["cross"][1], b["model.decoder.layers"]["cross"][1])
+
+
+def test_seq2seq_t5_keeps_one_set_of_heads_per_stack_with_their_relative_buckets():
+    from search_spaces import Seq2SeqArch, build_seq2seq, init_seq2seq_from_teacher, seq2seq_importance
+
+    teacher = _seq2seq_teacher("t5", feed_forward_proj="relu")  # 3 encoder layers, 4 heads of 8
+    batch = _pairs_batch()
+    scores = seq2seq_importance(teacher, batch)
+    student = build_seq2seq(Seq2SeqArch("t5", 2, 1, 2, 8, 2.0, True, "teacher", "even"), teacher.config, 32)
+    layers = init_seq2seq_from_teacher(student, teacher, None, "even", scores=scores)
+    assert layers["encoder.block"] == [0, 2]
+    norms = sum(scores["encoder.block"]["context"][j].norm(dim=1) for j in (0, 2))
+    kept = norms.topk(2).indices.sort().values
+    rows = torch.cat([h * 8 + torch.arange(8) for h in kept.tolist()])
+    hidden = scores["hidden"].topk(16).indices.sort().values
     bias_t = teacher.encoder.block[0].layer[0].SelfAttention.relative_attention_bias.weight
     bias_s = student.encoder.block[0].layer[0].SelfAttention.relative_attention_bias.weight
-    assert sorted(bias_s.T.tolist()) == sorted(bias_t.T.tolist())  # every head's buckets, in the kept order
+    torch.testing.assert_close(bias_s, bias_t[:, kept])  # student head i keeps teacher head kept[i]'s buckets ...
+    for i, j in enumerate(layers["encoder.block"]):  # ... and the same teacher head in every layer
+        q_s = student.encoder.block[i].layer[0].SelfAttention.q.weight
+        torch.testing.assert_close(q_s, teacher.encoder.block[j].layer[0].SelfAttention.q.weight[rows][:, hidden])
+
+
+def test_a_marian_teacher_with_its_own_output_layer_is_not_sliced():
+    from search_spaces import Seq2SeqSpace
+
+    space = Seq2SeqSpace(families=("marian",), encoder_layers=(1, 2), heads=(2,), head_dim=(8,), ffn_ratio=(2.0,), init=("teacher",))
+    space.check_teacher(_seq2seq_teacher("marian").config)
+    with pytest.raises(ValueError, match=r"^init: a Marian teacher with an output layer of its own"):
+        space.check_teacher(_seq2seq_teacher("marian", tie_word_embeddings=False).config)
 
 
 def test_seq2seq_init_refuses_another_family_and_wider_students():
