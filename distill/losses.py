@@ -9,7 +9,8 @@ parameters are named from one vocabulary, and each micro-batch binds them by nam
   (embedding output first), each (B, T, D) after its learned projection to the teacher's width;
   `student_query` / `student_key` / `student_value` (B, T, Ds), its last layer's projections;
 - teacher side (the `needs` groups): "topk" gives `teacher_logprobs` and `teacher_indices`
-  (B, T, K); "sequences" gives `teacher_sequence` and `teacher_sequence_mask` (B, L), the
+  (B, T, K), or, with the loss parameter `full_vocabulary` and a live teacher, "logits" gives
+  `teacher_logits` (B, T, V) in their place (the divergences take either); "sequences" gives `teacher_sequence` and `teacher_sequence_mask` (B, L), the
   teacher's beam-search output for each source, which the task runs the student on
   (`student_sequence_logits`, `sequence_labels`); "sentence_embedding" gives `teacher_embedding` (B, D); "hidden_states" gives
   `teacher_hidden` (B, Lt + 1, T, D); "qkv" gives `teacher_query` / `teacher_key` /
@@ -38,36 +39,230 @@ def _log1mexp(log_mass: torch.Tensor) -> torch.Tensor:
     return torch.where(x > -0.6931, torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
 
 
+CHUNK_ELEMENTS = 1 << 25
+"""Positions per chunk of a divergence: at most this many fp32 vocabulary entries (128 MiB) are
+alive at once; a chunk's softmax is recomputed in the backward pass rather than kept."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Support:
+    """Teacher and student log-probabilities (..., S) on one support, fp32: the whole vocabulary,
+    or the teacher's top k plus one tail bucket (the last entry) for the rest."""
+
+    teacher: torch.Tensor
+    student: torch.Tensor
+    tail: bool
+
+    def total(self, x: torch.Tensor) -> torch.Tensor:
+        """Sum over the support (the top k, then the tail bucket)."""
+        return x[..., :-1].sum(-1) + x[..., -1] if self.tail else x.sum(-1)
+
+
+def support(
+    student_logits: torch.Tensor,
+    temperature: float,
+    teacher_logprobs: torch.Tensor | None = None,
+    teacher_indices: torch.Tensor | None = None,
+    teacher_logits: torch.Tensor | None = None,
+) -> Support:
+    """Both distributions at `temperature` on the support the teacher's outputs allow: full
+    logits (a live teacher) give the whole vocabulary; the cached top k (log-probabilities at
+    the temperature, and indices) give those k tokens and one bucket for the rest of each
+    distribution's mass."""
+    s_logp = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    if teacher_logits is not None:
+        return Support(F.log_softmax(teacher_logits.float() / temperature, dim=-1), s_logp, tail=False)
+    s_top = s_logp.gather(-1, teacher_indices.long())  # (..., K)
+    t_top = teacher_logprobs.float()
+    t_tail = _log1mexp(torch.logsumexp(t_top, dim=-1, keepdim=True))
+    s_tail = _log1mexp(torch.logsumexp(s_top, dim=-1, keepdim=True))
+    return Support(torch.cat([t_top, t_tail], -1), torch.cat([s_top, s_tail], -1), tail=True)
+
+
+def _kl(sup: Support, p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) per position from log-probabilities on the support."""
+    return sup.total(p.exp() * (p - q))
+
+
+def _mixture(a: torch.Tensor, b: torch.Tensor, weight: float) -> torch.Tensor:
+    """log(weight * exp(a) + (1 - weight) * exp(b)), stably."""
+    return torch.logsumexp(torch.stack([a + math.log(weight), b + math.log1p(-weight)]), dim=0)
+
+
+def _forward_kl(sup: Support, params: dict[str, float]) -> torch.Tensor:
+    return _kl(sup, sup.teacher, sup.student)
+
+
+def _reverse_kl(sup: Support, params: dict[str, float]) -> torch.Tensor:
+    return _kl(sup, sup.student, sup.teacher)
+
+
+def _generalized_jsd(sup: Support, params: dict[str, float]) -> torch.Tensor:
+    beta = params["jsd_beta"]
+    m = _mixture(sup.teacher, sup.student, beta)
+    return beta * _kl(sup, sup.teacher, m) + (1 - beta) * _kl(sup, sup.student, m)
+
+
+def _skew_kl(sup: Support, params: dict[str, float]) -> torch.Tensor:
+    return _kl(sup, sup.teacher, _mixture(sup.teacher, sup.student, params["skew_alpha"]))
+
+
+def _skew_reverse_kl(sup: Support, params: dict[str, float]) -> torch.Tensor:
+    return _kl(sup, sup.student, _mixture(sup.student, sup.teacher, params["skew_alpha"]))
+
+
+def _total_variation(sup: Support, params: dict[str, float]) -> torch.Tensor:
+    return 0.5 * sup.total((sup.teacher.exp() - sup.student.exp()).abs())
+
+
+def divergence(
+    kind: Callable[[Support, dict[str, float]], torch.Tensor],
+    student_logits: torch.Tensor,
+    teacher_logprobs: torch.Tensor | None,
+    teacher_indices: torch.Tensor | None,
+    teacher_logits: torch.Tensor | None,
+    temperature: float,
+    mask: torch.Tensor | None,
+    params: dict[str, float] | None = None,
+    chunk: int | None = None,
+) -> torch.Tensor:
+    """A divergence between teacher and student next-token distributions, mean over the counted
+    positions (mask (B, T), 1 where a position counts; None: all), scaled by temperature**2 as
+    in Hinton et al., 2015. Positions are taken `chunk` at a time (default: as many as
+    `CHUNK_ELEMENTS` allows for the vocabulary), each chunk's softmax recomputed in the
+    backward pass, so that memory stays bounded for 150k-token vocabularies."""
+    params = params or {}
+    width = student_logits.shape[-1]
+    chunk = chunk or max(1, CHUNK_ELEMENTS // width)
+    lead = student_logits.shape[:-1]
+    teacher = [None if x is None else x.flatten(0, len(lead) - 1) for x in (teacher_logprobs, teacher_indices, teacher_logits)]
+    flat = student_logits.flatten(0, len(lead) - 1)
+
+    def per_position(s: torch.Tensor, *t: torch.Tensor | None) -> torch.Tensor:
+        return kind(support(s, temperature, *t), params)
+
+    n = flat.shape[0]
+    if n <= chunk:
+        values = per_position(flat, *teacher)
+    else:
+        from torch.utils.checkpoint import checkpoint
+
+        parts = []
+        for start in range(0, n, chunk):
+            rows = [None if x is None else x[start : start + chunk] for x in (flat, *teacher)]
+            grad = torch.is_grad_enabled() and flat.requires_grad
+            parts.append(checkpoint(per_position, *rows, use_reentrant=False) if grad else per_position(*rows))
+        values = torch.cat(parts)
+    values = values.view(lead) * temperature**2
+    if mask is None:
+        return values.mean()
+    mask = mask.to(values.dtype)
+    return (values * mask).sum() / mask.sum().clamp(min=1.0)
+
+
 def topk_kd_loss(
     student_logits: torch.Tensor,
-    teacher_logprobs: torch.Tensor,
-    teacher_indices: torch.Tensor,
+    teacher_logprobs: torch.Tensor | None = None,
+    teacher_indices: torch.Tensor | None = None,
     temperature: float = 1.0,
     mask: torch.Tensor | None = None,
+    teacher_logits: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """KL(teacher || student) at a temperature, from the teacher's top-k log-probabilities.
+    """KL(teacher || student) at a temperature: the forward KL of classic distillation.
 
-    Shapes: student_logits (B, T, V); teacher_logprobs and teacher_indices (B, T, K), the
-    teacher's K most likely tokens at each position and their log-probabilities under
-    softmax(teacher_logits / temperature); mask (B, T), 1 for positions that count.
+    Shapes: student_logits (B, T, V); the teacher as its top k (teacher_logprobs and
+    teacher_indices (B, T, K): its K most likely tokens at each position and their
+    log-probabilities under softmax(teacher_logits / temperature)) or as full logits
+    teacher_logits (B, T, V), from a live teacher; mask (B, T), 1 for positions that count.
 
-    The teacher's mass outside its top K is one extra outcome, matched by the student's mass
-    outside the same K tokens: the KL is exact over these K + 1 outcomes and a lower bound of
-    the full-vocabulary KL (it equals it when the tail holds no mass). Scaled by
+    On the top k, the teacher's mass outside them is one extra outcome, matched by the
+    student's mass outside the same K tokens: the KL is exact over these K + 1 outcomes and a
+    lower bound of the full-vocabulary KL (it equals it when the tail holds no mass). Scaled by
     temperature**2 as in Hinton et al., 2015, "Distilling the Knowledge in a Neural Network".
     Returns the mean over counted positions, a scalar.
     """
-    s_logp = F.log_softmax(student_logits.float() / temperature, dim=-1)  # (B, T, V)
-    s_top = s_logp.gather(-1, teacher_indices.long())  # (B, T, K)
-    t_top = teacher_logprobs.float()  # (B, T, K)
-    t_tail = _log1mexp(torch.logsumexp(t_top, dim=-1))  # (B, T)
-    s_tail = _log1mexp(torch.logsumexp(s_top, dim=-1))  # (B, T)
-    kl = (t_top.exp() * (t_top - s_top)).sum(-1) + t_tail.exp() * (t_tail - s_tail)  # (B, T)
-    kl = kl * temperature**2
-    if mask is None:
-        return kl.mean()
-    mask = mask.to(kl.dtype)
-    return (kl * mask).sum() / mask.sum().clamp(min=1.0)
+    return divergence(_forward_kl, student_logits, teacher_logprobs, teacher_indices, teacher_logits, temperature, mask)
+
+
+def reverse_kl_loss(
+    student_logits: torch.Tensor,
+    teacher_logprobs: torch.Tensor | None = None,
+    teacher_indices: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    mask: torch.Tensor | None = None,
+    teacher_logits: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """KL(student || teacher), token by token: mode-seeking, the student puts its mass where
+    the teacher is sure (the token-level form MiniLLM uses, Gu et al., ICLR 2024). Inputs and
+    support as `topk_kd_loss`."""
+    return divergence(_reverse_kl, student_logits, teacher_logprobs, teacher_indices, teacher_logits, temperature, mask)
+
+
+def jsd_loss(
+    student_logits: torch.Tensor,
+    teacher_logprobs: torch.Tensor | None = None,
+    teacher_indices: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    mask: torch.Tensor | None = None,
+    teacher_logits: torch.Tensor | None = None,
+    jsd_beta: float = 0.5,
+) -> torch.Tensor:
+    """Generalized Jensen-Shannon divergence of GKD (Agarwal et al., ICLR 2024), with P the
+    teacher, Q the student and M = beta P + (1 - beta) Q:
+    JSD(beta) = beta KL(P || M) + (1 - beta) KL(Q || M), for 0 < beta < 1; it behaves like the
+    forward KL (scaled by beta) near beta = 0 and like the reverse KL near beta = 1. Inputs and
+    support as `topk_kd_loss`."""
+    params = {"jsd_beta": jsd_beta}
+    return divergence(_generalized_jsd, student_logits, teacher_logprobs, teacher_indices, teacher_logits, temperature, mask, params)
+
+
+def skew_kl_loss(
+    student_logits: torch.Tensor,
+    teacher_logprobs: torch.Tensor | None = None,
+    teacher_indices: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    mask: torch.Tensor | None = None,
+    teacher_logits: torch.Tensor | None = None,
+    skew_alpha: float = 0.1,
+) -> torch.Tensor:
+    """Skew KL of DistiLLM (Ko et al., ICML 2024): KL(P || alpha P + (1 - alpha) Q), P the
+    teacher, Q the student; bounded where the student has no mass, the forward KL at alpha = 0.
+    Inputs and support as `topk_kd_loss`."""
+    params = {"skew_alpha": skew_alpha}
+    return divergence(_skew_kl, student_logits, teacher_logprobs, teacher_indices, teacher_logits, temperature, mask, params)
+
+
+def skew_reverse_kl_loss(
+    student_logits: torch.Tensor,
+    teacher_logprobs: torch.Tensor | None = None,
+    teacher_indices: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    mask: torch.Tensor | None = None,
+    teacher_logits: torch.Tensor | None = None,
+    skew_alpha: float = 0.1,
+) -> torch.Tensor:
+    """Skew reverse KL of DistiLLM (Ko et al., ICML 2024): KL(Q || (1 - alpha) P + alpha Q),
+    P the teacher, Q the student; the reverse KL at alpha = 0. Inputs and support as
+    `topk_kd_loss`."""
+    params = {"skew_alpha": skew_alpha}
+    return divergence(
+        _skew_reverse_kl, student_logits, teacher_logprobs, teacher_indices, teacher_logits, temperature, mask, params
+    )
+
+
+def total_variation_loss(
+    student_logits: torch.Tensor,
+    teacher_logprobs: torch.Tensor | None = None,
+    teacher_indices: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    mask: torch.Tensor | None = None,
+    teacher_logits: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Total variation distance, half the L1 distance between the two distributions (in
+    [0, 1] before the temperature**2 scaling). Inputs and support as `topk_kd_loss`."""
+    return divergence(
+        _total_variation, student_logits, teacher_logprobs, teacher_indices, teacher_logits, temperature, mask
+    )
 
 
 def next_token_ce(student_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -190,10 +385,28 @@ class LossTerm:
 LOSSES: dict[str, LossTerm] = {
     "ce": LossTerm(next_token_ce, (), "cross-entropy on the next token"),
     "forward_kl": LossTerm(
-        topk_kd_loss,
+        topk_kd_loss, ("topk",), "KL(teacher || student) at temperature {temperature} over {support} (scaled by T²)"
+    ),
+    "reverse_kl": LossTerm(
+        reverse_kl_loss,
         ("topk",),
-        "KL(teacher || student) at temperature {temperature} over the teacher's top {top_k} tokens "
-        "and one bucket for the rest (scaled by T²)",
+        "KL(student || teacher), token by token (MiniLLM's reverse KL), at temperature {temperature} over {support}",
+    ),
+    "jsd": LossTerm(
+        jsd_loss,
+        ("topk",),
+        "generalized Jensen-Shannon divergence (GKD) with beta {jsd_beta} at temperature {temperature} over {support}",
+    ),
+    "skew_kl": LossTerm(
+        skew_kl_loss, ("topk",), "skew KL (DistiLLM) with alpha {skew_alpha} at temperature {temperature} over {support}"
+    ),
+    "skew_reverse_kl": LossTerm(
+        skew_reverse_kl_loss,
+        ("topk",),
+        "skew reverse KL (DistiLLM) with alpha {skew_alpha} at temperature {temperature} over {support}",
+    ),
+    "tv": LossTerm(
+        total_variation_loss, ("topk",), "total variation distance at temperature {temperature} over {support}"
     ),
     "sequence_kd": LossTerm(
         sequence_kd_loss,

@@ -42,18 +42,29 @@ class LossConfig:
             raise ValueError(f"weights: at least one term needs a weight > 0 ({', '.join(self.weights)})")
         if self.teacher_outputs not in TEACHER_OUTPUTS:
             raise ValueError(f"teacher_outputs: must be one of {', '.join(TEACHER_OUTPUTS)}, got {self.teacher_outputs!r}")
+        if self.params.get("full_vocabulary") and self.teacher_outputs != "live":
+            raise ValueError('full_vocabulary: full teacher logits are too large to cache; set teacher_outputs = "live"')
 
     def active(self) -> list[tuple[str, LossTerm, float]]:
         """(name, term, weight) of the terms that count, in the registry's order."""
         return [(n, t, self.weights[n]) for n, t in LOSSES.items() if self.weights.get(n, 0.0) > 0]
 
     def needs(self) -> set[str]:
-        """The teacher output groups the active terms need."""
-        return {group for _, term, _ in self.active() for group in term.needs}
+        """The teacher output groups the active terms need: a live teacher's full logits in
+        place of its top k with `full_vocabulary`."""
+        groups = {group for _, term, _ in self.active() for group in term.needs}
+        if self.params.get("full_vocabulary") and "topk" in groups:
+            groups = (groups - {"topk"}) | {"logits"}
+        return groups
 
     def describe(self) -> str:
         """The loss in words, for model cards: `1.0 x <term> + 0.5 x <term>`."""
-        return " + ".join(f"{w:g} x {term.text.format(**self.params)}" for _, term, w in self.active())
+        if self.params.get("full_vocabulary"):
+            where = "the whole vocabulary (a live teacher's logits)"
+        else:
+            where = "the teacher's top {top_k} tokens and one bucket for the rest".format(top_k=self.params.get("top_k"))
+        words = {**self.params, "support": where}
+        return " + ".join(f"{w:g} x {term.text.format(**words)}" for _, term, w in self.active())
 
 
 def allowed_terms(task: Task) -> list[str]:

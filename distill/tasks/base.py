@@ -223,12 +223,22 @@ class TopKLossParams:
     """softmax temperature of the teacher's cached distribution on training items and of the KL"""
     top_k: int = 32
     """teacher log-probabilities kept per position (the rest is one tail bucket)"""
+    jsd_beta: float = 0.5
+    """the generalized JSD's beta (`jsd`), strictly between 0 and 1"""
+    skew_alpha: float = 0.1
+    """the skew of DistiLLM's skew KL and skew reverse KL, strictly between 0 and 1"""
+    full_vocabulary: bool = False
+    """divergences over the whole vocabulary from a live teacher's full logits (needs
+    `teacher_outputs = "live"`) instead of its cached top k and a tail bucket"""
 
     def __post_init__(self) -> None:
         if not self.temperature > 0:
             raise ValueError(f"temperature: must be > 0, got {self.temperature}")
         if self.top_k < 1:
             raise ValueError(f"top_k: must be >= 1, got {self.top_k}")
+        for key in ("jsd_beta", "skew_alpha"):
+            if not 0.0 < getattr(self, key) < 1.0:
+                raise ValueError(f"{key}: must be strictly between 0 and 1, got {getattr(self, key)}")
 
 
 OUTPUTS = "outputs"
@@ -254,13 +264,24 @@ def trimmed(ids: np.ndarray, mask: np.ndarray, device: torch.device) -> tuple[to
 
 def topk_arrays(vocab: int, params: dict[str, Any], positions: int, cut: dict[int, str]) -> dict[str, OutputArray]:
     """The cached arrays of the "topk" teacher output group: the teacher's `top_k` most likely
-    tokens at each of `positions` and their log-probabilities."""
+    tokens at each of `positions` and their log-probabilities. (Full logits, the "logits"
+    group, are never cached: the loss config asks a live teacher for them.)"""
     from distill.errors import InputError
 
     if params["top_k"] > vocab:
         raise InputError(f"distill.loss.top_k: {params['top_k']} exceeds the teacher's vocabulary ({vocab})")
     shape = (positions, params["top_k"])
     return {"teacher_logprobs": OutputArray(shape, "float16", cut), "teacher_indices": OutputArray(shape, "int32", cut)}
+
+
+def logit_outputs(logits: torch.Tensor, groups: set[str], params: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The teacher output groups made from its next-token logits (B, T, V): "topk" (see
+    `topk_outputs`) and "logits", the logits themselves (a live teacher's, for divergences
+    over the whole vocabulary)."""
+    out = topk_outputs(logits, params) if "topk" in groups else {}
+    if "logits" in groups:
+        out["teacher_logits"] = logits
+    return out
 
 
 def topk_outputs(logits: torch.Tensor, params: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -329,6 +350,7 @@ __all__ = [
     "quality_metrics",
     "slice_teacher",
     "trains_teacher",
+    "logit_outputs",
     "topk_arrays",
     "topk_outputs",
     "trimmed",

@@ -31,9 +31,9 @@ from distill.tasks.base import (
     Teacher,
     TopKLossParams,
     check_space_fits,
+    logit_outputs,
     slice_teacher,
     topk_arrays,
-    topk_outputs,
 )
 from distill.teachers import TeacherSource, TeacherTraining, train_and_save, train_tokenizer
 from search_spaces import (
@@ -77,7 +77,7 @@ class CausalLM:
     metrics = METRICS
     loss_params = CausalLossParams
     default_weights = {"forward_kl": 1.0, "ce": 0.5}
-    outputs = {"topk": ("teacher_logprobs", "teacher_indices")}
+    outputs = {"topk": ("teacher_logprobs", "teacher_indices"), "logits": ("teacher_logits",)}
     values = frozenset({"student_logits", "labels", "mask"})
     eval_outputs = ("topk",)
     held_out_params = {"temperature": 1.0}  # held-out KL and agreement against the plain distribution
@@ -124,7 +124,7 @@ class CausalLM:
         tokens = batch.inputs["input_ids"]
         with autocast(tokens.device):
             logits = teacher.model(input_ids=tokens).logits[:, :-1].float()  # (B, L-1, V)
-        return topk_outputs(logits, params)
+        return logit_outputs(logits, groups, params)
 
     def importance(self, teacher: Teacher, data: PreparedData, device: torch.device) -> dict[str, Any] | None:
         if teacher.model.config.model_type not in FAMILIES:

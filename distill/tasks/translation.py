@@ -33,9 +33,9 @@ from distill.tasks.base import (
     Teacher,
     TopKLossParams,
     check_space_fits,
+    logit_outputs,
     slice_teacher,
     topk_arrays,
-    topk_outputs,
     trimmed,
 )
 from distill.tasks.pairs import PairDataConfig, load_pairs
@@ -123,6 +123,7 @@ class Translation:
     default_weights = {"forward_kl": 1.0, "ce": 0.5}
     outputs = {
         "topk": ("teacher_logprobs", "teacher_indices"),
+        "logits": ("teacher_logits",),
         "sequences": ("teacher_sequence", "teacher_sequence_mask"),
     }
     values = frozenset({"student_logits", "labels", "mask", "student_sequence_logits", "sequence_labels"})
@@ -215,7 +216,7 @@ class Translation:
     def teacher_outputs(
         self, teacher: Teacher, batch: Batch, groups: set[str], params: dict[str, Any]
     ) -> dict[str, torch.Tensor]:
-        out = topk_outputs(_forced_logits(teacher.model, batch), params) if "topk" in groups else {}
+        out = logit_outputs(_forced_logits(teacher.model, batch), groups, params) if groups & {"topk", "logits"} else {}
         if "sequences" in groups:
             out |= translations(teacher.model, batch, params["sequence_beams"])
         return out

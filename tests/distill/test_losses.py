@@ -162,3 +162,111 @@ def test_registered_terms_bind_their_inputs_by_name_and_vanish_on_the_teachers_o
     q, k, v = (torch.randn(2, 5, 12) for _ in range(3))
     assert minilm_relation_loss(q, k, v, q, k, v, mask, 3).item() == pytest.approx(0.0, abs=1e-6)
     assert minilm_relation_loss(q, k, v, k, q, v, mask, 3).item() > 0
+
+
+# The divergence family: every term on the teacher's top k (with the tail bucket) and on a live
+# teacher's full logits.
+DIVERGENCES = ["forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", "tv"]
+PARAMS = {"jsd_beta": 0.3, "skew_alpha": 0.1}
+
+
+def _call(name, student, teacher=None, top=None, temperature=1.0, mask=None, **params):
+    from distill.losses import LOSSES
+
+    values = {"student_logits": student, "temperature": temperature, "mask": mask, **PARAMS, **params}
+    if top is not None:
+        values |= {"teacher_logprobs": top[0], "teacher_indices": top[1]}
+    else:
+        values["teacher_logits"] = teacher
+    return LOSSES[name](values)
+
+
+def _full(p_logits, q_logits, t):
+    return F.log_softmax(p_logits / t, -1), F.log_softmax(q_logits / t, -1)
+
+
+@pytest.mark.parametrize("name", DIVERGENCES)
+def test_divergences_vanish_on_the_teachers_own_distribution_and_are_positive_otherwise(name):
+    torch.manual_seed(0)
+    teacher, student = torch.randn(2, 5, 40) * 3, torch.randn(2, 5, 40) * 3
+    for t in (1.0, 2.0):
+        assert _call(name, teacher.clone(), teacher, temperature=t).item() == pytest.approx(0.0, abs=1e-6)
+        assert _call(name, teacher.clone(), top=_topk(teacher, 8, t), temperature=t).item() == pytest.approx(0.0, abs=1e-5)
+        assert _call(name, student, teacher, temperature=t).item() > 1e-3
+        assert _call(name, student, top=_topk(teacher, 8, t), temperature=t).item() > 1e-3
+
+
+@pytest.mark.parametrize("name", DIVERGENCES)
+def test_divergences_on_the_whole_vocabulary_match_their_definitions(name):
+    torch.manual_seed(1)
+    teacher, student = torch.randn(3, 4, 30) * 2, torch.randn(3, 4, 30) * 2
+    p, q = _full(teacher, student, 2.0)  # teacher P, student Q
+    P, Q = p.exp(), q.exp()
+
+    def kl(a, b):
+        return (a * (a.log() - b.log())).sum(-1)
+
+    beta, alpha = PARAMS["jsd_beta"], PARAMS["skew_alpha"]
+    m = beta * P + (1 - beta) * Q
+    want = {
+        "forward_kl": kl(P, Q),
+        "reverse_kl": kl(Q, P),
+        "jsd": beta * kl(P, m) + (1 - beta) * kl(Q, m),
+        "skew_kl": kl(P, alpha * P + (1 - alpha) * Q),
+        "skew_reverse_kl": kl(Q, (1 - alpha) * P + alpha * Q),
+        "tv": 0.5 * (P - Q).abs().sum(-1),
+    }[name].mean() * 4.0  # scaled by T²
+    assert _call(name, student, teacher, temperature=2.0).item() == pytest.approx(want.item(), rel=1e-4)
+    # the top k with every token kept is the whole vocabulary
+    assert _call(name, student, top=_topk(teacher, 30, 2.0), temperature=2.0).item() == pytest.approx(want.item(), rel=1e-3)
+
+
+def test_divergences_limits_and_bounds():
+    torch.manual_seed(2)
+    teacher, student = torch.randn(2, 6, 25) * 3, torch.randn(2, 6, 25) * 3
+    forward, reverse = _call("forward_kl", student, teacher), _call("reverse_kl", student, teacher)
+    assert _call("skew_kl", student, teacher, skew_alpha=1e-9).item() == pytest.approx(forward.item(), rel=1e-3)
+    assert _call("skew_reverse_kl", student, teacher, skew_alpha=1e-9).item() == pytest.approx(reverse.item(), rel=1e-3)
+    assert _call("skew_kl", student, teacher, skew_alpha=0.5).item() < forward.item()  # skewing bounds it
+    # JSD with beta 1/2 is symmetric and at most log 2; total variation is at most 1
+    half = _call("jsd", student, teacher, jsd_beta=0.5).item()
+    assert half == pytest.approx(_call("jsd", teacher, student, jsd_beta=0.5).item(), rel=1e-5) and half <= math.log(2)
+    assert 0 < _call("tv", student, teacher).item() <= 1.0
+    # near beta = 0 the JSD behaves like beta times the forward KL
+    assert _call("jsd", student, teacher, jsd_beta=1e-4).item() / 1e-4 == pytest.approx(forward.item(), rel=0.05)
+
+
+@pytest.mark.parametrize("name", DIVERGENCES)
+def test_divergences_in_chunks_equal_one_pass_with_the_same_gradients_and_masked_positions_ignored(name):
+    from distill.losses import LOSSES, divergence
+
+    torch.manual_seed(3)
+    teacher = torch.randn(2, 7, 50) * 2
+    mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3])
+    kind = {"forward_kl": "_forward_kl", "reverse_kl": "_reverse_kl", "jsd": "_generalized_jsd", "skew_kl": "_skew_kl",
+            "skew_reverse_kl": "_skew_reverse_kl", "tv": "_total_variation"}[name]  # fmt: skip
+    import distill.losses as losses
+
+    fn = getattr(losses, kind)
+    results = []
+    for chunk in (None, 3):  # 14 positions: one pass, or five chunks recomputed in the backward pass
+        student = (torch.randn(2, 7, 50, generator=torch.Generator().manual_seed(4)) * 2).requires_grad_()
+        top = _topk(teacher, 6, 1.5)
+        value = divergence(fn, student, *top, None, 1.5, mask, PARAMS, chunk=chunk)
+        value.backward()
+        results.append((value.detach(), student.grad.clone()))
+        assert student.grad[1, 4:].abs().max() == 0  # masked positions give no gradient
+    torch.testing.assert_close(results[0][0], results[1][0])
+    torch.testing.assert_close(results[0][1], results[1][1])
+    assert LOSSES[name].needs == ("topk",)
+
+
+def test_full_vocabulary_asks_a_live_teacher_for_its_logits():
+    from distill.objective import LossConfig
+
+    loss = LossConfig({"reverse_kl": 1.0, "ce": 0.5}, {"temperature": 1.0, "top_k": 8, "full_vocabulary": True}, "live")
+    assert loss.needs() == {"logits"} and "the whole vocabulary" in loss.describe()
+    with pytest.raises(ValueError, match=r'^full_vocabulary: .* set teacher_outputs = "live"'):
+        LossConfig({"reverse_kl": 1.0}, {"temperature": 1.0, "top_k": 8, "full_vocabulary": True})
+    cached = LossConfig({"jsd": 1.0}, {"temperature": 1.0, "top_k": 8, "jsd_beta": 0.5})
+    assert cached.needs() == {"topk"} and "top 8 tokens" in cached.describe() and "beta 0.5" in cached.describe()

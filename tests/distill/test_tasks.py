@@ -220,3 +220,24 @@ def test_the_export_loads_with_the_ecosystems_own_loader(study, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert not any(p.suffix == ".bin" for p in folder.rglob("*"))  # safetensors only
+
+
+def test_divergences_over_the_whole_vocabulary_from_a_live_teacher(study):
+    """Every task that gives next-token logits: a live teacher's full logits, and its top k
+    with k the whole vocabulary, give the same divergence."""
+    task, data, loss, fits, _ = study
+    if "logits" not in task.outputs:
+        pytest.skip(f"{task.name} has no next-token distribution")
+    vocab = data.teacher_config().vocab_size
+    teacher = task.load_teacher(data.teacher_source)
+    torch.manual_seed(0)
+    student = task.build_student(_arch(fits), data, CPU).eval()
+    idx = np.array([0, 1, 2])
+    values = []
+    for full in (True, False):
+        params = {**dataclasses.asdict(task.loss_params()), "top_k": vocab, "full_vocabulary": full}
+        live = LossConfig({"reverse_kl": 1.0, "jsd": 1.0, "tv": 1.0}, params, "live")
+        assert live.needs() == ({"logits"} if full else {"topk"})
+        provider = WeightedTeacher(LiveTeacher(task, teacher, live.needs(), live))
+        values.append(make_loss(task, student, data, live, [provider], CPU)(idx).item())
+    assert np.isfinite(values[0]) and values[0] == pytest.approx(values[1], rel=1e-4)

@@ -129,13 +129,13 @@ def test_cli_missing_teacher_folder_and_missing_text_column(tmp_path, teacher_di
 
 def test_the_loss_has_its_own_section_checked_against_the_task(tmp_path):
     spec = load_spec(ROOT / "studies/demo-lm.toml", ["distill.loss.ce=0.0", "distill.loss.temperature=3"])
-    assert spec.loss.weights == {"forward_kl": 1.0, "ce": 0.0} and spec.loss.params == {"temperature": 3.0, "top_k": 32}
+    assert spec.loss.weights == {"forward_kl": 1.0, "ce": 0.0} and spec.loss.params["temperature"] == 3.0 and spec.loss.params["top_k"] == 32
     assert [name for name, _, _ in spec.loss.active()] == ["forward_kl"] and spec.loss.needs() == {"topk"}
     assert spec.full.eval_every == 100 and spec.distill.eval_every == 0  # one budget type, two defaults
     emb = load_spec(ROOT / "studies/demo.toml", ["distill.loss.hidden=0.5"])
     assert emb.loss.needs() == {"sentence_embedding", "hidden_states"} and emb.loss.params == {}
     refused = {
-        "distill.loss.cosine=1.0": r"^distill\.loss\.cosine: not a loss term or parameter of task causal-lm; allowed: ce, forward_kl, temperature, top_k",
+        "distill.loss.cosine=1.0": r"^distill\.loss\.cosine: not a loss term or parameter of task causal-lm; allowed: ce, forward_kl, reverse_kl, jsd, skew_kl, skew_reverse_kl, tv, temperature, top_k, jsd_beta, skew_alpha, full_vocabulary",
         "distill.loss.forward_kl=0": r"^distill\.loss: at least one term needs a weight > 0; terms: ce, forward_kl",
         "distill.patience=3": r"^distill\.patience: the brief run of a trial neither validates nor checkpoints",
         "distill.loss.top_k=0": r"^distill\.loss\.top_k: must be >= 1",
