@@ -53,6 +53,10 @@ class Budget:
     """save a resumable checkpoint every this many steps (0: never)"""
     patience: int = 0
     """stop after this many validations without improvement (0: never stop early)"""
+    on_policy: float = 0.0
+    """share of the batches on the student's own outputs (GKD's lambda, Agarwal et al., ICLR
+    2024): the student samples them from the batch's inputs and a live teacher scores them;
+    the divergence terms alone count there"""
 
     def __post_init__(self) -> None:
         if self.steps < 1 and self.tokens < 1:
@@ -71,6 +75,8 @@ class Budget:
             )
         if min(self.eval_every, self.checkpoint_every, self.patience) < 0:
             raise ValueError("eval_every/checkpoint_every/patience: must be >= 0")
+        if not 0.0 <= self.on_policy <= 1.0:
+            raise ValueError(f"on_policy: a share of the batches, between 0 and 1, got {self.on_policy}")
 
     def total_steps(self, lengths: np.ndarray, seed: int = 0) -> int:
         """Optimizer steps of the run: `steps`, or for a `tokens` budget the most steps whose

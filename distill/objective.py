@@ -4,6 +4,7 @@ terms and teacher outputs take, turned into the loss function of a micro-batch."
 from __future__ import annotations
 
 import dataclasses
+import zlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -74,6 +75,12 @@ def allowed_terms(task: Task) -> list[str]:
     return [n for n, t in LOSSES.items() if set(t.needs) <= set(task.outputs) and t.required <= given]
 
 
+def on_policy_step(idx: np.ndarray, share: float) -> bool:
+    """Whether the batch of items `idx` is one on the student's own outputs: a fixed draw per
+    batch (a resumed run decides as the killed one did), true for `share` of the batches."""
+    return share > 0 and zlib.crc32(np.ascontiguousarray(idx, dtype=np.int64).tobytes()) / 2**32 < share
+
+
 def make_loss(
     task: Task,
     student: torch.nn.Module,
@@ -81,16 +88,28 @@ def make_loss(
     loss: LossConfig,
     teachers: list[WeightedTeacher],
     device: torch.device,
+    on_policy: float = 0.0,
+    live: WeightedTeacher | None = None,
 ) -> Callable[[np.ndarray], torch.Tensor]:
     """The loss of the training items at `idx`: the weighted sum of the active terms, terms
-    that need a teacher summed once per teacher and weighted by that teacher's weight."""
+    that need a teacher summed once per teacher and weighted by that teacher's weight.
+
+    On `on_policy` of the batches (GKD's lambda) the student first samples its own outputs
+    from the batch's inputs (`task.on_policy_batch`), and the `live` teacher scores them: the
+    divergence terms alone count there (the references say nothing of the student's samples)."""
     terms = loss.active()
     free = [(term, w) for _, term, w in terms if not term.needs]
     taught = [(term, w) for _, term, w in terms if term.needs]
     wanted = {name for _, term, _ in terms for name in term.inputs}
+    divergences = [(term, w) for term, w in taught if set(term.needs) <= {"topk"}]
 
     def loss_fn(idx: np.ndarray) -> torch.Tensor:
         batch = task.batch(data, "train", idx, device)
+        if live is not None and on_policy_step(idx, on_policy):
+            sampled = task.on_policy_batch(student, batch)  # type: ignore[attr-defined]
+            outputs = live.provider.outputs("train", idx, sampled)
+            values = {**loss.params, **task.forward(student, sampled, wanted, outputs), **outputs}
+            return sum(w * term(values) for term, w in divergences)
         total: Any = 0
         for i, teacher in enumerate(teachers if taught else [None]):
             outputs = teacher.provider.outputs("train", idx, batch) if teacher is not None else {}

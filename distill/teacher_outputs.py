@@ -72,17 +72,31 @@ def split_params(task: Task, loss: LossConfig, split: str) -> dict[str, Any]:
     return dict(loss.params) if split == "train" else {**loss.params, **task.held_out_params}
 
 
+def on_policy_teacher(task: Task, data: PreparedData, loss: LossConfig, device: torch.device, share: float) -> WeightedTeacher | None:
+    """The live teacher that scores the student's own outputs on `share` of the batches (None at 0)."""
+    if share <= 0:
+        return None
+    teacher = _live_teacher(task, data, device)
+    groups = loss.needs() & {"topk", "logits"}
+    return WeightedTeacher(LiveTeacher(task, teacher, groups, loss))
+
+
+def _live_teacher(task: Task, data: PreparedData, device: torch.device) -> Teacher:
+    """The study's teacher loaded in this process, decoding as the study cached."""
+    teacher = task.load_teacher(data.teacher_source)
+    if (data.path / "teacher" / "generation_config.json").exists():  # how the study decodes with it
+        from transformers import GenerationConfig
+
+        teacher.model.generation_config = GenerationConfig.from_pretrained(data.path / "teacher")
+    teacher.model.to(device)
+    return teacher
+
+
 def study_teachers(task: Task, data: PreparedData, loss: LossConfig, device: torch.device) -> list[WeightedTeacher]:
     """The teacher of a study as the loss sees it: its cache, or the teacher itself when the
     spec asks for live outputs (`[distill.loss] teacher_outputs = "live"`)."""
     if not loss.needs():
         return []  # no term asks the teacher anything
     if loss.teacher_outputs == "live":
-        teacher = task.load_teacher(data.teacher_source)
-        if (data.path / "teacher" / "generation_config.json").exists():  # how the study decodes with it
-            from transformers import GenerationConfig
-
-            teacher.model.generation_config = GenerationConfig.from_pretrained(data.path / "teacher")
-        teacher.model.to(device)
-        return [WeightedTeacher(LiveTeacher(task, teacher, loss.needs(), loss))]
+        return [WeightedTeacher(LiveTeacher(task, _live_teacher(task, data, device), loss.needs(), loss))]
     return [WeightedTeacher(CachedTeacher(data, loss.needs(), device))]

@@ -23,6 +23,7 @@ from distill.files import written_whole
 from distill.loop import LAST_CHECKPOINT
 from distill.tasks import quality_metrics
 from distill.tasks.base import scores_and_text
+from distill.teacher_outputs import on_policy_teacher
 from nas.model_card import model_card
 from nas.search import (
     DISTILLED,
@@ -181,7 +182,9 @@ def distill_arch(
     sign = 1.0 if direction == "min" else -1.0
     torch.manual_seed(spec.study.seed)
     student = task.build_student(arch, data, device)
-    loss = make_loss(task, student, data, spec.loss, study_teachers(task, data, spec.loss, device), device)
+    teachers = study_teachers(task, data, spec.loss, device)
+    live = on_policy_teacher(task, data, spec.loss, device, budget.on_policy)
+    loss = make_loss(task, student, data, spec.loss, teachers, device, budget.on_policy, live)
     lengths = task.lengths(data, "train")
 
     def validate(model: torch.nn.Module) -> float:

@@ -41,6 +41,16 @@ def _eval_sets(task: Any, record: dict[str, Any]) -> str:
 """
 
 
+def _on_policy(budget: Any) -> str:
+    """The card's line on on-policy batches (GKD's lambda), when the run had them."""
+    if not budget.on_policy:
+        return ""
+    return (
+        f"- On-policy: {budget.on_policy:.0%} of the batches were the student's own samples, "
+        "scored by the live teacher with the divergence terms alone (GKD)\n"
+    )
+
+
 def _rescore(task: Any, meta: dict[str, Any], record: dict[str, Any]) -> str:
     """How to recompute the held-out scores from the text saved in the export (tasks that generate)."""
     if not record.get("texts") or not hasattr(task, "rescore"):
@@ -120,7 +130,7 @@ parameters and uses the teacher's tokenizer. Load it with:
 - Teacher: `{teacher_name}`
 - Data: {data}; split into train / validation / held-out with the study's seed
 {"".join(f"- {line}" + chr(10) for line in provenance({**meta, **record}))}- Loss: {spec.loss.describe()}
-- Optimizer: AdamW, lr {budget.lr}, warmup {budget.warmup:.0%} then cosine, batch {budget.batch_size} {items} ({budget.grad_accum} micro-batches), weight decay {budget.weight_decay}, gradient clipping {budget.grad_clip}
+{_on_policy(budget)}- Optimizer: AdamW, lr {budget.lr}, warmup {budget.warmup:.0%} then cosine, batch {budget.batch_size} {items} ({budget.grad_accum} micro-batches), weight decay {budget.weight_decay}, gradient clipping {budget.grad_clip}
 - Validation every {budget.eval_every} steps on {meta["valid_items"]} validation {items}; {best}
 
 ## Reproduce

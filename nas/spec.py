@@ -452,15 +452,23 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
     except ValueError as exc:
         raise SpecError(f"objectives.{exc}") from None
     data = _build(task.data_config, raw.get("data", {}), "data")
+    brief_budget = _build_brief(brief)
+    full_budget = _build(Budget, raw.get("full", {}), "full", defaults=FULL_RUN)
+    loss = _build_loss(task, loss_raw, "distill.loss")
+    for key, budget in (("distill", brief_budget), ("full", full_budget)):
+        if budget.on_policy > 0 and not callable(getattr(task, "on_policy_batch", None)):
+            raise SpecError(f"{key}.on_policy: task {task.name} has no outputs of its own to learn from; leave it 0")
+        if budget.on_policy > 0 and not loss.needs() & {"topk", "logits"}:
+            raise SpecError(f"{key}.on_policy: needs a divergence term in [distill.loss] (forward_kl, reverse_kl, jsd, ...)")
     return StudySpec(
         path=path.resolve(),
         study=study,
         teacher=teacher,
         data=data,
         space=_build(task.space, raw.get("space", {}), "space"),
-        distill=_build_brief(brief),
-        full=_build(Budget, raw.get("full", {}), "full", defaults=FULL_RUN),
-        loss=_build_loss(task, loss_raw, "distill.loss"),
+        distill=brief_budget,
+        full=full_budget,
+        loss=loss,
         objectives=objectives,
         constraints=_build_constraints(task, raw.get("constraints", {})),
         evals=_build_evals(task, raw.get("eval", []), data),

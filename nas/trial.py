@@ -16,6 +16,7 @@ import torch
 from distill import Budget, LossConfig, PreparedData, distill, make_loss, study_teachers
 from distill.tasks import get_task
 from distill.tasks.base import OUTPUTS, scores_and_text
+from distill.teacher_outputs import on_policy_teacher
 from nas.spec import Constraints
 
 logger = logging.getLogger(__name__)
@@ -105,7 +106,9 @@ def run_trial(
     missed = plan.size_bounds.missed(size)
     if missed is not None:
         return {**size, "not_trained": f"infeasible before training: {missed}", "device": str(device)}
-    loss = make_loss(task, student, data, plan.loss, study_teachers(task, data, plan.loss, device), device)
+    teachers = study_teachers(task, data, plan.loss, device)
+    live = on_policy_teacher(task, data, plan.loss, device, plan.budget.on_policy)
+    loss = make_loss(task, student, data, plan.loss, teachers, device, plan.budget.on_policy, live)
     lengths = task.lengths(data, "train")
     stops = plan_stops(plan)
     rungs: list[dict[str, Any]] = []

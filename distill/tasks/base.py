@@ -104,6 +104,8 @@ class Task(Protocol):
     study; raises `InputError` when this machine cannot compute it.
     `rescore(references, outputs, data)`: for tasks that generate text, the shell command that
     recomputes the stored scores from the saved files (model cards print it).
+    `on_policy_batch(student, batch)`: the batch with its targets replaced by what the student
+    samples from the batch's inputs (GKD's on-policy data; a budget's `on_policy` share).
     """
 
     name: str

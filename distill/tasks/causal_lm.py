@@ -143,6 +143,27 @@ class CausalLM:
     def as_student(self, teacher: Teacher, data: PreparedData) -> torch.nn.Module:
         return teacher.model
 
+    @torch.no_grad()
+    def on_policy_batch(self, student: torch.nn.Module, batch: Batch) -> Batch:
+        """Each block's first half as a prompt and the student's own continuation of it
+        (sampled at temperature 1) to the block's length, for on-policy distillation; the
+        divergence is taken over the whole block."""
+        tokens = batch.inputs["input_ids"]
+        half = tokens.shape[1] // 2
+        new = tokens.shape[1] - half
+        training = student.training
+        student.eval()
+        with autocast(tokens.device):
+            out = student.generate(
+                input_ids=tokens[:, :half],
+                attention_mask=torch.ones_like(tokens[:, :half]),
+                do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
+                min_new_tokens=new, max_new_tokens=new,
+                pad_token_id=student.config.eos_token_id,
+            )  # fmt: skip
+        student.train(training)
+        return Batch({"input_ids": out[:, : tokens.shape[1]]})
+
     def forward(
         self, student: torch.nn.Module, batch: Batch, wanted: set[str], teacher: dict[str, torch.Tensor]
     ) -> dict[str, Any]:

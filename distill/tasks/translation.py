@@ -260,6 +260,20 @@ class Translation:
             }
         return out
 
+    @torch.no_grad()
+    def on_policy_batch(self, student: torch.nn.Module, batch: Batch) -> Batch:
+        """The batch's sources with the student's own translations of them (sampled) as the
+        targets, for on-policy distillation."""
+        training = student.training
+        student.eval()
+        out = translations(student, batch, beams=1, sample=True)
+        student.train(training)
+        length = max(1, int(out["teacher_sequence_mask"].sum(1).max()))
+        labels = out["teacher_sequence"][:, :length].long()
+        mask = out["teacher_sequence_mask"][:, :length].long()
+        inputs = {**batch.inputs, "labels": labels, "decoder_attention_mask": mask}
+        return Batch(inputs, {**batch.lengths, "tokens": length})
+
     def evaluate(
         self, student: torch.nn.Module, data: PreparedData, split: str, device: torch.device
     ) -> dict[str, Any]:
@@ -350,13 +364,16 @@ def study_decoding(data: PreparedData) -> Any:
 
 
 @torch.no_grad()
-def translations(model: Any, batch: Batch, beams: int) -> dict[str, torch.Tensor]:
-    """The model's beam-search translations of the batch's sources, as targets to train on:
-    `teacher_sequence` (B, L) token ids without the decoder's start token, ending with EOS
-    (unless cut at the study's sentence length), and `teacher_sequence_mask` (B, L), 1 up to
-    and including the first EOS."""
+def translations(model: Any, batch: Batch, beams: int, sample: bool = False) -> dict[str, torch.Tensor]:
+    """The model's beam-search translations of the batch's sources (or, with `sample`, one
+    drawn from its distribution at temperature 1), as targets to train on: `teacher_sequence`
+    (B, L) token ids without the decoder's start token, ending with EOS (unless cut at the
+    study's sentence length), and `teacher_sequence_mask` (B, L), 1 up to and including the
+    first EOS."""
     i = batch.inputs
     settings = decoding(model.generation_config, beams, batch.lengths["max_tokens"])  # the teacher's own, with these beams
+    if sample:
+        settings.update(do_sample=True, temperature=1.0, top_k=0, top_p=1.0)
     with autocast(i["input_ids"].device):
         seq = model.generate(input_ids=i["input_ids"], attention_mask=i["attention_mask"], generation_config=settings)
     seq = seq[:, 1:]  # the decoder's start token

@@ -241,3 +241,41 @@ def test_divergences_over_the_whole_vocabulary_from_a_live_teacher(study):
         provider = WeightedTeacher(LiveTeacher(task, teacher, live.needs(), live))
         values.append(make_loss(task, student, data, live, [provider], CPU)(idx).item())
     assert np.isfinite(values[0]) and values[0] == pytest.approx(values[1], rel=1e-4)
+
+
+def test_on_policy_batches_are_the_students_own_outputs_scored_by_a_live_teacher(study):
+    from distill.losses import topk_kd_loss
+    from distill.objective import on_policy_step
+    from distill.teacher_outputs import on_policy_teacher
+
+    task, data, _, fits, _ = study
+    if not callable(getattr(task, "on_policy_batch", None)):
+        pytest.skip(f"{task.name} has no outputs of its own")
+    torch.manual_seed(0)
+    student = task.build_student(_arch(fits), data, CPU)
+    idx = np.array([0, 1, 2, 3])
+    batch = task.batch(data, "train", idx, CPU)
+    torch.manual_seed(1)
+    sampled = task.on_policy_batch(student, batch)
+    assert student.training  # back to training after sampling
+    assert set(sampled.inputs) == set(batch.inputs)
+    changed = [k for k in batch.inputs if not torch.equal(sampled.inputs[k], batch.inputs[k])]
+    assert changed, "the student's outputs are not the data"
+    loss = LossConfig({"forward_kl": 1.0, "ce": 1.0}, dataclasses.asdict(task.loss_params()))
+    live = on_policy_teacher(task, data, loss, CPU, 1.0)
+    cached = [WeightedTeacher(CachedTeacher(data, loss.needs(), CPU))]
+    # every batch on-policy: the forward KL to the live teacher on the student's own samples, no CE
+    student.eval()  # the same forward pass each time (no dropout)
+    torch.manual_seed(1)
+    got = make_loss(task, student, data, loss, cached, CPU, on_policy=1.0, live=live)(idx)
+    torch.manual_seed(1)
+    again = task.on_policy_batch(student, batch)
+    out = task.forward(student, again, {"student_logits", "mask"}, {})
+    teacher = live.provider.outputs("train", idx, again)
+    want = topk_kd_loss(out["student_logits"], teacher["teacher_logprobs"], teacher["teacher_indices"], loss.params["temperature"], out["mask"])
+    assert got.item() == pytest.approx(want.item(), rel=1e-5)
+    off = make_loss(task, student, data, loss, cached, CPU)(idx)
+    assert make_loss(task, student, data, loss, cached, CPU, on_policy=0.0, live=live)(idx).item() == off.item()
+    # a fixed share of the batches, decided by the batch (a resumed run decides alike)
+    draws = [on_policy_step(np.arange(i, i + 4), 0.3) for i in range(400)]
+    assert 0.2 < np.mean(draws) < 0.4 and draws == [on_policy_step(np.arange(i, i + 4), 0.3) for i in range(400)]

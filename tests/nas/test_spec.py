@@ -70,6 +70,15 @@ BAD = {
         "[teacher]\nmodel='x'\n[[eval]]\nname='a'\nsource='pydoc-topics'\n[[eval]]\nname='a'\nsource='pydoc-topics'\n",
         r"eval\[1\]\.name: 'a' is used",
     ),
+    "on-policy share": ("[teacher]\nmodel='x'\n[full]\non_policy=1.5\n", r"full\.on_policy: a share of the batches, between 0 and 1"),
+    "on-policy without a divergence": (
+        "[teacher]\nmodel='x'\n[distill]\non_policy=0.5\n[distill.loss]\nforward_kl=0.0\nce=1.0\n",
+        r"distill\.on_policy: needs a divergence term in \[distill\.loss\]",
+    ),
+    "on-policy embeddings": (
+        "[study]\ntask='embedding'\n[teacher]\nmodel='x'\n[full]\non_policy=0.5\n",
+        r"full\.on_policy: task embedding has no outputs of its own to learn from",
+    ),
     "eval named eval": ("[teacher]\nmodel='x'\n[[eval]]\nname='eval'\nsource='pydoc-topics'\n", r"eval\[0\]\.name: 'eval' names the study's own"),
     "eval key": (
         "[teacher]\nmodel='x'\n[[eval]]\nname='a'\nsource='pydoc-topics'\nblock_length=8\n",
