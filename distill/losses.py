@@ -309,6 +309,23 @@ def mapped_hidden_loss(
     return torch.stack(pairs).mean()
 
 
+def hidden_cosine_loss(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """1 - cosine between one pair of hidden states, per real token, (B, T, D) each; mask (B, T)."""
+    cos = F.cosine_similarity(student.float(), teacher.float(), dim=-1)  # (B, T)
+    m = mask.to(cos.dtype)
+    return ((1.0 - cos) * m).sum() / m.sum().clamp(min=1.0)
+
+
+def mapped_hidden_cosine_loss(
+    student_hidden: list[torch.Tensor], teacher_hidden: torch.Tensor, layer_map: list[int], mask: torch.Tensor
+) -> torch.Tensor:
+    """The direction, not the scale, of mapped hidden states: 1 - cosine of student state j
+    against teacher state layer_map[j] per real token (the embedding output included), mean
+    over the pairs. Shapes as `mapped_hidden_loss`."""
+    pairs = [hidden_cosine_loss(h, teacher_hidden[:, layer_map[j]], mask) for j, h in enumerate(student_hidden)]
+    return torch.stack(pairs).mean()
+
+
 def relation_kd_loss(
     student_a: torch.Tensor,
     student_b: torch.Tensor,
@@ -421,6 +438,12 @@ LOSSES: dict[str, LossTerm] = {
         mapped_hidden_loss,
         ("hidden_states",),
         "MSE of the hidden states of mapped layers (each student layer against the teacher layer it "
+        "was taken from, the embedding output included) through a learned projection",
+    ),
+    "hidden_cosine": LossTerm(
+        mapped_hidden_cosine_loss,
+        ("hidden_states",),
+        "1 - cosine of the hidden states of mapped layers (each student layer against the teacher layer it "
         "was taken from, the embedding output included) through a learned projection",
     ),
     "relations": LossTerm(minilm_relation_loss, ("qkv",), "MiniLM attention and value relations of the last layer"),

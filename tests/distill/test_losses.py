@@ -159,6 +159,13 @@ def test_registered_terms_bind_their_inputs_by_name_and_vanish_on_the_teachers_o
     values = {"student_hidden": h, "teacher_hidden": teacher, "layer_map": [0, 2, 3], "mask": mask, "unused": 1}
     assert LOSSES["hidden"](values).item() == 0.0  # each student layer against the one it came from
     assert mapped_hidden_loss(h, teacher, [0, 1, 3], mask).item() > 0
+    assert LOSSES["hidden_cosine"](values).item() == pytest.approx(0.0, abs=1e-6)
+    scaled = {**values, "student_hidden": [3.0 * x for x in h]}  # the direction counts, not the scale
+    assert LOSSES["hidden_cosine"](scaled).item() == pytest.approx(0.0, abs=1e-6) and LOSSES["hidden"](scaled).item() > 0
+    assert LOSSES["hidden_cosine"]({**values, "layer_map": [0, 1, 3]}).item() > 0.1
+    flipped = [x.clone() for x in h]
+    flipped[0][1, 3:] = -flipped[0][1, 3:]  # opposite directions only where the mask is 0
+    assert LOSSES["hidden_cosine"]({**values, "student_hidden": flipped}).item() == pytest.approx(0.0, abs=1e-6)
     q, k, v = (torch.randn(2, 5, 12) for _ in range(3))
     assert minilm_relation_loss(q, k, v, q, k, v, mask, 3).item() == pytest.approx(0.0, abs=1e-6)
     assert minilm_relation_loss(q, k, v, k, q, v, mask, 3).item() > 0
