@@ -40,10 +40,14 @@ class PreparedData:
 
     def array(self, name: str) -> np.ndarray:
         """A cached array, memory-mapped; opened once per object (batches read it every step)."""
+        return self._once(f"array:{name}", lambda: np.load(self.path / f"{name}.npy", mmap_mode="r"))
+
+    def _once(self, key: str, make: Callable[[], Any]) -> Any:
+        """What `make` reads from the folder, read once per object (a finished cache never changes)."""
         opened = self.__dict__.setdefault("_opened", {})
-        if name not in opened:
-            opened[name] = np.load(self.path / f"{name}.npy", mmap_mode="r")
-        return opened[name]
+        if key not in opened:
+            opened[key] = make()
+        return opened[key]
 
     def __getstate__(self) -> dict[str, Any]:
         """Only the folder travels to workers; each opens its own memory maps."""
@@ -61,7 +65,18 @@ class PreparedData:
     def teacher_config(self) -> Any:
         from transformers import AutoConfig
 
-        return AutoConfig.from_pretrained(self.path / "teacher")
+        return self._once("config", lambda: AutoConfig.from_pretrained(self.path / "teacher"))
+
+    def teacher_tokenizer(self) -> Any:
+        from transformers import AutoTokenizer
+
+        return self._once("tokenizer", lambda: AutoTokenizer.from_pretrained(self.path / "teacher"))
+
+    def teacher_generation_config(self) -> Any:
+        """How the teacher decodes (copy it before changing it)."""
+        from transformers import GenerationConfig
+
+        return self._once("generation", lambda: GenerationConfig.from_pretrained(self.path / "teacher"))
 
 
 TEACHER_TEXT = "eval_teacher_text"

@@ -10,6 +10,7 @@ teachers are a list of providers with weights (`WeightedTeacher`).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -85,9 +86,7 @@ def _live_teacher(task: Task, data: PreparedData, device: torch.device) -> Teach
     """The study's teacher loaded in this process, decoding as the study cached."""
     teacher = task.load_teacher(data.teacher_source)
     if (data.path / "teacher" / "generation_config.json").exists():  # how the study decodes with it
-        from transformers import GenerationConfig
-
-        teacher.model.generation_config = GenerationConfig.from_pretrained(data.path / "teacher")
+        teacher.model.generation_config = copy.deepcopy(data.teacher_generation_config())
     teacher.model.to(device)
     return teacher
 

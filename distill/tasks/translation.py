@@ -315,10 +315,9 @@ class Translation:
     def export(self, student: torch.nn.Module, data: PreparedData, folder: Path) -> None:
         """save_pretrained (safetensors), the teacher's tokenizer, and a generation config with
         the decoding the scores were measured with."""
-        from transformers import AutoTokenizer
 
         student.cpu().save_pretrained(folder)
-        AutoTokenizer.from_pretrained(data.path / "teacher").save_pretrained(folder)
+        data.teacher_tokenizer().save_pretrained(folder)
         study_decoding(data).save_pretrained(folder)
 
 
@@ -357,10 +356,8 @@ def decoding(base: Any, beams: int, max_new_tokens: int) -> Any:
 def study_decoding(data: PreparedData) -> Any:
     """How students and teacher are scored: the teacher's own generation config with the spec's
     beams, at most the study's sentence length (the longest reference the study keeps)."""
-    from transformers import GenerationConfig
-
     cfg = data.meta["data"]
-    return decoding(GenerationConfig.from_pretrained(data.path / "teacher"), cfg["beams"], cfg["max_length"])
+    return decoding(data.teacher_generation_config(), cfg["beams"], cfg["max_length"])  # a copy
 
 
 @torch.no_grad()
@@ -402,9 +399,7 @@ def _forced_logits(model: Any, batch: Batch) -> torch.Tensor:
 @torch.no_grad()
 def generate(model: Any, data: PreparedData, split: str, device: torch.device, batch_size: int = 32) -> list[str]:
     """The model's translations of the sources of `split`, decoded with the teacher's tokenizer."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(data.path / "teacher")
+    tokenizer = data.teacher_tokenizer()
     # The model's own config, not only the argument: generate() fills what the argument leaves
     # unset from it, and an export must decode as the scores were measured.
     model.generation_config = settings = study_decoding(data)

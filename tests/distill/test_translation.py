@@ -182,8 +182,8 @@ def test_eos_is_added_only_where_the_tokenizer_put_none():
     ids, mask = encode_side(tokenizer, ["Germany"], 8, target=False)
     n = int(mask.sum())
     assert ids[0, n - 1] == tokenizer.eos_token_id and list(ids[0, :n]).count(tokenizer.eos_token_id) == 1
-    tokenizer.post_processor = None  # now it ends sentences with nothing
-    tokenizer._tokenizer.post_processor = None
+    tokenizer._tokenizer.post_processor = None  # now it ends sentences with nothing ...
+    assert tokenizer.eos_token_id not in tokenizer("Germany")["input_ids"]
     bare, bare_mask = encode_side(tokenizer, ["Germany"], 8, target=False)
     assert bare[0, int(bare_mask.sum()) - 1] == tokenizer.eos_token_id
     assert encode_side(tokenizer, ["Germany " * 20], 8, target=False)[0][0, -1] == tokenizer.eos_token_id  # cut, then ended
