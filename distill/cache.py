@@ -13,6 +13,8 @@ import functools
 import hashlib
 import json
 import logging
+import math
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,6 +23,7 @@ import numpy as np
 import torch
 
 from distill.data import SPLITS, DataSplits
+from distill.errors import InputError
 from distill.files import written_whole
 from distill.teacher_outputs import split_params
 from distill.teachers import TeacherConfig, TeacherSource, teacher_source
@@ -82,12 +85,12 @@ class PreparedData:
 TEACHER_TEXT = "eval_teacher_text"
 """The cached array of the text the teacher generated on the held-out split (tasks that generate)"""
 
-CACHE_FORMAT = 5
+CACHE_FORMAT = 6
 """Raised whenever what a cache holds for the same inputs changes (2: held-out splits without
 paragraphs of earlier splits; 3: what reading the data found and how quality is scored; 4: the
 importance of Marian and T5 teachers' units; 5: the teacher's generation config, held-out
-sources and the teacher's generated text, EOS only where a tokenizer puts none), so an older
-cache is never reused."""
+sources and the teacher's generated text, EOS only where a tokenizer puts none; 6: hidden states
+and attention maps named by stack), so an older cache is never reused."""
 
 
 def cache_key(
@@ -214,11 +217,19 @@ def _write_outputs(
         return {}
     n = len(task.lengths(data, split))
     specs = task.output_arrays(groups, teacher, params, data_cfg)
+    size = sum(n * math.prod(spec.shape) * np.dtype(spec.dtype).itemsize for spec in specs.values())
+    free = shutil.disk_usage(data.path).free
+    if size > 0.9 * free:  # hidden states and attention maps of a large teacher: keep them live
+        raise InputError(
+            f"distill.loss.teacher_outputs: the teacher's {', '.join(sorted(groups))} for {n} {split} items take "
+            f"{size / 2**30:.1f} GiB, more than the {free / 2**30:.1f} GiB free for the cache; "
+            'set teacher_outputs = "live" (the teacher then runs on every batch) or cache fewer items'
+        )
     arrays = {
         name: np.lib.format.open_memmap(data.path / f"{split}_{name}.npy", "w+", np.dtype(spec.dtype), (n, *spec.shape))
         for name, spec in specs.items()
     }
-    logger.info("teacher outputs (%s) for %d %s items", ", ".join(sorted(groups)), n, split)
+    logger.info("teacher outputs (%s) for %d %s items: %.1f MiB", ", ".join(sorted(groups)), n, split, size / 2**20)
     for start in range(0, n, task.teacher_batch):
         idx = np.arange(start, min(n, start + task.teacher_batch))
         out = task.teacher_outputs(teacher, task.batch(data, split, idx, device), groups, params)

@@ -24,6 +24,9 @@ from distill.files import file_written_whole
 logger = logging.getLogger(__name__)
 
 LAST_CHECKPOINT = "last.pt"  # in a run's checkpoint folder: what `resume` continues from
+TRAINING_STATE = "distillation_projections"
+"""The attribute of a student holding modules the loss trains with it (`distill.intermediate`):
+optimized, checkpointed and resumed with the student, removed when the run ends."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -268,5 +271,7 @@ def distill(
         if best_weights is None and checkpoint_dir is not None:  # resumed after the best was saved
             best_weights = torch.load(checkpoint_dir / "best.pt", map_location=device, weights_only=True)
         student.load_state_dict(best_weights)
+    if hasattr(student, TRAINING_STATE):  # training-only modules (projections) end with the run
+        delattr(student, TRAINING_STATE)
     student.eval()
     return TrainResult(state["losses"], state["evals"], state["best_step"], state["step"], stopped_early)

@@ -5,19 +5,20 @@ it needs (the teacher cache is built from the union of the needs of a study's te
 parameters are named from one vocabulary, and each micro-batch binds them by name:
 
 - student side: `student_logits` (B, T, V) next-token logits; `student_embedding` (B, D)
-  sentence embeddings in the teacher's space; `student_hidden`, the student's hidden states
-  (embedding output first), each (B, T, D) after its learned projection to the teacher's width;
-  `student_query` / `student_key` / `student_value` (B, T, Ds), its last layer's projections;
+  sentence embeddings in the teacher's space; `student_query` / `student_key` /
+  `student_value` (B, T, Ds), its last layer's projections;
 - teacher side (the `needs` groups): "topk" gives `teacher_logprobs` and `teacher_indices`
   (B, T, K), or, with the loss parameter `full_vocabulary` and a live teacher, "logits" gives
-  `teacher_logits` (B, T, V) in their place (the divergences take either); "sequences" gives `teacher_sequence` and `teacher_sequence_mask` (B, L), the
-  teacher's beam-search output for each source, which the task runs the student on
-  (`student_sequence_logits`, `sequence_labels`); "sentence_embedding" gives `teacher_embedding` (B, D); "hidden_states" gives
-  `teacher_hidden` (B, Lt + 1, T, D); "qkv" gives `teacher_query` / `teacher_key` /
-  `teacher_value` (B, T, D);
+  `teacher_logits` (B, T, V) in their place (the divergences take either); "sequences" gives
+  `teacher_sequence` and `teacher_sequence_mask` (B, L), the teacher's beam-search output for
+  each source, which the task runs the student on (`student_sequence_logits`,
+  `sequence_labels`); "sentence_embedding" gives `teacher_embedding` (B, D); "qkv" gives
+  `teacher_query` / `teacher_key` / `teacher_value` (B, T, D);
+- both sides of intermediate layers, paired by the layer map (`distill.intermediate`, from
+  the "hidden_states" and "attentions" groups): `hidden_pairs` and `attention_pairs`;
 - the batch and the study: `labels` (B, T) next tokens, `mask` (B, T) 1 for real tokens (None
-  when every position counts), `layer_map` (the teacher state each student state is matched
-  to), `relation_heads`, and the loss parameters of the spec's `[distill.loss]` (`temperature`).
+  when every position counts), `relation_heads`, and the loss parameters of the spec's
+  `[distill.loss]` (`temperature`).
 
 A task allows every registered term whose inputs it can provide (see `distill.objective`).
 """
@@ -289,41 +290,65 @@ def embedding_mse_loss(student_embedding: torch.Tensor, teacher_embedding: torch
     return F.mse_loss(student_embedding.float(), teacher_embedding.float())
 
 
-def hidden_state_loss(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """MSE between one pair of hidden states over real tokens, (B, T, D) each; mask (B, T)."""
-    m = mask.unsqueeze(-1).to(student.dtype)  # (B, T, 1)
+def _token_mask(mask: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    """The mask (B, T) of real tokens as fp32; every token of `like` (B, T, ...) when None."""
+    return torch.ones(like.shape[:2], device=like.device) if mask is None else mask.float()
+
+
+def hidden_state_loss(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """MSE between one pair of hidden states over real tokens, (B, T, D) each; mask (B, T)
+    (None: every token)."""
+    m = _token_mask(mask, student).unsqueeze(-1)  # (B, T, 1)
     sq = (student.float() - teacher.float()).pow(2) * m
     return sq.sum() / (m.sum() * student.shape[-1]).clamp(min=1.0)
 
 
-def mapped_hidden_loss(
-    student_hidden: list[torch.Tensor], teacher_hidden: torch.Tensor, layer_map: list[int], mask: torch.Tensor
-) -> torch.Tensor:
-    """Hidden-state MSE of mapped layers (Jiao et al., 2020, "TinyBERT"): student state j
-    against teacher state layer_map[j], the embedding output included, mean over the pairs.
+Pairs = list[tuple[torch.Tensor, torch.Tensor, "torch.Tensor | None"]]
 
-    Shapes: student_hidden, Ls + 1 tensors (B, T, D) already projected to the teacher's width
-    D; teacher_hidden (B, Lt + 1, T, D); layer_map, Ls + 1 indices into Lt + 1; mask (B, T).
+
+def mapped_hidden_loss(hidden_pairs: Pairs) -> torch.Tensor:
+    """Hidden-state MSE of mapped layers (Jiao et al., 2020, "TinyBERT"), mean over the pairs.
+
+    hidden_pairs: (student state already projected to the teacher's width, teacher state, mask)
+    per pair of the layer map (`distill.intermediate`), states (B, T, D) and mask (B, T) or None.
     """
-    pairs = [hidden_state_loss(h, teacher_hidden[:, layer_map[j]], mask) for j, h in enumerate(student_hidden)]
-    return torch.stack(pairs).mean()
+    return torch.stack([hidden_state_loss(s, t, m) for s, t, m in hidden_pairs]).mean()
 
 
-def hidden_cosine_loss(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def hidden_cosine_loss(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """1 - cosine between one pair of hidden states, per real token, (B, T, D) each; mask (B, T)."""
     cos = F.cosine_similarity(student.float(), teacher.float(), dim=-1)  # (B, T)
-    m = mask.to(cos.dtype)
+    m = _token_mask(mask, student)
     return ((1.0 - cos) * m).sum() / m.sum().clamp(min=1.0)
 
 
-def mapped_hidden_cosine_loss(
-    student_hidden: list[torch.Tensor], teacher_hidden: torch.Tensor, layer_map: list[int], mask: torch.Tensor
-) -> torch.Tensor:
-    """The direction, not the scale, of mapped hidden states: 1 - cosine of student state j
-    against teacher state layer_map[j] per real token (the embedding output included), mean
-    over the pairs. Shapes as `mapped_hidden_loss`."""
-    pairs = [hidden_cosine_loss(h, teacher_hidden[:, layer_map[j]], mask) for j, h in enumerate(student_hidden)]
-    return torch.stack(pairs).mean()
+def mapped_hidden_cosine_loss(hidden_pairs: Pairs) -> torch.Tensor:
+    """The direction, not the scale, of mapped hidden states: 1 - cosine per real token, mean
+    over the pairs. Pairs as `mapped_hidden_loss`."""
+    return torch.stack([hidden_cosine_loss(s, t, m) for s, t, m in hidden_pairs]).mean()
+
+
+def attention_map_kl(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """KL(teacher || student) between the attention distributions of one pair of layers, per
+    head and real query position: student (B, Hs, T, T), teacher (B, Ht, T, T) with Hs
+    dividing Ht (the teacher's heads averaged in consecutive groups of Ht / Hs, a mixture of
+    its distributions); mask (B, T). Keys the teacher gives no weight (padding, the future of a
+    causal model) count nothing."""
+    b, hs, t, _ = student.shape
+    p = teacher.float().view(b, hs, -1, t, t).mean(2)  # (B, Hs, T, T)
+    log_q = student.float().clamp(min=torch.finfo(torch.float32).tiny).log()
+    kl = torch.where(p > 0, p * (p.clamp(min=torch.finfo(torch.float32).tiny).log() - log_q), 0.0).sum(-1)
+    m = _token_mask(mask, student.transpose(1, 2))[:, None, :]  # (B, 1, T)
+    return (kl * m).sum() / (m.sum() * hs).clamp(min=1.0)
+
+
+def attention_kl_loss(attention_pairs: Pairs) -> torch.Tensor:
+    """Attention-map distillation of mapped layers (TinyBERT's attention loss, as a KL in the
+    manner of MiniLM, Wang et al., 2020): mean over the pairs of `attention_map_kl`.
+
+    attention_pairs: (student map (B, Hs, T, T), teacher map (B, Ht, T, T), mask) per pair of
+    mapped layers (`distill.intermediate`)."""
+    return torch.stack([attention_map_kl(s, t, m) for s, t, m in attention_pairs]).mean()
 
 
 def relation_kd_loss(
@@ -437,14 +462,15 @@ LOSSES: dict[str, LossTerm] = {
     "hidden": LossTerm(
         mapped_hidden_loss,
         ("hidden_states",),
-        "MSE of the hidden states of mapped layers (each student layer against the teacher layer it "
-        "was taken from, the embedding output included) through a learned projection",
+        "MSE of the hidden states of the layers mapped by {layer_map} through a learned projection",
     ),
     "hidden_cosine": LossTerm(
         mapped_hidden_cosine_loss,
         ("hidden_states",),
-        "1 - cosine of the hidden states of mapped layers (each student layer against the teacher layer it "
-        "was taken from, the embedding output included) through a learned projection",
+        "1 - cosine of the hidden states of the layers mapped by {layer_map} through a learned projection",
+    ),
+    "attention": LossTerm(
+        attention_kl_loss, ("attentions",), "KL between the attention maps of the layers mapped by {layer_map}"
     ),
     "relations": LossTerm(minilm_relation_loss, ("qkv",), "MiniLM attention and value relations of the last layer"),
 }

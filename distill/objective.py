@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from distill.intermediate import attach, paired_values, student_side
 from distill.losses import LOSSES, LossTerm
 
 if TYPE_CHECKING:
@@ -64,13 +65,26 @@ class LossConfig:
             where = "the whole vocabulary (a live teacher's logits)"
         else:
             where = "the teacher's top {top_k} tokens and one bucket for the rest".format(top_k=self.params.get("top_k"))
-        words = {**self.params, "support": where}
+        words = {**self.params, "support": where, "layer_map": layer_map_words(self.params.get("layer_map"))}
         return " + ".join(f"{w:g} x {term.text.format(**words)}" for _, term, w in self.active())
+
+
+def layer_map_words(rule: Any) -> str:
+    """A layer map (`distill.intermediate.layer_pairs`) in words, for model cards."""
+    if isinstance(rule, (list, tuple)):
+        return f"the list {list(rule)} (the teacher state of each student state)"
+    if isinstance(rule, str) and rule.startswith("last-"):
+        return f"{rule} (the student's last {rule[5:]} layers against the teacher's last)"
+    return {
+        "init": "init (each student layer against the teacher layer it was taken from, or spread evenly)",
+        "uniform": "uniform (student layer j against teacher layer j x Lt / Ls)",
+    }.get(rule, str(rule))
 
 
 def allowed_terms(task: Task) -> list[str]:
     """The registered terms a task can compute: it gives every input they require."""
     given = set(task.values) | {f.name for f in dataclasses.fields(task.loss_params)}
+    given |= paired_values(task.values)
     given |= {value for group in task.outputs.values() for value in group}
     return [n for n, t in LOSSES.items() if set(t.needs) <= set(task.outputs) and t.required <= given]
 
@@ -90,30 +104,42 @@ def make_loss(
     device: torch.device,
     on_policy: float = 0.0,
     live: WeightedTeacher | None = None,
+    arch: dict[str, Any] | None = None,
 ) -> Callable[[np.ndarray], torch.Tensor]:
     """The loss of the training items at `idx`: the weighted sum of the active terms, terms
     that need a teacher summed once per teacher and weighted by that teacher's weight.
 
     On `on_policy` of the batches (GKD's lambda) the student first samples its own outputs
     from the batch's inputs (`task.on_policy_batch`), and the `live` teacher scores them: the
-    divergence terms alone count there (the references say nothing of the student's samples)."""
+    divergence terms alone count there (the references say nothing of the student's samples).
+
+    Terms on intermediate layers pair the student's states with the teacher's through an
+    `Intermediate` (`distill.intermediate`) attached to `student` for the run, built from its
+    architecture `arch`."""
     terms = loss.active()
     free = [(term, w) for _, term, w in terms if not term.needs]
     taught = [(term, w) for _, term, w in terms if term.needs]
     wanted = {name for _, term, _ in terms for name in term.inputs}
+    inter = attach(task, student, arch, data, loss.params.get("layer_map"), wanted)
+    wanted = student_side(wanted)
     divergences = [(term, w) for term, w in taught if set(term.needs) <= {"topk"}]
+    on_policy_wanted = {name for term, _ in divergences for name in term.inputs}
+
+    def values_of(batch: Any, outputs: dict[str, torch.Tensor]) -> dict[str, Any]:
+        values = {**loss.params, **task.forward(student, batch, wanted, outputs), **outputs}
+        return inter.add_pairs(values, wanted) if inter is not None else values
 
     def loss_fn(idx: np.ndarray) -> torch.Tensor:
         batch = task.batch(data, "train", idx, device)
         if live is not None and on_policy_step(idx, on_policy):
             sampled = task.on_policy_batch(student, batch)  # type: ignore[attr-defined]
             outputs = live.provider.outputs("train", idx, sampled)
-            values = {**loss.params, **task.forward(student, sampled, wanted, outputs), **outputs}
+            values = {**loss.params, **task.forward(student, sampled, on_policy_wanted, outputs), **outputs}
             return sum(w * term(values) for term, w in divergences)
         total: Any = 0
         for i, teacher in enumerate(teachers if taught else [None]):
             outputs = teacher.provider.outputs("train", idx, batch) if teacher is not None else {}
-            values = {**loss.params, **task.forward(student, batch, wanted, outputs), **outputs}
+            values = values_of(batch, outputs)
             if i == 0:  # terms without a teacher count once
                 total = sum(w * term(values) for term, w in free)
             if teacher is not None:

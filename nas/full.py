@@ -184,7 +184,7 @@ def distill_arch(
     student = task.build_student(arch, data, device)
     teachers = study_teachers(task, data, spec.loss, device)
     live = on_policy_teacher(task, data, spec.loss, device, budget.on_policy)
-    loss = make_loss(task, student, data, spec.loss, teachers, device, budget.on_policy, live)
+    loss = make_loss(task, student, data, spec.loss, teachers, device, budget.on_policy, live, arch)
     lengths = task.lengths(data, "train")
 
     def validate(model: torch.nn.Module) -> float:

@@ -7,6 +7,7 @@ names (`study.task`): its search space, its loss terms and parameters, its metri
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import re
@@ -277,7 +278,16 @@ def _check_type(key: str, value: Any, hint: Any) -> Any:
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         options = [h for h in typing.get_args(hint) if h is not type(None)]
-        return _check_type(key, value, options[0])
+        for option in options[:-1]:  # the first type the value has
+            with contextlib.suppress(SpecError):
+                return _check_type(key, value, option)
+        if len(options) == 1:
+            return _check_type(key, value, options[0])
+        try:
+            return _check_type(key, value, options[-1])
+        except SpecError:
+            names = " or ".join("a list" if typing.get_origin(h) is tuple else h.__name__ for h in options)
+            raise SpecError(f"{key}: must be {names}, got {value!r}") from None
     if origin is tuple:
         if not isinstance(value, list):
             raise SpecError(f"{key}: must be a list, got {value!r}")

@@ -108,7 +108,7 @@ def run_trial(
         return {**size, "not_trained": f"infeasible before training: {missed}", "device": str(device)}
     teachers = study_teachers(task, data, plan.loss, device)
     live = on_policy_teacher(task, data, plan.loss, device, plan.budget.on_policy)
-    loss = make_loss(task, student, data, plan.loss, teachers, device, plan.budget.on_policy, live)
+    loss = make_loss(task, student, data, plan.loss, teachers, device, plan.budget.on_policy, live, arch)
     lengths = task.lengths(data, "train")
     stops = plan_stops(plan)
     rungs: list[dict[str, Any]] = []

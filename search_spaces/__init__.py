@@ -20,6 +20,7 @@ from search_spaces._seq2seq import (
     build_seq2seq,
     build_seq2seq_config,
     target_vocab,
+    teacher_shape,
 )
 
 __all__ = [
@@ -47,4 +48,5 @@ __all__ = [
     "pick_layers",
     "seq2seq_importance",
     "target_vocab",
+    "teacher_shape",
 ]

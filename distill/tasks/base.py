@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import torch
 
+from distill.intermediate import check_layer_map
+
 if TYPE_CHECKING:
     from distill.cache import PreparedData
     from distill.teachers import TeacherSource
@@ -106,6 +108,10 @@ class Task(Protocol):
     recomputes the stored scores from the saved files (model cards print it).
     `on_policy_batch(student, batch)`: the batch with its targets replaced by what the student
     samples from the batch's inputs (GKD's on-policy data; a budget's `on_policy` share).
+    `stacks(arch, data)`: the student's stacks of layers and the teacher's
+    (`distill.intermediate.Stack` by stack name), for tasks whose `forward` gives
+    `student_states` / `student_attentions` and `state_masks` per stack and whose teacher
+    outputs "hidden_states" / "attentions" (`teacher_<stack>_hidden` / `_attentions`).
     """
 
     name: str
@@ -232,8 +238,12 @@ class TopKLossParams:
     full_vocabulary: bool = False
     """divergences over the whole vocabulary from a live teacher's full logits (needs
     `teacher_outputs = "live"`) instead of its cached top k and a tail bucket"""
+    layer_map: str | tuple[int, ...] = "init"
+    """which student layers the intermediate-layer terms match with which teacher layers:
+    init, uniform, last-K, or a list of teacher states (`distill.intermediate.layer_pairs`)"""
 
     def __post_init__(self) -> None:
+        check_layer_map(self.layer_map)
         if not self.temperature > 0:
             raise ValueError(f"temperature: must be > 0, got {self.temperature}")
         if self.top_k < 1:
@@ -242,6 +252,61 @@ class TopKLossParams:
             if not 0.0 < getattr(self, key) < 1.0:
                 raise ValueError(f"{key}: must be strictly between 0 and 1, got {getattr(self, key)}")
 
+
+def stack_outputs(out: Any, stack: str) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...] | None]:
+    """A transformers output's hidden states (embedding output first) and attention maps of
+    one stack: `<stack>_hidden_states` of an encoder-decoder, `hidden_states` otherwise."""
+    if f"{stack}_hidden_states" in {f.name for f in dataclasses.fields(out)}:
+        return getattr(out, f"{stack}_hidden_states"), getattr(out, f"{stack}_attentions")
+    return out.hidden_states, out.attentions
+
+
+def layer_outputs(out: Any, stacks: tuple[str, ...], groups: set[str]) -> dict[str, torch.Tensor]:
+    """The teacher output groups "hidden_states" (`teacher_<stack>_hidden`, (B, L + 1, T, D))
+    and "attentions" (`teacher_<stack>_attentions`, (B, L, H, T, T)) from a transformers output."""
+    res: dict[str, torch.Tensor] = {}
+    for stack in stacks if groups & set(LAYER_GROUPS) else ():
+        hidden, maps = stack_outputs(out, stack)
+        if "hidden_states" in groups:
+            res[f"teacher_{stack}_hidden"] = torch.stack(hidden, 1).float()
+        if "attentions" in groups:
+            res[f"teacher_{stack}_attentions"] = torch.stack(maps, 1).float()
+    return res
+
+
+def student_layers(out: Any, masks: dict[str, torch.Tensor | None], wanted: set[str]) -> dict[str, Any]:
+    """The student's side of intermediate-layer terms from a transformers output: its hidden
+    states and attention maps per stack of `masks` (each stack's mask of real tokens)."""
+    res: dict[str, Any] = {"state_masks": masks}
+    if "student_states" in wanted:
+        res["student_states"] = {stack: stack_outputs(out, stack)[0] for stack in masks}
+    if "student_attentions" in wanted:
+        res["student_attentions"] = {stack: stack_outputs(out, stack)[1] for stack in masks}
+    return res
+
+
+def layer_arrays(groups: set[str], stacks: dict[str, tuple[int, int, int, int, str | None]]) -> dict[str, OutputArray]:
+    """The cached arrays of the "hidden_states" and "attentions" groups; `stacks` gives each
+    stack's (layers, heads, width, positions, the `Batch.lengths` key its positions are cut
+    to, or None)."""
+    out = {}
+    for stack, (layers, heads, width, positions, key) in stacks.items():
+        if "hidden_states" in groups:
+            out[f"teacher_{stack}_hidden"] = OutputArray((layers + 1, positions, width), "float16", {1: key} if key else {})
+        if "attentions" in groups:
+            cut = {2: key, 3: key} if key else {}
+            out[f"teacher_{stack}_attentions"] = OutputArray((layers, heads, positions, positions), "float16", cut)
+    return out
+
+
+# The teacher output groups of intermediate layers, and what `forward` gives for them.
+LAYER_GROUPS = ("hidden_states", "attentions")
+LAYER_VALUES = frozenset({"student_states", "student_attentions", "state_masks"})
+
+
+def layer_groups(wanted: set[str]) -> set[str]:
+    """The intermediate-layer groups whose student side `wanted` asks for."""
+    return {group for group, value in zip(LAYER_GROUPS, ("student_states", "student_attentions")) if value in wanted}
 
 OUTPUTS = "outputs"
 """The key under which `Task.evaluate` returns the text a student generated"""
@@ -352,7 +417,12 @@ __all__ = [
     "quality_metrics",
     "slice_teacher",
     "trains_teacher",
+    "layer_arrays",
+    "layer_groups",
+    "layer_outputs",
     "logit_outputs",
+    "stack_outputs",
+    "student_layers",
     "topk_arrays",
     "topk_outputs",
     "trimmed",

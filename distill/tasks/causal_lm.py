@@ -18,9 +18,12 @@ from distill.cache import PreparedData
 from distill.data import DataConfig, load_documents, pack
 from distill.errors import InputError
 from distill.evaluate import median_ms, param_counts, peak_memory_mb
+from distill.intermediate import Stack, attention_maps
 from distill.loop import autocast
 from distill.losses import next_token_ce, topk_kd_loss
 from distill.tasks.base import (
+    LAYER_GROUPS,
+    LAYER_VALUES,
     NON_EMBEDDING_PARAMS,
     PARAMS,
     PEAK_MEMORY,
@@ -31,8 +34,12 @@ from distill.tasks.base import (
     Teacher,
     TopKLossParams,
     check_space_fits,
+    layer_arrays,
+    layer_groups,
+    layer_outputs,
     logit_outputs,
     slice_teacher,
+    student_layers,
     topk_arrays,
 )
 from distill.teachers import TeacherSource, TeacherTraining, train_and_save, train_tokenizer
@@ -77,8 +84,13 @@ class CausalLM:
     metrics = METRICS
     loss_params = CausalLossParams
     default_weights = {"forward_kl": 1.0, "ce": 0.5}
-    outputs = {"topk": ("teacher_logprobs", "teacher_indices"), "logits": ("teacher_logits",)}
-    values = frozenset({"student_logits", "labels", "mask"})
+    outputs = {
+        "topk": ("teacher_logprobs", "teacher_indices"),
+        "logits": ("teacher_logits",),
+        "hidden_states": ("teacher_decoder_hidden",),
+        "attentions": ("teacher_decoder_attentions",),
+    }
+    values = frozenset({"student_logits", "labels", "mask", *LAYER_VALUES})
     eval_outputs = ("topk",)
     held_out_params = {"temperature": 1.0}  # held-out KL and agreement against the plain distribution
     teacher_batch = 16
@@ -118,13 +130,14 @@ class CausalLM:
 
     def output_arrays(self, groups: set[str], teacher: Teacher, params: dict[str, Any], data: DataConfig) -> dict[str, OutputArray]:
         # packed blocks: every position counts, nothing to cut
-        return topk_arrays(teacher.model.config.vocab_size, params, data.block_length - 1, {})
+        c = teacher.model.config
+        arrays = topk_arrays(c.vocab_size, params, data.block_length - 1, {}) if "topk" in groups else {}
+        stack = (c.num_hidden_layers, c.num_attention_heads, c.hidden_size, data.block_length, None)
+        return arrays | layer_arrays(groups, {"decoder": stack})
 
     def teacher_outputs(self, teacher: Teacher, batch: Batch, groups: set[str], params: dict[str, Any]) -> dict[str, torch.Tensor]:
-        tokens = batch.inputs["input_ids"]
-        with autocast(tokens.device):
-            logits = teacher.model(input_ids=tokens).logits[:, :-1].float()  # (B, L-1, V)
-        return logit_outputs(logits, groups, params)
+        out = run_decoder(teacher.model, batch, groups & set(LAYER_GROUPS))
+        return logit_outputs(out.logits[:, :-1].float(), groups, params) | layer_outputs(out, ("decoder",), groups)
 
     def importance(self, teacher: Teacher, data: PreparedData, device: torch.device) -> dict[str, Any] | None:
         if teacher.model.config.model_type not in FAMILIES:
@@ -168,9 +181,16 @@ class CausalLM:
         self, student: torch.nn.Module, batch: Batch, wanted: set[str], teacher: dict[str, torch.Tensor]
     ) -> dict[str, Any]:
         tokens = batch.inputs["input_ids"]  # (B, L)
-        with autocast(tokens.device):
-            logits = student(input_ids=tokens).logits[:, :-1]  # (B, L-1, V)
-        return {"student_logits": logits, "labels": tokens[:, 1:], "mask": None}  # packed blocks: no padding
+        out = run_decoder(student, batch, layer_groups(wanted))
+        values = {"student_logits": out.logits[:, :-1], "labels": tokens[:, 1:], "mask": None}  # packed: no padding
+        return values | student_layers(out, {"decoder": None}, wanted)
+
+    def stacks(self, arch: dict[str, Any], data: PreparedData) -> dict[str, Stack]:
+        a, c = DecoderArch.from_dict(arch), data.teacher_config()
+        pick = a.layer_pick if a.init == "teacher" else "even"
+        return {
+            "decoder": Stack(a.layers, c.num_hidden_layers, a.hidden, c.hidden_size, a.heads, c.num_attention_heads, pick)
+        }
 
     def evaluate(self, student: torch.nn.Module, data: PreparedData, split: str, device: torch.device) -> dict[str, float]:
         return evaluate_lm(student, data, split, device=device)
@@ -228,6 +248,18 @@ def evaluate_lm(
         agree += (logits.argmax(-1) == t_idx[..., 0].long()).sum().item()
         count += n
     return {"perplexity": math.exp(nll / count), "kl": kl / count, "top1_agreement": agree / count}
+
+
+def run_decoder(model: Any, batch: Batch, layers: set[str]) -> Any:
+    """A decoder-only model's output on the blocks of `batch`, with the hidden states and
+    attention maps the `layers` groups ask for."""
+    tokens = batch.inputs["input_ids"]
+    with autocast(tokens.device), attention_maps(model, "attentions" in layers):
+        return model(
+            input_ids=tokens,
+            output_hidden_states="hidden_states" in layers,
+            output_attentions="attentions" in layers,
+        )
 
 
 def latency_ms_per_token(model: torch.nn.Module, seq_len: int, *, device: torch.device | str = "cpu") -> float:

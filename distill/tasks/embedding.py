@@ -22,8 +22,11 @@ from distill.cache import PreparedData
 from distill.data import DataConfig, encode_texts, load_documents, paragraphs
 from distill.errors import InputError
 from distill.evaluate import median_ms, param_counts, peak_memory_mb
+from distill.intermediate import Stack, attention_maps, check_layer_map
 from distill.loop import autocast
 from distill.tasks.base import (
+    LAYER_GROUPS,
+    LAYER_VALUES,
     NON_EMBEDDING_PARAMS,
     PARAMS,
     PEAK_MEMORY,
@@ -33,7 +36,11 @@ from distill.tasks.base import (
     OutputArray,
     Teacher,
     check_space_fits,
+    layer_arrays,
+    layer_groups,
+    layer_outputs,
     slice_teacher,
+    student_layers,
     trimmed,
 )
 from distill.teachers import TeacherSource
@@ -44,7 +51,6 @@ from search_spaces import (
     build_encoder,
     init_bert_from_teacher,
     kept_channels,
-    layer_map,
 )
 
 POOLING_MODES = ("mean", "cls", "max")
@@ -70,7 +76,14 @@ QKV = ("query", "key", "value")
 
 @dataclasses.dataclass(frozen=True)
 class EmbeddingLossParams:
-    """Embedding losses take no parameters besides their weights."""
+    """The parameters of an embedding loss besides the term weights."""
+
+    layer_map: str | tuple[int, ...] = "init"
+    """which student layers the intermediate-layer terms match with which teacher layers:
+    init, uniform, last-K, or a list of teacher states (`distill.intermediate.layer_pairs`)"""
+
+    def __post_init__(self) -> None:
+        check_layer_map(self.layer_map)
 
 
 def read_pooling(folder: Path) -> dict[str, Any]:
@@ -109,9 +122,8 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
 class EmbeddingStudent(torch.nn.Module):
     """An encoder, the teacher's pooling, and a projection to the teacher's embedding width
     (absent when the widths agree), so that the student's embeddings stand in for the teacher's.
-    `hidden_projection` maps its hidden states to the teacher's width for the hidden-state loss
-    (training state only: it is not exported); `layer_map` and `relation_heads` say how its
-    states meet the teacher's."""
+    `relation_heads`: how many relation heads its last layer's Q/K/V are split into to meet
+    the teacher's (MiniLM)."""
 
     def __init__(
         self,
@@ -119,7 +131,6 @@ class EmbeddingStudent(torch.nn.Module):
         teacher_dim: int,
         pooling: dict[str, Any],
         projection: torch.Tensor | None = None,
-        layer_map: list[int] | None = None,
         relation_heads: int = 1,
     ) -> None:
         super().__init__()
@@ -130,18 +141,29 @@ class EmbeddingStudent(torch.nn.Module):
         if self.projection is not None and projection is not None:
             with torch.no_grad():
                 self.projection.weight.copy_(projection)
-        self.hidden_projection = torch.nn.Linear(width, teacher_dim, bias=False) if width != teacher_dim else None
-        self.layer_map = layer_map or list(range(encoder.config.num_hidden_layers + 1))
         self.relation_heads = relation_heads
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, internals: bool = False) -> Any:
-        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=internals)
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, layers: set[str] | None = None) -> Any:
+        """Sentence embeddings (B, D); given `layers` (intermediate-layer groups), the
+        embeddings and the encoder's output holding the hidden states and attention maps asked."""
+        out = run_encoder(self.encoder, input_ids, attention_mask, layers or set())
         emb = pool(out.last_hidden_state, attention_mask, self.pooling["mode"])
         if self.projection is not None:
             emb = self.projection(emb)
         if self.pooling["normalize"]:
             emb = F.normalize(emb, dim=-1)
-        return (emb, out.hidden_states) if internals else emb
+        return (emb, out) if layers is not None else emb
+
+
+def run_encoder(encoder: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, layers: set[str]) -> Any:
+    """A BERT encoder's output with the hidden states and attention maps `layers` asks for."""
+    with attention_maps(encoder, "attentions" in layers):
+        return encoder(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            output_hidden_states="hidden_states" in layers,
+            output_attentions="attentions" in layers,
+        )
 
 
 def selection_matrix(kept: torch.Tensor, width: int) -> torch.Tensor:
@@ -175,12 +197,11 @@ class Embedding:
     default_weights = {"cosine": 1.0, "mse": 1.0}
     outputs = {
         "sentence_embedding": ("teacher_embedding",),
-        "hidden_states": ("teacher_hidden",),
+        "hidden_states": ("teacher_encoder_hidden",),
+        "attentions": ("teacher_encoder_attentions",),
         "qkv": tuple(f"teacher_{n}" for n in QKV),
     }
-    values = frozenset(
-        {"student_embedding", "student_hidden", *(f"student_{n}" for n in QKV), "mask", "layer_map", "relation_heads"}
-    )
+    values = frozenset({"student_embedding", *(f"student_{n}" for n in QKV), "mask", "relation_heads", *LAYER_VALUES})
     eval_outputs = ("sentence_embedding",)
     held_out_params: dict[str, Any] = {}
     teacher_batch = 32
@@ -217,12 +238,12 @@ class Embedding:
         return Batch({"input_ids": i, "attention_mask": m}, {"tokens": i.shape[1]})
 
     def output_arrays(self, groups: set[str], teacher: Teacher, params: dict[str, Any], data: DataConfig) -> dict[str, OutputArray]:
-        width, layers = teacher.model.config.hidden_size, teacher.model.config.num_hidden_layers
-        out = {}
+        c = teacher.model.config
+        width = c.hidden_size
+        stack = (c.num_hidden_layers, c.num_attention_heads, width, data.block_length, "tokens")
+        out = layer_arrays(groups, {"encoder": stack})
         if "sentence_embedding" in groups:
             out["teacher_embedding"] = OutputArray((width,), "float32")
-        if "hidden_states" in groups:  # the embedding output and every layer's
-            out["teacher_hidden"] = OutputArray((layers + 1, data.block_length, width), "float16", {1: "tokens"})
         if "qkv" in groups:
             out |= {f"teacher_{n}": OutputArray((data.block_length, width), "float16", {0: "tokens"}) for n in QKV}
         return out
@@ -232,7 +253,7 @@ class Embedding:
         qkv = LastLayerQKV(teacher.model) if "qkv" in groups else None
         try:
             with autocast(i.device):
-                states = teacher.model(input_ids=i, attention_mask=m, output_hidden_states="hidden_states" in groups)
+                states = run_encoder(teacher.model, i, m, groups & set(LAYER_GROUPS))
         finally:
             if qkv is not None:
                 qkv.close()
@@ -240,8 +261,7 @@ class Embedding:
         if "sentence_embedding" in groups:
             emb = pool(states.last_hidden_state.float(), m, teacher.info["pooling"]["mode"])  # (B, D)
             out["teacher_embedding"] = F.normalize(emb, dim=-1) if teacher.info["pooling"]["normalize"] else emb
-        if "hidden_states" in groups:
-            out["teacher_hidden"] = torch.stack(states.hidden_states, dim=1).float()  # (B, Lt+1, t, D)
+        out |= layer_outputs(states, ("encoder",), groups)
         if qkv is not None:
             out |= {f"teacher_{n}": qkv.out[n].float() for n in QKV}  # (B, t, D)
         return out
@@ -265,13 +285,19 @@ class Embedding:
         if a.init == "teacher":
             scores = slice_teacher(encoder, data, "AutoModel", init_bert_from_teacher, a.layer_pick)
             projection = selection_matrix(kept_channels(scores, a.hidden), config.hidden_size)
-        mapping = layer_map(a.layers, config.num_hidden_layers, a.layer_pick if a.init == "teacher" else "even")
         heads = math.gcd(config.num_attention_heads, a.hidden)
         pooling = data.meta["teacher_info"]["pooling"]
-        return EmbeddingStudent(encoder, config.hidden_size, pooling, projection, mapping, heads).to(device)
+        return EmbeddingStudent(encoder, config.hidden_size, pooling, projection, heads).to(device)
 
     def as_student(self, teacher: Teacher, data: PreparedData) -> torch.nn.Module:
         return EmbeddingStudent(teacher.model, teacher.model.config.hidden_size, teacher.info["pooling"])
+
+    def stacks(self, arch: dict[str, Any], data: PreparedData) -> dict[str, Stack]:
+        a, c = EncoderArch.from_dict(arch), data.teacher_config()
+        pick = a.layer_pick if a.init == "teacher" else "even"
+        return {
+            "encoder": Stack(a.layers, c.num_hidden_layers, a.hidden, c.hidden_size, a.heads, c.num_attention_heads, pick)
+        }
 
     def forward(
         self, student: torch.nn.Module, batch: Batch, wanted: set[str], teacher: dict[str, torch.Tensor]
@@ -281,15 +307,12 @@ class Embedding:
         qkv = LastLayerQKV(student.encoder) if wanted & {f"student_{n}" for n in QKV} else None
         try:
             with autocast(i.device):
-                emb, states = student(i, m, internals=True)  # states: (B, t, d) per layer, embeddings first
+                emb, states = student(i, m, layers=layer_groups(wanted))
         finally:
             if qkv is not None:
                 qkv.close()
-        out: dict[str, Any] = {"student_embedding": emb, "mask": m}
-        out |= {"layer_map": student.layer_map, "relation_heads": student.relation_heads}
-        if "student_hidden" in wanted:
-            project = student.hidden_projection or (lambda h: h)
-            out["student_hidden"] = [project(h) for h in states]  # each (B, t, D) at the teacher's width
+        out: dict[str, Any] = {"student_embedding": emb, "mask": m, "relation_heads": student.relation_heads}
+        out |= student_layers(states, {"encoder": m}, wanted)
         if qkv is not None:
             out |= {f"student_{n}": qkv.out[n] for n in QKV}
         return out

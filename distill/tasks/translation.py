@@ -19,9 +19,12 @@ from distill.cache import PreparedData
 from distill.data import DataSplits
 from distill.errors import InputError
 from distill.evaluate import median_ms, param_counts, peak_memory_mb
+from distill.intermediate import Stack, attention_maps
 from distill.loop import autocast
 from distill.losses import next_token_ce, topk_kd_loss
 from distill.tasks.base import (
+    LAYER_GROUPS,
+    LAYER_VALUES,
     NON_EMBEDDING_PARAMS,
     OUTPUTS,
     PARAMS,
@@ -33,8 +36,12 @@ from distill.tasks.base import (
     Teacher,
     TopKLossParams,
     check_space_fits,
+    layer_arrays,
+    layer_groups,
+    layer_outputs,
     logit_outputs,
     slice_teacher,
+    student_layers,
     topk_arrays,
     trimmed,
 )
@@ -48,9 +55,12 @@ from search_spaces import (
     init_seq2seq_from_teacher,
     seq2seq_importance,
     target_vocab,
+    teacher_shape,
 )
 
 logger = logging.getLogger(__name__)
+
+STACKS = ("encoder", "decoder")
 
 METRICS = (
     Metric("bleu", "quality", "max", "{:.2f}", "BLEU against the references (sacrebleu)"),
@@ -125,8 +135,10 @@ class Translation:
         "topk": ("teacher_logprobs", "teacher_indices"),
         "logits": ("teacher_logits",),
         "sequences": ("teacher_sequence", "teacher_sequence_mask"),
+        "hidden_states": ("teacher_encoder_hidden", "teacher_decoder_hidden"),
+        "attentions": ("teacher_encoder_attentions", "teacher_decoder_attentions"),
     }
-    values = frozenset({"student_logits", "labels", "mask", "student_sequence_logits", "sequence_labels"})
+    values = frozenset({"student_logits", "labels", "mask", "student_sequence_logits", "sequence_labels", *LAYER_VALUES})
     eval_outputs = ("topk",)
     held_out_params = {"temperature": 1.0}  # held-out KL against the plain distribution
     teacher_batch = 32
@@ -200,7 +212,8 @@ class Translation:
         tgt, tgt_mask = trimmed(data.array(f"{split}_tgt_ids")[idx], data.array(f"{split}_tgt_mask")[idx], device)
         inputs = {"input_ids": src, "attention_mask": src_mask, "labels": tgt, "decoder_attention_mask": tgt_mask}
         # "max_tokens": the study's sentence length, the longest a generated translation may be
-        return Batch(inputs, {"tokens": tgt.shape[1], "max_tokens": data.array(f"{split}_tgt_ids").shape[1]})
+        lengths = {"tokens": tgt.shape[1], "source": src.shape[1], "max_tokens": data.array(f"{split}_tgt_ids").shape[1]}
+        return Batch(inputs, lengths)
 
     def output_arrays(
         self, groups: set[str], teacher: Teacher, params: dict[str, Any], data: PairDataConfig
@@ -211,12 +224,21 @@ class Translation:
         if "sequences" in groups:  # the teacher's translation, whole (its length is not the reference's)
             arrays["teacher_sequence"] = OutputArray((data.max_length,), "int32")
             arrays["teacher_sequence_mask"] = OutputArray((data.max_length,), "int8")
-        return arrays
+        config = teacher.model.config
+        shape = teacher_shape(config)
+        stacks = {
+            "encoder": (shape["encoder_layers"], shape["heads"], shape["hidden"], data.max_length, "source"),
+            "decoder": (shape["decoder_layers"], decoder_heads(config), shape["hidden"], data.max_length, "tokens"),
+        }
+        return arrays | layer_arrays(groups, stacks)
 
     def teacher_outputs(
         self, teacher: Teacher, batch: Batch, groups: set[str], params: dict[str, Any]
     ) -> dict[str, torch.Tensor]:
-        out = logit_outputs(_forced_logits(teacher.model, batch), groups, params) if groups & {"topk", "logits"} else {}
+        out = {}
+        if groups & {"topk", "logits", *LAYER_GROUPS}:
+            forced = _forced(teacher.model, batch, groups)
+            out = logit_outputs(forced.logits, groups, params) | layer_outputs(forced, STACKS, groups)
         if "sequences" in groups:
             out |= translations(teacher.model, batch, params["sequence_beams"])
         return out
@@ -238,6 +260,15 @@ class Translation:
     def as_student(self, teacher: Teacher, data: PreparedData) -> torch.nn.Module:
         return teacher.model
 
+    def stacks(self, arch: dict[str, Any], data: PreparedData) -> dict[str, Stack]:
+        a, config = Seq2SeqArch.from_dict(arch), data.teacher_config()
+        t = teacher_shape(config)
+        pick = a.layer_pick if a.init == "teacher" else "even"
+        return {
+            "encoder": Stack(a.encoder_layers, t["encoder_layers"], a.hidden, t["hidden"], a.heads, t["heads"], pick),
+            "decoder": Stack(a.decoder_layers, t["decoder_layers"], a.hidden, t["hidden"], a.heads, decoder_heads(config), pick),
+        }
+
     def forward(
         self, student: torch.nn.Module, batch: Batch, wanted: set[str], teacher: dict[str, torch.Tensor]
     ) -> dict[str, Any]:
@@ -245,10 +276,12 @@ class Translation:
         padding) and, for sequence-level KD, on the teacher's translation of the same sources
         (`student_sequence_logits`, `sequence_labels`); each only when a term wants it."""
         out: dict[str, Any] = {}
-        if wanted & {"student_logits", "labels", "mask"}:
+        if wanted & {"student_logits", "labels", "mask", *LAYER_VALUES}:
             mask = batch.inputs["decoder_attention_mask"]
             labels = batch.inputs["labels"].masked_fill(mask == 0, -100)
-            out |= {"student_logits": _forced_logits(student, batch), "labels": labels, "mask": mask}
+            forced = _forced(student, batch, layer_groups(wanted))
+            out |= {"student_logits": forced.logits, "labels": labels, "mask": mask}
+            out |= student_layers(forced, {"encoder": batch.inputs["attention_mask"], "decoder": mask}, wanted)
         if wanted & {"student_sequence_logits", "sequence_labels"}:
             length = max(1, int(teacher["teacher_sequence_mask"].sum(1).max()))  # the longest translation
             seq = teacher["teacher_sequence"][:, :length].long()
@@ -391,9 +424,24 @@ def _forced_inputs(model: Any, batch: Batch) -> dict[str, torch.Tensor]:
     }
 
 
+def _forced(model: Any, batch: Batch, layers: set[str] = frozenset()) -> Any:
+    """The model teacher-forced on the batch's references, with the hidden states and
+    attention maps of its stacks that the `layers` groups ask for."""
+    with autocast(batch.inputs["input_ids"].device), attention_maps(model, "attentions" in layers):
+        return model(
+            **_forced_inputs(model, batch),
+            output_hidden_states="hidden_states" in layers,
+            output_attentions="attentions" in layers,
+        )
+
+
 def _forced_logits(model: Any, batch: Batch) -> torch.Tensor:
-    with autocast(batch.inputs["input_ids"].device):
-        return model(**_forced_inputs(model, batch)).logits
+    return _forced(model, batch).logits
+
+
+def decoder_heads(config: Any) -> int:
+    """Attention heads of an encoder-decoder's decoder (a Marian/BART model may have its own)."""
+    return getattr(config, "decoder_attention_heads", None) or teacher_shape(config)["heads"]
 
 
 @torch.no_grad()

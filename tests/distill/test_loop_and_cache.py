@@ -214,3 +214,18 @@ def test_relation_loss_hooks_live_only_during_the_students_forward_pass():
     assert out["student_query"].shape == (4, 8, 16) and out["student_embedding"].shape == (4, 16)
     query = student.encoder.encoder.layer[-1].attention.self.query
     assert not query._forward_hooks  # nothing left to capture tensors during validation or export
+
+
+def test_teacher_outputs_larger_than_the_free_disk_are_refused_with_the_live_alternative(tmp_path, teacher_dirs, monkeypatch):
+    import shutil
+
+    from distill.errors import InputError
+
+    write_spec(tmp_path, teacher_dirs["qwen2"])
+    data = DataConfig(source="json", files=("docs.jsonl",), text_column="body", block_length=32, train_blocks=16, eval_blocks=4)
+    layers = LossConfig({"forward_kl": 1.0, "hidden": 1.0, "attention": 1.0}, {**CAUSAL_LOSS.params, "layer_map": "init"})
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=100_000))  # 100 kB free
+    with pytest.raises(InputError, match=r'^distill\.loss\.teacher_outputs: .*attentions, hidden_states, topk.* "live"'):
+        prepare(get_task("causal-lm"), TeacherConfig(model=str(teacher_dirs["qwen2"])), data, layers, base_dir=tmp_path, cache_root=tmp_path / "cache")
+    assert not any((tmp_path / "cache").glob("*/meta.json"))  # nothing published

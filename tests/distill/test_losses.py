@@ -145,7 +145,8 @@ def test_embedding_fidelity():
 
 
 def test_registered_terms_bind_their_inputs_by_name_and_vanish_on_the_teachers_own_outputs():
-    from distill.losses import LOSSES, mapped_hidden_loss, minilm_relation_loss
+    from distill.intermediate import Intermediate, Stack
+    from distill.losses import LOSSES, minilm_relation_loss
     from distill.objective import allowed_terms
     from distill.tasks import TASKS
 
@@ -153,19 +154,28 @@ def test_registered_terms_bind_their_inputs_by_name_and_vanish_on_the_teachers_o
     for name in LOSSES:
         assert any(name in allowed_terms(t) for t in TASKS.values()), name
     torch.manual_seed(0)
-    h = [torch.randn(2, 5, 8) for _ in range(3)]  # student states, already at the teacher's width
-    teacher = torch.stack([h[0], torch.randn(2, 5, 8), h[1], h[2]], dim=1)  # (B, Lt+1, T, D)
+    h = (torch.randn(2, 5, 8), torch.randn(2, 5, 8), torch.randn(2, 5, 8))  # a 2-layer student's states
+    teacher = torch.stack([h[0], torch.randn(2, 5, 8), h[1], h[2]], dim=1)  # (B, Lt+1, T, D), 3 layers
     mask = torch.tensor([[1] * 5, [1] * 3 + [0] * 2])
-    values = {"student_hidden": h, "teacher_hidden": teacher, "layer_map": [0, 2, 3], "mask": mask, "unused": 1}
-    assert LOSSES["hidden"](values).item() == 0.0  # each student layer against the one it came from
-    assert mapped_hidden_loss(h, teacher, [0, 1, 3], mask).item() > 0
-    assert LOSSES["hidden_cosine"](values).item() == pytest.approx(0.0, abs=1e-6)
-    scaled = {**values, "student_hidden": [3.0 * x for x in h]}  # the direction counts, not the scale
+    stack = Stack(2, 3, 8, 8, 2, 2)
+
+    def paired(layer_map, states=h):
+        values = {"student_states": {"decoder": states}, "teacher_decoder_hidden": teacher}
+        values["state_masks"] = {"decoder": mask}
+        return Intermediate({"decoder": stack}, layer_map, False).add_pairs(values, {"hidden_pairs"}) | {"unused": 1}
+
+    assert LOSSES["hidden"](paired([0, 2, 3])).item() == 0.0  # each student layer against the one it came from
+    assert LOSSES["hidden"](paired([0, 1, 3])).item() > 0
+    assert LOSSES["hidden_cosine"](paired([0, 2, 3])).item() == pytest.approx(0.0, abs=1e-6)
+    scaled = paired([0, 2, 3], tuple(3.0 * x for x in h))  # the direction counts, not the scale
     assert LOSSES["hidden_cosine"](scaled).item() == pytest.approx(0.0, abs=1e-6) and LOSSES["hidden"](scaled).item() > 0
-    assert LOSSES["hidden_cosine"]({**values, "layer_map": [0, 1, 3]}).item() > 0.1
-    flipped = [x.clone() for x in h]
+    assert LOSSES["hidden_cosine"](paired([0, 1, 3])).item() > 0.1
+    flipped = tuple(x.clone() for x in h)
     flipped[0][1, 3:] = -flipped[0][1, 3:]  # opposite directions only where the mask is 0
-    assert LOSSES["hidden_cosine"]({**values, "student_hidden": flipped}).item() == pytest.approx(0.0, abs=1e-6)
+    assert LOSSES["hidden_cosine"](paired([0, 2, 3], flipped)).item() == pytest.approx(0.0, abs=1e-6)
+    assert LOSSES["hidden"](paired("last-2")).item() == 0.0  # the last two layers only
+    assert LOSSES["hidden"](paired("uniform")).item() == 0.0  # layer j against teacher layer 1.5 j, rounded up
+    assert LOSSES["hidden"](paired("init")).item() > 0  # evenly spread over 3 layers: 0, 1, 3
     q, k, v = (torch.randn(2, 5, 12) for _ in range(3))
     assert minilm_relation_loss(q, k, v, q, k, v, mask, 3).item() == pytest.approx(0.0, abs=1e-6)
     assert minilm_relation_loss(q, k, v, k, q, v, mask, 3).item() > 0

@@ -142,7 +142,7 @@ def test_a_student_learns_with_every_allowed_term(study):
         student = task.build_student(arch, data, CPU)
         before = [p.detach().clone() for p in student.parameters()]
         teachers = [WeightedTeacher(CachedTeacher(data, loss.needs(), CPU))]
-        loss_fn = make_loss(task, student, data, loss, teachers, CPU)
+        loss_fn = make_loss(task, student, data, loss, teachers, CPU, arch=arch)
         result = distill(student, Budget(steps=3, batch_size=4), loss_fn, task.lengths(data, "train"))
         assert len(result.losses) == 3 and all(np.isfinite(result.losses)), task.describe(arch)
         assert any(not torch.equal(a, b) for a, b in zip(before, student.parameters()))
@@ -199,11 +199,13 @@ def test_live_teacher_outputs_match_the_cached_ones(study):
             assert torch.equal(b[name].long(), a[name].long()), name
     # several teachers are a weighted list: half the cache and half the live teacher is one teacher
     torch.manual_seed(0)
-    student = task.build_student(_arch(fits), data, CPU).eval()  # no dropout: the same forward each time
-    one = make_loss(task, student, data, loss, [WeightedTeacher(cached)], CPU)(idx)
-    split = make_loss(task, student, data, loss, [WeightedTeacher(cached, 0.25), WeightedTeacher(cached, 0.75)], CPU)
+    arch = _arch(fits)
+    student = task.build_student(arch, data, CPU).eval()  # no dropout: the same forward each time
+    one = make_loss(task, student, data, loss, [WeightedTeacher(cached)], CPU, arch=arch)(idx)
+    halves = [WeightedTeacher(cached, 0.25), WeightedTeacher(cached, 0.75)]
+    split = make_loss(task, student, data, loss, halves, CPU, arch=arch)
     assert split(idx).item() == pytest.approx(one.item(), rel=1e-6)
-    mixed = make_loss(task, student, data, loss, [WeightedTeacher(cached, 0.5), WeightedTeacher(live, 0.5)], CPU)
+    mixed = make_loss(task, student, data, loss, [WeightedTeacher(cached, 0.5), WeightedTeacher(live, 0.5)], CPU, arch=arch)
     assert mixed(idx).item() == pytest.approx(one.item(), rel=1e-2)  # the cache's float16 against full precision
 
 
@@ -279,3 +281,47 @@ def test_on_policy_batches_are_the_students_own_outputs_scored_by_a_live_teacher
     # a fixed share of the batches, decided by the batch (a resumed run decides alike)
     draws = [on_policy_step(np.arange(i, i + 4), 0.3) for i in range(400)]
     assert 0.2 < np.mean(draws) < 0.4 and draws == [on_policy_step(np.arange(i, i + 4), 0.3) for i in range(400)]
+
+
+def test_a_resumed_run_with_projections_ends_with_the_same_weights_and_ships_none(study, tmp_path):
+    """Intermediate-layer terms train projections with the student: they are checkpointed and
+    resumed with it, and gone from the student when the run ends."""
+    from distill.loop import TRAINING_STATE
+
+    task, data, loss, fits, _ = study
+    terms = {"hidden": 1.0, "hidden_cosine": 1.0, "attention": 1.0}
+    layers = LossConfig({**task.default_weights, **terms}, loss.params)
+    teachers = [WeightedTeacher(CachedTeacher(data, layers.needs(), CPU))]
+    arch = next(
+        a for a in (_arch(fits, seed) for seed in range(50))
+        if any(s.student_width != s.teacher_width for s in task.stacks(a, data).values())
+    )  # fmt: skip
+    budget = Budget(steps=4, batch_size=4, checkpoint_every=1)
+
+    def run(folder, stop_after=None, resume=False):
+        torch.manual_seed(0)
+        student = task.build_student(arch, data, CPU)
+        fn = make_loss(task, student, data, layers, teachers, CPU, arch=arch)
+        calls = []
+
+        def loss_fn(idx):
+            calls.append(1)
+            if stop_after is not None and len(calls) > stop_after:
+                raise KeyboardInterrupt  # killed after `stop_after` steps
+            return fn(idx)
+
+        try:
+            distill(student, budget, loss_fn, task.lengths(data, "train"), checkpoint_dir=folder, resume=resume)
+        except KeyboardInterrupt:
+            return None
+        return student
+
+    whole = run(tmp_path / "whole")
+    assert run(tmp_path / "killed", stop_after=2) is None
+    saved = torch.load(tmp_path / "killed" / "last.pt", weights_only=True)["model"]
+    assert any(k.startswith(TRAINING_STATE) for k in saved)  # the projections are in the checkpoint
+    resumed = run(tmp_path / "killed", resume=True)
+    assert whole.state_dict().keys() == resumed.state_dict().keys()
+    for name, value in whole.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[name]), name
+    assert not hasattr(whole, TRAINING_STATE) and not any(k.startswith(TRAINING_STATE) for k in whole.state_dict())

@@ -42,10 +42,10 @@ def test_embedding_search_end_to_end(tmp_path, sentence_teacher):
     assert teacher["cosine"] == pytest.approx(1.0) and teacher["spearman"] == pytest.approx(1.0)
     # teacher outputs computed once: embeddings, every layer's hidden states and Q/K/V for the asked losses
     data = PreparedData(next((spec.out_dir / "cache").iterdir()))
-    for name in ("embedding", "hidden", "query", "key", "value"):
+    for name in ("embedding", "encoder_hidden", "query", "key", "value"):
         assert (data.path / f"train_teacher_{name}.npy").exists(), name
-    assert (data.path / "eval_teacher_embedding.npy").exists() and not (data.path / "eval_teacher_hidden.npy").exists()
-    assert data.array("train_teacher_hidden").shape == (64, 5, 48, 64)  # every layer's states, embeddings first
+    assert (data.path / "eval_teacher_embedding.npy").exists() and not (data.path / "eval_teacher_encoder_hidden.npy").exists()
+    assert data.array("train_teacher_encoder_hidden").shape == (64, 5, 48, 64)  # every layer's states, embeddings first
     assert front_trials(study) and "cosine ↑" in front_table(study)
     assert json.loads(front_json(study))["front"]
     assert "Pareto front" in write_report(study, spec.out_dir / "report.html").read_text()

@@ -142,9 +142,16 @@ def test_the_loss_has_its_own_section_checked_against_the_task(tmp_path):
     assert [name for name, _, _ in spec.loss.active()] == ["forward_kl"] and spec.loss.needs() == {"topk"}
     assert spec.full.eval_every == 100 and spec.distill.eval_every == 0  # one budget type, two defaults
     emb = load_spec(ROOT / "studies/demo.toml", ["distill.loss.hidden=0.5"])
-    assert emb.loss.needs() == {"sentence_embedding", "hidden_states"} and emb.loss.params == {}
+    assert emb.loss.needs() == {"sentence_embedding", "hidden_states"} and emb.loss.params == {"layer_map": "init"}
+    layers = load_spec(ROOT / "studies/demo-lm.toml", ["distill.loss.hidden=1", "distill.loss.attention=0.5", "distill.loss.layer_map=[0, 2, 4]"])
+    assert layers.loss.params["layer_map"] == (0, 2, 4) and layers.loss.needs() == {"topk", "hidden_states", "attentions"}
+    assert "mapped by the list [0, 2, 4]" in layers.loss.describe()
+    assert load_spec(ROOT / "studies/demo-lm.toml", ["distill.loss.layer_map='last-2'"]).loss.params["layer_map"] == "last-2"
     refused = {
-        "distill.loss.cosine=1.0": r"^distill\.loss\.cosine: not a loss term or parameter of task causal-lm; allowed: ce, forward_kl, reverse_kl, jsd, skew_kl, skew_reverse_kl, tv, temperature, top_k, jsd_beta, skew_alpha, full_vocabulary",
+        "distill.loss.cosine=1.0": r"^distill\.loss\.cosine: not a loss term or parameter of task causal-lm; allowed: ce, forward_kl, reverse_kl, jsd, skew_kl, skew_reverse_kl, tv, hidden, hidden_cosine, attention, temperature, top_k, jsd_beta, skew_alpha, full_vocabulary, layer_map",
+        "distill.loss.layer_map='middle'": r"^distill\.loss\.layer_map: must be one of init, uniform, last-K or a list of teacher states, got 'middle'$",
+        "distill.loss.layer_map=1.5": r"^distill\.loss\.layer_map: must be str or a list, got 1\.5$",
+        "distill.loss.layer_map=['a']": r"^distill\.loss\.layer_map: must be str or a list, got \['a'\]$",
         "distill.loss.forward_kl=0": r"^distill\.loss: at least one term needs a weight > 0; terms: ce, forward_kl",
         "distill.patience=3": r"^distill\.patience: the brief run of a trial neither validates nor checkpoints",
         "distill.loss.top_k=0": r"^distill\.loss\.top_k: must be >= 1",
