@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from distill.teacher_outputs import WeightedTeacher
 
 TEACHER_OUTPUTS = ("cached", "live")
+COMBINE = ("weights", "lowest_entropy", "lowest_loss")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +34,13 @@ class LossConfig:
     teacher_outputs: str = "cached"
     """where the teacher's outputs on training batches come from: cached (computed once per
     study) or live (the teacher runs on every batch, in the trial's process)"""
+    teacher_weights: tuple[float, ...] = ()
+    """several teachers (the spec's `[[teacher]]` tables, in order): the weight of each; empty
+    for one teacher"""
+    combine: str = "weights"
+    """how several teachers' targets combine: "weights" (every term against each teacher, by
+    its weight), or per token the teacher with the "lowest_entropy" or the "lowest_loss" on
+    the reference"""
 
     def __post_init__(self) -> None:
         unknown = [n for n in self.weights if n not in LOSSES]
@@ -46,6 +54,19 @@ class LossConfig:
             raise ValueError(f"teacher_outputs: must be one of {', '.join(TEACHER_OUTPUTS)}, got {self.teacher_outputs!r}")
         if self.params.get("full_vocabulary") and self.teacher_outputs != "live":
             raise ValueError('full_vocabulary: full teacher logits are too large to cache; set teacher_outputs = "live"')
+        if any(w < 0 for w in self.teacher_weights) or (self.teacher_weights and not sum(self.teacher_weights) > 0):
+            raise ValueError(f"teacher_weights: must be >= 0 with a positive sum, got {list(self.teacher_weights)}")
+        if self.combine not in COMBINE:
+            raise ValueError(f"combine: must be one of {', '.join(COMBINE)}, got {self.combine!r}")
+        if self.combine != "weights":
+            if len(self.teacher_weights) < 2:
+                raise ValueError(f"combine: {self.combine} chooses among several teachers; the spec lists one")
+            other = sorted({n for n, term, _ in self.active() if set(term.needs) - {"topk"}})
+            if other:
+                raise ValueError(
+                    f"combine: {self.combine} chooses a next-token distribution per token; "
+                    f'{", ".join(other)} need combine = "weights"'
+                )
 
     def active(self) -> list[tuple[str, LossTerm, float]]:
         """(name, term, weight) of the terms that count, in the registry's order."""
@@ -57,7 +78,16 @@ class LossConfig:
         groups = {group for _, term, _ in self.active() for group in term.needs}
         if self.params.get("full_vocabulary") and "topk" in groups:
             groups = (groups - {"topk"}) | {"logits"}
+        if self.combine != "weights":  # each teacher's confidence per token
+            groups.add("confidence")
         return groups
+
+    def weights_of_teachers(self, n: int) -> list[float]:
+        """The weight of each of `n` teachers, summing to 1 (equal without `teacher_weights`)."""
+        weights = list(self.teacher_weights) or [1.0] * n
+        if len(weights) != n:
+            raise ValueError(f"teacher_weights: {len(weights)} weights for {n} teachers")
+        return [w / sum(weights) for w in weights]
 
     def describe(self) -> str:
         """The loss in words, for model cards: `1.0 x <term> + 0.5 x <term>`."""
@@ -66,7 +96,14 @@ class LossConfig:
         else:
             where = "the teacher's top {top_k} tokens and one bucket for the rest".format(top_k=self.params.get("top_k"))
         words = {**self.params, "support": where, "layer_map": layer_map_words(self.params.get("layer_map"))}
-        return " + ".join(f"{w:g} x {term.text.format(**words)}" for _, term, w in self.active())
+        text = " + ".join(f"{w:g} x {term.text.format(**words)}" for _, term, w in self.active())
+        if len(self.teacher_weights) > 1 and self.combine == "weights":
+            shares = " / ".join(f"{w:.3g}" for w in self.weights_of_teachers(len(self.teacher_weights)))
+            text += f"; the terms that need a teacher against each of {len(self.teacher_weights)} teachers, weighted {shares}"
+        elif self.combine != "weights":
+            how = {"lowest_entropy": "the lowest entropy", "lowest_loss": "the lowest loss on the reference"}[self.combine]
+            text += f"; at each token, the targets of the one of {len(self.teacher_weights)} teachers with {how}"
+        return text
 
 
 def layer_map_words(rule: Any) -> str:

@@ -68,6 +68,29 @@ class WeightedTeacher:
     weight: float = 1.0
 
 
+CONFIDENCE = {"lowest_entropy": "teacher_entropy", "lowest_loss": "teacher_nll"}
+"""How `ChosenTeacher` ranks teachers at a position: the teacher output it takes the lowest of."""
+
+
+class ChosenTeacher:
+    """Several teachers sharing the student's tokenizer, one chosen per token: at each position
+    the outputs of the teacher whose `CONFIDENCE[rule]` is the lowest there (the surest of
+    its next token, or the one that predicts the reference best); ties go to the first."""
+
+    def __init__(self, providers: list[TeacherOutputs], rule: str) -> None:
+        self.providers, self.key = providers, CONFIDENCE[rule]
+
+    def outputs(self, split: str, idx: np.ndarray, batch: Batch) -> dict[str, torch.Tensor]:
+        each = [p.outputs(split, idx, batch) for p in self.providers]
+        choice = torch.stack([o[self.key] for o in each]).argmin(0)  # (B, T): a teacher per token
+        out = {}
+        for name in each[0]:  # per-token outputs, (B, T, ...) each
+            stacked = torch.stack([o[name] for o in each])  # (N, B, T, ...)
+            pick = choice.view(1, *choice.shape, *[1] * (stacked.dim() - 3)).expand(1, *stacked.shape[1:])
+            out[name] = stacked.gather(0, pick)[0]
+        return out
+
+
 def split_params(task: Task, loss: LossConfig, split: str) -> dict[str, Any]:
     """The parameters teacher outputs of `split` are made with."""
     return dict(loss.params) if split == "train" else {**loss.params, **task.held_out_params}
@@ -91,11 +114,22 @@ def _live_teacher(task: Task, data: PreparedData, device: torch.device) -> Teach
     return teacher
 
 
-def study_teachers(task: Task, data: PreparedData, loss: LossConfig, device: torch.device) -> list[WeightedTeacher]:
-    """The teacher of a study as the loss sees it: its cache, or the teacher itself when the
-    spec asks for live outputs (`[distill.loss] teacher_outputs = "live"`)."""
+def study_teachers(
+    task: Task, data: PreparedData, loss: LossConfig, device: torch.device, others: tuple[PreparedData, ...] = ()
+) -> list[WeightedTeacher]:
+    """The teachers of a study as the loss sees them: each one's cache, or the teacher itself
+    when the spec asks for live outputs (`[distill.loss] teacher_outputs = "live"`). `data` is
+    the first teacher's study, `others` those of the spec's other teachers, in order; they
+    weigh `loss.teacher_weights` (normalized), or, with a per-token `loss.combine`, are one
+    `ChosenTeacher`."""
     if not loss.needs():
         return []  # no term asks the teacher anything
-    if loss.teacher_outputs == "live":
-        return [WeightedTeacher(LiveTeacher(task, _live_teacher(task, data, device), loss.needs(), loss))]
-    return [WeightedTeacher(CachedTeacher(data, loss.needs(), device))]
+    providers: list[TeacherOutputs] = []
+    for each in (data, *others):
+        if loss.teacher_outputs == "live":
+            providers.append(LiveTeacher(task, _live_teacher(task, each, device), loss.needs(), loss))
+        else:
+            providers.append(CachedTeacher(each, loss.needs(), device))
+    if loss.combine != "weights":
+        return [WeightedTeacher(ChosenTeacher(providers, loss.combine))]
+    return [WeightedTeacher(p, w) for p, w in zip(providers, loss.weights_of_teachers(len(providers)))]

@@ -33,6 +33,7 @@ from nas.search import (
     eval_set_teacher_metrics,
     front_trials,
     prepare_eval_sets,
+    prepare_other_teachers,
     prepare_study,
 )
 from nas.spec import StudySpec
@@ -111,16 +112,18 @@ def full_distill(
         logger.warning("no checkpoint in %s: starting from the beginning", ckpt)
     task = spec.task
     data = prepare_study(spec)
+    others = prepare_other_teachers(spec, data)
     evals = prepare_eval_sets(spec)  # before training: a bad source fails before the run, not after
     arch = trial.user_attrs["arch"]
     logger.info("full distillation of trial %d (%s)", trial.number, task.describe(arch))
-    run = distill_arch(spec, arch, data, evals=evals, on_step=on_step, checkpoint_dir=ckpt, resume=resume)
+    run = distill_arch(spec, arch, data, evals=evals, others=others, on_step=on_step, checkpoint_dir=ckpt, resume=resume)
     result, device = run.result, run.device
     record = {
         "export": str(out),
         "metrics": run.metrics,
         "eval_sets": run.eval_sets,
         "budget": dataclasses.asdict(spec.full),
+        "teachers": [d.meta["teacher_name"] for d in (data, *others)],
         "teacher_eval_sets": eval_set_teacher_metrics(evals),
         EVAL_SETS_INFO: eval_set_info(evals),
         "brief": {k: trial.user_attrs[k] for k in quality_metrics(task) if k in trial.user_attrs},
@@ -170,6 +173,7 @@ def distill_arch(
     data: Any,
     *,
     evals: dict[str, Any] | None = None,
+    others: tuple[Any, ...] = (),
     on_step: Callable[[int, int, float], None] | None = None,
     checkpoint_dir: Path | None = None,
     resume: bool = False,
@@ -182,7 +186,7 @@ def distill_arch(
     sign = 1.0 if direction == "min" else -1.0
     torch.manual_seed(spec.study.seed)
     student = task.build_student(arch, data, device)
-    teachers = study_teachers(task, data, spec.loss, device)
+    teachers = study_teachers(task, data, spec.loss, device, others)
     live = on_policy_teacher(task, data, spec.loss, device, budget.on_policy)
     loss = make_loss(task, student, data, spec.loss, teachers, device, budget.on_policy, live, arch)
     lengths = task.lengths(data, "train")

@@ -81,7 +81,7 @@ def model_card(spec: StudySpec, meta: dict[str, Any], number: int, arch: dict[st
     extra = _eval_sets(task, record)
     data = ", ".join(f"{k} = {json.dumps(v)}" for k, v in meta.get("data", {}).items())
     items = task.card.items
-    teacher_name = meta["teacher_name"]
+    teacher_name = " + ".join(record.get("teachers") or [meta["teacher_name"]])
     best = (
         f"exported weights are those of step {record['best_step']}"
         + (" (stopped early)" if record["stopped_early"] else "")

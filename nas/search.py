@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 from optuna.trial import TrialState
 
@@ -386,10 +387,10 @@ def prepare_study(spec: StudySpec) -> PreparedData:
     return _prepare(spec, spec.data, check=lambda config: spec.task.check_space(spec.space, config))
 
 
-def _prepare(spec: StudySpec, data: Any, **kwargs: Any) -> PreparedData:
+def _prepare(spec: StudySpec, data: Any, teacher: Any = None, **kwargs: Any) -> PreparedData:
     return prepare(
         spec.task,
-        spec.teacher,
+        teacher or spec.teacher,
         data,
         spec.loss,
         base_dir=spec.base_dir,
@@ -398,6 +399,44 @@ def _prepare(spec: StudySpec, data: Any, **kwargs: Any) -> PreparedData:
         device=str(pick_device(spec.resources.gpus)),
         **kwargs,
     )
+
+
+def prepare_other_teachers(spec: StudySpec, data: PreparedData) -> tuple[PreparedData, ...]:
+    """The spec's other teachers (`[[teacher]]` after the first) on the study's data, cached
+    like the first: each must cut the data into the same items with the same tokens (the
+    student's tokenizer is the first teacher's) and give outputs of the same shapes."""
+    out = []
+    for i, teacher in enumerate(spec.other_teachers, start=1):
+        key = f"teacher[{i}]"
+        try:
+            other = _prepare(spec, spec.data, teacher, check=lambda config: spec.task.check_space(spec.space, config))
+        except InputError as e:
+            text = str(e)
+            raise InputError(f"{key}.{text[8:]}" if text.startswith("teacher.") else f"{key} ({teacher.model or teacher.package}): {text}") from None
+        check_same_items(data, other, key)
+        out.append(other)
+    return tuple(out)
+
+
+def check_same_items(first: PreparedData, other: PreparedData, key: str) -> None:
+    """Raise `InputError` naming `key` unless `other` holds the first teacher's training items
+    token for token and outputs of the same shapes."""
+    outputs = set(first.meta["outputs"].get("train", {})) | set(other.meta["outputs"].get("train", {}))
+    items = sorted(p.name for p in first.path.glob("train_*.npy") if p.name[6:-4] not in outputs)
+    for name in items:
+        if not (other.path / name).exists() or not np.array_equal(first.array(name[:-4]), other.array(name[:-4])):
+            raise InputError(
+                f"{key}.model: {other.meta['teacher_name']!r} tokenizes the data unlike the first teacher "
+                f"({first.meta['teacher_name']!r}); several teachers must share the student's tokenizer"
+            )
+    for split, arrays in first.meta["outputs"].items():
+        theirs = other.meta["outputs"].get(split, {})
+        for name, spec in arrays.items():
+            if name in theirs and theirs[name]["shape"] != spec["shape"]:
+                raise InputError(
+                    f"{key}.model: its {name} has shape {theirs[name]['shape']}, the first teacher's {spec['shape']}; "
+                    "several teachers must give outputs of one shape"
+                )
 
 
 def prepare_eval_sets(spec: StudySpec) -> dict[str, PreparedData]:
@@ -422,7 +461,12 @@ def eval_set_info(evals: dict[str, PreparedData]) -> dict[str, dict[str, Any]]:
     return {name: data.meta.get("data_info", {}) for name, data in evals.items()}
 
 
-def trial_plan(spec: StudySpec, data: PreparedData, evals: dict[str, PreparedData] | None = None) -> TrialPlan:
+def trial_plan(
+    spec: StudySpec,
+    data: PreparedData,
+    evals: dict[str, PreparedData] | None = None,
+    others: tuple[PreparedData, ...] = (),
+) -> TrialPlan:
     """What every trial of the study's search runs with."""
     mf = spec.multi_fidelity
     return TrialPlan(
@@ -439,6 +483,7 @@ def trial_plan(spec: StudySpec, data: PreparedData, evals: dict[str, PreparedDat
         rungs=mf.rungs if mf.enabled else (1.0,),
         size_bounds=spec.constraints.on({m.name: m.kind for m in spec.task.metrics}, "size"),
         evals=evals or {},
+        others=others,
     )
 
 
@@ -460,8 +505,11 @@ def run_search(spec: StudySpec, *, trials: int | None = None, address: str | Non
         logger.info("study %s already holds %d/%d architectures", spec.name, done, target)
         return study
     data = prepare_study(spec)
-    study.set_user_attr("teacher", data.meta["teacher_name"])
+    others = prepare_other_teachers(spec, data)
+    study.set_user_attr("teacher", " + ".join(d.meta["teacher_name"] for d in (data, *others)))
     study.set_user_attr("teacher_metrics", data.meta["teacher_metrics"])
+    if others:  # quality metrics are measured against the first teacher; the others' own, for reference
+        study.set_user_attr("other_teacher_metrics", [d.meta["teacher_metrics"] for d in others])
     for key in ("data_info", "scoring"):  # what reading the data found; how quality is computed
         study.set_user_attr(key, data.meta.get(key, {}))
     evals = prepare_eval_sets(spec)
@@ -472,7 +520,7 @@ def run_search(spec: StudySpec, *, trials: int | None = None, address: str | Non
     modes = [d for _, d in spec.objectives.metrics]
     task = spec.task
     mf = spec.multi_fidelity
-    plan = trial_plan(spec, data, evals)
+    plan = trial_plan(spec, data, evals, others)
     size_bounds = plan.size_bounds
     if not ray.is_initialized():
         logger.info("starting Ray%s", f" (joining {address})" if address else "")

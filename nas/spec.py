@@ -247,6 +247,8 @@ class StudySpec:
     resources: Resources
     evals: tuple[EvalSet, ...] = ()
     """`[[eval]]`: extra evaluation sets"""
+    other_teachers: tuple[TeacherConfig, ...] = ()
+    """the teachers after the first when the spec lists several (`[[teacher]]`), in order"""
 
     @property
     def task(self) -> Task:
@@ -324,7 +326,7 @@ def _build(cls: type, raw: Any, key: str, defaults: dict[str, Any] | None = None
             if key == "distill" and name in MOVED:
                 raise SpecError(f"{key}.{name}: the loss has its own section now: [distill.loss] {MOVED[name]} = ...")
             raise SpecError(f"{key}.{name}: unknown key; allowed: {', '.join(sorted(fields))}")
-        section = key.split(".")[-1]
+        section = re.sub(r"\[\d+\]$", "", key.split(".")[-1])  # teacher[1] is a teacher table
         if (section, name) in NESTED:
             kwargs[name] = _build(NESTED[(section, name)], value, f"{key}.{name}")
         else:
@@ -342,9 +344,9 @@ def _build_brief(raw: Any) -> Budget:
     return _build(Budget, raw, "distill")
 
 
-def _build_loss(task: Task, raw: Any, key: str) -> LossConfig:
+def _build_loss(task: Task, raw: Any, key: str, teachers: int = 1) -> LossConfig:
     """`[distill.loss]`: a weight per loss term the task allows, the task's loss parameters,
-    and where the teacher's outputs come from."""
+    where the teacher's outputs come from, and how `teachers` teachers combine."""
     if not isinstance(raw, dict):
         raise SpecError(f"{key}: must be a table")
     terms = allowed_terms(task)
@@ -355,15 +357,36 @@ def _build_loss(task: Task, raw: Any, key: str) -> LossConfig:
             weights[name] = _check_type(f"{key}.{name}", value, float)
         elif name in hints:
             params[name] = _check_type(f"{key}.{name}", value, hints[name])
-        elif name == "teacher_outputs":
+        elif name in ("teacher_outputs", "combine"):
             where[name] = _check_type(f"{key}.{name}", value, str)
+        elif name == "teacher_weights":
+            where[name] = _check_type(f"{key}.{name}", value, tuple[float, ...])
+            if len(where[name]) != teachers:
+                raise SpecError(f"{key}.{name}: {len(where[name])} weight(s) for {teachers} teacher(s) ([[teacher]] tables)")
         else:
-            allowed = ", ".join([*terms, *hints, "teacher_outputs"])
+            allowed = ", ".join([*terms, *hints, "teacher_outputs", "teacher_weights", "combine"])
             raise SpecError(f"{key}.{name}: not a loss term or parameter of task {task.name}; allowed: {allowed}")
     if not any(w > 0 for w in weights.values()):
         raise SpecError(f"{key}: at least one term needs a weight > 0; terms: {', '.join(terms)}")
+    if teachers > 1:
+        where.setdefault("teacher_weights", (1.0,) * teachers)
     loss_params = _construct(task.loss_params, params, key)
     return _construct(LossConfig, {"weights": weights, "params": dataclasses.asdict(loss_params), **where}, key)
+
+
+def _build_teachers(task: Task, raw: Any) -> tuple[TeacherConfig, ...]:
+    """`[teacher]`, or several `[[teacher]]` tables sharing the student's tokenizer."""
+    tables = raw if isinstance(raw, list) else [raw]
+    if not tables:
+        raise SpecError("teacher: list at least one [[teacher]] table")
+    teachers = []
+    for i, table in enumerate(tables):
+        key = f"teacher[{i}]" if isinstance(raw, list) else "teacher"
+        teacher = _build(TeacherConfig, table, key)
+        if teacher.train is not None and not trains_teacher(task):
+            raise SpecError(f"{key}.train: task {task.name} cannot train its teacher here; give an existing model")
+        teachers.append(teacher)
+    return tuple(teachers)
 
 
 def _build_constraints(task: Task, raw: Any) -> Constraints:
@@ -453,9 +476,7 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
     task = get_task(study.task)
     brief = raw.get("distill", {})
     loss_raw = brief.pop("loss", {}) if isinstance(brief, dict) else {}
-    teacher = _build(TeacherConfig, raw["teacher"], "teacher")
-    if teacher.train is not None and not trains_teacher(task):
-        raise SpecError(f"teacher.train: task {task.name} cannot train its teacher here; give an existing model")
+    teachers = _build_teachers(task, raw["teacher"])
     objectives = _build(Objectives, raw.get("objectives", {}), "objectives")
     try:
         objectives = objectives.resolve(task)
@@ -464,7 +485,7 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
     data = _build(task.data_config, raw.get("data", {}), "data")
     brief_budget = _build_brief(brief)
     full_budget = _build(Budget, raw.get("full", {}), "full", defaults=FULL_RUN)
-    loss = _build_loss(task, loss_raw, "distill.loss")
+    loss = _build_loss(task, loss_raw, "distill.loss", len(teachers))
     for key, budget in (("distill", brief_budget), ("full", full_budget)):
         if budget.on_policy > 0 and not callable(getattr(task, "on_policy_batch", None)):
             raise SpecError(f"{key}.on_policy: task {task.name} has no outputs of its own to learn from; leave it 0")
@@ -473,7 +494,8 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
     return StudySpec(
         path=path.resolve(),
         study=study,
-        teacher=teacher,
+        teacher=teachers[0],
+        other_teachers=teachers[1:],
         data=data,
         space=_build(task.space, raw.get("space", {}), "space"),
         distill=brief_budget,

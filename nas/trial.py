@@ -49,6 +49,8 @@ class TrialPlan:
     """constraints on size metrics: checked before training"""
     evals: dict[str, PreparedData] = dataclasses.field(default_factory=dict)
     """extra evaluation sets (`[[eval]]`), scored at the end"""
+    others: tuple[PreparedData, ...] = ()
+    """the studies of the spec's other teachers (`[[teacher]]` after the first)"""
 
 
 def pick_device(gpus: float) -> torch.device:
@@ -106,7 +108,7 @@ def run_trial(
     missed = plan.size_bounds.missed(size)
     if missed is not None:
         return {**size, "not_trained": f"infeasible before training: {missed}", "device": str(device)}
-    teachers = study_teachers(task, data, plan.loss, device)
+    teachers = study_teachers(task, data, plan.loss, device, plan.others)
     live = on_policy_teacher(task, data, plan.loss, device, plan.budget.on_policy)
     loss = make_loss(task, student, data, plan.loss, teachers, device, plan.budget.on_policy, live, arch)
     lengths = task.lengths(data, "train")

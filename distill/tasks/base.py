@@ -341,14 +341,29 @@ def topk_arrays(vocab: int, params: dict[str, Any], positions: int, cut: dict[in
     return {"teacher_logprobs": OutputArray(shape, "float16", cut), "teacher_indices": OutputArray(shape, "int32", cut)}
 
 
-def logit_outputs(logits: torch.Tensor, groups: set[str], params: dict[str, Any]) -> dict[str, torch.Tensor]:
+def logit_outputs(
+    logits: torch.Tensor, groups: set[str], params: dict[str, Any], labels: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
     """The teacher output groups made from its next-token logits (B, T, V): "topk" (see
-    `topk_outputs`) and "logits", the logits themselves (a live teacher's, for divergences
-    over the whole vocabulary)."""
+    `topk_outputs`), "logits", the logits themselves (a live teacher's, for divergences over
+    the whole vocabulary), and "confidence": its entropy and its cross-entropy on the reference
+    `labels` (B, T) at each position (`teacher_entropy`, `teacher_nll`, (B, T), at temperature
+    1), by which several teachers are chosen per token."""
     out = topk_outputs(logits, params) if "topk" in groups else {}
     if "logits" in groups:
         out["teacher_logits"] = logits
+    if "confidence" in groups:
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        out["teacher_entropy"] = -(logp.exp() * logp).sum(-1)
+        out["teacher_nll"] = -logp.gather(-1, labels.clamp(min=0).long().unsqueeze(-1)).squeeze(-1)
     return out
+
+
+def confidence_arrays(groups: set[str], positions: int, cut: dict[int, str]) -> dict[str, OutputArray]:
+    """The cached arrays of the "confidence" group (see `logit_outputs`)."""
+    if "confidence" not in groups:
+        return {}
+    return {name: OutputArray((positions,), "float32", cut) for name in ("teacher_entropy", "teacher_nll")}
 
 
 def topk_outputs(logits: torch.Tensor, params: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -417,6 +432,7 @@ __all__ = [
     "quality_metrics",
     "slice_teacher",
     "trains_teacher",
+    "confidence_arrays",
     "layer_arrays",
     "layer_groups",
     "layer_outputs",

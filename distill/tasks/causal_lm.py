@@ -34,6 +34,7 @@ from distill.tasks.base import (
     Teacher,
     TopKLossParams,
     check_space_fits,
+    confidence_arrays,
     layer_arrays,
     layer_groups,
     layer_outputs,
@@ -87,6 +88,7 @@ class CausalLM:
     outputs = {
         "topk": ("teacher_logprobs", "teacher_indices"),
         "logits": ("teacher_logits",),
+        "confidence": ("teacher_entropy", "teacher_nll"),
         "hidden_states": ("teacher_decoder_hidden",),
         "attentions": ("teacher_decoder_attentions",),
     }
@@ -132,12 +134,14 @@ class CausalLM:
         # packed blocks: every position counts, nothing to cut
         c = teacher.model.config
         arrays = topk_arrays(c.vocab_size, params, data.block_length - 1, {}) if "topk" in groups else {}
+        arrays |= confidence_arrays(groups, data.block_length - 1, {})
         stack = (c.num_hidden_layers, c.num_attention_heads, c.hidden_size, data.block_length, None)
         return arrays | layer_arrays(groups, {"decoder": stack})
 
     def teacher_outputs(self, teacher: Teacher, batch: Batch, groups: set[str], params: dict[str, Any]) -> dict[str, torch.Tensor]:
         out = run_decoder(teacher.model, batch, groups & set(LAYER_GROUPS))
-        return logit_outputs(out.logits[:, :-1].float(), groups, params) | layer_outputs(out, ("decoder",), groups)
+        labels = batch.inputs["input_ids"][:, 1:]
+        return logit_outputs(out.logits[:, :-1].float(), groups, params, labels) | layer_outputs(out, ("decoder",), groups)
 
     def importance(self, teacher: Teacher, data: PreparedData, device: torch.device) -> dict[str, Any] | None:
         if teacher.model.config.model_type not in FAMILIES:

@@ -36,6 +36,7 @@ from distill.tasks.base import (
     Teacher,
     TopKLossParams,
     check_space_fits,
+    confidence_arrays,
     layer_arrays,
     layer_groups,
     layer_outputs,
@@ -134,6 +135,7 @@ class Translation:
     outputs = {
         "topk": ("teacher_logprobs", "teacher_indices"),
         "logits": ("teacher_logits",),
+        "confidence": ("teacher_entropy", "teacher_nll"),
         "sequences": ("teacher_sequence", "teacher_sequence_mask"),
         "hidden_states": ("teacher_encoder_hidden", "teacher_decoder_hidden"),
         "attentions": ("teacher_encoder_attentions", "teacher_decoder_attentions"),
@@ -221,6 +223,7 @@ class Translation:
         arrays = {}
         if "topk" in groups:  # per target position of the reference
             arrays |= topk_arrays(target_vocab(teacher.model.config), params, data.max_length, {0: "tokens"})
+        arrays |= confidence_arrays(groups, data.max_length, {0: "tokens"})
         if "sequences" in groups:  # the teacher's translation, whole (its length is not the reference's)
             arrays["teacher_sequence"] = OutputArray((data.max_length,), "int32")
             arrays["teacher_sequence_mask"] = OutputArray((data.max_length,), "int8")
@@ -236,9 +239,9 @@ class Translation:
         self, teacher: Teacher, batch: Batch, groups: set[str], params: dict[str, Any]
     ) -> dict[str, torch.Tensor]:
         out = {}
-        if groups & {"topk", "logits", *LAYER_GROUPS}:
+        if groups & {"topk", "logits", "confidence", *LAYER_GROUPS}:
             forced = _forced(teacher.model, batch, groups)
-            out = logit_outputs(forced.logits, groups, params) | layer_outputs(forced, STACKS, groups)
+            out = logit_outputs(forced.logits, groups, params, batch.inputs["labels"]) | layer_outputs(forced, STACKS, groups)
         if "sequences" in groups:
             out |= translations(teacher.model, batch, params["sequence_beams"])
         return out

@@ -325,3 +325,31 @@ def test_a_resumed_run_with_projections_ends_with_the_same_weights_and_ships_non
     for name, value in whole.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[name]), name
     assert not hasattr(whole, TRAINING_STATE) and not any(k.startswith(TRAINING_STATE) for k in whole.state_dict())
+
+
+def test_two_identical_teachers_equal_one(study):
+    """Fixed weights (normalized) and a choice per token by confidence, over two copies of the
+    study's teacher, give the loss of the teacher alone."""
+    from distill.teacher_outputs import ChosenTeacher
+
+    task, data, loss, fits, _ = study
+    if "confidence" not in task.outputs:
+        pytest.skip(f"{task.name} has no next-token distribution")
+    torch.manual_seed(0)
+    arch = _arch(fits)
+    student = task.build_student(arch, data, CPU).eval()
+    idx = np.array([0, 1, 2, 3])
+    cached = CachedTeacher(data, loss.needs(), CPU)
+    one = make_loss(task, student, data, loss, [WeightedTeacher(cached)], CPU, arch=arch)(idx).item()
+    twice = LossConfig(loss.weights, loss.params, teacher_weights=(2.0, 2.0))
+    pair = [WeightedTeacher(cached, w) for w in twice.weights_of_teachers(2)]
+    assert make_loss(task, student, data, twice, pair, CPU, arch=arch)(idx).item() == pytest.approx(one, rel=1e-6)
+    weights = {"forward_kl": 1.0, "ce": 1.0, "jsd": 1.0}
+    alone = LossConfig(weights, loss.params, "live")
+    teacher = task.load_teacher(data.teacher_source)
+    single = make_loss(task, student, data, alone, [WeightedTeacher(LiveTeacher(task, teacher, alone.needs(), alone))], CPU)
+    for rule in ("lowest_entropy", "lowest_loss"):
+        chosen = LossConfig(weights, loss.params, "live", teacher_weights=(1.0, 1.0), combine=rule)
+        live = LiveTeacher(task, teacher, chosen.needs(), chosen)
+        both = make_loss(task, student, data, chosen, [WeightedTeacher(ChosenTeacher([live, live], rule))], CPU)
+        assert both(idx).item() == pytest.approx(single(idx).item(), rel=1e-6), rule

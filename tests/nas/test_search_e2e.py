@@ -167,3 +167,34 @@ def test_decoder_students_sliced_from_the_teacher(tmp_path, teacher_dirs):
         match=r"space\.init: students initialized from the teacher need families = \['llama'\] and head_dim = \[8\]",
     ):
         run_search(wrong)
+
+
+def _two_teachers(path: Path, second: Path) -> Path:
+    """The spec at `path` with a second `[[teacher]]` table."""
+    text = path.read_text()
+    start = text.index("[teacher]")
+    end = text.index("\n[", start + 1)
+    first = text[start:end].replace("[teacher]", "[[teacher]]")
+    path.write_text(text[:start] + first + f'\n[[teacher]]\nmodel = "{second}"\n' + text[end:])
+    return path
+
+
+def test_a_search_learns_from_two_teachers_sharing_the_tokenizer(tmp_path, teacher_dirs):
+    path = _two_teachers(write_spec(tmp_path, teacher_dirs["gpt2"], name="two"), teacher_dirs["llama"])
+    spec = load_spec(path, ["study.trials=2", "distill.loss.combine='lowest_entropy'"])
+    study = run_search(spec)
+    assert len(distinct_complete(study)) == 2 and not study.get_trials(states=(TrialState.FAIL,))
+    assert " + " in study.user_attrs["teacher"] and len(study.user_attrs["other_teacher_metrics"]) == 1
+    caches = sorted((spec.out_dir / "cache").iterdir())  # each teacher's outputs, cached once per study
+    assert len(caches) == 2 and all((c / "train_teacher_entropy.npy").exists() for c in caches)
+    # a teacher with another tokenizer is refused in one line, before any trial runs
+    from distill.teachers import train_tokenizer
+    from tests.conftest import corpus, save_tiny_teacher
+
+    other = save_tiny_teacher(tmp_path / "other-tokenizer", "llama", train_tokenizer(corpus()[::-1], 400))
+    (tmp_path / "bad").mkdir()
+    bad = _two_teachers(write_spec(tmp_path / "bad", teacher_dirs["gpt2"], name="bad"), other)
+    proc = subprocess.run([sys.executable, "-m", "nas", "search", str(bad)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "teacher[1].model: " in proc.stderr and "share the student's tokenizer" in proc.stderr
+    assert "Traceback" not in proc.stderr

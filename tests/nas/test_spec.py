@@ -169,3 +169,27 @@ def test_the_loss_has_its_own_section_checked_against_the_task(tmp_path):
         load_spec(ROOT / "studies/demo.toml", ["teacher.package=''", "teacher.model='./t'", "teacher.train.steps=3"])
     with pytest.raises(SpecError, match=r"^study\.task: unknown 'summarization'; allowed: causal-lm, embedding"):
         load_spec(ROOT / "studies/demo.toml", ["study.task='summarization'"])
+
+
+def test_several_teachers_are_teacher_tables_with_their_combination(tmp_path):
+    text = (ROOT / "studies/demo-lm.toml").read_text()
+    start = text.index("[teacher]")
+    end = text.index("\n[data]", start)
+    first = text[start:end].replace("[teacher]", "[[teacher]]")  # [teacher.train] stays with its teacher
+    two = text[:start] + first + "\n" + first.replace("demo-lm/teacher", "demo-lm/teacher-2") + text[end:]
+    path = tmp_path / "two.toml"
+    path.write_text(two)
+    spec = load_spec(path, ["distill.loss.teacher_weights=[3, 1]"])
+    assert spec.teacher.train is not None and spec.other_teachers[0].train is not None
+    assert spec.other_teachers[0].model != spec.teacher.model and spec.loss.teacher_weights == (3.0, 1.0)
+    assert load_spec(path).loss.teacher_weights == (1.0, 1.0)  # equal by default
+    assert load_spec(path, ["distill.loss.combine='lowest_entropy'"]).loss.needs() == {"topk", "confidence"}
+    with pytest.raises(SpecError, match=r"^distill\.loss\.teacher_weights: 3 weight\(s\) for 2 teacher\(s\)"):
+        load_spec(path, ["distill.loss.teacher_weights=[1, 1, 1]"])
+    with pytest.raises(SpecError, match=r'^distill\.loss\.combine: lowest_loss chooses .*; hidden need combine = "weights"'):
+        load_spec(path, ["distill.loss.combine='lowest_loss'", "distill.loss.hidden=1.0"])
+    with pytest.raises(SpecError, match=r"^distill\.loss\.combine: lowest_entropy chooses among several teachers; the spec lists one"):
+        load_spec(ROOT / "studies/demo-lm.toml", ["distill.loss.combine='lowest_entropy'"])
+    path.write_text(two.replace("[[teacher]]\n", "[[teacher]]\nlayers = 2\n", 1))
+    with pytest.raises(SpecError, match=r"^teacher\[0\]\.layers: unknown key"):
+        load_spec(path)
