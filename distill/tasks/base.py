@@ -235,6 +235,11 @@ class TopKLossParams:
     """the generalized JSD's beta (`jsd`), strictly between 0 and 1"""
     skew_alpha: float = 0.1
     """the skew of DistiLLM's skew KL and skew reverse KL, strictly between 0 and 1"""
+    self_evolution_share: float = 0.5
+    """self-evolution KD: the share of each batch's tokens, the hardest for the student, that
+    learn through the proxy distribution (0: none, plain forward KL)"""
+    self_evolution_prior: float = 0.5
+    """self-evolution KD: the weight of the prior (reference and teacher) in the proxy"""
     full_vocabulary: bool = False
     """divergences over the whole vocabulary from a live teacher's full logits (needs
     `teacher_outputs = "live"`) instead of its cached top k and a tail bucket"""
@@ -251,6 +256,9 @@ class TopKLossParams:
         for key in ("jsd_beta", "skew_alpha"):
             if not 0.0 < getattr(self, key) < 1.0:
                 raise ValueError(f"{key}: must be strictly between 0 and 1, got {getattr(self, key)}")
+        for key in ("self_evolution_share", "self_evolution_prior"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise ValueError(f"{key}: must be between 0 and 1, got {getattr(self, key)}")
 
 
 def stack_outputs(out: Any, stack: str) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...] | None]:

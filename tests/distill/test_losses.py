@@ -287,3 +287,47 @@ def test_full_vocabulary_asks_a_live_teacher_for_its_logits():
         LossConfig({"reverse_kl": 1.0}, {"temperature": 1.0, "top_k": 8, "full_vocabulary": True})
     cached = LossConfig({"jsd": 1.0}, {"temperature": 1.0, "top_k": 8, "jsd_beta": 0.5})
     assert cached.needs() == {"topk"} and "top 8 tokens" in cached.describe() and "beta 0.5" in cached.describe()
+
+
+def test_self_evolution_kd_is_plain_kd_when_no_token_is_hard_and_hardens_the_hardest_share():
+    from distill import losses
+    from distill.losses import self_evolution_kd_loss, topk_kd_loss
+
+    torch.manual_seed(0)
+    teacher, student = torch.randn(3, 6, 40) * 2, torch.randn(3, 6, 40, requires_grad=True)
+    labels = torch.randint(0, 40, (3, 6))
+    mask = torch.ones(3, 6)
+    mask[2, 3:] = 0
+    for t in (1.0, 2.0):
+        top = _topk(teacher, 8, t)
+        plain = topk_kd_loss(student, *top, t, mask)
+        assert self_evolution_kd_loss(student, labels, *top, t, mask, self_evolution_share=0.0).item() == pytest.approx(plain.item(), rel=1e-6)
+        # a proxy without prior is the student itself: every token hard changes nothing either
+        none = self_evolution_kd_loss(student, labels, *top, t, mask, self_evolution_share=1.0, self_evolution_prior=0.0)
+        assert none.item() == pytest.approx(plain.item(), rel=1e-6)
+        full = self_evolution_kd_loss(student, labels, None, None, t, mask, teacher, self_evolution_share=0.0)
+        assert full.item() == pytest.approx(topk_kd_loss(student, None, None, t, mask, teacher).item(), rel=1e-6)
+    # the hardest half of the counted tokens, by KL(prior || student), learn through the proxy
+    seen = {}
+    original = losses._self_evolution
+
+    def spy(sup, params, labels, hard):
+        seen["hard"] = hard.clone()
+        return original(sup, params, labels, hard)
+
+    losses._self_evolution = spy
+    try:
+        loss = self_evolution_kd_loss(student, labels, *_topk(teacher, 8), 1.0, mask)
+    finally:
+        losses._self_evolution = original
+    hard = seen["hard"].view(3, 6)
+    assert int(hard.sum()) == 8 and not hard[2, 3:].any()  # ceil(0.5 x 15) counted tokens; padding never
+    loss.backward()
+    assert torch.isfinite(loss) and loss.item() >= 0 and torch.isfinite(student.grad).all()
+    # padding changes nothing, and very peaked teachers stay finite
+    changed = student.detach().clone()
+    changed[2, 3:] = torch.randn(3, 40) * 50
+    again = self_evolution_kd_loss(changed, labels, *_topk(teacher, 8), 1.0, mask)
+    assert again.item() == pytest.approx(loss.item(), rel=1e-6)
+    peaked = self_evolution_kd_loss(student.detach().bfloat16(), labels, *_topk(teacher * 100, 8), 1.0, mask)
+    assert torch.isfinite(peaked)
