@@ -75,6 +75,12 @@ def _parser() -> argparse.ArgumentParser:
             c.add_argument("--json", action="store_true", help="print JSON instead of a table")
         else:
             c.add_argument("--out", type=Path, help="output file (default studies/<name>/report.html)")
+            c.add_argument(
+                "--color-by",
+                choices=("front", "recipe"),
+                default="front",
+                help="colour the first plot's points by front membership (default) or by recipe ([space.recipe])",
+            )
     return p
 
 
@@ -113,7 +119,7 @@ def _run(args: argparse.Namespace) -> int:
             from nas.report import write_report
 
             try:
-                out = write_report(study, args.out or spec.out_dir / "report.html")
+                out = write_report(study, args.out or spec.out_dir / "report.html", args.color_by)
             except ValueError as exc:
                 raise InputError(str(exc)) from None
             print(f"report: {out}")

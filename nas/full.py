@@ -25,6 +25,7 @@ from distill.tasks import quality_metrics
 from distill.tasks.base import scores_and_text
 from distill.teacher_outputs import on_policy_teacher
 from nas.model_card import model_card
+from nas.recipe import apply_recipe
 from nas.search import (
     DISTILLED,
     EVAL_SETS_INFO,
@@ -101,7 +102,8 @@ def full_distill(
     command: str = "",
     on_step: Callable[[int, int, float], None] | None = None,
 ) -> dict[str, Any]:
-    """Distill `trial`'s architecture with the `[full]` budget, export it, record it."""
+    """Distill `trial`'s architecture with the `[full]` budget and the trial's recipe (where
+    the search sampled one), export it, record it."""
     out = export_dir(spec, trial.number)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise InputError(f"{out} already holds a model; pass --overwrite to replace it")
@@ -111,9 +113,13 @@ def full_distill(
     elif not has_checkpoint(spec, trial.number):
         logger.warning("no checkpoint in %s: starting from the beginning", ckpt)
     task = spec.task
-    data = prepare_study(spec)
-    others = prepare_other_teachers(spec, data)
+    recipe = trial.user_attrs.get("recipe")
+    loss, full = apply_recipe(spec.loss, spec.full, recipe)
+    temperature = loss.params.get("temperature") if recipe else None  # the search's cache at the trial's
+    data = prepare_study(spec, temperature)
+    others = prepare_other_teachers(spec, data, temperature)
     evals = prepare_eval_sets(spec)  # before training: a bad source fails before the run, not after
+    spec = dataclasses.replace(spec, loss=loss, full=full)
     arch = trial.user_attrs["arch"]
     logger.info("full distillation of trial %d (%s)", trial.number, task.describe(arch))
     run = distill_arch(spec, arch, data, evals=evals, others=others, on_step=on_step, checkpoint_dir=ckpt, resume=resume)
@@ -123,6 +129,7 @@ def full_distill(
         "metrics": run.metrics,
         "eval_sets": run.eval_sets,
         "budget": dataclasses.asdict(spec.full),
+        **({"recipe": recipe} if recipe else {}),
         "teachers": [d.meta["teacher_name"] for d in (data, *others)],
         "teacher_eval_sets": eval_set_teacher_metrics(evals),
         EVAL_SETS_INFO: eval_set_info(evals),

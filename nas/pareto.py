@@ -9,6 +9,7 @@ from typing import Any
 import optuna
 
 from distill.tasks import format_metric
+from nas.recipe import describe_recipe
 from nas.search import DISTILLED, EVAL_SETS, EVAL_SETS_INFO, front_trials, task_of
 
 
@@ -25,6 +26,7 @@ def front_rows(study: optuna.Study) -> list[dict[str, Any]]:
                 "trial": t.number,
                 "arch": t.user_attrs.get("arch"),
                 "arch_short": t.user_attrs.get("arch_short", ""),
+                "recipe": t.user_attrs.get("recipe"),
                 "objectives": dict(zip(names, t.values)),
                 "metrics": {m.name: t.user_attrs[m.name] for m in task.metrics if m.name in t.user_attrs},
                 "eval_sets": t.user_attrs.get(EVAL_SETS, {}),
@@ -33,6 +35,12 @@ def front_rows(study: optuna.Study) -> list[dict[str, Any]]:
         )
     rows.sort(key=lambda r: list(r["objectives"].values())[::-1])
     return rows
+
+
+def described(row: dict[str, Any]) -> str:
+    """A front row's architecture in short, and its recipe where the search sampled one."""
+    recipe = describe_recipe(row.get("recipe"))
+    return f"{row['arch_short']} | {recipe}" if recipe else row["arch_short"]
 
 
 def eval_set_names(study: optuna.Study) -> list[str]:
@@ -67,14 +75,15 @@ def front_table(study: optuna.Study) -> str:
     quality = names[0]
     full = any(r["full"] for r in rows)
     sets = eval_set_names(study)
+    what = "architecture | recipe" if any(r["recipe"] for r in rows) else "architecture"
     header = (
-        ["trial", "architecture", *[f"{n} {arrows[n]}" for n in names]]
+        ["trial", what, *[f"{n} {arrows[n]}" for n in names]]
         + [f"{s} {quality}" for s in sets]
         + ([f"full {quality}"] if full else [])
     )
     body = []
     for r in rows:
-        line = [str(r["trial"]), r["arch_short"], *[format_metric(task, n, r["objectives"][n]) for n in names]]
+        line = [str(r["trial"]), described(r), *[format_metric(task, n, r["objectives"][n]) for n in names]]
         line += [format_metric(task, quality, r["eval_sets"].get(s, {}).get(quality)) for s in sets]
         if full:  # fully distilled front points: the full score next to the brief one
             line.append(format_metric(task, quality, r["full"]["metrics"].get(quality)) if r["full"] else "-")

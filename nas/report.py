@@ -12,7 +12,8 @@ from optuna.trial import TrialState
 from distill.tasks import format_metric
 from nas.dominance import reference_point, to_minimize
 from nas.fidelity import FIDELITY, PROXY
-from nas.pareto import eval_set_names, front_rows, provenance
+from nas.pareto import described, eval_set_names, front_rows, provenance
+from nas.recipe import describe_recipe
 from nas.search import distinct_complete, task_of, trial_counts
 
 HOVER_HIDDEN = ("loss_curve", "arch")
@@ -137,9 +138,34 @@ def _num(value: float | None) -> str:
     return f"{value:.2f}" if value is not None else "-"
 
 
-def write_report(study: optuna.Study, out: Path) -> Path:
+def _by_recipe(study: optuna.Study) -> go.Figure:
+    """Every architecture's first two objectives, one colour (and legend entry) per recipe."""
+    names = study.metric_names or [f"objective_{i}" for i in range(len(study.directions))]
+    quality, size = names[0], names[1] if len(names) > 1 else names[0]
+    groups: dict[str, list] = {}
+    for t in distinct_complete(study):
+        groups.setdefault(describe_recipe(t.user_attrs.get("recipe")) or "the spec's loss", []).append(t)
+    fig = go.Figure()
+    for recipe, trials in sorted(groups.items()):
+        fig.add_trace(
+            go.Scatter(
+                x=[t.values[names.index(size)] for t in trials],
+                y=[t.values[0] for t in trials],
+                mode="markers",
+                name=recipe,
+                text=[f"#{t.number} {t.user_attrs.get('arch_short', '')}" for t in trials],
+                hovertemplate=f"%{{text}}<br>{quality}: %{{y:.4g}}<br>{size}: %{{x:,}}<extra>{html.escape(recipe)}</extra>",
+            )
+        )
+    fig.update_layout(title=f"{quality} against {size}, coloured by recipe", xaxis_title=size, yaxis_title=quality)
+    fig.update_xaxes(type="log")
+    return fig
+
+
+def write_report(study: optuna.Study, out: Path, color_by: str = "front") -> Path:
     """Pareto front (all trials, front highlighted, hover with architecture and metrics),
-    hypervolume over trials, loss curves and the front as a table."""
+    hypervolume over trials, loss curves and the front as a table. `color_by = "recipe"`
+    draws the trials coloured by their recipe (`[space.recipe]`) first."""
     from optuna.visualization import plot_hypervolume_history, plot_pareto_front
 
     plot = _plot_study(study)
@@ -157,6 +183,8 @@ def write_report(study: optuna.Study, out: Path) -> Path:
                 )
             )
     figures[0].update_layout(title=f"Pareto front of {study.study_name} ({len(plot.trials)} architectures)")
+    if color_by == "recipe":
+        figures.insert(0, _by_recipe(study))
     if len(names) >= 2:
         figures.append(plot_hypervolume_history(plot, _reference_point(plot)))
     rows = front_rows(study)
@@ -171,11 +199,12 @@ def write_report(study: optuna.Study, out: Path) -> Path:
     task = task_of(study)
     quality = names[0]
     sets = eval_set_names(study)
-    columns = ["trial", "architecture", *names, *[f"{s} {quality}" for s in sets], f"full {quality}", "export"]
+    what = "architecture | recipe" if any(r["recipe"] for r in rows) else "architecture"
+    columns = ["trial", what, *names, *[f"{s} {quality}" for s in sets], f"full {quality}", "export"]
     head = "".join(f"<th>{html.escape(n)}</th>" for n in columns)
     body = "".join(
         "<tr>"
-        + f"<td>{r['trial']}</td><td>{html.escape(r['arch_short'])}</td>"
+        + f"<td>{r['trial']}</td><td>{html.escape(described(r))}</td>"
         + "".join(f"<td>{format_metric(task, n, v)}</td>" for n, v in r["objectives"].items())
         + "".join(f"<td>{format_metric(task, quality, r['eval_sets'].get(s, {}).get(quality))}</td>" for s in sets)
         + (

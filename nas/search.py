@@ -3,6 +3,7 @@ and stores every trial in a persistent storage, the source of truth of a study."
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -15,15 +16,16 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from distill import PreparedData, prepare
+from distill import LossConfig, PreparedData, prepare
 from distill.errors import InputError
 from distill.tasks import Task, get_task, task_for_metrics
 from distill.tasks.base import OUTPUTS
+from nas.recipe import INTERMEDIATE
 from nas.sampling import DEFAULT_SAMPLER, make_sampler
 from nas.scheduler import FINAL, RUNG, pareto_asha
 from nas.spec import Constraints, StudySpec
 from nas.texts import TEXTS, save_outputs, save_references
-from nas.trial import TrialPlan, pick_device, plan_stops, recorded, run_trial
+from nas.trial import TrialPlan, pick_device, plan_stops, recorded, run_trial, with_recipe
 
 logger = logging.getLogger(__name__)
 
@@ -160,12 +162,16 @@ def trial_counts(study: optuna.Study) -> dict[str, int]:
     }
 
 
-def find_duplicate(study: optuna.Study, arch: dict[str, Any], number: int) -> optuna.trial.FrozenTrial | None:
-    """An earlier trial of the same architecture: finished, stopped at a rung, left untrained
-    for its size, or still running."""
+def find_duplicate(
+    study: optuna.Study, arch: dict[str, Any], number: int, recipe: dict[str, Any] | None = None
+) -> optuna.trial.FrozenTrial | None:
+    """An earlier trial of the same architecture (and recipe): finished, stopped at a rung,
+    left untrained for its size, or still running."""
     states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
     for t in study.get_trials(deepcopy=False, states=states):
-        if t.number != number and "duplicate_of" not in t.user_attrs and t.user_attrs.get("arch") == arch:
+        if t.number == number or "duplicate_of" in t.user_attrs:
+            continue
+        if t.user_attrs.get("arch") == arch and (t.user_attrs.get("recipe") or None) == (recipe or None):
             return t
     return None
 
@@ -311,7 +317,7 @@ def _trainable(config: dict[str, Any], plan: TrialPlan) -> None:
         def at_rung(rung: int, metrics: dict[str, Any]) -> None:
             report({**metrics, "arch_short": short, RUNG: rung, FINAL: False})
 
-        metrics = run_trial(config["arch"], plan, report=at_rung)
+        metrics = run_trial(config["arch"], with_recipe(plan, config.get("recipe")), report=at_rung)
     except Exception as exc:  # noqa: BLE001 - every failure is recorded, the search goes on
         import torch
 
@@ -380,19 +386,32 @@ def front_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return [t for t in study.best_trials if "duplicate_of" not in t.user_attrs]
 
 
-def prepare_study(spec: StudySpec) -> PreparedData:
+def prepare_study(spec: StudySpec, temperature: float | None = None) -> PreparedData:
     """Tokenize the data and cache the teacher's outputs, once per study (on a GPU where the
     spec asks for one and there is one); the search space is checked against the teacher
-    before any teacher output is computed."""
-    return _prepare(spec, spec.data, check=lambda config: spec.task.check_space(spec.space, config))
+    before any teacher output is computed. With a searchable recipe, the outputs every recipe
+    may need, at `temperature` (one of the recipe's; default: the loss's)."""
+    return _prepare(spec, spec.data, temperature=temperature, check=lambda config: spec.task.check_space(spec.space, config))
 
 
-def _prepare(spec: StudySpec, data: Any, teacher: Any = None, **kwargs: Any) -> PreparedData:
+def cache_loss(spec: StudySpec, temperature: float | None = None) -> LossConfig:
+    """The loss the teacher's outputs are cached for: the spec's, plus every term its recipe
+    may choose, at `temperature`."""
+    weights, params = dict(spec.loss.weights), dict(spec.loss.params)
+    weights |= dict.fromkeys(spec.recipe.loss, 1.0)
+    if any(spec.recipe.intermediate):
+        weights[INTERMEDIATE] = 1.0
+    if temperature is not None:
+        params["temperature"] = temperature
+    return dataclasses.replace(spec.loss, weights=weights, params=params)
+
+
+def _prepare(spec: StudySpec, data: Any, teacher: Any = None, temperature: float | None = None, **kwargs: Any) -> PreparedData:
     return prepare(
         spec.task,
         teacher or spec.teacher,
         data,
-        spec.loss,
+        cache_loss(spec, temperature),
         base_dir=spec.base_dir,
         cache_root=spec.out_dir / "cache",
         seed=spec.study.seed,
@@ -401,7 +420,9 @@ def _prepare(spec: StudySpec, data: Any, teacher: Any = None, **kwargs: Any) -> 
     )
 
 
-def prepare_other_teachers(spec: StudySpec, data: PreparedData) -> tuple[PreparedData, ...]:
+def prepare_other_teachers(
+    spec: StudySpec, data: PreparedData, temperature: float | None = None
+) -> tuple[PreparedData, ...]:
     """The spec's other teachers (`[[teacher]]` after the first) on the study's data, cached
     like the first: each must cut the data into the same items with the same tokens (the
     student's tokenizer is the first teacher's) and give outputs of the same shapes."""
@@ -409,7 +430,8 @@ def prepare_other_teachers(spec: StudySpec, data: PreparedData) -> tuple[Prepare
     for i, teacher in enumerate(spec.other_teachers, start=1):
         key = f"teacher[{i}]"
         try:
-            other = _prepare(spec, spec.data, teacher, check=lambda config: spec.task.check_space(spec.space, config))
+            check = lambda config: spec.task.check_space(spec.space, config)  # noqa: E731
+            other = _prepare(spec, spec.data, teacher, temperature, check=check)
         except InputError as e:
             text = str(e)
             raise InputError(f"{key}.{text[8:]}" if text.startswith("teacher.") else f"{key} ({teacher.model or teacher.package}): {text}") from None
@@ -466,6 +488,7 @@ def trial_plan(
     data: PreparedData,
     evals: dict[str, PreparedData] | None = None,
     others: tuple[PreparedData, ...] = (),
+    by_temperature: dict[float, tuple[PreparedData, tuple[PreparedData, ...]]] | None = None,
 ) -> TrialPlan:
     """What every trial of the study's search runs with."""
     mf = spec.multi_fidelity
@@ -484,6 +507,7 @@ def trial_plan(
         size_bounds=spec.constraints.on({m.name: m.kind for m in spec.task.metrics}, "size"),
         evals=evals or {},
         others=others,
+        by_temperature=by_temperature or {},
     )
 
 
@@ -512,6 +536,10 @@ def run_search(spec: StudySpec, *, trials: int | None = None, address: str | Non
         study.set_user_attr("other_teacher_metrics", [d.meta["teacher_metrics"] for d in others])
     for key in ("data_info", "scoring"):  # what reading the data found; how quality is computed
         study.set_user_attr(key, data.meta.get(key, {}))
+    by_temperature = {}
+    for t in spec.recipe.temperature:  # the teachers' outputs at each temperature the recipe may choose
+        at_t = prepare_study(spec, t)
+        by_temperature[t] = (at_t, prepare_other_teachers(spec, at_t, t))
     evals = prepare_eval_sets(spec)
     study.set_user_attr(EVAL_SETS, eval_set_teacher_metrics(evals))
     study.set_user_attr(EVAL_SETS_INFO, eval_set_info(evals))
@@ -520,7 +548,7 @@ def run_search(spec: StudySpec, *, trials: int | None = None, address: str | Non
     modes = [d for _, d in spec.objectives.metrics]
     task = spec.task
     mf = spec.multi_fidelity
-    plan = trial_plan(spec, data, evals, others)
+    plan = trial_plan(spec, data, evals, others, by_temperature)
     size_bounds = plan.size_bounds
     if not ray.is_initialized():
         logger.info("starting Ray%s", f" (joining {address})" if address else "")
@@ -532,8 +560,11 @@ def run_search(spec: StudySpec, *, trials: int | None = None, address: str | Non
     def define(trial: Any) -> dict[str, Any]:
         arch = spec.space.sample(trial)
         trial.set_user_attr("arch", arch)
-        config = {"arch": arch, "optuna_trial": trial.number, "duplicate_of": None}
-        twin = find_duplicate(study, arch, trial.number)
+        recipe = spec.recipe.sample(trial) if spec.recipe else None
+        if recipe:
+            trial.set_user_attr("recipe", recipe)
+        config = {"arch": arch, "recipe": recipe, "optuna_trial": trial.number, "duplicate_of": None}
+        twin = find_duplicate(study, arch, trial.number, recipe)
         if twin is not None:
             trial.set_user_attr("duplicate_of", twin.number)
             return config | {"duplicate_of": twin.number}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import math
 import re
 import tomllib
@@ -23,6 +24,7 @@ from distill.objective import LossConfig, allowed_terms
 from distill.tasks import DEFAULT_TASK, TASKS, Task, get_task
 from distill.tasks.base import trains_teacher
 from distill.teachers import TeacherConfig, TeacherTraining
+from nas.recipe import RecipeSpace, apply_recipe, describe_recipe
 from nas.sampling import SAMPLERS
 
 
@@ -249,6 +251,8 @@ class StudySpec:
     """`[[eval]]`: extra evaluation sets"""
     other_teachers: tuple[TeacherConfig, ...] = ()
     """the teachers after the first when the spec lists several (`[[teacher]]`), in order"""
+    recipe: RecipeSpace = RecipeSpace()
+    """`[space.recipe]`: the parts of the loss and budgets searched with the architecture"""
 
     @property
     def task(self) -> Task:
@@ -374,6 +378,40 @@ def _build_loss(task: Task, raw: Any, key: str, teachers: int = 1) -> LossConfig
     return _construct(LossConfig, {"weights": weights, "params": dataclasses.asdict(loss_params), **where}, key)
 
 
+def _check_on_policy(task: Task, loss: LossConfig, budget: Budget, key: str) -> None:
+    if budget.on_policy > 0 and not callable(getattr(task, "on_policy_batch", None)):
+        raise SpecError(f"{key}.on_policy: task {task.name} has no outputs of its own to learn from; leave it 0")
+    if budget.on_policy > 0 and not loss.needs() & {"topk", "logits"}:
+        raise SpecError(f"{key}.on_policy: needs a divergence term in [distill.loss] (forward_kl, reverse_kl, jsd, ...)")
+
+
+def _build_recipe(task: Task, raw: Any) -> RecipeSpace:
+    """`[space.recipe]`: the parts of the recipe searched with the architecture."""
+    recipe = _build(RecipeSpace, raw, "space.recipe")
+    try:
+        recipe.check(task)
+    except ValueError as exc:
+        raise SpecError(f"space.recipe.{exc}") from None
+    return recipe
+
+
+def _check_recipes(task: Task, recipe: RecipeSpace, loss: LossConfig, brief: Budget, full: Budget) -> None:
+    """Every recipe the search may sample trains: its loss and budgets are valid."""
+    parts = [(f.name, getattr(recipe, f.name)) for f in dataclasses.fields(recipe) if getattr(recipe, f.name)]
+    for values in itertools.product(*(choices for _, choices in parts)):
+        chosen = dict(zip([name for name, _ in parts], values))
+        try:
+            trial_loss, trial_brief = apply_recipe(loss, brief, chosen)
+            _, trial_full = apply_recipe(loss, full, chosen)
+        except ValueError as exc:
+            raise SpecError(f"space.recipe: the recipe {describe_recipe(chosen)!r} cannot train: {exc}") from None
+        for key, budget in (("distill", trial_brief), ("full", trial_full)):
+            try:
+                _check_on_policy(task, trial_loss, budget, key)
+            except SpecError as exc:
+                raise SpecError(f"space.recipe: the recipe {describe_recipe(chosen)!r}: {exc}") from None
+
+
 def _build_teachers(task: Task, raw: Any) -> tuple[TeacherConfig, ...]:
     """`[teacher]`, or several `[[teacher]]` tables sharing the student's tokenizer."""
     tables = raw if isinstance(raw, list) else [raw]
@@ -486,18 +524,19 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
     brief_budget = _build_brief(brief)
     full_budget = _build(Budget, raw.get("full", {}), "full", defaults=FULL_RUN)
     loss = _build_loss(task, loss_raw, "distill.loss", len(teachers))
+    space_raw = dict(raw.get("space", {})) if isinstance(raw.get("space", {}), dict) else raw["space"]
+    recipe = _build_recipe(task, space_raw.pop("recipe", {}) if isinstance(space_raw, dict) else {})
     for key, budget in (("distill", brief_budget), ("full", full_budget)):
-        if budget.on_policy > 0 and not callable(getattr(task, "on_policy_batch", None)):
-            raise SpecError(f"{key}.on_policy: task {task.name} has no outputs of its own to learn from; leave it 0")
-        if budget.on_policy > 0 and not loss.needs() & {"topk", "logits"}:
-            raise SpecError(f"{key}.on_policy: needs a divergence term in [distill.loss] (forward_kl, reverse_kl, jsd, ...)")
+        _check_on_policy(task, loss, budget, key)
+    _check_recipes(task, recipe, loss, brief_budget, full_budget)
     return StudySpec(
         path=path.resolve(),
         study=study,
         teacher=teachers[0],
         other_teachers=teachers[1:],
         data=data,
-        space=_build(task.space, raw.get("space", {}), "space"),
+        space=_build(task.space, space_raw, "space"),
+        recipe=recipe,
         distill=brief_budget,
         full=full_budget,
         loss=loss,

@@ -17,6 +17,7 @@ from distill import Budget, LossConfig, PreparedData, distill, make_loss, study_
 from distill.tasks import get_task
 from distill.tasks.base import OUTPUTS, scores_and_text
 from distill.teacher_outputs import on_policy_teacher
+from nas.recipe import apply_recipe
 from nas.spec import Constraints
 
 logger = logging.getLogger(__name__)
@@ -51,6 +52,18 @@ class TrialPlan:
     """extra evaluation sets (`[[eval]]`), scored at the end"""
     others: tuple[PreparedData, ...] = ()
     """the studies of the spec's other teachers (`[[teacher]]` after the first)"""
+    by_temperature: dict[float, tuple[PreparedData, tuple[PreparedData, ...]]] = dataclasses.field(default_factory=dict)
+    """with a searchable temperature (`[space.recipe]`): the teachers' studies at each"""
+
+
+def with_recipe(plan: TrialPlan, recipe: dict[str, Any] | None) -> TrialPlan:
+    """The plan of a trial of `recipe` (`[space.recipe]`): its loss and brief budget, and the
+    teachers' outputs at its temperature."""
+    if not recipe:
+        return plan
+    loss, budget = apply_recipe(plan.loss, plan.budget, recipe)
+    data, others = plan.by_temperature.get(loss.params.get("temperature"), (plan.data, plan.others))
+    return dataclasses.replace(plan, loss=loss, budget=budget, data=data, others=others)
 
 
 def pick_device(gpus: float) -> torch.device:
