@@ -82,7 +82,9 @@ def studies(task: str) -> tuple[StudySpec, object, tuple]:
         spec, other_teachers=(second,), loss=dataclasses.replace(spec.loss, weights=weights, teacher_weights=(1.0, 1.0))
     )
     data = prepare_study(spec)
-    return spec, data, prepare_other_teachers(spec, data)
+    # the second teacher is smaller: its next-token outputs alone (its hidden states have another shape)
+    plain = dataclasses.replace(spec.loss, weights=dict(spec.loss.weights) | {"hidden": 0.0})
+    return spec, data, prepare_other_teachers(dataclasses.replace(spec, loss=plain), data)
 
 
 def run(task: str, spec: StudySpec, data, others, method: str, seed: int, steps: int) -> dict:

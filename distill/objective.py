@@ -126,6 +126,12 @@ def allowed_terms(task: Task) -> list[str]:
     return [n for n, t in LOSSES.items() if set(t.needs) <= set(task.outputs) and t.required <= given]
 
 
+def on_policy_terms(loss: LossConfig) -> list[tuple[str, LossTerm, float]]:
+    """The active terms that count on the student's own samples: divergences that read no
+    reference (the labels of a sampled batch are the student's own tokens)."""
+    return [(n, t, w) for n, t, w in loss.active() if set(t.needs) <= {"topk"} and t.needs and "labels" not in t.inputs]
+
+
 def on_policy_step(idx: np.ndarray, share: float) -> bool:
     """Whether the batch of items `idx` is one on the student's own outputs: a fixed draw per
     batch (a resumed run decides as the killed one did), true for `share` of the batches."""
@@ -159,7 +165,7 @@ def make_loss(
     wanted = {name for _, term, _ in terms for name in term.inputs}
     inter = attach(task, student, arch, data, loss.params.get("layer_map"), wanted)
     wanted = student_side(wanted)
-    divergences = [(term, w) for term, w in taught if set(term.needs) <= {"topk"}]
+    divergences = [(term, w) for _, term, w in on_policy_terms(loss)]
     on_policy_wanted = {name for term, _ in divergences for name in term.inputs}
 
     def values_of(batch: Any, outputs: dict[str, torch.Tensor]) -> dict[str, Any]:

@@ -19,6 +19,7 @@ import optuna
 
 from distill.errors import InputError
 from distill.tasks import quality_metrics
+from nas.recipe import apply_recipe
 from nas.search import DISTILLED, distinct_complete, front_trials, is_feasible
 from nas.spec import StudySpec
 
@@ -33,8 +34,13 @@ LEVEL = 0.95
 def reusable(study: optuna.Study, spec: StudySpec) -> set[str]:
     """Trials whose recorded full run had the spec's `[full]` budget (records made before
     budgets were recorded count too): one never reruns, a run of another budget is not mixed in."""
-    budget = dataclasses.asdict(spec.full)
-    return {n for n, r in study.user_attrs.get(DISTILLED, {}).items() if r.get("budget", budget) == budget}
+    records = study.user_attrs.get(DISTILLED, {}).items()
+    return {n for n, r in records if r.get("budget", _budget(spec, r)) == _budget(spec, r)}
+
+
+def _budget(spec: StudySpec, record: dict) -> dict:
+    """The `[full]` budget a run of `record` had under this spec (with its trial's recipe)."""
+    return dataclasses.asdict(apply_recipe(spec.loss, spec.full, record.get("recipe"))[1])
 
 
 def pick_trials(

@@ -53,6 +53,10 @@ class RecipeSpace:
         wrong = [n for n in self.loss if n not in allowed]
         if wrong:
             raise ValueError(f"loss: {wrong[0]!r} is not a divergence of task {task.name}; allowed: {', '.join(allowed)}")
+        if self.temperature and "temperature" not in {f.name for f in dataclasses.fields(task.loss_params)}:
+            raise ValueError(f"temperature: task {task.name}'s loss has no temperature")
+        if self.ce and "ce" not in allowed_terms(task):
+            raise ValueError(f"ce: task {task.name} has no cross-entropy term")
         if self.intermediate and INTERMEDIATE not in allowed_terms(task):
             raise ValueError(f"intermediate: task {task.name} has no intermediate-layer terms")
         if any(self.on_policy) and not callable(getattr(task, "on_policy_batch", None)):

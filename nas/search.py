@@ -430,8 +430,7 @@ def prepare_other_teachers(
     for i, teacher in enumerate(spec.other_teachers, start=1):
         key = f"teacher[{i}]"
         try:
-            check = lambda config: spec.task.check_space(spec.space, config)  # noqa: E731
-            other = _prepare(spec, spec.data, teacher, temperature, check=check)
+            other = _prepare(spec, spec.data, teacher, temperature)  # students are built from the first
         except InputError as e:
             text = str(e)
             raise InputError(f"{key}.{text[8:]}" if text.startswith("teacher.") else f"{key} ({teacher.model or teacher.package}): {text}") from None

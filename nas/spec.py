@@ -20,7 +20,7 @@ from typing import Any
 
 from distill.errors import InputError
 from distill.loop import FULL_RUN, Budget
-from distill.objective import LossConfig, allowed_terms
+from distill.objective import LossConfig, allowed_terms, on_policy_terms
 from distill.tasks import DEFAULT_TASK, TASKS, Task, get_task
 from distill.tasks.base import trains_teacher
 from distill.teachers import TeacherConfig, TeacherTraining
@@ -381,8 +381,12 @@ def _build_loss(task: Task, raw: Any, key: str, teachers: int = 1) -> LossConfig
 def _check_on_policy(task: Task, loss: LossConfig, budget: Budget, key: str) -> None:
     if budget.on_policy > 0 and not callable(getattr(task, "on_policy_batch", None)):
         raise SpecError(f"{key}.on_policy: task {task.name} has no outputs of its own to learn from; leave it 0")
-    if budget.on_policy > 0 and not loss.needs() & {"topk", "logits"}:
-        raise SpecError(f"{key}.on_policy: needs a divergence term in [distill.loss] (forward_kl, reverse_kl, jsd, ...)")
+    if budget.on_policy > 0 and not on_policy_terms(loss):
+        raise SpecError(
+            f"{key}.on_policy: needs a divergence term that reads no reference in [distill.loss] (forward_kl, reverse_kl, jsd, ...)"
+        )
+    if budget.on_policy > 0 and len(loss.teacher_weights) > 1:
+        raise SpecError(f"{key}.on_policy: on-policy batches are scored by one live teacher; the spec lists {len(loss.teacher_weights)}")
 
 
 def _build_recipe(task: Task, raw: Any) -> RecipeSpace:

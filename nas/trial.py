@@ -62,6 +62,8 @@ def with_recipe(plan: TrialPlan, recipe: dict[str, Any] | None) -> TrialPlan:
     if not recipe:
         return plan
     loss, budget = apply_recipe(plan.loss, plan.budget, recipe)
+    if "temperature" in recipe and recipe["temperature"] not in plan.by_temperature:
+        raise ValueError(f"no teacher outputs cached at temperature {recipe['temperature']}")
     data, others = plan.by_temperature.get(loss.params.get("temperature"), (plan.data, plan.others))
     return dataclasses.replace(plan, loss=loss, budget=budget, data=data, others=others)
 

@@ -256,9 +256,10 @@ class TopKLossParams:
         for key in ("jsd_beta", "skew_alpha"):
             if not 0.0 < getattr(self, key) < 1.0:
                 raise ValueError(f"{key}: must be strictly between 0 and 1, got {getattr(self, key)}")
-        for key in ("self_evolution_share", "self_evolution_prior"):
-            if not 0.0 <= getattr(self, key) <= 1.0:
-                raise ValueError(f"{key}: must be between 0 and 1, got {getattr(self, key)}")
+        if not 0.0 <= self.self_evolution_share <= 1.0:
+            raise ValueError(f"self_evolution_share: must be between 0 and 1, got {self.self_evolution_share}")
+        if not 0.0 <= self.self_evolution_prior < 1.0:  # at 1 the proxy holds nothing of the student
+            raise ValueError(f"self_evolution_prior: must be in [0, 1), got {self.self_evolution_prior}")
 
 
 def stack_outputs(out: Any, stack: str) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...] | None]:

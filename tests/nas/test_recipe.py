@@ -54,6 +54,8 @@ def test_the_spec_checks_every_recipe_it_may_sample():
             load_spec(ROOT / "studies/demo-lm.toml", [override])
     with pytest.raises(SpecError, match=r"^space\.recipe\.on_policy: task embedding has no outputs of its own"):
         load_spec(ROOT / "studies/demo.toml", ["space.recipe.on_policy=[0.5]"])
+    with pytest.raises(SpecError, match=r"^space\.recipe\.temperature: task embedding's loss has no temperature"):
+        load_spec(ROOT / "studies/demo.toml", ["space.recipe.temperature=[2.0]"])
     with pytest.raises(SpecError, match=r"^space\.recipe\.loss: 'forward_kl' is not a divergence of task embedding"):
         load_spec(ROOT / "studies/demo.toml", ["space.recipe.loss=['forward_kl']"])
     with pytest.raises(SpecError, match=r"^space\.recipe: the recipe 'ce=0' cannot train: weights: at least one term"):

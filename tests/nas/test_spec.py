@@ -73,7 +73,15 @@ BAD = {
     "on-policy share": ("[teacher]\nmodel='x'\n[full]\non_policy=1.5\n", r"full\.on_policy: a share of the batches, between 0 and 1"),
     "on-policy without a divergence": (
         "[teacher]\nmodel='x'\n[distill]\non_policy=0.5\n[distill.loss]\nforward_kl=0.0\nce=1.0\n",
-        r"distill\.on_policy: needs a divergence term in \[distill\.loss\]",
+        r"distill\.on_policy: needs a divergence term that reads no reference in \[distill\.loss\]",
+    ),
+    "on-policy with self-evolution KD alone": (
+        "[teacher]\nmodel='x'\n[distill]\non_policy=0.5\n[distill.loss]\nforward_kl=0.0\nself_evolution_kd=1.0\n",
+        r"distill\.on_policy: needs a divergence term that reads no reference",
+    ),
+    "on-policy with two teachers": (
+        "[[teacher]]\nmodel='x'\n[[teacher]]\nmodel='y'\n[full]\non_policy=0.5\n",
+        r"^full\.on_policy: on-policy batches are scored by one live teacher; the spec lists 2$",
     ),
     "on-policy embeddings": (
         "[study]\ntask='embedding'\n[teacher]\nmodel='x'\n[full]\non_policy=0.5\n",
@@ -149,6 +157,7 @@ def test_the_loss_has_its_own_section_checked_against_the_task(tmp_path):
     assert load_spec(ROOT / "studies/demo-lm.toml", ["distill.loss.layer_map='last-2'"]).loss.params["layer_map"] == "last-2"
     refused = {
         "distill.loss.cosine=1.0": r"^distill\.loss\.cosine: not a loss term or parameter of task causal-lm; allowed: ce, forward_kl, reverse_kl, jsd, skew_kl, skew_reverse_kl, tv, self_evolution_kd, hidden, hidden_cosine, attention, temperature, top_k, jsd_beta, skew_alpha, self_evolution_share, self_evolution_prior, full_vocabulary, layer_map",
+        "distill.loss.self_evolution_prior=1.0": r"^distill\.loss\.self_evolution_prior: must be in \[0, 1\)",
         "distill.loss.layer_map='middle'": r"^distill\.loss\.layer_map: must be one of init, uniform, last-K or a list of teacher states, got 'middle'$",
         "distill.loss.layer_map=1.5": r"^distill\.loss\.layer_map: must be str or a list, got 1\.5$",
         "distill.loss.layer_map=['a']": r"^distill\.loss\.layer_map: must be str or a list, got \['a'\]$",
