@@ -13,7 +13,7 @@ order is the seed's), and is scored on the study's held-out split:
 
 Prints one table (mean and spread over the seeds) and writes it, with every run, to --out.
 
-    python benchmarks/recipes.py [--tasks causal-lm translation] [--seeds 3] [--lm-steps 300] [--mt-steps 600]
+    python benchmarks/recipes.py [--tasks causal-lm translation] [--seeds 3] [--lm-steps 300] [--mt-steps 1200]
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ DEMOS = {
     "translation": {
         "spec": "studies/demo-mt.toml",
         "student": {
-            "family": "marian", "encoder_layers": 2, "decoder_layers": 1, "heads": 4, "head_dim": 16,
+            "family": "marian", "encoder_layers": 2, "decoder_layers": 1, "heads": 4, "head_dim": 32,
             "ffn_ratio": 2.0, "share_embeddings": True, "init": "random", "layer_pick": "even",
         },
         "second_teacher": {"layers": 2, "hidden": 96, "heads": 4},
@@ -128,7 +128,7 @@ def main() -> None:
     p.add_argument("--tasks", nargs="+", default=list(DEMOS), choices=list(DEMOS))
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--lm-steps", type=int, default=300, help="steps of each causal-LM run (the demo's brief budget)")
-    p.add_argument("--mt-steps", type=int, default=600, help="steps of each translation run (the demo's first rung)")
+    p.add_argument("--mt-steps", type=int, default=1200, help="steps of each translation run (the demo's brief budget)")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "recipes_runs.jsonl")
