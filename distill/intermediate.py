@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from distill.errors import InputError
-from distill.loop import TRAINING_STATE
+from distill.loop import TRAINING_STATE, autocast
 from search_spaces import layer_map as init_layer_map
 
 LAYER_MAPS = ("init", "uniform", "last-K")
@@ -92,7 +92,6 @@ class Intermediate(torch.nn.Module):
 
     def __init__(self, stacks: dict[str, Stack], rule: Any, attention: bool) -> None:
         super().__init__()
-        self.stacks = stacks
         self.pairs = {name: layer_pairs(rule, stack) for name, stack in stacks.items()}
         if attention:
             for name, stack in stacks.items():
@@ -184,6 +183,16 @@ def attention_maps(model: Any, wanted: bool = True) -> Iterator[None]:
             model.set_attn_implementation(before)
 
 
+def run_with_layers(model: Any, layers: set[str], **inputs: torch.Tensor) -> Any:
+    """`model(**inputs)` (under the device's autocast) with the hidden states and attention
+    maps that the intermediate-layer groups `layers` ask for."""
+    device = next(iter(inputs.values())).device
+    with autocast(device), attention_maps(model, "attentions" in layers):
+        return model(
+            **inputs, output_hidden_states="hidden_states" in layers, output_attentions="attentions" in layers
+        )
+
+
 __all__ = [
     "Intermediate",
     "LAYER_MAPS",
@@ -193,5 +202,6 @@ __all__ = [
     "check_layer_map",
     "layer_pairs",
     "paired_values",
+    "run_with_layers",
     "student_side",
 ]

@@ -18,7 +18,7 @@ from distill.cache import PreparedData
 from distill.data import DataConfig, load_documents, pack
 from distill.errors import InputError
 from distill.evaluate import median_ms, param_counts, peak_memory_mb
-from distill.intermediate import Stack, attention_maps
+from distill.intermediate import Stack, run_with_layers
 from distill.loop import autocast
 from distill.losses import next_token_ce, topk_kd_loss
 from distill.tasks.base import (
@@ -139,7 +139,7 @@ class CausalLM:
         return arrays | layer_arrays(groups, {"decoder": stack})
 
     def teacher_outputs(self, teacher: Teacher, batch: Batch, groups: set[str], params: dict[str, Any]) -> dict[str, torch.Tensor]:
-        out = run_decoder(teacher.model, batch, groups & set(LAYER_GROUPS))
+        out = run_with_layers(teacher.model, groups & set(LAYER_GROUPS), input_ids=batch.inputs["input_ids"])
         labels = batch.inputs["input_ids"][:, 1:]
         return logit_outputs(out.logits[:, :-1].float(), groups, params, labels) | layer_outputs(out, ("decoder",), groups)
 
@@ -185,7 +185,7 @@ class CausalLM:
         self, student: torch.nn.Module, batch: Batch, wanted: set[str], teacher: dict[str, torch.Tensor]
     ) -> dict[str, Any]:
         tokens = batch.inputs["input_ids"]  # (B, L)
-        out = run_decoder(student, batch, layer_groups(wanted))
+        out = run_with_layers(student, layer_groups(wanted), input_ids=tokens)
         values = {"student_logits": out.logits[:, :-1], "labels": tokens[:, 1:], "mask": None}  # packed: no padding
         return values | student_layers(out, {"decoder": None}, wanted)
 
@@ -252,18 +252,6 @@ def evaluate_lm(
         agree += (logits.argmax(-1) == t_idx[..., 0].long()).sum().item()
         count += n
     return {"perplexity": math.exp(nll / count), "kl": kl / count, "top1_agreement": agree / count}
-
-
-def run_decoder(model: Any, batch: Batch, layers: set[str]) -> Any:
-    """A decoder-only model's output on the blocks of `batch`, with the hidden states and
-    attention maps the `layers` groups ask for."""
-    tokens = batch.inputs["input_ids"]
-    with autocast(tokens.device), attention_maps(model, "attentions" in layers):
-        return model(
-            input_ids=tokens,
-            output_hidden_states="hidden_states" in layers,
-            output_attentions="attentions" in layers,
-        )
 
 
 def latency_ms_per_token(model: torch.nn.Module, seq_len: int, *, device: torch.device | str = "cpu") -> float:

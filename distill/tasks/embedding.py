@@ -22,7 +22,7 @@ from distill.cache import PreparedData
 from distill.data import DataConfig, encode_texts, load_documents, paragraphs
 from distill.errors import InputError
 from distill.evaluate import median_ms, param_counts, peak_memory_mb
-from distill.intermediate import Stack, attention_maps, check_layer_map
+from distill.intermediate import Stack, check_layer_map, run_with_layers
 from distill.loop import autocast
 from distill.tasks.base import (
     LAYER_GROUPS,
@@ -146,24 +146,13 @@ class EmbeddingStudent(torch.nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, layers: set[str] | None = None) -> Any:
         """Sentence embeddings (B, D); given `layers` (intermediate-layer groups), the
         embeddings and the encoder's output holding the hidden states and attention maps asked."""
-        out = run_encoder(self.encoder, input_ids, attention_mask, layers or set())
+        out = run_with_layers(self.encoder, layers or set(), input_ids=input_ids, attention_mask=attention_mask)
         emb = pool(out.last_hidden_state, attention_mask, self.pooling["mode"])
         if self.projection is not None:
             emb = self.projection(emb)
         if self.pooling["normalize"]:
             emb = F.normalize(emb, dim=-1)
         return (emb, out) if layers is not None else emb
-
-
-def run_encoder(encoder: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, layers: set[str]) -> Any:
-    """A BERT encoder's output with the hidden states and attention maps `layers` asks for."""
-    with attention_maps(encoder, "attentions" in layers):
-        return encoder(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            output_hidden_states="hidden_states" in layers,
-            output_attentions="attentions" in layers,
-        )
 
 
 def selection_matrix(kept: torch.Tensor, width: int) -> torch.Tensor:
@@ -253,7 +242,7 @@ class Embedding:
         qkv = LastLayerQKV(teacher.model) if "qkv" in groups else None
         try:
             with autocast(i.device):
-                states = run_encoder(teacher.model, i, m, groups & set(LAYER_GROUPS))
+                states = run_with_layers(teacher.model, groups & set(LAYER_GROUPS), input_ids=i, attention_mask=m)
         finally:
             if qkv is not None:
                 qkv.close()

@@ -19,7 +19,7 @@ from distill.cache import PreparedData
 from distill.data import DataSplits
 from distill.errors import InputError
 from distill.evaluate import median_ms, param_counts, peak_memory_mb
-from distill.intermediate import Stack, attention_maps
+from distill.intermediate import Stack, run_with_layers
 from distill.loop import autocast
 from distill.losses import next_token_ce, topk_kd_loss
 from distill.tasks.base import (
@@ -430,12 +430,7 @@ def _forced_inputs(model: Any, batch: Batch) -> dict[str, torch.Tensor]:
 def _forced(model: Any, batch: Batch, layers: set[str] = frozenset()) -> Any:
     """The model teacher-forced on the batch's references, with the hidden states and
     attention maps of its stacks that the `layers` groups ask for."""
-    with autocast(batch.inputs["input_ids"].device), attention_maps(model, "attentions" in layers):
-        return model(
-            **_forced_inputs(model, batch),
-            output_hidden_states="hidden_states" in layers,
-            output_attentions="attentions" in layers,
-        )
+    return run_with_layers(model, layers, **_forced_inputs(model, batch))
 
 
 def _forced_logits(model: Any, batch: Batch) -> torch.Tensor:
