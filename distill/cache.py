@@ -8,12 +8,15 @@ arrays, measures the teacher, and publishes the folder whole. A finished cache i
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
+import importlib.metadata
 import json
 import logging
 import math
+import platform
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +27,7 @@ import torch
 
 from distill.data import SPLITS, DataSplits
 from distill.errors import InputError
-from distill.files import written_whole
+from distill.files import held, written_whole
 from distill.teacher_outputs import split_params
 from distill.teachers import TeacherConfig, TeacherSource, teacher_source
 
@@ -94,15 +97,46 @@ and attention maps named by stack), so an older cache is never reused."""
 
 
 def cache_key(
-    task: str, source: TeacherSource, data: Any, plan: dict[str, Any], params: dict[str, Any], seed: int
+    task: str,
+    source: TeacherSource,
+    data: Any,
+    plan: dict[str, Any],
+    params: dict[str, Any],
+    seed: int,
+    base_dir: Path,
 ) -> str:
-    stamp = (Path(source.path) / "config.json").stat().st_mtime_ns if source.local and source.exists() else None
+    """The cache folder's name: every input of the teacher's outputs, down to the size and
+    modification time of each file of a local teacher and of the data (a file replaced or
+    edited in place makes another key)."""
+    teacher = files_stamp(Path(source.path)) if source.local else []
     blob = json.dumps(
-        [CACHE_FORMAT, task, source.path, source.revision, stamp, dataclasses.asdict(data), plan, params, seed],
+        [CACHE_FORMAT, task, source.path, source.revision, teacher, dataclasses.asdict(data), data_stamp(data, base_dir)]
+        + [plan, params, seed],
         sort_keys=True,
         default=str,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def files_stamp(path: Path) -> list[tuple[str, int, int]]:
+    """(name, size, modification time) of the file `path` or of every file under the folder `path`."""
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path] if path.exists() else []
+    return [(str(p.relative_to(path)) if p != path else p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+
+
+def data_stamp(data: Any, base_dir: Path) -> list[Any]:
+    """What a data section's text depends on beyond its settings: its local files (or a local
+    dataset folder given as its source), the version of a package it reads, Python's (whose
+    documentation the built-in corpora are)."""
+    fields = dataclasses.asdict(data)
+    local = [p for p in (*fields.get("files", ()), fields.get("source", "")) if p and (base_dir / p).exists()]
+    stamp: list[Any] = [files_stamp((base_dir / p).resolve()) for p in local]
+    if fields.get("package"):
+        try:
+            stamp.append(importlib.metadata.version(fields["package"].replace("_", "-")))
+        except importlib.metadata.PackageNotFoundError:
+            stamp.append(None)
+    return [*stamp, platform.python_version()]
 
 
 def prepare(
@@ -130,10 +164,15 @@ def prepare(
     docs = None
     splits = ("eval",) if held_out_only else SPLITS
     if teacher_cfg.train is not None and not source.exists() and not held_out_only:
-        docs = task.load_data(data_cfg, base_dir, seed)
-        # A teacher trained here may see the validation documents (they only choose the students'
-        # checkpoints); the held-out evaluation documents stay unseen by teacher and students.
-        task.train_teacher(teacher_cfg.train, docs["train"] + docs["valid"], Path(source.path), data_cfg)  # type: ignore[attr-defined]
+        # One run trains it; another waits and uses it.
+        folder = Path(source.path)
+        with held(folder.parent / "locks" / f"teacher-{folder.name}.lock", what=f"the teacher {source.name} being trained"):
+            if not source.exists():
+                docs = task.load_data(data_cfg, base_dir, seed)
+                # A teacher trained here may see the validation documents (they only choose the
+                # students' checkpoints); the held-out evaluation documents stay unseen by
+                # teacher and students.
+                task.train_teacher(teacher_cfg.train, docs["train"] + docs["valid"], Path(source.path), data_cfg)  # type: ignore[attr-defined]
     plan = {
         "train": sorted(loss.needs()) if loss.teacher_outputs == "cached" else [],
         "valid": sorted(task.eval_outputs),
@@ -141,63 +180,68 @@ def prepare(
     }
     plan = {split: plan[split] for split in splits}
     params = {split: split_params(task, loss, split) for split in splits}
-    final = cache_root / cache_key(task.name, source, data_cfg, plan, params, seed)
-    if (final / "meta.json").exists():
-        logger.info("reusing the teacher cache %s", final)
-        data = PreparedData(final)
+    final = cache_root / cache_key(task.name, source, data_cfg, plan, params, seed, base_dir)
+    with contextlib.ExitStack() as stack:
+        if not (final / "meta.json").exists():
+            # One run builds it (in `<key>.partial`, published whole); another waits, then reuses it.
+            lock = cache_root.parent / "locks" / f"cache-{final.name}.lock"  # beside the cache: its folder lists caches
+            stack.enter_context(held(lock, what="the teacher cache being built"))
+        if (final / "meta.json").exists():
+            logger.info("reusing the teacher cache %s", final)
+            data = PreparedData(final)
+            if check is not None:
+                check(data.teacher_config())
+            return data
+        teacher = task.load_teacher(source)  # a teacher of the wrong kind is refused before the data is read
         if check is not None:
-            check(data.teacher_config())
-        return data
-    teacher = task.load_teacher(source)  # a teacher of the wrong kind is refused before the data is read
-    if check is not None:
-        check(teacher.model.config)
-    docs = docs or task.load_data(data_cfg, base_dir, seed)
-    if held_out_only:  # the whole source is held out
-        docs = DataSplits({"eval": [example for split in SPLITS for example in docs[split]]}, getattr(docs, "info", {}))
-    dev = torch.device(device)
-    teacher.model.to(dev)
-    with written_whole(final) as tmp:
-        counts = {}
-        for split in splits:
-            arrays = task.encode(docs[split], teacher, data_cfg, split)
-            for name, arr in arrays.items():
-                np.save(tmp / f"{split}_{name}.npy", arr)
-            counts[split] = len(next(iter(arrays.values())))
-        logger.info("%s: %s", task.card.items, " / ".join(f"{counts[s]} {s}" for s in splits))
-        teacher.model.config.save_pretrained(tmp / "teacher")
-        if getattr(teacher.model, "generation_config", None) is not None:  # how the teacher decodes
-            teacher.model.generation_config.save_pretrained(tmp / "teacher")
-        teacher.tokenizer.save_pretrained(tmp / "teacher")
-        meta: dict[str, Any] = {
-            "task": task.name,
-            "teacher_source": dataclasses.asdict(source),
-            "teacher_name": source.name,
-            "teacher_info": teacher.info,
-            **{f"{split}_items": n for split, n in counts.items()},
-            "data": dataclasses.asdict(data_cfg),
-            "data_info": getattr(docs, "info", {}),  # what reading the data found (skipped examples)
-            "scoring": scoring,  # how quality is computed (signatures)
-            "plan": plan,
-            "params": params,
-        }
-        meta["outputs"] = {
-            split: _write_outputs(task, teacher, PreparedData(tmp), data_cfg, split, set(plan[split]), params[split], dev)
-            for split in splits
-        }
-        scores = None if held_out_only else task.importance(teacher, PreparedData(tmp), dev)
-        if scores is not None:  # for students sliced from the teacher
-            torch.save(scores, tmp / "importance.pt")
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-        probe = PreparedData(tmp)
-        as_student = task.as_student(teacher, probe)
-        from distill.tasks.base import scores_and_text  # the task registry imports this module
+            check(teacher.model.config)
+        docs = docs or task.load_data(data_cfg, base_dir, seed)
+        if held_out_only:  # the whole source is held out
+            docs = DataSplits({"eval": [example for split in SPLITS for example in docs[split]]}, getattr(docs, "info", {}))
+        dev = torch.device(device)
+        teacher.model.to(dev)
+        with written_whole(final) as tmp:
+            counts = {}
+            for split in splits:
+                arrays = task.encode(docs[split], teacher, data_cfg, split)
+                for name, arr in arrays.items():
+                    np.save(tmp / f"{split}_{name}.npy", arr)
+                counts[split] = len(next(iter(arrays.values())))
+            logger.info("%s: %s", task.card.items, " / ".join(f"{counts[s]} {s}" for s in splits))
+            teacher.model.config.save_pretrained(tmp / "teacher")
+            if getattr(teacher.model, "generation_config", None) is not None:  # how the teacher decodes
+                teacher.model.generation_config.save_pretrained(tmp / "teacher")
+            teacher.tokenizer.save_pretrained(tmp / "teacher")
+            meta: dict[str, Any] = {
+                "task": task.name,
+                "teacher_source": dataclasses.asdict(source),
+                "teacher_name": source.name,
+                "teacher_info": teacher.info,
+                **{f"{split}_items": n for split, n in counts.items()},
+                "data": dataclasses.asdict(data_cfg),
+                "data_info": getattr(docs, "info", {}),  # what reading the data found (skipped examples)
+                "scoring": scoring,  # how quality is computed (signatures)
+                "plan": plan,
+                "params": params,
+            }
+            meta["outputs"] = {
+                split: _write_outputs(task, teacher, PreparedData(tmp), data_cfg, split, set(plan[split]), params[split], dev)
+                for split in splits
+            }
+            scores = None if held_out_only else task.importance(teacher, PreparedData(tmp), dev)
+            if scores is not None:  # for students sliced from the teacher
+                torch.save(scores, tmp / "importance.pt")
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+            probe = PreparedData(tmp)
+            as_student = task.as_student(teacher, probe)
+            from distill.tasks.base import scores_and_text  # the task registry imports this module
 
-        quality, text = scores_and_text(task.evaluate(as_student, probe, "eval", dev))
-        if text is not None:
-            np.save(tmp / f"{TEACHER_TEXT}.npy", np.array(text, dtype=str))
-        meta["teacher_metrics"] = quality | task.size(as_student, probe, dev)
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-    logger.info("teacher outputs cached in %s", final)
+            quality, text = scores_and_text(task.evaluate(as_student, probe, "eval", dev))
+            if text is not None:
+                np.save(tmp / f"{TEACHER_TEXT}.npy", np.array(text, dtype=str))
+            meta["teacher_metrics"] = quality | task.size(as_student, probe, dev)
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+        logger.info("teacher outputs cached in %s", final)
     return PreparedData(final)
 
 

@@ -55,7 +55,11 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument(
         "--max-params", type=float, help="with --best: only trials with at most this many parameters (e.g. 5e6)"
     )
-    d.add_argument("--resume", action="store_true", help="continue from the last checkpoint of a killed run")
+    again = d.add_mutually_exclusive_group()
+    again.add_argument(
+        "--resume", action="store_true", help="continue an unfinished run from its last checkpoint (same settings)"
+    )
+    again.add_argument("--restart", action="store_true", help="discard an unfinished run's checkpoints and start over")
     d.add_argument("--overwrite", action="store_true", help="replace an earlier export of this trial")
     f = _command(
         sub,
@@ -68,6 +72,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     f.add_argument(
         "--overwrite", action="store_true", help="redistill picked trials whose full run had another [full] budget"
+    )
+    f.add_argument(
+        "--restart",
+        action="store_true",
+        help="discard the checkpoints of unfinished full runs instead of continuing them",
     )
     for name, text in (("pareto", "print the Pareto front"), ("report", "write the HTML report")):
         c = _command(sub, name, text, "study.name=other")
@@ -170,7 +179,14 @@ def _distill(args: argparse.Namespace, spec: Any, study: Any) -> int:
     bar = _StepBar(spec)
     command = shlex.join(["nas", *sys.argv[1:]]) if sys.argv[1:2] == ["distill"] else ""
     record = full_distill(
-        spec, trial, study, resume=args.resume, overwrite=args.overwrite, command=command, on_step=bar
+        spec,
+        trial,
+        study,
+        resume=args.resume,
+        restart=args.restart,
+        overwrite=args.overwrite,
+        command=command,
+        on_step=bar,
     )
     bar.close()
     m, b = record["metrics"], record["brief"]
@@ -199,10 +215,17 @@ def _fidelity(args: argparse.Namespace, spec: Any, study: Any) -> int:
         # What reproduces this export: the same spec, overrides and storage, one trial.
         storage = ["--storage", args.storage] if args.storage else []
         command = shlex.join(["nas", "distill", *args.spec, "--trial", str(trial.number), *storage])
-        resume = has_checkpoint(spec, trial.number)  # a killed run goes on
+        resume = has_checkpoint(spec, trial.number) and not args.restart  # a killed run goes on
         try:
             return full_distill(
-                spec, trial, study, resume=resume, overwrite=args.overwrite, command=command, on_step=bar
+                spec,
+                trial,
+                study,
+                resume=resume,
+                restart=args.restart,
+                overwrite=args.overwrite,
+                command=command,
+                on_step=bar,
             )
         finally:
             bar.close()

@@ -20,7 +20,7 @@ import optuna
 from distill.errors import InputError
 from distill.tasks import quality_metrics
 from nas.recipe import apply_recipe
-from nas.search import DISTILLED, distinct_complete, front_trials, is_feasible
+from nas.search import distilled_records, distinct_complete, front_trials, is_feasible
 from nas.spec import StudySpec
 
 logger = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ LEVEL = 0.95
 def reusable(study: optuna.Study, spec: StudySpec) -> set[str]:
     """Trials whose recorded full run had the spec's `[full]` budget (records made before
     budgets were recorded count too): one never reruns, a run of another budget is not mixed in."""
-    records = study.user_attrs.get(DISTILLED, {}).items()
+    records = distilled_records(study).items()
     return {n for n, r in records if r.get("budget", _budget(spec, r)) == _budget(spec, r)}
 
 
@@ -58,7 +58,7 @@ def pick_trials(
     k = min(k, len(candidates))
     sign = 1.0 if direction == "min" else -1.0
     ordered = sorted(candidates, key=lambda t: (sign * t.user_attrs[metric], t.number))
-    distilled = distilled if distilled is not None else set(study.user_attrs.get(DISTILLED, {}))
+    distilled = distilled if distilled is not None else set(distilled_records(study))
     rng = np.random.default_rng(seed)
     picks = []
     for stratum in np.array_split(np.arange(len(ordered)), k):
@@ -131,7 +131,7 @@ def measure(
     metric, direction = spec.objectives.metrics[0]
     done = reusable(study, spec)
     picks = pick_trials(study, metric, direction, k, spec.study.seed, done)
-    other = [t.number for t in picks if str(t.number) in study.user_attrs.get(DISTILLED, {}) and str(t.number) not in done]
+    other = [t.number for t in picks if str(t.number) in distilled_records(study) and str(t.number) not in done]
     if other and not overwrite:
         raise InputError(
             f"[full]: trial(s) {', '.join(map(str, other))} were fully distilled with another [full] budget; "
@@ -143,7 +143,7 @@ def measure(
             continue
         logger.info("trial %d (%d/%d): full distillation", trial.number, i, len(picks))
         distill_one(trial)
-    distilled = study.user_attrs.get(DISTILLED, {})
+    distilled = distilled_records(study)
     rows = [
         {
             "trial": t.number,

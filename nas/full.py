@@ -19,16 +19,17 @@ import torch
 
 from distill import distill, make_loss, study_teachers
 from distill.errors import InputError
-from distill.files import written_whole
+from distill.files import file_written_whole, written_whole
 from distill.loop import LAST_CHECKPOINT
 from distill.tasks import quality_metrics
 from distill.tasks.base import scores_and_text
 from distill.teacher_outputs import on_policy_teacher
+from nas.locks import study_writer
 from nas.model_card import model_card
 from nas.recipe import apply_recipe
 from nas.search import (
-    DISTILLED,
     EVAL_SETS_INFO,
+    distilled_records,
     distinct_complete,
     eval_set_info,
     eval_set_teacher_metrics,
@@ -36,6 +37,7 @@ from nas.search import (
     prepare_eval_sets,
     prepare_other_teachers,
     prepare_study,
+    record_distilled,
 )
 from nas.spec import StudySpec
 from nas.texts import TEXTS, save_outputs, save_references
@@ -92,35 +94,70 @@ def has_checkpoint(spec: StudySpec, number: int) -> bool:
     return (checkpoint_dir(spec, number) / LAST_CHECKPOINT).exists()
 
 
+FINGERPRINT = "fingerprint.json"
+"""in a run's checkpoint folder: what the run was started with (architecture, budget, loss, the
+teacher's outputs on the data), which a resumed run must match"""
+EXPORT_RECORD = "distill_nas.json"
+"""in an export: the architecture and the study's record of the run"""
+
+
 def full_distill(
     spec: StudySpec,
     trial: optuna.trial.FrozenTrial,
     study: optuna.Study,
     *,
     resume: bool = False,
+    restart: bool = False,
     overwrite: bool = False,
     command: str = "",
     on_step: Callable[[int, int, float], None] | None = None,
 ) -> dict[str, Any]:
     """Distill `trial`'s architecture with the `[full]` budget and the trial's recipe (where
-    the search sampled one), export it, record it."""
+    the search sampled one), export it, record it. One run per trial at a time; the
+    checkpoints of an unfinished run are continued (`resume`, when they were made with the
+    same settings) or discarded (`restart`), never silently."""
+    doing = f"trial {trial.number} of study {spec.name!r} is being distilled"
+    with study_writer(spec, f"distill-{trial.number}", doing, lambda: study):
+        return _full_distill(spec, trial, study, resume, restart, overwrite, command, on_step)
+
+
+def _full_distill(
+    spec: StudySpec,
+    trial: optuna.trial.FrozenTrial,
+    study: optuna.Study,
+    resume: bool,
+    restart: bool,
+    overwrite: bool,
+    command: str,
+    on_step: Callable[[int, int, float], None] | None,
+) -> dict[str, Any]:
     out = export_dir(spec, trial.number)
+    ckpt = checkpoint_dir(spec, trial.number)
+    if not overwrite and (recovered := _record_left_export(study, trial.number, out, ckpt)) is not None:
+        return recovered
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise InputError(f"{out} already holds a model; pass --overwrite to replace it")
-    ckpt = checkpoint_dir(spec, trial.number)
-    if not resume:
+    if has_checkpoint(spec, trial.number) and not (resume or restart):
+        raise InputError(
+            f"--resume: {ckpt} holds the checkpoint of an unfinished run of trial {trial.number}; "
+            "pass --resume to continue it or --restart to discard it"
+        )
+    if restart or not has_checkpoint(spec, trial.number):
+        if resume:
+            logger.warning("no checkpoint in %s: starting from the beginning", ckpt)
         shutil.rmtree(ckpt, ignore_errors=True)
-    elif not has_checkpoint(spec, trial.number):
-        logger.warning("no checkpoint in %s: starting from the beginning", ckpt)
     task = spec.task
     recipe = trial.user_attrs.get("recipe")
     loss, full = apply_recipe(spec.loss, spec.full, recipe)
+    spec = dataclasses.replace(spec, loss=loss, full=full)
+    arch = trial.user_attrs["arch"]
+    settings = run_settings(spec, arch)
+    _check_fingerprint(ckpt, settings, write=False)  # settings first: before anything is computed
     temperature = loss.params.get("temperature") if recipe else None  # the search's cache at the trial's
     data = prepare_study(spec, temperature)
     others = prepare_other_teachers(spec, data, temperature)
     evals = prepare_eval_sets(spec)  # before training: a bad source fails before the run, not after
-    spec = dataclasses.replace(spec, loss=loss, full=full)
-    arch = trial.user_attrs["arch"]
+    resume = _check_fingerprint(ckpt, settings | {"teacher outputs": [d.path.name for d in (data, *others)]})
     logger.info("full distillation of trial %d (%s)", trial.number, task.describe(arch))
     run = distill_arch(spec, arch, data, evals=evals, others=others, on_step=on_step, checkpoint_dir=ckpt, resume=resume)
     result, device = run.result, run.device
@@ -151,12 +188,75 @@ def full_distill(
             save_outputs(tmp / TEXTS, "student", run.texts)
             record["texts"] = sorted(f"{TEXTS}/{p.name}" for p in (tmp / TEXTS).iterdir())
         (tmp / "README.md").write_text(model_card(spec, data.meta, trial.number, arch, record))
-        (tmp / "distill_nas.json").write_text(json.dumps({"arch": arch, **record}, indent=2, default=_plain))
-    shutil.rmtree(ckpt, ignore_errors=True)  # the run is complete: its checkpoints are spent
-    distilled = dict(study.user_attrs.get(DISTILLED, {}))
-    distilled[str(trial.number)] = record
-    study.set_user_attr(DISTILLED, distilled)
+        (tmp / EXPORT_RECORD).write_text(json.dumps({"arch": arch, **record}, indent=2, default=_plain))
+    record_distilled(study, trial.number, record)
+    shutil.rmtree(ckpt, ignore_errors=True)  # the run is complete and recorded: its checkpoints are spent
     return record
+
+
+def _record_left_export(study: optuna.Study, number: int, out: Path, ckpt: Path) -> dict[str, Any] | None:
+    """The record of an export a killed run published but did not record (recorded now, its
+    checkpoints removed), or None."""
+    try:
+        exported = json.loads((out / EXPORT_RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+    record = {k: v for k, v in exported.items() if k != "arch"}
+    if distilled_records(study).get(str(number), {}).get("finished") == record.get("finished"):
+        return None
+    logger.info("recording the export of trial %d that an interrupted run left in %s", number, out)
+    record_distilled(study, number, record)
+    shutil.rmtree(ckpt, ignore_errors=True)
+    return record
+
+
+def run_settings(spec: StudySpec, arch: dict[str, Any]) -> dict[str, Any]:
+    """The settings a full run's result depends on: the architecture, the `[full]` budget, the
+    loss and the seed (with the teachers' outputs on the data, its fingerprint)."""
+    settings = {
+        "arch": arch,
+        "full": dataclasses.asdict(spec.full),
+        "distill.loss": dataclasses.asdict(spec.loss),
+        "study.seed": spec.study.seed,
+    }
+    return json.loads(json.dumps(settings, default=_plain))
+
+
+def _check_fingerprint(ckpt: Path, fingerprint: dict[str, Any], write: bool = True) -> bool:
+    """Whether the run continues from `ckpt`'s checkpoint (`InputError` when it was made with
+    other values of `fingerprint`'s keys); a run that starts afresh writes its fingerprint
+    (the teachers' outputs' cache keys included, which cover the teachers' files and the
+    data's) there first."""
+    if (ckpt / LAST_CHECKPOINT).exists():
+        try:
+            stored = json.loads((ckpt / FINGERPRINT).read_text())
+        except (OSError, ValueError):
+            stored = {}
+        changed = _first_difference({k: stored.get(k, "(none)") for k in fingerprint}, fingerprint)
+        if changed is not None:
+            key, then, now = changed
+            raise InputError(
+                f"--resume: the checkpoint in {ckpt} was made with {key} = {then}, this run has {now}; "
+                "give the same settings, or pass --restart to discard it"
+            )
+        return True
+    if not write:
+        return False
+    ckpt.mkdir(parents=True, exist_ok=True)
+    with file_written_whole(ckpt / FINGERPRINT) as tmp:
+        tmp.write_text(json.dumps(fingerprint, indent=2))
+    return False
+
+
+def _first_difference(old: Any, new: Any, key: str = "") -> tuple[str, Any, Any] | None:
+    """(dotted key, old value, new value) of the first place two JSON values differ."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for k in sorted(set(old) | set(new), key=str):
+            found = _first_difference(old.get(k, "(none)"), new.get(k, "(none)"), f"{key}.{k}" if key else str(k))
+            if found is not None:
+                return found
+        return None
+    return None if old == new else (key or "the fingerprint", json.dumps(old), json.dumps(new))
 
 
 @dataclasses.dataclass

@@ -10,14 +10,14 @@ import optuna
 
 from distill.tasks import format_metric
 from nas.recipe import describe_recipe
-from nas.search import DISTILLED, EVAL_SETS, EVAL_SETS_INFO, front_trials, task_of
+from nas.search import EVAL_SETS, EVAL_SETS_INFO, distilled_records, front_trials, task_of
 
 
 def front_rows(study: optuna.Study) -> list[dict[str, Any]]:
     """One dict per front trial, smallest first by the first size objective."""
     names = study.metric_names or [f"objective_{i}" for i in range(len(study.directions))]
     task = task_of(study)
-    distilled = study.user_attrs.get(DISTILLED, {})
+    distilled = distilled_records(study)
     rows = []
     for t in front_trials(study):
         full = distilled.get(str(t.number))

@@ -20,6 +20,7 @@ from distill import LossConfig, PreparedData, prepare
 from distill.errors import InputError
 from distill.tasks import Task, get_task, task_for_metrics
 from distill.tasks.base import OUTPUTS
+from nas.locks import study_writer
 from nas.recipe import INTERMEDIATE
 from nas.sampling import DEFAULT_SAMPLER, make_sampler
 from nas.scheduler import FINAL, RUNG, pareto_asha
@@ -31,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 MAX_ROUNDS = 3
 INTERRUPTED = "interrupted: the search stopped before this trial finished"
-DISTILLED = "distilled"  # study user attribute: {trial number: record of its full distillation}
+DISTILLED = "distilled"  # study user attributes `distilled:<trial>`: the record of its full distillation
 UNMEASURED = 1.0  # the constraint value of a bound whose metric a trial has no value for: violated
 EVAL_SETS = "eval_sets"  # trial and study attribute: {eval set: metrics} (of the student; of the teacher)
 EVAL_SETS_INFO = "eval_sets_info"  # study attribute: {eval set: what reading its data found}
@@ -74,6 +75,20 @@ def open_study(spec: StudySpec) -> optuna.Study:
         )
     study.set_user_attr("sampler", stored_sampler or spec.study.sampler or DEFAULT_SAMPLER)
     return study
+
+
+def distilled_records(study: optuna.Study) -> dict[str, dict[str, Any]]:
+    """{trial number (text): the record of its full distillation}. Each trial's record is its
+    own study attribute, so runs on different trials never overwrite each other's (studies
+    made before keep theirs in one `distilled` dict)."""
+    attrs = study.user_attrs
+    records = dict(attrs.get(DISTILLED, {}))
+    records.update({k.partition(":")[2]: v for k, v in attrs.items() if k.startswith(f"{DISTILLED}:") and v})
+    return records
+
+
+def record_distilled(study: optuna.Study, number: int, record: dict[str, Any]) -> None:
+    study.set_user_attr(f"{DISTILLED}:{number}", record)
 
 
 def task_of(study: optuna.Study) -> Task:
@@ -512,15 +527,22 @@ def trial_plan(
 
 def run_search(spec: StudySpec, *, trials: int | None = None, address: str | None = None) -> optuna.Study:
     """Run (or continue) the study until it has evaluated `trials` distinct architectures
-    (trained to the end, or stopped at a rung by multi-fidelity)."""
+    (trained to the end, or stopped at a rung by multi-fidelity). One search per study at a
+    time: another run holding it is named in the `InputError` raised before anything is
+    touched."""
+    target = trials or spec.study.trials
+    doing = f"study {spec.name!r} is being searched"
+    with study_writer(spec, "search", doing, lambda: open_study(spec)) as study:
+        return _search(spec, study, target, address)
+
+
+def _search(spec: StudySpec, study: optuna.Study, target: int, address: str | None) -> optuna.Study:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: Tune prints nothing
     import ray
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
 
-    target = trials or spec.study.trials
-    study = open_study(spec)
-    stale = mark_interrupted(study)
+    stale = mark_interrupted(study)  # only the holder of the study's search gets here
     if stale:
         logger.info("marked %d trial(s) left RUNNING by an earlier run as FAIL", stale)
     done = len(distinct_evaluated(study))

@@ -10,7 +10,7 @@ from distill import PreparedData
 from distill.tasks.embedding import read_pooling
 from nas.pareto import front_json, front_table
 from nas.report import write_report
-from nas.search import distinct_complete, front_trials, run_search
+from nas.search import distilled_records, distinct_complete, front_trials, run_search
 from nas.spec import SpecError, load_spec
 from tests.conftest import write_embedding_spec
 
@@ -78,7 +78,7 @@ def test_full_distillation_exports_a_sentence_transformer(tmp_path, sentence_tea
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     study = run_search(spec, trials=2)  # nothing more to run: loads the study
-    number, record = next(iter(study.user_attrs["distilled"].items()))
+    number, record = next(iter(distilled_records(study).items()))
     out = export_dir(spec, int(number))
     assert (out / "modules.json").exists() and (out / "README.md").exists()
     # sentences never trained on, encoded by sentence-transformers alone

@@ -13,7 +13,7 @@ from scipy import stats
 
 from nas.full import export_dir
 from nas.pareto import front_table
-from nas.search import DISTILLED, distinct_complete, run_search
+from nas.search import distilled_records, distinct_complete, run_search
 from nas.spec import load_spec
 from tests.conftest import write_spec
 
@@ -70,7 +70,7 @@ def test_fidelity_measures_stores_and_never_distills_twice(study_spec):
     assert "Kendall tau" in proc.stdout and "non-embedding params" in proc.stdout
     study = optuna.load_study(study_name=spec.name, storage=spec.storage_url)
     result = study.user_attrs["fidelity"]
-    distilled = study.user_attrs[DISTILLED]
+    distilled = distilled_records(study)
     numbers = [r["trial"] for r in result["trials"]]
     assert len(numbers) == 3 and set(numbers) == {int(n) for n in distilled}
     best = min(distinct_complete(study), key=lambda t: t.user_attrs["perplexity"])
@@ -93,13 +93,13 @@ def test_fidelity_measures_stores_and_never_distills_twice(study_spec):
     again = _nas("fidelity", str(path), "--trials", "3", *overrides, *full)
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stderr.count("fully distilled already") == 3
-    after = optuna.load_study(study_name=spec.name, storage=spec.storage_url).user_attrs[DISTILLED]
+    after = distilled_records(optuna.load_study(study_name=spec.name, storage=spec.storage_url))
     assert {n: r["finished"] for n, r in after.items()} == finished
     # another [full] budget never silently replaces those exports
     shorter = _nas("fidelity", str(path), "--trials", "3", *overrides, *full[1:], "full.steps=6")
     assert shorter.returncode == 2 and "another [full] budget" in shorter.stderr and "--overwrite" in shorter.stderr
     assert len(shorter.stderr.strip().splitlines()) == 1, shorter.stderr
-    after = optuna.load_study(study_name=spec.name, storage=spec.storage_url).user_attrs[DISTILLED]
+    after = distilled_records(optuna.load_study(study_name=spec.name, storage=spec.storage_url))
     assert {n: r["finished"] for n, r in after.items()} == finished
     # the card's command reproduces the export: the same spec and overrides, one trial
     assert f"--trial {numbers[0]}" in card and "full.steps=12" in card

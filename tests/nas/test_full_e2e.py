@@ -17,7 +17,7 @@ from distill import PreparedData
 from distill.tasks import get_task
 from nas.full import checkpoint_dir, export_dir
 from nas.pareto import front_table
-from nas.search import DISTILLED, front_trials, run_search
+from nas.search import distilled_records, front_trials, run_search
 from nas.spec import load_spec
 from tests.conftest import write_spec
 
@@ -47,7 +47,7 @@ def distilled(study_spec):
     proc = _nas("distill", str(path), "--best", "perplexity", *FULL)
     assert proc.returncode == 0, proc.stderr[-3000:]
     study = optuna.load_study(study_name=spec.name, storage=spec.storage_url)
-    number = int(next(iter(study.user_attrs[DISTILLED])))
+    number = int(next(iter(distilled_records(study))))
     return path, spec, number, proc
 
 
@@ -87,7 +87,7 @@ def test_model_card_numbers_match_a_fresh_evaluation(distilled):
 
     _, spec, number, _ = distilled
     study = optuna.load_study(study_name=spec.name, storage=spec.storage_url)
-    record = study.user_attrs[DISTILLED][str(number)]
+    record = distilled_records(study)[str(number)]
     data = PreparedData(next((spec.out_dir / "cache").iterdir()))
     model = AutoModelForCausalLM.from_pretrained(export_dir(spec, number))
     fresh = get_task("causal-lm").evaluate(model, data, "eval", torch.device("cpu"))
@@ -124,6 +124,14 @@ def test_killed_run_resumes_to_the_same_weights(distilled):
     assert proc.wait() == -signal.SIGKILL, "the run ended before it could be killed"
     step = torch.load(last, weights_only=True)["state"]["step"]
     assert 0 < step < 400
+    stamp = last.stat().st_mtime_ns
+    # The checkpoint is never dropped silently, nor continued with other settings.
+    line = _one_error_line(_nas("distill", str(path), "--trial", str(number), "--overwrite", *FULL))
+    assert "pass --resume to continue it or --restart to discard it" in line
+    changed = [*FULL[:-1], "full.lr=1e-3"]
+    line = _one_error_line(_nas("distill", str(path), "--trial", str(number), "--overwrite", "--resume", *changed))
+    assert "made with full.lr = 0.003, this run has 0.001" in line and "--restart" in line
+    assert last.stat().st_mtime_ns == stamp
     resumed = _nas("distill", str(path), "--trial", str(number), "--overwrite", "--resume", *FULL)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     weights = load_file(export_dir(spec, number) / "model.safetensors")

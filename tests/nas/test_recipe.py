@@ -11,7 +11,7 @@ import pytest
 
 from distill import Budget, LossConfig
 from nas.recipe import RecipeSpace, apply_recipe, describe_recipe
-from nas.search import DISTILLED, distinct_complete, run_search
+from nas.search import distilled_records, distinct_complete, run_search
 from nas.spec import SpecError, load_spec
 from tests.conftest import write_spec
 
@@ -102,7 +102,7 @@ def test_a_search_with_a_searchable_recipe_records_shows_and_distills_it(tmp_pat
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    record = optuna.load_study(study_name=spec.name, storage=spec.storage_url).user_attrs[DISTILLED][str(pick["trial"])]
+    record = distilled_records(optuna.load_study(study_name=spec.name, storage=spec.storage_url))[str(pick["trial"])]
     assert record["recipe"] == pick["recipe"]
     card = (Path(record["export"]) / "README.md").read_text()
     divergence = "generalized Jensen-Shannon" if pick["recipe"]["loss"] == "jsd" else "KL(teacher || student)"

@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 
 from nas.full import export_dir
 from nas.report import write_report
-from nas.search import DISTILLED, distinct_complete, run_search
+from nas.search import distilled_records, distinct_complete, run_search
 from nas.spec import load_spec
 from tests.conftest import write_translation_spec
 
@@ -102,7 +102,7 @@ def test_the_best_trial_distilled_ships_a_translator_that_scores_as_its_card_say
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     study = optuna.load_study(study_name=spec.name, storage=spec.storage_url)
-    ((number, record),) = study.user_attrs[DISTILLED].items()
+    ((number, record),) = distilled_records(study).items()
     folder = export_dir(spec, int(number))
     assert sorted((spec.out_dir / "cache").iterdir()) == caches  # the study's teacher outputs, reused
     card = (folder / "README.md").read_text()

@@ -1,0 +1,120 @@
+"""One writer per study: `nas search` holds the study's search, `nas distill` (and `nas
+fidelity`) the trial it distills. A second run is refused at once with one line that says who
+holds it since when, and touches nothing.
+
+Two locks make a writer. An OS file lock in the study's folder (a killed holder's lock is
+released by the system and taken over by the next run at once), and, for a storage that other
+machines may share (an RDB URL, a journal file; not the study folder's SQLite file), a lease in
+the storage itself: the holder's pid, host and a heartbeat, taken over once the heartbeat is
+older than `LEASE_S` or when the holder was on this machine and is gone."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import optuna
+
+from distill.errors import InputError
+from distill.files import Busy, describe_holder, held, whoami
+from nas.spec import StudySpec
+
+logger = logging.getLogger(__name__)
+
+LEASE_S = 60.0
+"""a lease whose holder has not renewed it for this long is taken over"""
+CONFIRM_S = 0.5
+"""after writing a lease, read it back this much later: of two runs taking it at once, one wins"""
+
+
+def shared_storage(url: str) -> bool:
+    """Whether other machines may write the storage (anything but a SQLite file)."""
+    return not url.startswith("sqlite:")
+
+
+@contextlib.contextmanager
+def study_writer(
+    spec: StudySpec, role: str, doing: str, open_study: Callable[[], optuna.Study]
+) -> Iterator[optuna.Study]:
+    """Hold `role` of the study ("search", "distill-<trial>") and yield the study
+    (`open_study()`, called once the file lock is held): the file lock, then on a shared
+    storage the storage's lease. Raise `InputError` saying what the holder is `doing` ("study
+    'x' is being searched"), who it is and since when, when another live run holds either."""
+    stack = contextlib.ExitStack()
+    with stack:
+        try:
+            stack.enter_context(held(spec.out_dir / "locks" / f"{role}.lock", wait=False))
+            study = open_study()
+            if shared_storage(spec.storage_url):
+                stack.enter_context(lease(study, role))
+        except Busy as busy:
+            raise InputError(f"study.name: {doing} by {busy}; wait for it to end or stop it") from None
+        yield study
+
+
+def lease_key(role: str) -> str:
+    return f"writer:{role}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def _stale(holder: dict[str, Any], now: float) -> bool:
+    if not holder:
+        return True
+    if now - holder.get("beat", 0) > LEASE_S:
+        return True
+    return holder.get("host") == whoami()["host"] and not _alive(int(holder.get("pid", 0)))
+
+
+@contextlib.contextmanager
+def lease(study: optuna.Study, role: str) -> Iterator[None]:
+    """Hold the storage-side lease of `role`, renewed every `LEASE_S / 4` by a thread; raise
+    `Busy` when a live holder has it."""
+    key = lease_key(role)
+    holder = study.user_attrs.get(key) or {}
+    if not _stale(holder, time.time()):
+        raise Busy(holder)
+    if holder:
+        logger.warning("taking over the lease of %s, which is no longer renewed", describe_holder(holder))
+    me = {**whoami(), "token": uuid.uuid4().hex, "beat": time.time()}
+    study.set_user_attr(key, me)
+    time.sleep(CONFIRM_S)  # two runs that wrote at once: the last write wins, the other sees it
+    now = study.user_attrs.get(key) or {}
+    if now.get("token") != me["token"]:
+        raise Busy(now)
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(LEASE_S / 4):
+            current = study.user_attrs.get(key) or {}
+            if current.get("token") != me["token"]:
+                logger.error("the lease of %s was taken by %s", role, describe_holder(current))
+                return
+            study.set_user_attr(key, {**me, "beat": time.time()})
+
+    thread = threading.Thread(target=renew, name=f"lease {role}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        if (study.user_attrs.get(key) or {}).get("token") == me["token"]:
+            study.set_user_attr(key, {})
+
+
+__all__ = ["LEASE_S", "lease", "shared_storage", "study_writer"]
