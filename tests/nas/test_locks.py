@@ -1,0 +1,94 @@
+"""One writer per study: a second search is refused and the first is unharmed; the storage
+lease that guards a study other machines share is refused while its holder lives and taken
+over when it is gone."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from distill.files import Busy
+from nas import locks
+from nas.search import distinct_complete
+from nas.spec import load_spec
+from tests.conftest import write_spec
+from tests.postgres import postgres_url  # noqa: F401 - a fixture
+
+
+def _nas(*args):
+    return subprocess.Popen(
+        [sys.executable, "-m", "nas", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def test_a_second_search_is_refused_and_the_first_is_unharmed(tmp_path, teacher_dirs):
+    path = write_spec(tmp_path, teacher_dirs["gpt2"])
+    spec = load_spec(path)
+    first = _nas("search", str(path), "--no-report", "distill.steps=30")
+    holder = spec.out_dir / "locks" / "search.lock.holder"
+    deadline = time.time() + 120
+    while not holder.exists() and first.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert holder.exists(), first.communicate()[1][-3000:]
+    second = _nas("search", str(path), "--no-report")
+    out, err = second.communicate(timeout=120)
+    assert second.returncode == 2, err[-3000:]
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert f"study.name: study 'tiny' is being searched by pid {first.pid} on " in lines[0]
+    assert "since " in lines[0] and "wait for it to end or stop it" in lines[0]
+    out, err = first.communicate(timeout=600)
+    assert first.returncode == 0, err[-3000:]
+    study = optuna.load_study(study_name=spec.name, storage=spec.storage_url)
+    assert len(distinct_complete(study)) == 3
+    assert not study.get_trials(states=(TrialState.FAIL, TrialState.RUNNING))
+    assert not holder.exists()
+
+
+HOLD = """
+import sys, time, optuna
+from nas.locks import lease
+study = optuna.load_study(study_name="leased", storage=sys.argv[1])
+with lease(study, "search"):
+    print("held", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_the_storage_lease_is_refused_while_its_holder_lives(postgres_url):  # noqa: F811
+    study = optuna.create_study(study_name="leased", storage=postgres_url)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, postgres_url], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(Busy, match=f"pid {holder.pid} on "):
+            with locks.lease(study, "search"):
+                pass
+        with locks.lease(study, "distill-3"):  # another role is another lease
+            pass
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    # Killed on this machine: taken over at once, without waiting for the lease to age.
+    with locks.lease(study, "search"):
+        assert study.user_attrs[locks.lease_key("search")]["pid"] == os.getpid()
+    assert study.user_attrs[locks.lease_key("search")] == {}  # released
+
+
+def test_a_lease_held_elsewhere_is_taken_over_only_once_it_ages(postgres_url, monkeypatch):  # noqa: F811
+    study = optuna.create_study(study_name="elsewhere", storage=postgres_url)
+    other = {"pid": 1, "host": "another-machine", "since": time.time(), "command": "nas search", "token": "x"}
+    study.set_user_attr(locks.lease_key("search"), {**other, "beat": time.time()})
+    with pytest.raises(Busy, match="pid 1 on another-machine"):
+        with locks.lease(study, "search"):
+            pass
+    study.set_user_attr(locks.lease_key("search"), {**other, "beat": time.time() - locks.LEASE_S - 1})
+    monkeypatch.setattr(locks, "LEASE_S", 0.4)  # renewed every 0.1 s while held
+    with locks.lease(study, "search"):
+        beat = study.user_attrs[locks.lease_key("search")]["beat"]
+        time.sleep(0.5)
+        assert study.user_attrs[locks.lease_key("search")]["beat"] > beat
