@@ -192,6 +192,7 @@ def prepare(
             if check is not None:
                 check(data.teacher_config())
             return data
+        logger.info("building the teacher cache %s", final)
         teacher = task.load_teacher(source)  # a teacher of the wrong kind is refused before the data is read
         if check is not None:
             check(teacher.model.config)

@@ -181,6 +181,7 @@ def _full_distill(
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     # The task's folder plus the model card and `distill_nas.json`, published whole.
+    logger.info("exporting trial %d to %s", trial.number, out)
     with written_whole(out) as tmp:
         task.export(run.student, data, tmp)
         if run.texts:  # what the scores were computed on, to recompute them with other tools

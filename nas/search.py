@@ -193,8 +193,10 @@ def find_duplicate(
 
 def wait_for_twin(plan: TrialPlan, number: int, poll_s: float = 1.0) -> tuple[bool, dict[str, Any]]:
     """Whether trial `number` was trained to the end, and its recorded attributes, once it has
-    finished (run in a worker)."""
+    finished (run in a worker). Raises when the twin failed or was abandoned (a killed run's
+    RUNNING trials are marked FAIL), or is still running after `plan.twin_wait_s`."""
     study = optuna.load_study(study_name=plan.study_name, storage=plan.storage_url)
+    deadline = time.monotonic() + plan.twin_wait_s
     while True:
         twin = study.trials[number]
         if twin.state in (TrialState.COMPLETE, TrialState.PRUNED):
@@ -202,6 +204,8 @@ def wait_for_twin(plan: TrialPlan, number: int, poll_s: float = 1.0) -> tuple[bo
             return twin.state == TrialState.COMPLETE, attrs
         if twin.state != TrialState.RUNNING:
             raise RuntimeError(f"repeats trial {number}, which ended as {twin.state.name}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"repeats trial {number}, still running after {plan.twin_wait_s:.0f} s of waiting")
         time.sleep(poll_s)
 
 
@@ -342,7 +346,7 @@ def _trainable(config: dict[str, Any], plan: TrialPlan) -> None:
     report({**unknown, **metrics, "arch_short": short, FINAL: True})
 
 
-def _progress_callback(study: optuna.Study, total: int, target: int, started: float) -> Any:
+def _progress_callback(study: optuna.Study, task: Task, total: int, target: int, started: float) -> Any:
     from ray.tune import Callback
 
     class Progress(Callback):
@@ -384,6 +388,12 @@ def _progress_callback(study: optuna.Study, total: int, target: int, started: fl
 
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             self._log(trial, "FAILED (worker error)")
+
+        def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            config = trial.config or {}
+            twin = config.get("duplicate_of")
+            what = f"repeats trial {twin}" if twin is not None else task.describe(config["arch"])
+            logger.info("started trial %s: %s", config.get("optuna_trial", "?"), what)
 
     return Progress()
 
@@ -531,9 +541,60 @@ def run_search(spec: StudySpec, *, trials: int | None = None, address: str | Non
     time: another run holding it is named in the `InputError` raised before anything is
     touched."""
     target = trials or spec.study.trials
+    if address is None:  # a cluster's nodes are known once Ray has joined it
+        check_resources(spec, None)
     doing = f"study {spec.name!r} is being searched"
     with study_writer(spec, "search", doing, lambda: open_study(spec)) as study:
         return _search(spec, study, target, address)
+
+
+def check_resources(spec: StudySpec, nodes: list[dict[str, float]] | None) -> None:
+    """Refuse, before the search starts, a trial's CPUs or GPUs that no node has (`nodes`:
+    each node's resources; None: this machine's): Ray would wait forever to place it."""
+    if nodes is None:
+        import torch
+
+        nodes = [{"CPU": len(os.sched_getaffinity(0)), "GPU": torch.cuda.device_count()}]
+        where = "this machine has"
+    else:
+        where = f"the largest of the cluster's {len(nodes)} node(s) has"
+    cpus = max((n.get("CPU", 0) for n in nodes), default=0)
+    gpus = max((n.get("GPU", 0) for n in nodes), default=0)
+    asked = spec.resources
+    if asked.cpus > cpus:
+        raise InputError(f"resources.cpus: each trial asks for {asked.cpus:g} CPUs; {where} {cpus:g}")
+    if asked.gpus > gpus:
+        raise InputError(
+            f"resources.gpus: each trial asks for {asked.gpus:g} GPU(s); {where} {gpus:g}; "
+            "set resources.gpus = 0 to train on CPUs"
+        )
+
+
+def start_ray(address: str | None, **options: Any) -> None:
+    """Join the cluster at `address`, or start a Ray of this machine's own that listens on
+    127.0.0.1 only (never joining a cluster that RAY_ADDRESS or a running instance names)."""
+    if address is None:
+        # Ray binds its servers to the node's address, which it resolves to the machine's
+        # routable one unless it runs as a single-machine cluster: then 127.0.0.1.
+        os.environ[LOOPBACK_ONLY] = "0"  # read by the processes Ray starts
+        from ray._private import ray_constants
+
+        ray_constants.ENABLE_RAY_CLUSTER = False  # read at start, whenever Ray was imported
+    import ray
+
+    logger.info("starting Ray%s", f" (joining {address})" if address else " on 127.0.0.1")
+    ray.init(
+        address=address or "local",
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level=logging.WARNING,
+        **({"_node_ip_address": "127.0.0.1"} if address is None else {}),
+        **options,
+    )
+
+
+LOOPBACK_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+"""Ray's switch for clusters of several machines; off, a local Ray binds to 127.0.0.1"""
 
 
 def _search(spec: StudySpec, study: optuna.Study, target: int, address: str | None) -> optuna.Study:
@@ -549,6 +610,10 @@ def _search(spec: StudySpec, study: optuna.Study, target: int, address: str | No
     if done >= target:
         logger.info("study %s already holds %d/%d architectures", spec.name, done, target)
         return study
+    if not ray.is_initialized():
+        start_ray(address)
+    if address is not None:
+        check_resources(spec, [n["Resources"] for n in ray.nodes() if n["Alive"]])
     data = prepare_study(spec)
     others = prepare_other_teachers(spec, data)
     study.set_user_attr("teacher", " + ".join(d.meta["teacher_name"] for d in (data, *others)))
@@ -571,9 +636,6 @@ def _search(spec: StudySpec, study: optuna.Study, target: int, address: str | No
     mf = spec.multi_fidelity
     plan = trial_plan(spec, data, evals, others, by_temperature)
     size_bounds = plan.size_bounds
-    if not ray.is_initialized():
-        logger.info("starting Ray%s", f" (joining {address})" if address else "")
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     trainable = tune.with_resources(
         tune.with_parameters(_trainable, plan=plan), {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus}
     )
@@ -633,7 +695,7 @@ def _search(spec: StudySpec, study: optuna.Study, target: int, address: str | No
                 name=f"search-{time.strftime('%Y%m%d-%H%M%S')}",
                 storage_path=str((spec.out_dir / "ray").resolve()),
                 verbose=0,
-                callbacks=[_progress_callback(study, remaining, target, started)],
+                callbacks=[_progress_callback(study, task, remaining, target, started)],
                 failure_config=tune.FailureConfig(max_failures=0),
             ),
         )

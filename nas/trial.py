@@ -54,6 +54,8 @@ class TrialPlan:
     """the studies of the spec's other teachers (`[[teacher]]` after the first)"""
     by_temperature: dict[float, tuple[PreparedData, tuple[PreparedData, ...]]] = dataclasses.field(default_factory=dict)
     """with a searchable temperature (`[space.recipe]`): the teachers' studies at each"""
+    twin_wait_s: float = 6 * 3600.0
+    """the longest a repeated architecture waits for its twin's result before it fails"""
 
 
 def with_recipe(plan: TrialPlan, recipe: dict[str, Any] | None) -> TrialPlan:

@@ -118,7 +118,9 @@ def ray_local():
     """One local Ray instance for the whole session (starting Ray takes seconds)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    from nas.search import start_ray
+
+    start_ray(None, num_cpus=2)  # as `nas search` starts it: on 127.0.0.1
     yield
     ray.shutdown()
 

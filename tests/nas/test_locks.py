@@ -92,3 +92,20 @@ def test_a_lease_held_elsewhere_is_taken_over_only_once_it_ages(postgres_url, mo
         beat = study.user_attrs[locks.lease_key("search")]["beat"]
         time.sleep(0.5)
         assert study.user_attrs[locks.lease_key("search")]["beat"] > beat
+
+
+def test_a_repeated_architecture_stops_waiting_for_its_twin(tmp_path):
+    from nas.search import wait_for_twin
+    from nas.trial import TrialPlan
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(study_name="twins", storage=url)
+    running, failed = study.ask(), study.ask()
+    study.tell(failed, state=TrialState.FAIL)
+    plan = TrialPlan("causal-lm", None, None, None, url, "twins", ("perplexity",), 0, 1, 0, twin_wait_s=0.3)
+    with pytest.raises(RuntimeError, match=f"repeats trial {failed.number}, which ended as FAIL"):
+        wait_for_twin(plan, failed.number, poll_s=0.05)
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match=f"repeats trial {running.number}, still running after 0 s"):
+        wait_for_twin(plan, running.number, poll_s=0.05)
+    assert time.monotonic() - started < 5
