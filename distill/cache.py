@@ -192,7 +192,6 @@ def prepare(
             if check is not None:
                 check(data.teacher_config())
             return data
-        logger.info("building the teacher cache %s", final)
         teacher = task.load_teacher(source)  # a teacher of the wrong kind is refused before the data is read
         if check is not None:
             check(teacher.model.config)
@@ -208,6 +207,9 @@ def prepare(
                 for name, arr in arrays.items():
                     np.save(tmp / f"{split}_{name}.npy", arr)
                 counts[split] = len(next(iter(arrays.values())))
+            for split in splits:  # every output's settings are checked before the build is announced
+                task.output_arrays(set(plan[split]), teacher, params[split], data_cfg)
+            logger.info("building the teacher cache %s", final)
             logger.info("%s: %s", task.card.items, " / ".join(f"{counts[s]} {s}" for s in splits))
             teacher.model.config.save_pretrained(tmp / "teacher")
             if getattr(teacher.model, "generation_config", None) is not None:  # how the teacher decodes

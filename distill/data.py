@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -21,16 +24,19 @@ BUILTIN_CORPORA = ("pydoc-topics", "stdlib-docstrings")
 class DataConfig:
     """Where the text comes from and how it is cut (the `[data]` section of a study spec)."""
 
-    EVAL_KEYS: ClassVar[tuple[str, ...]] = ("source", "files", "text_column", "split", "eval_blocks")
+    EVAL_KEYS: ClassVar[tuple[str, ...]] = ("source", "config", "files", "text_column", "split", "eval_blocks")
     """what an `[[eval]]` table may set (where its text comes from, how much of it); the rest is `[data]`'s"""
     EVAL_LIMIT: ClassVar[str] = "eval_blocks"
     """the limit an `[[eval]]` set leaves at 0 (all of it) unless its table says"""
 
     source: str = "pydoc-topics"
     """a `datasets` builder for local files (text, json, csv, parquet), a dataset name on the
-    hub, `pydoc-topics` (Python's documentation topics, shipped with Python) or
+    hub, a local `datasets` folder (a path that exists, or starts with ./ ../ or /, relative to
+    the spec's folder), `pydoc-topics` (Python's documentation topics, shipped with Python) or
     `stdlib-docstrings` (the docstrings of the standard library's modules, read from their
     sources: API reference prose, another register than the topics)"""
+    config: str = ""
+    """the dataset's configuration (subset), for a hub dataset or local folder that has several"""
     files: tuple[str, ...] = ()
     """local files for a file builder, relative to the spec's folder"""
     text_column: str = "text"
@@ -56,6 +62,8 @@ class DataConfig:
             raise ValueError(f"files: source {self.source!r} needs at least one file")
         if self.files and self.source not in FILE_BUILDERS:
             raise ValueError(f"source: files need a file builder, one of {', '.join(FILE_BUILDERS)}")
+        if self.config and (self.source in BUILTIN_CORPORA or self.files):
+            raise ValueError(f"config: only for a hub dataset or a local dataset folder, not source {self.source!r}")
         check_fractions(self.eval_fraction, self.valid_fraction)
         if self.block_length < 8:
             raise ValueError(f"block_length: must be at least 8, got {self.block_length}")
@@ -86,18 +94,117 @@ def check_fractions(eval_fraction: float, valid_fraction: float) -> None:
             raise ValueError(f"{key}: must be between 0 and 1, got {value}")
 
 
-def open_dataset(source: str, files: tuple[str, ...], split: str, base_dir: Path) -> Any:
+def open_dataset(source: str, files: tuple[str, ...], split: str, base_dir: Path, config: str = "") -> Any:
     """A `datasets` split: of local `files` (relative to `base_dir`) with builder `source`, or
-    of the hub dataset `source` when there are no files."""
+    of the dataset `source` when there are no files (`config`: its configuration), a local
+    folder (relative to `base_dir`) or a hub name. What cannot be read raises `InputError`
+    naming the `data` key to change (config, split, source)."""
     import datasets
 
-    if not files:
-        return datasets.load_dataset(source, split=split)
-    paths = [str((base_dir / f).resolve()) for f in files]
-    missing = [f for f, p in zip(files, paths) if not Path(p).exists()]
-    if missing:
-        raise InputError(f"data.files: {missing[0]!r} does not exist")
-    return datasets.load_dataset(source, data_files=paths, split=split)
+    kwargs: dict[str, Any] = {"name": config or None}
+    if files:
+        paths = [str((base_dir / f).resolve()) for f in files]
+        missing = [f for f, p in zip(files, paths) if not Path(p).exists()]
+        if missing:
+            raise InputError(f"data.files: {missing[0]!r} does not exist")
+        kwargs["data_files"] = paths
+        path = source
+    else:
+        path = dataset_path(source, base_dir)
+    try:
+        with _quiet("datasets"):  # its reader logs what fails; the error says it once
+            return datasets.load_dataset(path, split=split, **kwargs)
+    # ValueError: a configuration or split it does not have; OSError: not found, unreachable hub;
+    # DatasetsError: a file its builder cannot parse
+    except (ValueError, OSError, datasets.exceptions.DatasetsError) as exc:
+        raise _unreadable(path, source, split, kwargs, exc) from None
+
+
+@contextlib.contextmanager
+def _quiet(name: str) -> Iterator[None]:
+    """Logger `name` says nothing below CRITICAL inside the block."""
+    log = logging.getLogger(name)
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def dataset_path(source: str, base_dir: Path) -> str:
+    """A local dataset folder (absolute) or a hub name, as `[teacher]`'s model is resolved."""
+    local = (base_dir / source).resolve()
+    if source.startswith(("./", "../", "/")) or local.exists():
+        if not local.is_dir():
+            raise InputError(f"data.source: folder {source!r} does not exist; give a local dataset folder or a hub name")
+        return str(local)
+    return source
+
+
+def _unreadable(path: str, source: str, split: str, kwargs: dict[str, Any], exc: Exception) -> InputError:
+    """Why `load_dataset` failed, as the `data` key to change: the configuration the dataset
+    wants named, a split it lacks, or else the source."""
+    import datasets
+
+    files = {"data_files": kwargs["data_files"]} if "data_files" in kwargs else {}
+    config = kwargs["name"]
+    what = "the data" if files else repr(source)
+    try:
+        with _quiet("datasets"):
+            configs = datasets.get_dataset_config_names(path, **files)
+    except Exception:  # noqa: BLE001 - only a better message depends on it
+        configs = []
+    if (config and configs and config not in configs) or (not config and len(configs) > 1):
+        why = f"has no configuration {config!r}" if config else "has several configurations and needs one named"
+        return InputError(f"data.config: {what} {why}; configurations: {', '.join(configs)}")
+    try:
+        with _quiet("datasets"):
+            splits = datasets.get_dataset_split_names(path, config, **files)
+    except Exception:  # noqa: BLE001 - only a better message depends on it
+        splits = []
+    if splits and split not in splits:
+        return InputError(f"data.split: {what} has no split {split!r}; splits: {', '.join(splits)}")
+    cause = exc.__cause__ if isinstance(exc, datasets.exceptions.DatasetsError) and exc.__cause__ else exc
+    first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+    if files:
+        return InputError(f"data.files: cannot read them as {source}: {first}")
+    return InputError(f"data.source: cannot read {source!r}: {first}")
+
+
+def check_text_column(ds: Any, column: str) -> None:
+    """Raise `InputError` naming `data.text_column` unless `column` of the dataset `ds` holds text."""
+    import datasets
+
+    if column not in ds.column_names:
+        raise InputError(f"data.text_column: {column!r} is not a column of the data; columns: {', '.join(ds.column_names)}")
+
+    def is_text(feature: Any) -> bool:
+        return isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string")
+
+    feature = ds.features[column]
+    if not is_text(feature):
+        held = feature.dtype if isinstance(feature, datasets.Value) else type(feature).__name__
+        text = [c for c in ds.column_names if is_text(ds.features[c])]
+        raise InputError(
+            f"data.text_column: {column!r} holds {held}, not text; text columns: {', '.join(text) or 'none'}"
+        )
+
+
+def split_sizes(n: int, eval_fraction: float, valid_fraction: float) -> dict[str, int]:
+    """How many of `n` documents each split gets (as `datasets`' train_test_split rounds: the
+    held-out shares up); raises `InputError` naming the fraction that leaves no training document."""
+    n_eval = math.ceil(eval_fraction * n)
+    n_valid = math.ceil(valid_fraction * (n - n_eval))
+    n_train = n - n_eval - n_valid
+    if n_train < 1:
+        key = "eval_fraction" if n - n_eval < 1 else "valid_fraction"
+        raise InputError(
+            f"data.{key}: {n} documents leave none for training ({n_eval} held out for evaluation with eval_fraction "
+            f"{eval_fraction}, {n_valid} for validation with valid_fraction {valid_fraction}); "
+            "give more documents or smaller fractions"
+        )
+    return {"train": n_train, "valid": n_valid, "eval": n_eval}
 
 
 def load_documents(cfg: DataConfig, base_dir: Path, seed: int) -> dict[str, list[str]]:
@@ -114,14 +221,12 @@ def load_documents(cfg: DataConfig, base_dir: Path, seed: int) -> dict[str, list
     elif cfg.source == "stdlib-docstrings":
         ds = datasets.Dataset.from_dict({cfg.text_column: stdlib_docstrings()})
     else:
-        ds = open_dataset(cfg.source, cfg.files, cfg.split, base_dir)
-    if cfg.text_column not in ds.column_names:
-        raise InputError(
-            f"data.text_column: {cfg.text_column!r} is not a column of the data; columns: {', '.join(ds.column_names)}"
-        )
+        ds = open_dataset(cfg.source, cfg.files, cfg.split, base_dir, cfg.config)
+    check_text_column(ds, cfg.text_column)
     ds = ds.select_columns([cfg.text_column]).filter(lambda r: bool(r[cfg.text_column]))
     if len(ds) < 3:
         raise InputError(f"data.source: needs at least 3 non-empty documents, found {len(ds)}")
+    split_sizes(len(ds), cfg.eval_fraction, cfg.valid_fraction)
     held_out = ds.train_test_split(test_size=cfg.eval_fraction, seed=seed)
     valid = held_out["train"].train_test_split(test_size=cfg.valid_fraction, seed=seed)
     parts = {"train": valid["train"], "valid": valid["test"], "eval": held_out["test"]}

@@ -7,6 +7,8 @@ import dataclasses
 import importlib
 import importlib.metadata
 import logging
+import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +33,13 @@ class TeacherTraining:
     def __post_init__(self) -> None:
         if self.vocab_size < 300:
             raise ValueError(f"vocab_size: must be >= 300 (256 bytes + merges), got {self.vocab_size}")
+        for key in ("layers", "hidden", "heads", "steps", "batch_size"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key}: must be >= 1, got {getattr(self, key)}")
         if self.hidden % self.heads:
             raise ValueError(f"hidden: must be a multiple of heads ({self.heads}), got {self.hidden}")
-        if min(self.layers, self.steps, self.batch_size) < 1:
-            raise ValueError("layers/steps/batch_size: must be >= 1")
+        if not 0 < self.lr < math.inf:
+            raise ValueError(f"lr: must be > 0, got {self.lr}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +52,8 @@ class TeacherConfig:
     revision: str | None = None
     """hub revision (branch, tag or commit)"""
     trust_remote_code: bool = False
-    """allow the model's own Python code to run (off by default)"""
+    """allow the model's own Python code to run (off by default); only with a `revision`
+    pinned to a commit (40 hex digits), so that the code that runs is the code reviewed"""
     train: TeacherTraining | None = None
     """train a small teacher of the task's kind (a GPT, a Marian translator) into `model` (a
     local folder) on first use (tasks that can train their teacher)"""
@@ -57,6 +63,12 @@ class TeacherConfig:
     def __post_init__(self) -> None:
         if bool(self.model) == bool(self.package):
             raise ValueError("model: give either model (a hub id or a local folder) or package")
+        if self.trust_remote_code and not re.fullmatch(r"[0-9a-f]{40}", self.revision or ""):
+            got = f"revision {self.revision!r}" if self.revision else "no revision"
+            raise ValueError(
+                f"trust_remote_code: runs the model's own code, so it needs teacher.revision pinned to a commit "
+                f"(40 hex digits), not a branch or tag; got {got}"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +120,14 @@ class TeacherSource:
         # OSError: not found, moved, unreachable hub, no safetensors weights; ImportError: a
         # tokenizer whose library is missing; ValueError: a model the auto class does not know.
         except (OSError, ImportError, ValueError) as exc:
+            weights = Path(self.path) if self.local else None
+            if kwargs.get("use_safetensors") and weights and not any(weights.glob("*.safetensors")):
+                pickled = sorted(p.name for p in weights.glob("*.bin")) or sorted(p.name for p in weights.glob("*.pt"))
+                if pickled:
+                    raise InputError(
+                        f"teacher.model: {self.name!r} holds {pickled[0]} but no .safetensors weights; teachers load from "
+                        "safetensors only (pickled weights can run code): convert it, e.g. load it once and save_pretrained"
+                    ) from None
             raise InputError(f"teacher.model: cannot load {self.name!r}: {_first_line(exc)}") from exc
 
 
@@ -117,6 +137,13 @@ def _first_line(exc: Exception) -> str:
 
 def teacher_source(cfg: TeacherConfig, base_dir: Path) -> TeacherSource:
     """Resolve the `[teacher]` section: a package's model folder, a local folder or a hub id."""
+    source = _resolve(cfg, base_dir)
+    if source.trust_remote_code:
+        logger.warning("teacher %s: its own code may run (trust_remote_code), pinned at revision %s", source.name, source.revision)
+    return source
+
+
+def _resolve(cfg: TeacherConfig, base_dir: Path) -> TeacherSource:
     if cfg.package:
         try:
             path = str(importlib.import_module(cfg.package).get_model_path())

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import queue
 import random
 import signal
@@ -41,6 +40,7 @@ SEARCH_PHASES = (
 its start a kill lands)"""
 DISTILL_PHASES = (
     ("training and checkpointing", "full distillation of trial", "exporting trial", 6.0),
+    ("a checkpoint write", "full distillation of trial", "exporting trial", 30.0),
     ("the export", "exporting trial", None, 0.3),
 )
 
@@ -53,8 +53,8 @@ class Kill:
 
 
 class Run:
-    """A `nas` subprocess whose log lines are read as they come, in its own process group
-    (a kill takes Ray's processes with the driver, as a crash of the machine's job would)."""
+    """A `nas` subprocess whose log lines are read as they come. Only it is killed: the Ray
+    processes a local search starts end with it (Ray ties their lives to the driver's)."""
 
     def __init__(self, args: list[str]) -> None:
         self.proc = subprocess.Popen(
@@ -62,7 +62,6 @@ class Run:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
-            start_new_session=True,
         )
         self.lines: queue.Queue[str] = queue.Queue()
         self.log: list[str] = []
@@ -89,12 +88,9 @@ class Run:
         return False
 
     def kill(self) -> bool:
-        """SIGKILL the run's process group; whether it was still running."""
+        """SIGKILL the run; whether it was still running."""
         alive = self.proc.poll() is None
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        self.proc.send_signal(signal.SIGKILL)
         self.proc.wait()
         return alive
 
@@ -108,17 +104,30 @@ class Run:
         return self.proc.returncode
 
 
-def kill_at(run: Run, phases: tuple[tuple[str, str, str | None, float], ...], phase: str, rng: random.Random) -> Kill:
-    """Wait for `phase` to start, kill the run at a random moment within it, say where it landed."""
+def kill_at(
+    run: Run,
+    phases: tuple[tuple[str, str, str | None, float], ...],
+    phase: str,
+    rng: random.Random,
+    seen: Path | None = None,
+) -> Kill:
+    """Wait for `phase` to start, kill the run at a random moment within it (or, with `seen`,
+    the moment that path appears within it), say where it landed."""
     name, start, end, window = next(p for p in phases if p[0] == phase)
     if not run.wait_for(start, timeout=900):
         run.kill()
-        return Kill(phase, 0.0, "the run ended or never reached the phase")
-    delay = rng.uniform(0.0, window)
-    ended = run.wait_for(end or "\0", timeout=delay)  # the log is read while the moment comes
+        last = run.log[-1].strip() if run.log else ""
+        return Kill(phase, 0.0, f"the run ended before the phase: {last[:200]}")
+    started = time.time()
+    if seen is not None:
+        while not seen.exists() and run.proc.poll() is None and time.time() - started < window:
+            pass  # a checkpoint is written in milliseconds: watch without sleeping
+        ended = not seen.exists()
+    else:
+        ended = run.wait_for(end or "\0", timeout=rng.uniform(0.0, window))  # the log is read meanwhile
     if not run.kill():
-        return Kill(phase, delay, "the run had ended")
-    return Kill(phase, delay, "as the phase ended" if ended else "within the phase")
+        return Kill(phase, time.time() - started, "the run had ended")
+    return Kill(phase, time.time() - started, "as the phase ended" if ended else "within the phase")
 
 
 def check_caches(out_dir: Path) -> list[str]:
@@ -143,8 +152,10 @@ def check_caches(out_dir: Path) -> list[str]:
 def trial_states(spec: Any) -> dict[int, tuple[str, Any]]:
     import optuna
 
+    from nas.search import open_storage
+
     try:
-        study = optuna.load_study(study_name=spec.name, storage=spec.storage_url)
+        study = optuna.load_study(study_name=spec.name, storage=open_storage(spec.storage_url))
     except KeyError:
         return {}
     return {t.number: (t.state.name, t.values) for t in study.get_trials(deepcopy=False)}
@@ -208,26 +219,34 @@ def distill_chaos(spec_args: list[str], spec: Any, number: int, kills: int, rng:
     """Kill `nas distill --trial number` `kills` times, resume it after each; the problems found."""
     import optuna
 
+    from distill.loop import LAST_CHECKPOINT
     from nas.full import EXPORT_RECORD, checkpoint_dir, export_dir
-    from nas.search import distilled_records
+    from nas.search import distilled_records, open_storage
 
     problems: list[str] = []
     args = ["distill", *spec_args, "--trial", str(number), "--overwrite"]
-    plan = ["training and checkpointing"] * max(1, kills - 1) + ["the export"]
-    first = True
-    for i, phase in enumerate(plan[:kills], 1):
-        run = Run([*args, *([] if first else ["--resume"])])
-        kill = kill_at(run, DISTILL_PHASES, phase, rng)
+    plan = ["a checkpoint write"] + ["training and checkpointing"] * max(0, kills - 2) + ["the export"]
+    landed: list[Kill] = []
+    for attempt in range(2 * kills):
+        if len(landed) == kills:
+            break
+        run = Run([*args, *(["--resume"] if attempt else [])])
+        phase = plan[len(landed)]
+        writing = checkpoint_dir(spec, number) / f".{LAST_CHECKPOINT}.partial"  # see distill.files
+        kill = kill_at(run, DISTILL_PHASES, phase, rng, writing if phase == "a checkpoint write" else None)
         torn = [p.name for p in checkpoint_dir(spec, number).glob(".*.partial")]
-        first = False
-        say(f"kill {i}/{kills}: {kill.phase}, {kill.after_s:.2f} s in ({kill.landed})"
+        if kill.landed.startswith(("within", "as the")):
+            landed.append(kill)
+        say(f"kill {len(landed)}/{kills} (try {attempt + 1}): {kill.phase}, {kill.after_s:.2f} s in ({kill.landed})"
             + (f"; a checkpoint was being written ({', '.join(torn)})" if torn else ""))
+    if len(landed) < kills:
+        problems.append(f"only {len(landed)} of {kills} kills landed in a run (give the run more steps)")
     run = Run([*args, "--resume"])
     code = run.finish(timeout=3600)
     if code != 0:
         problems.append(f"the last distillation exited with {code}: {''.join(run.log[-5:])}")
         return problems
-    study = optuna.load_study(study_name=spec.name, storage=spec.storage_url)
+    study = optuna.load_study(study_name=spec.name, storage=open_storage(spec.storage_url))
     record = distilled_records(study).get(str(number))
     out = export_dir(spec, number)
     exported = json.loads((out / EXPORT_RECORD).read_text())

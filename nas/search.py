@@ -20,11 +20,11 @@ from distill import LossConfig, PreparedData, prepare
 from distill.errors import InputError
 from distill.tasks import Task, get_task, task_for_metrics
 from distill.tasks.base import OUTPUTS
-from nas.locks import study_writer
+from nas.locks import shared_storage, study_writer
 from nas.recipe import INTERMEDIATE
 from nas.sampling import DEFAULT_SAMPLER, make_sampler
 from nas.scheduler import FINAL, RUNG, pareto_asha
-from nas.spec import Constraints, StudySpec
+from nas.spec import JOURNAL, Constraints, StudySpec
 from nas.texts import TEXTS, save_outputs, save_references
 from nas.trial import TrialPlan, pick_device, plan_stops, recorded, run_trial, with_recipe
 
@@ -38,6 +38,15 @@ EVAL_SETS = "eval_sets"  # trial and study attribute: {eval set: metrics} (of th
 EVAL_SETS_INFO = "eval_sets_info"  # study attribute: {eval set: what reading its data found}
 
 
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """The Optuna storage of a URL: a database SQLAlchemy knows, or a journal file (`journal:///`)."""
+    if url.startswith(JOURNAL):
+        from optuna.storages.journal import JournalFileBackend
+
+        return optuna.storages.JournalStorage(JournalFileBackend(url.removeprefix(JOURNAL)))
+    return optuna.storages.get_storage(url)
+
+
 def open_study(spec: StudySpec) -> optuna.Study:
     """Create or load the study; refuse a stored study whose objectives differ from the spec."""
     url = spec.storage_url
@@ -46,7 +55,7 @@ def open_study(spec: StudySpec) -> optuna.Study:
     names = [n for n, _ in spec.objectives.metrics]
     directions = ["minimize" if d == "min" else "maximize" for _, d in spec.objectives.metrics]
     study = optuna.create_study(
-        storage=optuna.storages.get_storage(url), study_name=spec.name, directions=directions, load_if_exists=True
+        storage=open_storage(url), study_name=spec.name, directions=directions, load_if_exists=True
     )
     stored = [d.name.lower() for d in study.directions]
     if stored != directions or (study.metric_names and study.metric_names != names):
@@ -104,7 +113,7 @@ def load_existing_study(spec: StudySpec) -> optuna.Study:
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
         raise InputError(f"study.name: no study {spec.name!r} yet ({url} does not exist); run `nas search` first")
     try:
-        study = optuna.load_study(study_name=spec.name, storage=spec.storage_url)
+        study = optuna.load_study(study_name=spec.name, storage=open_storage(url))
     except KeyError:
         raise InputError(f"study.name: no study {spec.name!r} in {spec.storage_url}; run `nas search` first") from None
     if task_of(study).name != spec.study.task:
@@ -195,7 +204,7 @@ def wait_for_twin(plan: TrialPlan, number: int, poll_s: float = 1.0) -> tuple[bo
     """Whether trial `number` was trained to the end, and its recorded attributes, once it has
     finished (run in a worker). Raises when the twin failed or was abandoned (a killed run's
     RUNNING trials are marked FAIL), or is still running after `plan.twin_wait_s`."""
-    study = optuna.load_study(study_name=plan.study_name, storage=plan.storage_url)
+    study = optuna.load_study(study_name=plan.study_name, storage=open_storage(plan.storage_url))
     deadline = time.monotonic() + plan.twin_wait_s
     while True:
         twin = study.trials[number]
@@ -312,11 +321,15 @@ def _searcher_class() -> type:
 def _trainable(config: dict[str, Any], plan: TrialPlan) -> None:
     """The Ray Tune function trainable: a report at every rung but the last (the scheduler may
     stop the trial there), then one final report; never raises."""
+    import ray
     from ray import tune
+
+    node = ray.get_runtime_context().get_node_id()  # which machine of a cluster ran the trial
 
     def report(result: dict[str, Any]) -> None:
         # Structured values travel as JSON text: Tune flattens nested dicts and its loggers
         # reject lists of dicts.
+        result = {**result, "ray_node": node}
         tune.report({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in result.items()})
 
     short = get_task(plan.task).describe(config["arch"])
@@ -543,6 +556,12 @@ def run_search(spec: StudySpec, *, trials: int | None = None, address: str | Non
     target = trials or spec.study.trials
     if address is None:  # a cluster's nodes are known once Ray has joined it
         check_resources(spec, None)
+    elif not shared_storage(spec.storage_url):
+        raise InputError(
+            f"--storage: a search on a Ray cluster (--address) needs a storage that every node can write: "
+            f"a database URL (postgresql://user@host/db) or a journal file on a shared filesystem ({JOURNAL}/shared/study.log); "
+            f"{spec.storage_url.partition(':')[0]} is for one machine"
+        )
     doing = f"study {spec.name!r} is being searched"
     with study_writer(spec, "search", doing, lambda: open_study(spec)) as study:
         return _search(spec, study, target, address)
@@ -610,9 +629,9 @@ def _search(spec: StudySpec, study: optuna.Study, target: int, address: str | No
     if done >= target:
         logger.info("study %s already holds %d/%d architectures", spec.name, done, target)
         return study
-    if not ray.is_initialized():
-        start_ray(address)
-    if address is not None:
+    if address is not None:  # the cluster's nodes, checked before the teacher runs
+        if not ray.is_initialized():
+            start_ray(address)
         check_resources(spec, [n["Resources"] for n in ray.nodes() if n["Alive"]])
     data = prepare_study(spec)
     others = prepare_other_teachers(spec, data)
@@ -636,6 +655,8 @@ def _search(spec: StudySpec, study: optuna.Study, target: int, address: str | No
     mf = spec.multi_fidelity
     plan = trial_plan(spec, data, evals, others, by_temperature)
     size_bounds = plan.size_bounds
+    if not ray.is_initialized():  # after the data and teachers: bad input is one line, before Ray prints
+        start_ray(address)
     trainable = tune.with_resources(
         tune.with_parameters(_trainable, plan=plan), {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus}
     )

@@ -47,7 +47,8 @@ class StudyConfig:
     concurrency: int = 2
     """trials running at the same time"""
     storage: str = ""
-    """an Optuna storage URL (default: sqlite:///studies/<name>/optuna.db)"""
+    """an Optuna storage URL, a database SQLAlchemy knows: sqlite:///path/to/optuna.db,
+    postgresql://user@host/db, mysql://... (default: sqlite:///studies/<name>/optuna.db)"""
     sampler: str = ""
     """how Optuna proposes architectures: tpe, nsga2, gp or random (default: tpe for a new
     study, the stored study's own when it is resumed)"""
@@ -63,6 +64,37 @@ class StudyConfig:
             raise ValueError(f"concurrency: must be >= 1, got {self.concurrency}")
         if self.name and (Path(self.name).name != self.name or self.name.startswith(".")):
             raise ValueError(f"name: must be a plain folder name, got {self.name!r}")
+        if self.storage:
+            problem = storage_problem(self.storage)
+            if problem:
+                raise ValueError(f"storage: {problem}")
+
+
+JOURNAL = "journal:///"
+"""the storage URL prefix of an Optuna journal file (`journal:///study.log`, relative to the
+working folder; `journal:////shared/study.log`, absolute), which many processes on many
+machines may write through a shared filesystem"""
+
+
+def storage_problem(url: str) -> str | None:
+    """Why `url` is not an Optuna storage URL (a database URL SQLAlchemy knows, or a journal
+    file), or None."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    allowed = (
+        "an Optuna storage URL such as sqlite:///path/to/optuna.db, postgresql://user@host/db "
+        f"or {JOURNAL}path/to/study.log"
+    )
+    if url.startswith(JOURNAL):
+        return None if url.removeprefix(JOURNAL) else f"{url!r} names no file; give {allowed}"
+    try:
+        make_url(url).get_dialect()
+    except NoSuchModuleError:  # an ArgumentError too
+        return f"{url!r}: unknown database {url.partition(':')[0]!r}; give {allowed}"
+    except ArgumentError:
+        return f"{url!r} is not a URL; give {allowed}"
+    return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,9 +226,9 @@ class Resources:
     """GPUs per trial; a fraction (0.5) packs several trials on one GPU"""
 
     def __post_init__(self) -> None:
-        if self.cpus <= 0:
-            raise ValueError(f"cpus: must be > 0, got {self.cpus}")
-        if self.gpus < 0 or (self.gpus > 1 and self.gpus != int(self.gpus)):
+        if not 0 < self.cpus < math.inf:
+            raise ValueError(f"cpus: must be a number > 0, got {self.cpus}")
+        if not 0 <= self.gpus < math.inf or (self.gpus > 1 and self.gpus != int(self.gpus)):
             raise ValueError(f"gpus: must be a fraction in (0, 1] or a whole number, got {self.gpus}")
 
 
@@ -272,6 +304,10 @@ class StudySpec:
         return self.base_dir / self.name
 
     def with_storage(self, url: str) -> StudySpec:
+        """The spec with the storage of `nas ... --storage URL`."""
+        problem = storage_problem(url)
+        if problem:
+            raise SpecError(f"--storage: {problem}")
         return dataclasses.replace(self, study=dataclasses.replace(self.study, storage=url))
 
     @property
@@ -484,7 +520,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     key, sep, text = item.partition("=")
     parts = key.strip().split(".")
     if not sep or len(parts) < 2 or not all(parts):
-        raise SpecError(f"override {item!r}: must be section.key=value, e.g. distill.steps=50")
+        raise SpecError(f"{key.strip() or item}: an override must be section.key=value, e.g. distill.steps=50; got {item!r}")
     try:
         value = tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
@@ -492,22 +528,61 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return parts, value
 
 
+SPEC = "SPEC"
+"""How errors about the spec file itself (not one of its keys) name it: the command line's argument"""
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """A spec file's tables; an error names the file (`SPEC`) or the key a syntax error is at."""
+    if not path.is_file():
+        what = "a folder" if path.is_dir() else "file not found"
+        raise SpecError(f"{SPEC}: {what} (a study spec is a .toml file, e.g. studies/demo-lm.toml)")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise SpecError(f"{SPEC}: cannot read the file: {exc.strerror or exc}") from None
+    try:
+        text = data.decode("utf-8-sig")  # a UTF-8 byte order mark (Windows editors) is fine
+    except UnicodeDecodeError as exc:
+        found = "UTF-16" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else f"a byte 0x{data[exc.start]:02x} at offset {exc.start}"
+        raise SpecError(f"{SPEC}: not UTF-8 text (found {found}); TOML files are UTF-8, save it as UTF-8") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(toml_error(text, str(exc))) from None
+
+
+def toml_error(text: str, message: str) -> str:
+    """A TOML syntax error named by the key (or table) on the line it is at: "study.trials: not
+    valid TOML (line 3, column 9): ..."; "line 3" where that line starts with neither."""
+    at = re.search(r" \(at line (\d+), column (\d+)\)$", message)
+    if at is None:  # at the end of the document
+        return f"{SPEC}: not valid TOML: {message}"
+    number = int(at.group(1))
+    table, key = "", ""
+    for i, line in enumerate(text.splitlines()[:number], start=1):
+        header = re.match(r"\s*\[\[?\s*([A-Za-z0-9_.-]*)", line)
+        bare = re.match(r"\s*([A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*)\s*(?:=|\s|$)", line)
+        if header:
+            table = key = header.group(1)
+        elif i == number and bare:
+            key = f"{table}.{bare.group(1)}" if table else bare.group(1)
+        else:
+            key = ""
+    return f"{key or f'line {number}'}: not valid TOML (line {number}, column {at.group(2)}): {message[: at.start()]}"
+
+
 def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> StudySpec:
     """Read, override and validate a study spec."""
     path = Path(path)
-    if not path.is_file():
-        raise SpecError("file not found (a study spec is a .toml file, e.g. studies/demo-lm.toml)")
-    try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise SpecError(f"not valid TOML: {exc}") from None
+    raw = read_toml(path)
     for item in overrides:
         parts, value = parse_override(item)
         node = raw
-        for part in parts[:-1]:
+        for i, part in enumerate(parts[:-1]):
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise SpecError(f"override {item!r}: {part} is not a table")
+                raise SpecError(f"{'.'.join(parts[: i + 1])}: not a table; the override {item!r} sets a key inside it")
         node[parts[-1]] = value
     unknown = sorted(set(raw) - set(SECTIONS))
     if unknown:

@@ -26,7 +26,7 @@ CURVE_POINTS = 50
 # What a trial stores besides its task's metrics (Optuna user attributes).
 TRIAL_ATTRS = (
     "arch", "arch_short", "duplicate_of", "train_loss", "train_seconds", "train_steps", "loss_curve", "device",
-    "rungs", "pruned_at", "not_trained", "eval_sets",
+    "rungs", "pruned_at", "not_trained", "eval_sets", "ray_node",
 )  # fmt: skip
 
 

@@ -409,6 +409,16 @@ def check_space_fits(space: Any, teacher_config: Any) -> None:
         raise InputError(f"space.{exc}") from None
 
 
+def check_positions(config: Any, length: int, key: str) -> None:
+    """Raise `InputError` naming `key` when items of `length` tokens exceed the positions the
+    teacher of `config` has (its `max_position_embeddings`; none for relative positions)."""
+    from distill.errors import InputError
+
+    most = getattr(config, "max_position_embeddings", None)
+    if isinstance(most, int) and length > most:
+        raise InputError(f"{key}: {length} tokens exceed the teacher's {most} positions (max_position_embeddings); at most {most}")
+
+
 def quality_metrics(task: Task) -> dict[str, str]:
     """Quality metric names and their directions."""
     return {m.name: m.direction for m in task.metrics if m.kind == "quality"}
@@ -435,6 +445,7 @@ __all__ = [
     "Task",
     "Teacher",
     "TopKLossParams",
+    "check_positions",
     "OUTPUTS",
     "format_metric",
     "scores_and_text",

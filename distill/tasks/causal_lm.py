@@ -33,6 +33,7 @@ from distill.tasks.base import (
     OutputArray,
     Teacher,
     TopKLossParams,
+    check_positions,
     check_space_fits,
     confidence_arrays,
     layer_arrays,
@@ -109,6 +110,11 @@ class CausalLM:
                 f"teacher.model: causal-LM students learn from a decoder-only teacher (AutoModelForCausalLM); "
                 f"{source.name!r} is an encoder-decoder {config.model_type!r} model (study.task = \"translation\" distills it)"
             )
+        if encoder_only(config):
+            raise InputError(
+                f"teacher.model: causal-LM students learn from a decoder-only teacher (AutoModelForCausalLM); "
+                f"{source.name!r} is an encoder-only {config.model_type!r} model (study.task = \"embedding\" distills it)"
+            )
         model, tokenizer = source.load("AutoModelForCausalLM")
         return Teacher(model, tokenizer, source)
 
@@ -120,6 +126,7 @@ class CausalLM:
         check_space_fits(space, teacher_config)
 
     def encode(self, texts: list[str], teacher: Teacher, data: DataConfig, split: str) -> dict[str, np.ndarray]:
+        check_positions(teacher.model.config, data.block_length, "data.block_length")
         return {"blocks": pack(texts, teacher.tokenizer, data.block_length, data.limit(split))}
 
     def lengths(self, data: PreparedData, split: str) -> np.ndarray:
@@ -226,6 +233,15 @@ class CausalLM:
             top_p=0.95,
             temperature=0.8,
         ).save_pretrained(folder)
+
+
+def encoder_only(config: Any) -> bool:
+    """Whether `config` is of a bidirectional encoder (BERT, RoBERTa, ...) that is not set up
+    as a decoder: transformers gives some of them a causal-LM head, which predicts nothing
+    without `is_decoder`. Decoder-only families have no masked-LM head."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    return config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not getattr(config, "is_decoder", False)
 
 
 @torch.no_grad()

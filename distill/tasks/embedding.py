@@ -35,6 +35,7 @@ from distill.tasks.base import (
     Metric,
     OutputArray,
     Teacher,
+    check_positions,
     check_space_fits,
     layer_arrays,
     layer_groups,
@@ -201,11 +202,10 @@ class Embedding:
         return load_documents(data, base_dir, seed)
 
     def load_teacher(self, source: TeacherSource) -> Teacher:
+        model_type = source.config().model_type  # before any weights load
+        if model_type != "bert":
+            raise InputError(f"teacher.model: embedding students are BERT encoders; the teacher is {model_type!r}")
         model, tokenizer = source.load("AutoModel")
-        if model.config.model_type != "bert":
-            raise InputError(
-                f"teacher.model: embedding students are BERT encoders; the teacher is {model.config.model_type!r}"
-            )
         pooling = read_pooling(Path(source.path)) if source.local else {"mode": "mean", "normalize": False}
         return Teacher(model, tokenizer, source, {"pooling": pooling})
 
@@ -213,9 +213,13 @@ class Embedding:
         check_space_fits(space, teacher_config)
 
     def encode(self, texts: list[str], teacher: Teacher, data: DataConfig, split: str) -> dict[str, np.ndarray]:
+        check_positions(teacher.model.config, data.block_length, "data.block_length")
         cut = paragraphs(texts)
         if len(cut) < 2:
-            raise InputError(f"data: a split holds {len(cut)} paragraph(s); give more text")
+            raise InputError(
+                f"data.source: the {split} split holds {len(cut)} paragraph(s) of 40 characters or more, "
+                "at least 2 are needed; give more text"
+            )
         ids, mask = encode_texts(cut, teacher.tokenizer, data.block_length, data.limit(split))
         return {"ids": ids, "mask": mask}
 

@@ -33,7 +33,7 @@ class PairDataConfig:
     translation study)."""
 
     EVAL_KEYS: ClassVar[tuple[str, ...]] = (
-        "source", "files", "package", "translation_column", "source_column", "target_column", "split", "eval_pairs",
+        "source", "config", "files", "package", "translation_column", "source_column", "target_column", "split", "eval_pairs",
     )  # fmt: skip
     """what an `[[eval]]` table may set (where its pairs come from, how many); the rest is `[data]`'s"""
     EVAL_LIMIT: ClassVar[str] = "eval_pairs"
@@ -41,7 +41,11 @@ class PairDataConfig:
 
     source: str = GETTEXT
     """`gettext` (catalogs: `files`, or those a Python `package` ships), a `datasets` builder
-    for local files (json, csv, parquet) or a dataset name on the hub"""
+    for local files (json, csv, parquet), a dataset name on the hub or a local `datasets` folder
+    (a path that exists, or starts with ./ ../ or /, relative to the spec's folder)"""
+    config: str = ""
+    """the dataset's configuration (subset), for a hub dataset or local folder that has
+    several (WMT's are language pairs: "de-en")"""
     pair: tuple[str, str] = ("en", "de")
     """[source language, target language]; for gettext the source is the catalogs' msgid
     language and the target their own"""
@@ -96,6 +100,8 @@ class PairDataConfig:
             raise ValueError(f"files: source {self.source!r} needs at least one file")
         elif self.files and self.source not in PAIR_FILE_BUILDERS:
             raise ValueError(f"source: files need gettext or a file builder, one of {', '.join(PAIR_FILE_BUILDERS)}")
+        if self.config and (self.source == GETTEXT or self.files):
+            raise ValueError(f"config: only for a hub dataset or a local dataset folder, not source {self.source!r}")
         if bool(self.source_column) != bool(self.target_column):
             raise ValueError("source_column: two text columns need both source_column and target_column")
         check_fractions(self.eval_fraction, self.valid_fraction)
@@ -170,7 +176,7 @@ def _raw_pairs(cfg: PairDataConfig, base_dir: Path) -> tuple[list[tuple[str, str
             pairs += got
             skipped += why
         return pairs, skipped
-    ds = open_dataset(cfg.source, cfg.files, cfg.split, base_dir)
+    ds = open_dataset(cfg.source, cfg.files, cfg.split, base_dir, cfg.config)
     if cfg.source_column:
         for key in ("source_column", "target_column"):
             if getattr(cfg, key) not in ds.column_names:

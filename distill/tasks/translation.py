@@ -35,6 +35,7 @@ from distill.tasks.base import (
     OutputArray,
     Teacher,
     TopKLossParams,
+    check_positions,
     check_space_fits,
     confidence_arrays,
     layer_arrays,
@@ -196,6 +197,7 @@ class Translation:
             pairs = pairs[: data.limit(split)]
         if not pairs:
             raise InputError(f"data: the {split} split holds no pair; give more pairs or a larger {split} share")
+        check_positions(teacher.model.config, data.max_length, "data.max_length")
         set_languages(teacher, data)
         sources = [data.source_prefix + s for s, _ in pairs]
         src_ids, src_mask = encode_side(teacher.tokenizer, sources, data.max_length, target=False)

@@ -109,3 +109,25 @@ def test_a_repeated_architecture_stops_waiting_for_its_twin(tmp_path):
     with pytest.raises(RuntimeError, match=f"repeats trial {running.number}, still running after 0 s"):
         wait_for_twin(plan, running.number, poll_s=0.05)
     assert time.monotonic() - started < 5
+
+
+def test_a_cluster_search_needs_a_storage_every_node_can_write(tmp_path, teacher_dirs):
+    path = write_spec(tmp_path, teacher_dirs["gpt2"])
+    proc = _nas("search", str(path), "--address", "127.0.0.1:6379")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and len(err.strip().splitlines()) == 1, err
+    assert "--storage: a search on a Ray cluster (--address) needs a storage that every node can write" in err
+    assert not (tmp_path / "tiny").exists()  # refused before anything was written
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_journal_file_storage_holds_a_study_and_its_lease(tmp_path, teacher_dirs):
+    from nas.search import open_storage, run_search
+
+    journal = f"journal:///{tmp_path / 'study.log'}"
+    spec = load_spec(write_spec(tmp_path, teacher_dirs["gpt2"]), ["study.trials=2"]).with_storage(journal)
+    run_search(spec)
+    study = optuna.load_study(study_name=spec.name, storage=open_storage(journal))
+    assert len(distinct_complete(study)) == 2
+    assert study.user_attrs[locks.lease_key("search")] == {}  # held during the search, released after
+    assert not (spec.out_dir / "optuna.db").exists()

@@ -41,7 +41,8 @@ def test_overrides_are_typed_and_checked(tmp_path):
 BAD = {
     "unknown key": ("[teacher]\nmodel='x'\n[study]\ntrails=3\n", r"study\.trails: unknown key; allowed: "),
     "unknown section": ("[teacher]\nmodel='x'\n[studdy]\n", r"studdy: unknown section; allowed: study"),
-    "malformed": ("[teacher\nmodel='x'", "not valid TOML"),
+    "malformed": ("[teacher\nmodel='x'", r"^teacher: not valid TOML \(line 1, column 9\): Expected ']'"),
+    "malformed value": ("[teacher]\nmodel='x'\n[study]\ntrials = 3 4\n", r"^study\.trials: not valid TOML \(line 4, column 12\)"),
     "empty space": ("[teacher]\nmodel='x'\n[space]\nlayers=[4, 2]\n", r"space\.layers: needs 1 <= min <= max"),
     "empty choices": ("[teacher]\nmodel='x'\n[space]\nheads=[]\n", r"space\.heads: needs at least one choice"),
     "wrong type": ("[teacher]\nmodel='x'\n[distill]\nsteps='many'\n", r"distill\.steps: must be int"),
