@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from distill.data import SPLITS, DataSplits
+from distill.data import BUILTIN_CORPORA, SPLITS, DataSplits
 from distill.errors import InputError
 from distill.files import held, written_whole
 from distill.teacher_outputs import split_params
@@ -120,14 +120,18 @@ def cache_key(
 
 def files_stamp(path: Path) -> list[tuple[str, int, int]]:
     """(name, size, modification time) of the file `path` or of every file under the folder `path`."""
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path] if path.exists() else []
+    def kept(p: Path) -> bool:  # not a tool's own files (.git, .cache of downloads, __pycache__)
+        return p.is_file() and not any(part.startswith(".") or part == "__pycache__" for part in p.relative_to(path).parts)
+
+    files = sorted(p for p in path.rglob("*") if kept(p)) if path.is_dir() else [path] if path.exists() else []
     return [(str(p.relative_to(path)) if p != path else p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
 
 
 def data_stamp(data: Any, base_dir: Path) -> list[Any]:
     """What a data section's text depends on beyond its settings: its local files (or a local
     dataset folder given as its source), the version of a package it reads, Python's (whose
-    documentation the built-in corpora are)."""
+    documentation the built-in corpora are). Its files are stamped by size and modification
+    time, leaving out dot-files and caches."""
     fields = dataclasses.asdict(data)
     local = [p for p in (*fields.get("files", ()), fields.get("source", "")) if p and (base_dir / p).exists()]
     stamp: list[Any] = [files_stamp((base_dir / p).resolve()) for p in local]
@@ -136,7 +140,9 @@ def data_stamp(data: Any, base_dir: Path) -> list[Any]:
             stamp.append(importlib.metadata.version(fields["package"].replace("_", "-")))
         except importlib.metadata.PackageNotFoundError:
             stamp.append(None)
-    return [*stamp, platform.python_version()]
+    if fields.get("source") in BUILTIN_CORPORA:  # Python's own documentation
+        stamp.append(platform.python_version())
+    return stamp
 
 
 def prepare(

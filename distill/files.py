@@ -67,7 +67,9 @@ def describe_holder(holder: dict[str, Any]) -> str:
 
 def whoami() -> dict[str, Any]:
     """This process, as a lock's holder: pid, host, since, and its command (URLs without passwords)."""
-    command = " ".join(Path(sys.argv[0]).name if i == 0 else a for i, a in enumerate(sys.argv))
+    program = Path(sys.argv[0])
+    name = program.parent.name if program.name == "__main__.py" else program.name  # python -m nas: nas
+    command = " ".join([name, *sys.argv[1:]])
     command = re.sub(r"(://[^:/@\s]*):[^@\s]*@", r"\1:***@", command)
     return {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(), "command": command[:200]}
 

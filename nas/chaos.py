@@ -26,13 +26,14 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 SEARCH_PHASES = (
-    ("the teacher cache", "building the teacher cache", "teacher outputs cached in", 1.5),
+    ("the teacher cache", "", "teacher outputs cached in", 0.05),
     ("Ray's start", "starting Ray", "started trial", 8.0),
     ("running trials", "started trial", None, 4.0),
 )
@@ -40,7 +41,7 @@ SEARCH_PHASES = (
 its start a kill lands)"""
 DISTILL_PHASES = (
     ("training and checkpointing", "full distillation of trial", "exporting trial", 6.0),
-    ("a checkpoint write", "full distillation of trial", "exporting trial", 30.0),
+    ("a checkpoint write", "", "exporting trial", 0.0),
     ("the export", "exporting trial", None, 0.3),
 )
 
@@ -109,22 +110,27 @@ def kill_at(
     phases: tuple[tuple[str, str, str | None, float], ...],
     phase: str,
     rng: random.Random,
-    seen: Path | None = None,
+    inside: Callable[[], bool] | None = None,
 ) -> Kill:
-    """Wait for `phase` to start, kill the run at a random moment within it (or, with `seen`,
-    the moment that path appears within it), say where it landed."""
-    name, start, end, window = next(p for p in phases if p[0] == phase)
-    if not run.wait_for(start, timeout=900):
+    """Wait for `phase` to start, kill the run at a random moment within it, say where it
+    landed. With `inside` (whether the run is in the phase now, read from its files: a
+    `.partial` being written), the phase starts when `inside()` first holds, whatever the log."""
+    _, start, end, window = next(p for p in phases if p[0] == phase)
+    started, delay = time.time(), rng.uniform(0.0, window)
+    if inside is not None:
+        while not inside() and run.proc.poll() is None and time.time() - started < 900:
+            time.sleep(0.0002)  # a checkpoint is written in milliseconds
+        started = time.time()
+        while time.time() - started < delay and inside():
+            time.sleep(0.0002)
+        ended = not inside()
+    elif not run.wait_for(start, timeout=900):
         run.kill()
         last = run.log[-1].strip() if run.log else ""
         return Kill(phase, 0.0, f"the run ended before the phase: {last[:200]}")
-    started = time.time()
-    if seen is not None:
-        while not seen.exists() and run.proc.poll() is None and time.time() - started < window:
-            pass  # a checkpoint is written in milliseconds: watch without sleeping
-        ended = not seen.exists()
     else:
-        ended = run.wait_for(end or "\0", timeout=rng.uniform(0.0, window))  # the log is read meanwhile
+        started = time.time()
+        ended = run.wait_for(end or "\0", timeout=delay)  # the log is read meanwhile
     if not run.kill():
         return Kill(phase, time.time() - started, "the run had ended")
     return Kill(phase, time.time() - started, "as the phase ended" if ended else "within the phase")
@@ -184,7 +190,8 @@ def search_chaos(spec_args: list[str], spec: Any, kills: int, rng: random.Random
         if phase == "the teacher cache" and any(not p.name.endswith(".partial") for p in (spec.out_dir / "cache").glob("*")):
             phase = "running trials"  # cached already: nothing to kill there
         run = Run(["search", *spec_args, "--no-report"])
-        kill = kill_at(run, SEARCH_PHASES, phase, rng)
+        building = lambda: any((spec.out_dir / "cache").glob("*.partial"))  # noqa: E731 - see distill.files
+        kill = kill_at(run, SEARCH_PHASES, phase, rng, building if phase == "the teacher cache" else None)
         now = trial_states(spec)
         problems += check_caches(spec.out_dir) + lost(seen, now)
         seen = {**seen, **{n: s for n, s in now.items() if s[0] == "COMPLETE"}}
@@ -233,7 +240,7 @@ def distill_chaos(spec_args: list[str], spec: Any, number: int, kills: int, rng:
         run = Run([*args, *(["--resume"] if attempt else [])])
         phase = plan[len(landed)]
         writing = checkpoint_dir(spec, number) / f".{LAST_CHECKPOINT}.partial"  # see distill.files
-        kill = kill_at(run, DISTILL_PHASES, phase, rng, writing if phase == "a checkpoint write" else None)
+        kill = kill_at(run, DISTILL_PHASES, phase, rng, writing.exists if phase == "a checkpoint write" else None)
         torn = [p.name for p in checkpoint_dir(spec, number).glob(".*.partial")]
         if kill.landed.startswith(("within", "as the")):
             landed.append(kill)

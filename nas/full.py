@@ -133,7 +133,7 @@ def _full_distill(
 ) -> dict[str, Any]:
     out = export_dir(spec, trial.number)
     ckpt = checkpoint_dir(spec, trial.number)
-    if not overwrite and (recovered := _record_left_export(study, trial.number, out, ckpt)) is not None:
+    if not overwrite and (recovered := _record_left_export(study, trial, out, ckpt)) is not None:
         return recovered
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise InputError(f"{out} already holds a model; pass --overwrite to replace it")
@@ -149,14 +149,14 @@ def _full_distill(
     task = spec.task
     recipe = trial.user_attrs.get("recipe")
     loss, full = apply_recipe(spec.loss, spec.full, recipe)
-    spec = dataclasses.replace(spec, loss=loss, full=full)
     arch = trial.user_attrs["arch"]
-    settings = run_settings(spec, arch)
+    settings = run_settings(dataclasses.replace(spec, loss=loss, full=full), arch)
     _check_fingerprint(ckpt, settings, write=False)  # settings first: before anything is computed
     temperature = loss.params.get("temperature") if recipe else None  # the search's cache at the trial's
-    data = prepare_study(spec, temperature)
+    data = prepare_study(spec, temperature)  # the spec's own loss: the search's cache key
     others = prepare_other_teachers(spec, data, temperature)
     evals = prepare_eval_sets(spec)  # before training: a bad source fails before the run, not after
+    spec = dataclasses.replace(spec, loss=loss, full=full)
     resume = _check_fingerprint(ckpt, settings | {"teacher outputs": [d.path.name for d in (data, *others)]})
     logger.info("full distillation of trial %d (%s)", trial.number, task.describe(arch))
     run = distill_arch(spec, arch, data, evals=evals, others=others, on_step=on_step, checkpoint_dir=ckpt, resume=resume)
@@ -195,28 +195,35 @@ def _full_distill(
     return record
 
 
-def _record_left_export(study: optuna.Study, number: int, out: Path, ckpt: Path) -> dict[str, Any] | None:
-    """The record of an export a killed run published but did not record (recorded now, its
-    checkpoints removed), or None."""
+def _record_left_export(
+    study: optuna.Study, trial: optuna.trial.FrozenTrial, out: Path, ckpt: Path
+) -> dict[str, Any] | None:
+    """The record of an export of this trial's architecture that a killed run published but
+    did not record (recorded now; the checkpoints of the run that made it removed), or None."""
     try:
         exported = json.loads((out / EXPORT_RECORD).read_text())
     except (OSError, ValueError):
         return None
     record = {k: v for k, v in exported.items() if k != "arch"}
-    if distilled_records(study).get(str(number), {}).get("finished") == record.get("finished"):
-        return None
-    logger.info("recording the export of trial %d that an interrupted run left in %s", number, out)
-    record_distilled(study, number, record)
-    shutil.rmtree(ckpt, ignore_errors=True)
+    known = distilled_records(study).get(str(trial.number), {})
+    if exported.get("arch") != trial.user_attrs.get("arch") or str(record.get("finished")) <= str(known.get("finished", "")):
+        return None  # another study's export, or one recorded already (or older than the record)
+    logger.info("recording the export of trial %d that an interrupted run left in %s", trial.number, out)
+    record_distilled(study, trial.number, record)
+    made = ckpt / FINGERPRINT
+    if made.exists() and made.stat().st_mtime <= (out / EXPORT_RECORD).stat().st_mtime:  # that run's, not a later one's
+        shutil.rmtree(ckpt, ignore_errors=True)
     return record
 
 
 def run_settings(spec: StudySpec, arch: dict[str, Any]) -> dict[str, Any]:
     """The settings a full run's result depends on: the architecture, the `[full]` budget, the
     loss and the seed (with the teachers' outputs on the data, its fingerprint)."""
+    budget = dataclasses.asdict(spec.full)
+    budget.pop("checkpoint_every")  # when checkpoints are written changes nothing the run computes
     settings = {
         "arch": arch,
-        "full": dataclasses.asdict(spec.full),
+        "full": budget,
         "distill.loss": dataclasses.asdict(spec.loss),
         "study.seed": spec.study.seed,
     }
@@ -232,10 +239,18 @@ def _check_fingerprint(ckpt: Path, fingerprint: dict[str, Any], write: bool = Tr
         try:
             stored = json.loads((ckpt / FINGERPRINT).read_text())
         except (OSError, ValueError):
-            stored = {}
+            raise InputError(
+                f"--resume: the checkpoint in {ckpt} has no fingerprint of its settings (an earlier version made it); "
+                "pass --restart to discard it"
+            ) from None
         changed = _first_difference({k: stored.get(k, "(none)") for k in fingerprint}, fingerprint)
         if changed is not None:
             key, then, now = changed
+            if key.startswith("teacher outputs"):
+                raise InputError(
+                    f"--resume: the checkpoint in {ckpt} was made on other teacher outputs (a file of the teacher "
+                    f"or of the data changed: cache {then} then, {now} now); restore them, or pass --restart to discard it"
+                )
             raise InputError(
                 f"--resume: the checkpoint in {ckpt} was made with {key} = {then}, this run has {now}; "
                 "give the same settings, or pass --restart to discard it"

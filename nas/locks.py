@@ -6,10 +6,12 @@ Two locks make a writer. An OS file lock in the study's folder (a killed holder'
 released by the system and taken over by the next run at once), and, for a storage that other
 machines may share (an RDB URL, a journal file; not the study folder's SQLite file), a lease in
 the storage itself: the holder's pid, host and a heartbeat, taken over once the heartbeat is
-older than `LEASE_S` or when the holder was on this machine and is gone."""
+older than `LEASE_S` or when the holder was on this machine and is gone (machines that share a
+storage keep their clocks in sync, as NTP does). A holder whose lease was taken over stops."""
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import logging
 import os
@@ -100,11 +102,18 @@ def lease(study: optuna.Study, role: str) -> Iterator[None]:
 
     def renew() -> None:
         while not stop.wait(LEASE_S / 4):
-            current = study.user_attrs.get(key) or {}
-            if current.get("token") != me["token"]:
-                logger.error("the lease of %s was taken by %s", role, describe_holder(current))
-                return
-            study.set_user_attr(key, {**me, "beat": time.time()})
+            try:
+                current = study.user_attrs.get(key) or {}
+                if current.get("token") == me["token"]:
+                    study.set_user_attr(key, {**me, "beat": time.time()})
+                    continue
+            except Exception as exc:  # noqa: BLE001 - a storage that does not answer: try again
+                logger.warning("could not renew the lease of %s: %s", role, exc)
+                continue
+            # Another run took it (this one was silent for LEASE_S): two writers must not go on.
+            logger.error("the lease of %s was taken by %s; stopping", role, describe_holder(current))
+            _thread.interrupt_main()
+            return
 
     thread = threading.Thread(target=renew, name=f"lease {role}", daemon=True)
     thread.start()
@@ -112,7 +121,7 @@ def lease(study: optuna.Study, role: str) -> Iterator[None]:
         yield
     finally:
         stop.set()
-        thread.join()
+        thread.join(timeout=LEASE_S / 4)
         if (study.user_attrs.get(key) or {}).get("token") == me["token"]:
             study.set_user_attr(key, {})
 

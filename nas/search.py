@@ -48,7 +48,9 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
 
 
 def open_study(spec: StudySpec) -> optuna.Study:
-    """Create or load the study; refuse a stored study whose objectives differ from the spec."""
+    """Create or load the study; refuse a stored study whose objectives, task, constraints or
+    sampler differ from the spec's. Writes nothing else (`stamp_study` does, once the run
+    holds the study)."""
     url = spec.storage_url
     if url.startswith("sqlite:///"):
         spec.out_dir.mkdir(parents=True, exist_ok=True)
@@ -63,27 +65,32 @@ def open_study(spec: StudySpec) -> optuna.Study:
             f"objectives: the stored study {spec.name!r} optimizes {study.metric_names or stored}; "
             f"the spec asks for {names}; give the study a new name (study.name)"
         )
-    if not study.metric_names:
-        study.set_metric_names(names)
     stored_task = study.user_attrs.get("task")
     if stored_task not in (None, spec.study.task):
         raise InputError(f"study.task: the stored study {spec.name!r} is a {stored_task} study; give it a new name")
-    study.set_user_attr("task", spec.study.task)
     bounds = {b.metric: b.limit for b in spec.constraints.bounds}
     if study.user_attrs.get("constraints", {}) != bounds and study.trials:
         raise InputError(
             f"constraints: the stored study {spec.name!r} was searched with {study.user_attrs.get('constraints') or 'none'}; "
             f"the spec asks for {bounds or 'none'}; its trials were judged by the old ones, give the study a new name"
         )
-    study.set_user_attr("constraints", bounds)
     stored_sampler = study.user_attrs.get("sampler")
     if stored_sampler and spec.study.sampler not in ("", stored_sampler):
         raise InputError(
             f"study.sampler: the stored study {spec.name!r} samples with {stored_sampler}; "
             f"a resumed study keeps its sampler (give the study a new name to use {spec.study.sampler})"
         )
-    study.set_user_attr("sampler", stored_sampler or spec.study.sampler or DEFAULT_SAMPLER)
     return study
+
+
+def stamp_study(study: optuna.Study, spec: StudySpec) -> None:
+    """Record what `open_study` checked: the objectives' names, the task, the constraints and
+    the sampler (a resumed study keeps its own)."""
+    if not study.metric_names:
+        study.set_metric_names([n for n, _ in spec.objectives.metrics])
+    study.set_user_attr("task", spec.study.task)
+    study.set_user_attr("constraints", {b.metric: b.limit for b in spec.constraints.bounds})
+    study.set_user_attr("sampler", study.user_attrs.get("sampler") or spec.study.sampler or DEFAULT_SAMPLER)
 
 
 def distilled_records(study: optuna.Study) -> dict[str, dict[str, Any]]:
@@ -110,8 +117,9 @@ def task_of(study: optuna.Study) -> Task:
 def load_existing_study(spec: StudySpec) -> optuna.Study:
     """The stored study of a spec, without creating one."""
     url = spec.storage_url
-    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
-        raise InputError(f"study.name: no study {spec.name!r} yet ({url} does not exist); run `nas search` first")
+    for prefix in ("sqlite:///", JOURNAL):
+        if url.startswith(prefix) and not Path(url.removeprefix(prefix)).exists():
+            raise InputError(f"study.name: no study {spec.name!r} yet ({url} does not exist); run `nas search` first")
     try:
         study = optuna.load_study(study_name=spec.name, storage=open_storage(url))
     except KeyError:
@@ -622,7 +630,8 @@ def _search(spec: StudySpec, study: optuna.Study, target: int, address: str | No
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
 
-    stale = mark_interrupted(study)  # only the holder of the study's search gets here
+    stamp_study(study, spec)  # only the holder of the study's search gets here
+    stale = mark_interrupted(study)
     if stale:
         logger.info("marked %d trial(s) left RUNNING by an earlier run as FAIL", stale)
     done = len(distinct_evaluated(study))

@@ -312,7 +312,10 @@ class StudySpec:
 
     @property
     def storage_url(self) -> str:
-        return self.study.storage or f"sqlite:///{self.out_dir / 'optuna.db'}"
+        url = self.study.storage or f"sqlite:///{self.out_dir / 'optuna.db'}"
+        if url.startswith(JOURNAL):  # absolute: Ray runs trials in folders of their own
+            return JOURNAL + str(Path(url.removeprefix(JOURNAL)).absolute())
+        return url
 
 
 def _check_type(key: str, value: Any, hint: Any) -> Any:

@@ -4,6 +4,8 @@ and two runs preparing it at once build it once."""
 import shutil
 import subprocess
 import sys
+import threading
+import time
 
 from safetensors.torch import load_file, save_file
 
@@ -45,10 +47,12 @@ from distill import DataConfig, LossConfig, TeacherConfig, prepare
 from distill.tasks import get_task
 folder = Path(sys.argv[1])
 data = DataConfig(source="json", files=("docs.jsonl",), text_column="body", block_length=32, train_blocks=8, eval_blocks=4)
-slow = lambda config: time.sleep(3)  # a long build: the two runs overlap
+def hold(config):  # the build goes on until the test says: the two runs overlap
+    while not (folder / "release").exists():
+        time.sleep(0.05)
 out = prepare(get_task("causal-lm"), TeacherConfig(model=sys.argv[2]), data,
               LossConfig({"forward_kl": 1.0}, {"temperature": 1.0, "top_k": 4}),
-              base_dir=folder, cache_root=folder / "cache", check=slow)
+              base_dir=folder, cache_root=folder / "cache", check=hold)
 print(out.path)
 """
 
@@ -56,8 +60,21 @@ print(out.path)
 def test_two_runs_at_once_build_the_cache_once(tmp_path, teacher_dirs):
     write_spec(tmp_path, teacher_dirs["gpt2"])
     args = [sys.executable, "-c", PREPARE, str(tmp_path), str(teacher_dirs["gpt2"])]
-    runs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not list((tmp_path / "locks").glob("cache-*.lock.holder")) and time.time() < deadline:
+        time.sleep(0.05)  # the first holds the cache's lock
+    second = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    guard = threading.Timer(120, (tmp_path / "release").touch)  # never hang: a second build waits in `hold` too
+    guard.start()
+    waiting = ""
+    while "waiting for the teacher cache being built" not in waiting and second.poll() is None:
+        waiting += second.stderr.readline()
+    (tmp_path / "release").touch()
+    runs = [first, second]
     outs = [r.communicate(timeout=300) for r in runs]
+    guard.cancel()
+    outs[1] = (outs[1][0], waiting + outs[1][1])
     assert all(r.returncode == 0 for r in runs), outs
     assert outs[0][0] == outs[1][0]  # one cache folder
     logs = outs[0][1] + outs[1][1]

@@ -58,7 +58,7 @@ def _lines(stream, into: queue.Queue) -> None:
 
 def test_two_nodes_postgresql_and_a_node_lost_mid_trial(tmp_path, teacher_dirs, postgres_url, cluster_env):  # noqa: F811
     path = write_spec(tmp_path, teacher_dirs["gpt2"], name="cluster")
-    overrides = ["study.trials=4", "distill.steps=300", "resources.cpus=1", "study.concurrency=2"]
+    overrides = ["study.trials=6", "distill.steps=300", "resources.cpus=1", "study.concurrency=2"]
     spec = load_spec(path, overrides)
     cluster = subprocess.Popen(
         [sys.executable, "-c", CLUSTER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=cluster_env
@@ -98,7 +98,7 @@ def test_two_nodes_postgresql_and_a_node_lost_mid_trial(tmp_path, teacher_dirs, 
         cluster.wait(timeout=120)
     study = optuna.load_study(study_name=spec.name, storage=postgres_url)
     evaluated = distinct_evaluated(study)  # trained to the end, or stopped at a rung
-    assert len(evaluated) == 4
+    assert len(evaluated) == 6
     assert {t.user_attrs["ray_node"] for t in evaluated} == {nodes["head"], nodes["worker"]}
     failed = study.get_trials(states=(TrialState.FAIL,))
     assert failed and all("worker failed" in t.user_attrs["fail_reason"] for t in failed), [

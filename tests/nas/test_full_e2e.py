@@ -2,6 +2,7 @@
 transformers, and the refusals of bad input."""
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -175,3 +176,44 @@ def test_a_study_without_complete_trials_is_refused(tmp_path, teacher_dirs):
     assert "has no complete trial" in _one_error_line(_nas("distill", str(path), "--best", "perplexity"))
     assert "no study 'nothing'" in _one_error_line(_nas("distill", str(path), "study.name='nothing'", "--trial", "0"))
     assert not Path(spec.out_dir / "students").exists()
+
+
+def test_a_second_distillation_of_the_same_trial_is_refused(distilled):
+    path, spec, number, _ = distilled
+    long = [*FULL[1:], "full.steps=100000"]  # runs until it is killed
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nas", "distill", str(path), "--trial", str(number), "--overwrite", "--restart", *long],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    holder = spec.out_dir / "locks" / f"distill-{number}.lock.holder"
+    deadline = time.time() + 300
+    while not holder.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    try:
+        line = _one_error_line(_nas("distill", str(path), "--trial", str(number), "--overwrite", "--restart", *long))
+        assert f"study.name: trial {number} of study '{spec.name}' is being distilled by pid {proc.pid} on " in line
+        assert proc.poll() is None  # the first run goes on
+    finally:
+        proc.kill()
+        proc.wait()
+    shutil.rmtree(checkpoint_dir(spec, number))
+
+
+def test_an_export_published_but_not_recorded_is_recorded_by_the_next_run(distilled):
+    path, spec, number, _ = distilled
+    study = optuna.load_study(study_name=spec.name, storage=spec.storage_url)
+    record = distilled_records(study)[str(number)]
+    study.set_user_attr(f"distilled:{number}", {})  # killed between publishing the export and recording it
+    proc = _nas("distill", str(path), "--trial", str(number))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "recording the export of trial" in proc.stderr
+    assert distilled_records(optuna.load_study(study_name=spec.name, storage=spec.storage_url))[str(number)] == record
+    # An export of another architecture (another study of the same name, say) is not taken for this trial's.
+    exported = json.loads((export_dir(spec, number) / "distill_nas.json").read_text())
+    other = {**exported, "arch": {**exported["arch"], "n_layer": 99}, "finished": "9999-01-01 00:00:00"}
+    (export_dir(spec, number) / "distill_nas.json").write_text(json.dumps(other))
+    try:
+        assert "pass --overwrite" in _one_error_line(_nas("distill", str(path), "--trial", str(number)))
+    finally:
+        (export_dir(spec, number) / "distill_nas.json").write_text(json.dumps(exported))
