@@ -36,6 +36,7 @@ SEARCH_PHASES = (
     ("the teacher cache", "", "teacher outputs cached in", 0.05),
     ("Ray's start", "starting Ray", "started trial", 8.0),
     ("running trials", "started trial", None, 4.0),
+    ("a trial just completed", "architectures done", None, 1.0),
 )
 """(phase, the log line that starts it, the line that ends it, at most how many seconds after
 its start a kill lands)"""
@@ -180,7 +181,7 @@ def search_chaos(spec_args: list[str], spec: Any, kills: int, rng: random.Random
     from nas.search import distinct_evaluated, load_existing_study
 
     problems: list[str] = []
-    plan = ["the teacher cache", "Ray's start"] + ["running trials"] * kills
+    plan = ["the teacher cache", "Ray's start"] + ["a trial just completed", "running trials"] * kills
     seen: dict[int, tuple[str, Any]] = {}
     landed: list[Kill] = []
     for attempt in range(2 * kills):

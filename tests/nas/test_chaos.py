@@ -20,7 +20,8 @@ def test_kills_of_search_and_distill_leave_a_correct_study(tmp_path, teacher_dir
     assert problems == [], "\n".join(said + problems)
     assert sum("within the phase" in s or "as the phase ended" in s for s in said) >= 5, said
     assert any("the teacher cache" in s and "within the phase" in s for s in said), said
-    assert sum("running trials" in s and "within the phase" in s for s in said) >= 2, said
+    assert sum("running trials" in s and "within the phase" in s for s in said) >= 1, said
+    assert any("a trial just completed" in s and "within the phase" in s for s in said), said  # none was lost
 
     number = distinct_complete(load_existing_study(spec))[0].number
     full = ["full.steps=120", "full.batch_size=4", "full.checkpoint_every=1", "full.eval_every=30"]
