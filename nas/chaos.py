@@ -58,12 +58,13 @@ class Run:
     """A `nas` subprocess whose log lines are read as they come. Only it is killed: the Ray
     processes a local search starts end with it (Ray ties their lives to the driver's)."""
 
-    def __init__(self, args: list[str]) -> None:
+    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "nas", *args],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
+            env=env,
         )
         self.lines: queue.Queue[str] = queue.Queue()
         self.log: list[str] = []

@@ -5,18 +5,17 @@ and the study completes."""
 
 import json
 import os
-import queue
 import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 
+from nas.chaos import Run
 from nas.search import distinct_complete, distinct_evaluated
 from nas.spec import load_spec
 from tests.conftest import write_spec
@@ -51,11 +50,6 @@ def cluster_env():
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def _lines(stream, into: queue.Queue) -> None:
-    for line in stream:
-        into.put(line)
-
-
 def test_two_nodes_postgresql_and_a_node_lost_mid_trial(tmp_path, teacher_dirs, postgres_url, cluster_env):  # noqa: F811
     path = write_spec(tmp_path, teacher_dirs["gpt2"], name="cluster")
     overrides = ["study.trials=6", "distill.steps=300", "resources.cpus=1", "study.concurrency=2"]
@@ -67,30 +61,22 @@ def test_two_nodes_postgresql_and_a_node_lost_mid_trial(tmp_path, teacher_dirs, 
     try:
         nodes = json.loads(cluster.stdout.readline())
         command = ["search", str(path), "--address", nodes["address"], "--storage", postgres_url, "--no-report"]
-        search = subprocess.Popen(
-            [sys.executable, "-m", "nas", *command, *overrides],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=cluster_env,
-        )
-        log: queue.Queue = queue.Queue()
-        threading.Thread(target=_lines, args=(search.stderr, log), daemon=True).start()
+        search = Run([*command, *overrides], env=cluster_env)  # its log is read as it comes
         deadline = time.time() + 600
         on_worker = []
-        while not on_worker and search.poll() is None and time.time() < deadline:
+        while not on_worker and search.proc.poll() is None and time.time() < deadline:
             time.sleep(0.5)
             try:
                 study = optuna.load_study(study_name=spec.name, storage=postgres_url)
             except KeyError:
                 continue
             on_worker = [t for t in distinct_complete(study) if t.user_attrs.get("ray_node") == nodes["worker"]]
-        assert on_worker, "no trial completed on the second node: " + "".join(log.queue)[-3000:]
+        assert on_worker, "no trial completed on the second node: " + "".join(search.lines.queue)[-3000:]
         # The node's actor took the next trial as the first ended (Tune reuses actors): kill it mid-trial.
         cluster.stdin.write("kill\n")
         cluster.stdin.flush()
         assert cluster.stdout.readline().strip() == "killed"
-        assert search.wait(timeout=900) == 0, "".join(log.queue)[-3000:]
+        assert search.finish(timeout=900) == 0, "".join(search.log)[-3000:]
     finally:
         if search is not None:
             search.kill()
