@@ -1,4 +1,5 @@
-"""The `nas` command line: search, pareto, report. The only place that prints."""
+"""The `nas` command line: search, distill, fidelity, pareto, report, serve. The only place that
+prints (the service's jobs run this same code with their output going to the job's log)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,10 @@ from distill.errors import InputError
 from distill.tasks import TASKS, format_metric, quality_metrics
 
 DEFAULT_SPEC = "studies/demo.toml"
+
+Progress = Callable[[dict[str, Any]], None]
+"""where a run's progress goes besides the terminal: a dict per finished trial (`event` "trial"),
+per full-run step ("step") and per export ("exported")"""
 
 
 def _split(items: list[str]) -> tuple[str, list[str]]:
@@ -90,12 +96,24 @@ def _parser() -> argparse.ArgumentParser:
                 default="front",
                 help="colour the first plot's points by front membership (default) or by recipe ([space.recipe])",
             )
+    v = sub.add_parser("serve", help="serve the web app and REST API over a folder of study specs")
+    v.add_argument("--studies", type=Path, default=Path("studies"), help="the folder of study specs (default studies)")
+    v.add_argument("--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1, this machine only)")
+    v.add_argument("--port", type=int, default=8000, help="the port (default 8000; 0 picks a free one)")
+    v.add_argument(
+        "--token",
+        help="a bearer token every request must carry; required to listen beyond loopback "
+        "(default: the NAS_TOKEN environment variable)",
+    )
+    v.add_argument("--address", help="searches started from the service join this Ray cluster (as `nas search --address`)")
     return p
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, progress: Progress | None) -> int:
     from nas.spec import load_spec
 
+    if args.command == "serve":
+        return _serve(args)
     spec_path, overrides = _split(args.spec)
     try:
         spec = load_spec(spec_path, overrides)
@@ -108,7 +126,7 @@ def _run(args: argparse.Namespace) -> int:
             from nas.report import write_report
             from nas.search import distinct_complete, run_search
 
-            study = run_search(spec, trials=args.trials, address=args.address)
+            study = run_search(spec, trials=args.trials, address=args.address, on_progress=progress)
             print(front_table(study))
             if not args.no_report and distinct_complete(study):
                 print(f"report: {write_report(study, spec.out_dir / 'report.html')}")
@@ -117,9 +135,9 @@ def _run(args: argparse.Namespace) -> int:
 
         study = load_existing_study(spec)
         if args.command == "distill":
-            return _distill(args, spec, study)
+            return _distill(args, spec, study, progress)
         if args.command == "fidelity":
-            return _fidelity(args, spec, study)
+            return _fidelity(args, spec, study, progress)
         if args.command == "pareto":
             from nas.pareto import front_json, front_table
 
@@ -140,14 +158,16 @@ def _run(args: argparse.Namespace) -> int:
 
 class _StepBar:
     """A full run's progress bar: steps, loss and throughput in the task's unit (tokens/s of
-    token blocks, sentences/s of paragraphs)."""
+    token blocks, sentences/s of paragraphs); the same figures and an ETA go to `progress`
+    (at most twice a second, and at the last step)."""
 
-    def __init__(self, spec: Any, label: str = "") -> None:
+    def __init__(self, spec: Any, label: str = "", progress: Progress | None = None) -> None:
         task = spec.task
         self.per_step = spec.full.batch_size * (spec.data.block_length if task.card.rate_in_tokens else 1)
         self.rate_name, self.label = task.card.rate, label
         self.bar: Any = None
         self.started: tuple[float, int] | None = None
+        self.progress, self.sent = progress, 0.0
 
     def __call__(self, step: int, total: int, loss: float) -> None:
         from tqdm import tqdm
@@ -159,16 +179,33 @@ class _StepBar:
             )
         self.bar.update(1)
         t0, s0 = self.started or (0.0, 0)
-        if step > s0:
-            rate = (step - s0) * self.per_step / (time.perf_counter() - t0)
+        now = time.perf_counter()
+        rate = (step - s0) * self.per_step / (now - t0) if step > s0 else None
+        if rate is not None:
             self.bar.set_postfix({"loss": f"{loss:.3f}", self.rate_name: f"{rate:,.0f}"}, refresh=False)
+        if self.progress is not None and (now - self.sent >= 0.5 or step == total):
+            self.sent = now
+            per_step_s = (now - t0) / (step - s0) if step > s0 else None
+            self.progress(
+                {
+                    "event": "step",
+                    "run": self.label,
+                    "step": step,
+                    "total": total,
+                    "loss": loss,
+                    "rate": rate,
+                    "rate_unit": self.rate_name,
+                    "elapsed_s": round(now - t0, 1),
+                    "eta_s": round(per_step_s * (total - step), 1) if per_step_s is not None else None,
+                }
+            )
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
 
 
-def _distill(args: argparse.Namespace, spec: Any, study: Any) -> int:
+def _distill(args: argparse.Namespace, spec: Any, study: Any, progress: Progress | None) -> int:
     import shlex
 
     from nas.full import full_distill, select_trial
@@ -176,8 +213,8 @@ def _distill(args: argparse.Namespace, spec: Any, study: Any) -> int:
     task = spec.task
     quality = quality_metrics(task)
     trial = select_trial(study, number=args.trial, best=args.best, max_params=args.max_params, metrics=quality)
-    bar = _StepBar(spec)
-    command = shlex.join(["nas", *sys.argv[1:]]) if sys.argv[1:2] == ["distill"] else ""
+    bar = _StepBar(spec, progress=progress)
+    command = shlex.join(["nas", *args.argv])
     record = full_distill(
         spec,
         trial,
@@ -198,10 +235,12 @@ def _distill(args: argparse.Namespace, spec: Any, study: Any) -> int:
         )
     print(f"{'params':>15}: {m['params']:,} ({m['params'] / teacher.get('params', m['params']):.1%} of the teacher)")
     print(f"exported: {record['export']}")
+    if progress is not None:
+        progress({"event": "exported", "trial": trial.number, "export": record["export"], "command": command})
     return 0
 
 
-def _fidelity(args: argparse.Namespace, spec: Any, study: Any) -> int:
+def _fidelity(args: argparse.Namespace, spec: Any, study: Any, progress: Progress | None) -> int:
     import shlex
 
     from nas.fidelity import measure
@@ -211,7 +250,7 @@ def _fidelity(args: argparse.Namespace, spec: Any, study: Any) -> int:
         raise InputError(f"--trials: at least 3 trials are needed to rank, got {args.trials}")
 
     def distill_one(trial: Any) -> dict[str, Any]:
-        bar = _StepBar(spec, f"trial {trial.number}")
+        bar = _StepBar(spec, f"trial {trial.number}", progress)
         # What reproduces this export: the same spec, overrides and storage, one trial.
         storage = ["--storage", args.storage] if args.storage else []
         command = shlex.join(["nas", "distill", *args.spec, "--trial", str(trial.number), *storage])
@@ -289,6 +328,27 @@ def fidelity_table(task: Any, name: str, result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _serve(args: argparse.Namespace) -> int:
+    import os
+
+    from nas.service import serve
+
+    token = args.token or os.environ.get("NAS_TOKEN") or None
+    try:
+        serve(
+            args.studies,
+            host=args.host,
+            port=args.port,
+            token=token,
+            address=args.address,
+            on_ready=lambda url: print(f"serving {args.studies} at {url} (the API at {url}docs); Ctrl-C stops", flush=True),
+        )
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _quiet_libraries() -> None:
     """The terminal shows our progress; the libraries' own bars and notices go."""
     import warnings
@@ -304,19 +364,25 @@ def _quiet_libraries() -> None:
     transformers.utils.logging.set_verbosity_error()
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, progress: Progress | None = None) -> int:
+    """Run the `nas` command line (`argv`: its arguments, default sys.argv's); `progress`
+    receives the run's progress figures as they come."""
     parser = _parser()
     args, extra = parser.parse_known_args(argv)  # KEY=VALUE overrides may follow the options
     unknown = [e for e in extra if e.startswith("-") or "=" not in e]
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    args.spec = [*args.spec, *extra]
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what reproduces this run
+    if args.command != "serve":
+        args.spec = [*args.spec, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     _quiet_libraries()
     logging.basicConfig(format="%(asctime)s %(message)s", datefmt="%H:%M:%S", level=logging.WARNING)
     for name in ("nas", "distill"):
         logging.getLogger(name).setLevel(logging.INFO)
     try:
-        return _run(args)
+        return _run(args, progress)
     except KeyboardInterrupt:
         print("interrupted; completed trials are kept in the study's storage", file=sys.stderr)
         return 130

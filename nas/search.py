@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -367,11 +368,19 @@ def _trainable(config: dict[str, Any], plan: TrialPlan) -> None:
     report({**unknown, **metrics, "arch_short": short, FINAL: True})
 
 
-def _progress_callback(study: optuna.Study, task: Task, total: int, target: int, started: float) -> Any:
+def _progress_callback(
+    study: optuna.Study,
+    task: Task,
+    total: int,
+    target: int,
+    started: float,
+    on_progress: Callable[[dict[str, Any]], None] | None = None,
+) -> Any:
     from ray.tune import Callback
 
     class Progress(Callback):
-        """Logs trials done / total, the front's size, elapsed time and an ETA."""
+        """Logs trials done / total, the front's size, elapsed time and an ETA (and hands the
+        same figures to `on_progress`)."""
 
         def __init__(self) -> None:
             self.done = 0
@@ -393,6 +402,20 @@ def _progress_callback(study: optuna.Study, task: Task, total: int, target: int,
                 _fmt(elapsed),
                 _fmt(eta),
             )
+            if on_progress is not None:
+                on_progress(
+                    {
+                        "event": "trial",
+                        "done": self.done,
+                        "total": total,
+                        "evaluated": complete,
+                        "target": target,
+                        "front": front,
+                        "elapsed_s": round(elapsed, 1),
+                        "eta_s": round(eta, 1),
+                        "last": f"trial {trial.config.get('optuna_trial', '?')} {what}",
+                    }
+                )
 
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             result = trial.last_result or {}
@@ -556,11 +579,17 @@ def trial_plan(
     )
 
 
-def run_search(spec: StudySpec, *, trials: int | None = None, address: str | None = None) -> optuna.Study:
+def run_search(
+    spec: StudySpec,
+    *,
+    trials: int | None = None,
+    address: str | None = None,
+    on_progress: Callable[[dict[str, Any]], None] | None = None,
+) -> optuna.Study:
     """Run (or continue) the study until it has evaluated `trials` distinct architectures
     (trained to the end, or stopped at a rung by multi-fidelity). One search per study at a
     time: another run holding it is named in the `InputError` raised before anything is
-    touched."""
+    touched. `on_progress` receives each finished trial's progress figures."""
     target = trials or spec.study.trials
     if address is None:  # a cluster's nodes are known once Ray has joined it
         check_resources(spec, None)
@@ -572,7 +601,7 @@ def run_search(spec: StudySpec, *, trials: int | None = None, address: str | Non
         )
     doing = f"study {spec.name!r} is being searched"
     with study_writer(spec, "search", doing, lambda: open_study(spec)) as study:
-        return _search(spec, study, target, address)
+        return _search(spec, study, target, address, on_progress)
 
 
 def check_resources(spec: StudySpec, nodes: list[dict[str, float]] | None) -> None:
@@ -624,8 +653,17 @@ LOOPBACK_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 """Ray's switch for clusters of several machines; off, a local Ray binds to 127.0.0.1"""
 
 
-def _search(spec: StudySpec, study: optuna.Study, target: int, address: str | None) -> optuna.Study:
+def _search(
+    spec: StudySpec,
+    study: optuna.Study,
+    target: int,
+    address: str | None,
+    on_progress: Callable[[dict[str, Any]], None] | None = None,
+) -> optuna.Study:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: Tune prints nothing
+    # Ctrl-C (or a stop from the service) ends the search: Tune's own handler would end only
+    # the current round, and the next round would start sampling again.
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     import ray
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
@@ -725,7 +763,7 @@ def _search(spec: StudySpec, study: optuna.Study, target: int, address: str | No
                 name=f"search-{time.strftime('%Y%m%d-%H%M%S')}",
                 storage_path=str((spec.out_dir / "ray").resolve()),
                 verbose=0,
-                callbacks=[_progress_callback(study, task, remaining, target, started)],
+                callbacks=[_progress_callback(study, task, remaining, target, started, on_progress)],
                 failure_config=tune.FailureConfig(max_failures=0),
             ),
         )

@@ -1,0 +1,261 @@
+"""The studies of a folder as the service shows them: the specs, their stored studies, and each
+study's trials, front and hypervolume as plain JSON-ready dicts (numbers, and the same numbers
+formatted as the task formats them)."""
+
+from __future__ import annotations
+
+import math
+import threading
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from distill.errors import InputError
+from distill.tasks import Task, format_metric
+from nas.dominance import hypervolume, reference_point, to_minimize
+from nas.full import export_dir
+from nas.search import (
+    EVAL_SETS,
+    distilled_records,
+    distinct_evaluated,
+    front_trials,
+    is_feasible,
+    load_existing_study,
+    open_storage,
+    task_of,
+    trial_counts,
+)
+from nas.spec import StudySpec, load_spec
+
+HIDDEN = ("arch", "loss_curve", "rungs", "recipe", EVAL_SETS, "counts")
+"""trial attributes the pages show in their own places, not as metrics"""
+
+
+def spec_path(studies: Path, name: str) -> Path:
+    """The spec `name` (e.g. "demo.toml", or "team/demo.toml") inside the studies folder; a
+    name that leaves the folder (absolute, `..`, a link pointing out) is refused."""
+    if not name or "\\" in name or "\x00" in name:
+        raise InputError(f"spec: {name!r} is not a spec file name; allowed: a .toml file inside {studies}")
+    parts = PurePosixPath(name)
+    if parts.is_absolute() or ".." in parts.parts:
+        raise InputError(f"spec: {name!r} leaves the studies folder; allowed: a .toml file inside {studies}")
+    if parts.suffix != ".toml":
+        raise InputError(f"spec: {name!r} is not a .toml study spec")
+    path = studies / parts
+    try:
+        path.resolve().relative_to(studies.resolve())
+    except ValueError:
+        raise InputError(f"spec: {name!r} leaves the studies folder; allowed: a .toml file inside {studies}") from None
+    if not path.is_file():
+        raise InputError(f"spec: no spec {name!r} in {studies}")
+    return path
+
+
+class Catalog:
+    """The specs of a studies folder and their studies; storages are opened once and shared."""
+
+    def __init__(self, studies: Path) -> None:
+        self.studies = studies
+        self._storages: dict[str, Any] = {}
+        self._specs: dict[Path, tuple[float, StudySpec | str]] = {}
+        self._lock = threading.Lock()
+
+    def spec_names(self) -> list[str]:
+        return sorted(p.relative_to(self.studies).as_posix() for p in self.studies.glob("*.toml"))
+
+    def load(self, name: str, overrides: list[str] | tuple[str, ...] = ()) -> StudySpec:
+        """The validated spec `name` with `overrides` (InputError naming the key otherwise)."""
+        path = spec_path(self.studies, name)
+        if overrides:
+            return load_spec(path, list(overrides))
+        mtime = path.stat().st_mtime
+        with self._lock:
+            cached = self._specs.get(path)
+        if cached is None or cached[0] != mtime:
+            try:
+                loaded: StudySpec | str = load_spec(path)
+            except InputError as exc:
+                loaded = str(exc)
+            cached = (mtime, loaded)
+            with self._lock:
+                self._specs[path] = cached
+        if isinstance(cached[1], str):
+            raise InputError(cached[1])
+        return cached[1]
+
+    def specs(self) -> dict[str, tuple[str, StudySpec | None, str | None]]:
+        """study name -> (spec file, spec, the spec's error)"""
+        found: dict[str, tuple[str, StudySpec | None, str | None]] = {}
+        for file in self.spec_names():
+            try:
+                spec = self.load(file)
+            except InputError as exc:
+                found[PurePosixPath(file).stem] = (file, None, str(exc))
+                continue
+            found.setdefault(spec.name, (file, spec, None))
+        return found
+
+    def spec_of(self, study: str) -> tuple[str, StudySpec]:
+        entry = self.specs().get(study)
+        if entry is None or entry[1] is None:
+            raise LookupError(f"no study {study!r} in {self.studies}")
+        return entry[0], entry[1]
+
+    def study(self, spec: StudySpec) -> optuna.Study | None:
+        """The stored study of `spec`, None when it has not been searched yet."""
+        url = spec.storage_url
+        with self._lock:
+            storage = self._storages.get(url)
+        if storage is None:
+            try:
+                load_existing_study(spec)  # checks the file exists before a storage is made for it
+            except InputError:
+                return None
+            storage = open_storage(url)
+            with self._lock:
+                self._storages[url] = storage
+        try:
+            return optuna.load_study(study_name=spec.name, storage=storage)
+        except KeyError:
+            return None
+
+
+def metric_table(task: Task, study: optuna.Study) -> list[dict[str, Any]]:
+    """The study's objectives first, then the task's other metrics: name, label, direction."""
+    objectives = study.metric_names or []
+    declared = {m.name: m for m in task.metrics}
+    names = [*objectives, *[n for n in declared if n not in objectives]]
+    return [
+        {
+            "name": n,
+            "label": declared[n].label if n in declared else n,
+            "kind": declared[n].kind if n in declared else "",
+            "direction": declared[n].direction if n in declared else "",
+            "objective": n in objectives,
+        }
+        for n in names
+    ]
+
+
+def trial_state(t: FrozenTrial) -> str:
+    """How a trial ended, in the pages' words."""
+    a = t.user_attrs
+    if "duplicate_of" in a:
+        return "repeat"
+    if t.state == TrialState.COMPLETE:
+        return "complete" if is_feasible(t) else "infeasible"
+    if t.state == TrialState.PRUNED:
+        return "stopped at a rung" if "pruned_at" in a else "not trained"
+    return t.state.name.lower()
+
+
+def trial_row(task: Task, t: FrozenTrial, front: set[int], distilled: dict[str, Any]) -> dict[str, Any]:
+    """One trial: state, architecture, every metric (and formatted), front membership."""
+    a = t.user_attrs
+    metrics = {
+        k: v for k, v in a.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in HIDDEN
+    }
+    metrics.update(a.get("counts") or {})  # a trial not trained for its size still has its size
+    metrics = {k: v for k, v in metrics.items() if math.isfinite(v) and k not in ("duplicate_of", "pruned_at")}
+    full = distilled.get(str(t.number))
+    return {
+        "number": t.number,
+        "state": trial_state(t),
+        "front": t.number in front,
+        "arch": a.get("arch"),
+        "arch_short": a.get("arch_short") or task.describe(a["arch"]) if a.get("arch") else "",
+        "recipe": a.get("recipe"),
+        "metrics": metrics,
+        "formatted": {k: format_metric(task, k, v) for k, v in metrics.items()},
+        "reason": a.get("fail_reason")
+        or a.get("not_trained")
+        or a.get("pruned_at")
+        and f"stopped at step {a['pruned_at']}",
+        "duplicate_of": a.get("duplicate_of"),
+        "started": t.datetime_start.timestamp() if t.datetime_start else None,
+        "completed": t.datetime_complete.timestamp() if t.datetime_complete else None,
+        "distilled": bool(full),
+    }
+
+
+def study_json(study: optuna.Study, with_trials: bool = True) -> dict[str, Any]:
+    """A study for the pages: teacher, metrics, counts, and (`with_trials`) every trial, the
+    front and the hypervolume after each trial."""
+    task = task_of(study)
+    evaluated = distinct_evaluated(study)
+    teacher = study.user_attrs.get("teacher_metrics") or {}
+    out: dict[str, Any] = {
+        "name": study.study_name,
+        "task": task.name,
+        "teacher": study.user_attrs.get("teacher"),
+        "teacher_metrics": teacher,
+        "teacher_formatted": {k: format_metric(task, k, v) for k, v in teacher.items()},
+        "objectives": study.metric_names or [],
+        "directions": [d.name.lower() for d in study.directions],
+        "metrics": metric_table(task, study),
+        "counts": trial_counts(study),
+        "evaluated": len(evaluated),
+        "target": study.user_attrs.get("target"),
+        "front_size": len(front_trials(study)),
+        "trials_total": len(study.trials),
+    }
+    if with_trials:
+        front = {t.number for t in front_trials(study)}
+        distilled = distilled_records(study)
+        out["trials"] = [trial_row(task, t, front, distilled) for t in study.get_trials(deepcopy=False)]
+        out["hypervolume"] = hypervolume_history(study)
+    return out
+
+
+def hypervolume_history(study: optuna.Study) -> list[dict[str, Any]]:
+    """The hypervolume of the feasible front after each completed architecture, in the order
+    they completed, against one reference point (10 % beyond the worst value seen)."""
+    directions = [d.name.lower() for d in study.directions]
+    done = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if "duplicate_of" not in t.user_attrs and is_feasible(t) and t.values and t.datetime_complete
+    ]
+    if len(directions) < 2 or not done:
+        return []
+    done.sort(key=lambda t: t.datetime_complete)
+    points = to_minimize([t.values for t in done], directions)
+    ref = reference_point(points)
+    return [
+        {"trial": t.number, "at": t.datetime_complete.timestamp(), "hypervolume": hypervolume(points[: i + 1], ref)}
+        for i, t in enumerate(done)
+    ]
+
+
+def trial_json(spec: StudySpec, study: optuna.Study, number: int) -> dict[str, Any]:
+    """One trial in full: its row, loss curve, rungs, the teacher's metrics beside its own, and
+    its full run when it was distilled (with the export's model card)."""
+    if not 0 <= number < len(study.trials):
+        raise LookupError(f"no trial {number} in study {study.study_name!r}")
+    task = task_of(study)
+    t = study.trials[number]
+    front = {f.number for f in front_trials(study)}
+    distilled = distilled_records(study)
+    row = trial_row(task, t, front, distilled)
+    a = t.user_attrs
+    full = distilled.get(str(number))
+    card = export_dir(spec, number) / "README.md"
+    return {
+        **row,
+        "loss_curve": a.get("loss_curve") or [],
+        "train_steps": a.get("train_steps"),
+        "rungs": a.get("rungs") or [],
+        "eval_sets": a.get(EVAL_SETS) or {},
+        "teacher_metrics": study.user_attrs.get("teacher_metrics") or {},
+        "full": (
+            {
+                **full,
+                "formatted": {k: format_metric(task, k, v) for k, v in (full.get("metrics") or {}).items()},
+                "has_card": card.is_file(),
+            }
+            if full
+            else None
+        ),
+    }
