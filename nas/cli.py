@@ -346,6 +346,9 @@ def _serve(args: argparse.Namespace) -> int:
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # uvicorn hands Ctrl-C on once it has shut down
+        pass
+    print("stopped serving", flush=True)
     return 0
 
 

@@ -267,7 +267,7 @@ def create_app(studies: Path, token: str | None = None, address: str | None = No
             args += ["--trials", str(request.trials)]
         if address:
             args += ["--address", address]
-        return jobs.start(spec.name, spec.out_dir, "search", args, trials=request.trials or spec.study.trials)
+        return _job_brief(jobs.start(spec.name, spec.out_dir, "search", args, trials=request.trials or spec.study.trials))
 
     @app.post("/api/studies/{name}/distill", tags=["jobs"], status_code=201, summary="Fully distill a trial (a job)")
     def start_distill(name: str, request: DistillRequest) -> dict[str, Any]:
@@ -293,7 +293,7 @@ def create_app(studies: Path, token: str | None = None, address: str | None = No
                 raise HTTPException(409, f"trial: trial {trial.number} is being distilled by job {j['id']}")
         args = ["distill", _rel(studies, file), *request.overrides, "--trial", str(trial.number)]
         args += [f"--{flag}" for flag in ("resume", "restart", "overwrite") if getattr(request, flag)]
-        return jobs.start(name, spec.out_dir, "distill", args, trial=trial.number, overrides=request.overrides)
+        return _job_brief(jobs.start(name, spec.out_dir, "distill", args, trial=trial.number, overrides=request.overrides))
 
     @app.get("/api/jobs", tags=["jobs"], summary="Every job, newest first")
     def list_jobs(study: str | None = None) -> list[dict[str, Any]]:
@@ -468,6 +468,7 @@ def _job_brief(job: dict[str, Any]) -> dict[str, Any]:
     elif job.get("state") not in ACTIVE:
         progress.pop("eta_s", None)
     return {
+        "trial": None,  # a search's
         **{k: v for k, v in job.items() if k not in ("progress", "started_ticks")},
         "command": shlex.join(["nas", *job.get("args", [])]),
         "progress": progress,

@@ -189,6 +189,7 @@ function studyPage(name) {
       yaxis: { title: { text: y }, domain: [strip ? 0.12 : 0, 1] },
       legend: { orientation: "h", y: 1.08 },
       hovermode: "closest",
+      hoverlabel: { align: "left" },
     };
     if (strip) {  // trials without a quality score (failed, not trained) on a strip below, at their size
       layout.yaxis2 = { domain: [0, 0.06], showticklabels: false, showgrid: false, zeroline: false, range: [0, 1], fixedrange: true };
