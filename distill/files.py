@@ -82,6 +82,22 @@ def holder_of(lock: Path) -> dict[str, Any]:
         return {}
 
 
+def holder_if_held(lock: Path) -> dict[str, Any] | None:
+    """Who holds `lock` now (an empty dict when its holder did not say), None when it is
+    free. Looks without taking it for longer than a try."""
+    from filelock import FileLock, Timeout
+
+    if not lock.exists():
+        return None
+    probe = FileLock(lock, thread_local=False)
+    try:
+        probe.acquire(timeout=0)
+    except Timeout:
+        return holder_of(lock)
+    probe.release()
+    return None
+
+
 @contextlib.contextmanager
 def held(lock: Path, *, wait: bool = True, what: str = "") -> Iterator[None]:
     """Hold the exclusive lock `lock` (an OS file lock: a killed holder's lock is released by

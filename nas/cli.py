@@ -214,7 +214,8 @@ def _distill(args: argparse.Namespace, spec: Any, study: Any, progress: Progress
     quality = quality_metrics(task)
     trial = select_trial(study, number=args.trial, best=args.best, max_params=args.max_params, metrics=quality)
     bar = _StepBar(spec, progress=progress)
-    command = shlex.join(["nas", *args.argv])
+    # what makes this export from scratch: the same arguments, without those about an earlier run
+    command = shlex.join(["nas", *[a for a in args.argv if a not in ("--resume", "--restart", "--overwrite")]])
     record = full_distill(
         spec,
         trial,

@@ -19,12 +19,13 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import optuna
 
 from distill.errors import InputError
-from distill.files import Busy, describe_holder, held, whoami
+from distill.files import Busy, describe_holder, held, holder_if_held, whoami
 from nas.spec import StudySpec
 
 logger = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ def study_writer(
     stack = contextlib.ExitStack()
     with stack:
         try:
-            stack.enter_context(held(spec.out_dir / "locks" / f"{role}.lock", wait=False))
+            stack.enter_context(held(writer_lock(spec, role), wait=False))
             study = open_study()
             if shared_storage(spec.storage_url):
                 stack.enter_context(lease(study, role))
@@ -60,11 +61,22 @@ def study_writer(
         yield study
 
 
+def writer_lock(spec: StudySpec, role: str) -> Path:
+    return spec.out_dir / "locks" / f"{role}.lock"
+
+
+def writer_of(spec: StudySpec, role: str) -> str | None:
+    """Who holds `role` of the study on this machine ("pid 42 on host since ..."), None when
+    nobody does: for refusing a run before starting it."""
+    holder = holder_if_held(writer_lock(spec, role))
+    return None if holder is None else describe_holder(holder)
+
+
 def lease_key(role: str) -> str:
     return f"writer:{role}"
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -79,7 +91,7 @@ def _stale(holder: dict[str, Any], now: float) -> bool:
         return True
     if now - holder.get("beat", 0) > LEASE_S:
         return True
-    return holder.get("host") == whoami()["host"] and not _alive(int(holder.get("pid", 0)))
+    return holder.get("host") == whoami()["host"] and not pid_alive(int(holder.get("pid", 0)))
 
 
 @contextlib.contextmanager

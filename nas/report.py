@@ -39,10 +39,12 @@ def _plot_study(study: optuna.Study) -> optuna.Study:
     return copy
 
 
-def _reference_point(study: optuna.Study) -> list[float]:
-    """10% beyond the worst value of each objective, in the study's own directions."""
+def hypervolume_reference(study: optuna.Study) -> list[float]:
+    """The hypervolume's reference point of the report and the service: 10% beyond the worst
+    value of each objective among the study's architectures (feasible or not), in the study's
+    own directions."""
     directions = ["min" if d == optuna.study.StudyDirection.MINIMIZE else "max" for d in study.directions]
-    ref = reference_point(to_minimize([t.values for t in study.trials], directions))
+    ref = reference_point(to_minimize([t.values for t in distinct_complete(study)], directions))
     return to_minimize(ref, directions)[0].tolist()  # negating twice: back to the study's signs
 
 
@@ -186,7 +188,7 @@ def write_report(study: optuna.Study, out: Path, color_by: str = "front") -> Pat
     if color_by == "recipe":
         figures.insert(0, _by_recipe(study))
     if len(names) >= 2:
-        figures.append(plot_hypervolume_history(plot, _reference_point(plot)))
+        figures.append(plot_hypervolume_history(plot, hypervolume_reference(study)))
     rows = front_rows(study)
     moved = _brief_vs_full(study, rows)
     if moved is not None:

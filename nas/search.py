@@ -3,6 +3,7 @@ and stores every trial in a persistent storage, the source of truth of a study."
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import logging
@@ -178,20 +179,31 @@ def is_feasible(trial: optuna.trial.FrozenTrial) -> bool:
     return all(v <= 0 for v in trial.constraints.values())
 
 
+def outcome(trial: optuna.trial.FrozenTrial) -> str:
+    """How a trial ended: "repeat" (of an earlier architecture), "complete", "infeasible"
+    (complete, beyond a constraint), "stopped at a rung", "not trained" (its size), "failed",
+    or the state of a trial not ended ("running", "waiting")."""
+    a = trial.user_attrs
+    if "duplicate_of" in a:
+        return "repeat"
+    if trial.state == TrialState.COMPLETE:
+        return "complete" if is_feasible(trial) else "infeasible"
+    if trial.state == TrialState.PRUNED:
+        return "stopped at a rung" if "pruned_at" in a else "not trained" if "not_trained" in a else "pruned"
+    return "failed" if trial.state == TrialState.FAIL else trial.state.name.lower()
+
+
 def trial_counts(study: optuna.Study) -> dict[str, int]:
     """How the study's architectures ended: trained (feasible or not), stopped at a rung, left
     untrained for their size, failed; repeats of an earlier architecture apart."""
-    trials = study.get_trials(deepcopy=False)
-    own = [t for t in trials if "duplicate_of" not in t.user_attrs]
-    complete = [t for t in own if t.state == TrialState.COMPLETE]
-    pruned = [t for t in own if t.state == TrialState.PRUNED]
+    ended = collections.Counter(outcome(t) for t in study.get_trials(deepcopy=False))
     return {
-        "trained": len(complete),
-        "infeasible": sum(not is_feasible(t) for t in complete),
-        "stopped at a rung": sum("pruned_at" in t.user_attrs for t in pruned),
-        "not trained (size bounds)": sum("not_trained" in t.user_attrs for t in pruned),
-        "failed": sum(t.state == TrialState.FAIL for t in own),
-        "repeats": len(trials) - len(own),
+        "trained": ended["complete"] + ended["infeasible"],
+        "infeasible": ended["infeasible"],
+        "stopped at a rung": ended["stopped at a rung"],
+        "not trained (size bounds)": ended["not trained"],
+        "failed": ended["failed"],
+        "repeats": ended["repeat"],
     }
 
 

@@ -41,6 +41,8 @@ def serve(
         raise InputError(
             f"--token: at least {MIN_TOKEN} characters (e.g. python -c 'import secrets; print(secrets.token_urlsafe())')"
         )
+    if not 0 <= port <= 65535:
+        raise InputError(f"--port: {port} is not a port (0-65535; 0 picks a free one)")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -49,6 +51,7 @@ def serve(
     except OSError as exc:
         sock.close()
         raise InputError(f"--port: cannot listen on {host}:{port} ({exc.strerror})") from None
+    sock.listen(2048)  # connections wait in the backlog from now on, before the app has started
     bound = sock.getsockname()[1]
     app = create_app(studies, token=token, address=address, host=host)
     config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=60)

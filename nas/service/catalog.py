@@ -4,6 +4,7 @@ formatted as the task formats them)."""
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 from pathlib import Path, PurePosixPath
@@ -14,8 +15,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from distill.errors import InputError
 from distill.tasks import Task, format_metric
-from nas.dominance import hypervolume, reference_point, to_minimize
+from nas.dominance import hypervolume, to_minimize
 from nas.full import export_dir
+from nas.report import hypervolume_reference
 from nas.search import (
     EVAL_SETS,
     distilled_records,
@@ -24,23 +26,29 @@ from nas.search import (
     is_feasible,
     load_existing_study,
     open_storage,
+    outcome,
     task_of,
     trial_counts,
 )
 from nas.spec import StudySpec, load_spec
+
+
+class NotFound(LookupError):
+    """No such study, trial, export or job: HTTP 404."""
+
 
 HIDDEN = ("arch", "loss_curve", "rungs", "recipe", EVAL_SETS, "counts")
 """trial attributes the pages show in their own places, not as metrics"""
 
 
 def spec_path(studies: Path, name: str) -> Path:
-    """The spec `name` (e.g. "demo.toml", or "team/demo.toml") inside the studies folder; a
-    name that leaves the folder (absolute, `..`, a link pointing out) is refused."""
+    """The spec `name` (e.g. "demo.toml") in the studies folder; a name that leaves the folder
+    (absolute, `..`, a subfolder, a link pointing out) is refused."""
     if not name or "\\" in name or "\x00" in name:
-        raise InputError(f"spec: {name!r} is not a spec file name; allowed: a .toml file inside {studies}")
+        raise InputError(f"spec: {name!r} is not a spec file name; allowed: a .toml file in {studies}")
     parts = PurePosixPath(name)
-    if parts.is_absolute() or ".." in parts.parts:
-        raise InputError(f"spec: {name!r} leaves the studies folder; allowed: a .toml file inside {studies}")
+    if parts.is_absolute() or len(parts.parts) != 1 or name in (".", ".."):
+        raise InputError(f"spec: {name!r} leaves the studies folder; allowed: a .toml file in {studies}")
     if parts.suffix != ".toml":
         raise InputError(f"spec: {name!r} is not a .toml study spec")
     path = studies / parts
@@ -51,6 +59,21 @@ def spec_path(studies: Path, name: str) -> Path:
     if not path.is_file():
         raise InputError(f"spec: no spec {name!r} in {studies}")
     return path
+
+
+@functools.lru_cache(maxsize=64)
+def _teacher_label(teacher: Any, base_dir: Path) -> str:
+    from distill.teachers import teacher_source
+
+    try:
+        return teacher_source(teacher, base_dir).name
+    except InputError:  # a package not installed: named as the spec names it
+        return teacher.model or f"{teacher.package} (package)"
+
+
+def teacher_label(spec: StudySpec) -> str:
+    """The spec's teacher as reports and model cards name it (for studies not searched yet)."""
+    return _teacher_label(spec.teacher, spec.base_dir)
 
 
 class Catalog:
@@ -100,7 +123,7 @@ class Catalog:
     def spec_of(self, study: str) -> tuple[str, StudySpec]:
         entry = self.specs().get(study)
         if entry is None or entry[1] is None:
-            raise LookupError(f"no study {study!r} in {self.studies}")
+            raise NotFound(f"no study {study!r} in {self.studies}")
         return entry[0], entry[1]
 
     def study(self, spec: StudySpec) -> optuna.Study | None:
@@ -139,18 +162,6 @@ def metric_table(task: Task, study: optuna.Study) -> list[dict[str, Any]]:
     ]
 
 
-def trial_state(t: FrozenTrial) -> str:
-    """How a trial ended, in the pages' words."""
-    a = t.user_attrs
-    if "duplicate_of" in a:
-        return "repeat"
-    if t.state == TrialState.COMPLETE:
-        return "complete" if is_feasible(t) else "infeasible"
-    if t.state == TrialState.PRUNED:
-        return "stopped at a rung" if "pruned_at" in a else "not trained"
-    return t.state.name.lower()
-
-
 def trial_row(task: Task, t: FrozenTrial, front: set[int], distilled: dict[str, Any]) -> dict[str, Any]:
     """One trial: state, architecture, every metric (and formatted), front membership."""
     a = t.user_attrs
@@ -162,17 +173,16 @@ def trial_row(task: Task, t: FrozenTrial, front: set[int], distilled: dict[str, 
     full = distilled.get(str(t.number))
     return {
         "number": t.number,
-        "state": trial_state(t),
+        "state": outcome(t),
         "front": t.number in front,
         "arch": a.get("arch"),
-        "arch_short": a.get("arch_short") or task.describe(a["arch"]) if a.get("arch") else "",
+        "arch_short": (a.get("arch_short") or task.describe(a["arch"])) if a.get("arch") else "",
         "recipe": a.get("recipe"),
         "metrics": metrics,
         "formatted": {k: format_metric(task, k, v) for k, v in metrics.items()},
         "reason": a.get("fail_reason")
         or a.get("not_trained")
-        or a.get("pruned_at")
-        and f"stopped at step {a['pruned_at']}",
+        or (a.get("pruned_at") and f"stopped at step {a['pruned_at'].get('step')}"),
         "duplicate_of": a.get("duplicate_of"),
         "started": t.datetime_start.timestamp() if t.datetime_start else None,
         "completed": t.datetime_complete.timestamp() if t.datetime_complete else None,
@@ -185,6 +195,7 @@ def study_json(study: optuna.Study, with_trials: bool = True) -> dict[str, Any]:
     front and the hypervolume after each trial."""
     task = task_of(study)
     evaluated = distinct_evaluated(study)
+    front = {t.number for t in front_trials(study)}
     teacher = study.user_attrs.get("teacher_metrics") or {}
     out: dict[str, Any] = {
         "name": study.study_name,
@@ -197,12 +208,10 @@ def study_json(study: optuna.Study, with_trials: bool = True) -> dict[str, Any]:
         "metrics": metric_table(task, study),
         "counts": trial_counts(study),
         "evaluated": len(evaluated),
-        "target": study.user_attrs.get("target"),
-        "front_size": len(front_trials(study)),
+        "front_size": len(front),
         "trials_total": len(study.trials),
     }
     if with_trials:
-        front = {t.number for t in front_trials(study)}
         distilled = distilled_records(study)
         out["trials"] = [trial_row(task, t, front, distilled) for t in study.get_trials(deepcopy=False)]
         out["hypervolume"] = hypervolume_history(study)
@@ -211,7 +220,7 @@ def study_json(study: optuna.Study, with_trials: bool = True) -> dict[str, Any]:
 
 def hypervolume_history(study: optuna.Study) -> list[dict[str, Any]]:
     """The hypervolume of the feasible front after each completed architecture, in the order
-    they completed, against one reference point (10 % beyond the worst value seen)."""
+    they completed, against the report's reference point."""
     directions = [d.name.lower() for d in study.directions]
     done = [
         t
@@ -222,7 +231,7 @@ def hypervolume_history(study: optuna.Study) -> list[dict[str, Any]]:
         return []
     done.sort(key=lambda t: t.datetime_complete)
     points = to_minimize([t.values for t in done], directions)
-    ref = reference_point(points)
+    ref = to_minimize(hypervolume_reference(study), directions)[0]
     return [
         {"trial": t.number, "at": t.datetime_complete.timestamp(), "hypervolume": hypervolume(points[: i + 1], ref)}
         for i, t in enumerate(done)
@@ -233,7 +242,7 @@ def trial_json(spec: StudySpec, study: optuna.Study, number: int) -> dict[str, A
     """One trial in full: its row, loss curve, rungs, the teacher's metrics beside its own, and
     its full run when it was distilled (with the export's model card)."""
     if not 0 <= number < len(study.trials):
-        raise LookupError(f"no trial {number} in study {study.study_name!r}")
+        raise NotFound(f"no trial {number} in study {study.study_name!r}")
     task = task_of(study)
     t = study.trials[number]
     front = {f.number for f in front_trials(study)}

@@ -114,7 +114,7 @@ const GROUPS = [
   { name: "infeasible (beyond a constraint)", test: (t) => t.state === "infeasible", marker: { color: "#8c8c8c", size: 8, symbol: "square-open" } },
   { name: "stopped at a rung", test: (t) => t.state === "stopped at a rung", marker: { color: "#b45f06", size: 9, symbol: "diamond-open" } },
   { name: "not trained (size bounds)", test: (t) => t.state === "not trained", marker: { color: "#b45f06", size: 9, symbol: "x-thin-open", line: { width: 2 } }, strip: true },
-  { name: "failed", test: (t) => t.state === "fail", marker: { color: "#a40000", size: 10, symbol: "x", line: { width: 1 } }, strip: true },
+  { name: "failed", test: (t) => t.state === "failed", marker: { color: "#a40000", size: 10, symbol: "x", line: { width: 1 } }, strip: true },
 ];
 
 function hoverText(t, metrics) {
@@ -125,11 +125,16 @@ function hoverText(t, metrics) {
   return lines.join("<br>");
 }
 
+// Set an element's text only when it changed: live regions announce changes, not every poll.
+function setText(element, text) {
+  if (element.textContent !== text) element.textContent = text;
+}
+
 function studyPage(name) {
   const xSelect = document.getElementById("x-axis"), ySelect = document.getElementById("y-axis");
   const xLog = document.getElementById("x-log");
   const table = document.getElementById("trials");
-  let data = null, timer = null;
+  let data = null, timer = null, shownTrials = "";
 
   function chooseAxes() {
     if (xSelect.options.length || !data.metrics.length) return;
@@ -234,6 +239,10 @@ function studyPage(name) {
       });
       makeSortable(table);
     }
+    const key = JSON.stringify(data.trials);
+    if (key === shownTrials) return;  // unchanged: the rows (and the keyboard's focus in them) stay
+    shownTrials = key;
+    const focused = document.activeElement && table.contains(document.activeElement) ? document.activeElement.dataset.focus : null;
     const checked = new Set([...table.querySelectorAll("input[type=checkbox]:checked")].map((c) => c.value));
     const body = table.tBodies[0];
     body.innerHTML = "";
@@ -241,9 +250,9 @@ function studyPage(name) {
       const row = body.insertRow();
       if (t.front) row.className = "front";
       const cells = [
-        `<input type="checkbox" value="${t.number}" aria-label="compare trial ${t.number}"${checked.has(String(t.number)) ? " checked" : ""}>`,
-        `<a href="/studies/${encodeURIComponent(name)}/trials/${t.number}">${t.number}</a>`,
-        esc(t.state) + (t.front ? " (front)" : "") + (t.duplicate_of !== null && t.duplicate_of !== undefined ? ` of #${t.duplicate_of}` : ""),
+        `<input type="checkbox" value="${esc(t.number)}" data-focus="box-${esc(t.number)}" aria-label="compare trial ${esc(t.number)}"${checked.has(String(t.number)) ? " checked" : ""}>`,
+        `<a href="/studies/${encodeURIComponent(name)}/trials/${esc(t.number)}" data-focus="link-${esc(t.number)}">${esc(t.number)}</a>`,
+        esc(t.state) + (t.front ? " (front)" : "") + (t.duplicate_of !== null && t.duplicate_of !== undefined ? ` of #${esc(t.duplicate_of)}` : ""),
         esc(t.arch_short),
         ...shown.map((m) => esc(t.formatted[m.name] ?? "-")),
         t.distilled ? "yes" : "",
@@ -260,17 +269,29 @@ function studyPage(name) {
       });
     }
     sortRows(table);
+    if (focused) {
+      const again = table.querySelector(`[data-focus="${focused}"]`);
+      if (again) again.focus();
+    }
   }
 
   function summary() {
     const running = data.running_jobs || [];
     const counts = Object.entries(data.counts || {}).filter(([, n]) => n).map(([k, n]) => `${n} ${k}`).join(", ");
-    document.getElementById("study-summary").textContent = data.searched
-      ? `${data.task} study; teacher ${data.teacher}; ${data.evaluated}/${data.target} architectures done, front of ${data.front_size}` + (counts ? ` (${counts})` : "")
-      : `${data.task} study, not searched yet; teacher ${data.teacher}. Start its search from the studies page.`;
-    document.getElementById("study-jobs").innerHTML = running.length
-      ? "<p>Running: " + running.map((j) => `<a href="/jobs/${j.id}">${esc(j.kind)}${j.trial !== undefined && j.trial !== null ? " of trial " + j.trial : ""}</a> ${esc(progressLine(j))}`).join("; ") + "</p>"
+    setText(
+      document.getElementById("study-summary"),
+      data.searched
+        ? `${data.task} study; teacher ${data.teacher}; ${data.evaluated}/${data.target} architectures done, front of ${data.front_size}` + (counts ? ` (${counts})` : "")
+        : `${data.task} study, not searched yet; teacher ${data.teacher}. Start its search from the studies page.`,
+    );
+    const html = running.length
+      ? "<p>Running: " + running.map((j) => `<a href="/jobs/${esc(j.id)}">${esc(j.kind)}${j.trial !== undefined && j.trial !== null ? " of trial " + esc(j.trial) : ""}</a> ${esc(progressLine(j))}`).join("; ") + "</p>"
       : "";
+    const jobs = document.getElementById("study-jobs");
+    if (jobs.dataset.shown !== html) {
+      jobs.dataset.shown = html;
+      jobs.innerHTML = html;
+    }
   }
 
   async function refresh() {
@@ -318,7 +339,8 @@ function progressLine(job) {
 
 // ---- the trial page: the loss curve and "distill this" ----
 
-function trialPage(curve, steps) {
+function trialPage() {
+  const { curve, steps } = JSON.parse(document.getElementById("curve-data").textContent);
   if (curve && curve.length) {
     const scale = (steps || curve.length) / curve.length;
     Plotly.react(
@@ -335,7 +357,11 @@ function trialPage(curve, steps) {
     show.addEventListener("click", async (event) => {
       event.preventDefault();
       const card = document.getElementById("card");
-      card.textContent = (await api(show.dataset.card)).markdown;
+      try {
+        card.textContent = (await api(show.dataset.card)).markdown;
+      } catch (e) {
+        card.textContent = `Could not read the model card: ${e.message}`;
+      }
       card.hidden = false;
       card.focus();
     });
@@ -365,26 +391,30 @@ function trialPage(curve, steps) {
 
 function jobPage(id) {
   const stop = document.getElementById("job-stop"), resume = document.getElementById("job-resume");
-  let cardShown = false;
+  let cardShown = false, timer = null;
+  function again(ms) {
+    clearTimeout(timer);
+    timer = setTimeout(refresh, ms);
+  }
   async function refresh() {
     let job;
     try {
-      job = await api(`/api/jobs/${id}?lines=60`);
+      job = await api(`/api/jobs/${encodeURIComponent(id)}?lines=60`);
     } catch (e) {
-      document.getElementById("job-error").textContent = e.message;
-      setTimeout(refresh, 3000);
+      setText(document.getElementById("job-error"), e.message);
+      again(3000);
       return;
     }
     const state = document.getElementById("job-state");
-    state.textContent = job.state;
+    setText(state, job.state);
     state.className = `state state-${job.state}`;
-    document.getElementById("job-error").textContent = job.error || "";
+    setText(document.getElementById("job-error"), job.error || "");
     const p = job.progress || {};
     const bar = document.getElementById("job-progress");
     if (p.event === "step") bar.value = p.step / p.total;
     else if (p.event === "trial") bar.value = p.evaluated / p.target;
     if (job.state === "completed") bar.value = 1;
-    document.getElementById("job-figures").textContent = progressLine(job);
+    setText(document.getElementById("job-figures"), progressLine(job));
     const log = document.getElementById("job-log");
     const atEnd = log.scrollTop + log.clientHeight >= log.scrollHeight - 5;
     log.textContent = (job.log || []).join("\n");
@@ -404,7 +434,7 @@ function jobPage(id) {
         document.getElementById("job-card").textContent = e.message;
       }
     }
-    if (active) setTimeout(refresh, 1000);
+    if (active) again(1000);
   }
   stop.addEventListener("click", async () => {
     stop.disabled = true;
@@ -426,4 +456,11 @@ function jobPage(id) {
   refresh();
 }
 
-if (document.body.dataset.page === "studies") studiesPage();
+// Each page's script, by the page's name (no inline scripts: the pages' Content-Security-Policy forbids them).
+const PAGES = {
+  studies: () => studiesPage(),
+  study: () => studyPage(document.body.dataset.study),
+  trial: () => trialPage(),
+  job: () => jobPage(document.body.dataset.job),
+};
+if (PAGES[document.body.dataset.page]) PAGES[document.body.dataset.page]();

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import re
 
 import pytest
 from fastapi.testclient import TestClient
 
+from distill.files import held
 from nas.cli import main
-from nas.service.app import MAX_BODY, create_app
+from nas.locks import writer_lock
+from nas.service.app import COOKIE, MAX_BODY, create_app
+from nas.service.jobs import Jobs
+from nas.spec import load_spec
 
 TOKEN = "s3cret-token-of-twenty-chars"
 
@@ -42,7 +47,7 @@ def test_a_token_guards_every_request_beyond_loopback(studies):
         # pages: a sign-in form that sets a cookie
         assert c.get("/", headers={"Accept": "text/html"}).headers["location"] == "/login"
         assert c.post("/login", data={"token": "wrong"}).status_code == 200  # the form again
-        assert "token" not in c.cookies
+        assert COOKIE not in c.cookies
         signed = c.post("/login", data={"token": TOKEN})
         assert signed.status_code == 303 and "httponly" in signed.headers["set-cookie"].lower()
         page = c.get("/")
@@ -77,11 +82,20 @@ def test_requests_are_validated_and_refused_with_json_errors(client, studies, tm
     one_line_error(search({"spec": "link.toml"}), 400, "spec", "leaves the studies folder")
     one_line_error(search({"spec": "nope.toml"}), 400, "spec", "no spec")
     one_line_error(search({"spec": "tiny.txt"}), 400, "spec", ".toml")
+    (studies / "team").mkdir()
+    (studies / "team" / "tiny.toml").write_text((studies / "tiny.toml").read_text())
+    one_line_error(search({"spec": "team/tiny.toml"}), 400, "spec", "leaves the studies folder")
+    one_line_error(search({"spec": "tiny.toml", "overrides": ["study.storage=sqlite:///x.db"]}), 400, "study.storage")
     one_line_error(search({"spec": "tiny.toml", "overrides": ["study.bogus=1"]}), 400, "study.bogus")
     one_line_error(search({"spec": "tiny.toml", "overrides": ["--trials"]}), 400, "overrides", "KEY=VALUE")
     one_line_error(search({"spec": "tiny.toml", "trials": 0}), 422, "trials")
     one_line_error(search({"spec": "tiny.toml", "colour": "red"}), 422, "colour")
     one_line_error(search({}), 422, "spec")
+    one_line_error(
+        client.post("/api/searches", content=b'{"spec": ', headers={"Content-Type": "application/json"}),
+        422,
+        "body: not valid JSON",
+    )
     one_line_error(
         client.post("/api/searches", content=b'{"spec": "tiny.toml"}', headers={"Content-Type": "text/plain"}),
         415,
@@ -89,6 +103,15 @@ def test_requests_are_validated_and_refused_with_json_errors(client, studies, tm
     )
     big = json.dumps({"spec": "tiny.toml", "overrides": ["x=" + "y" * MAX_BODY]})
     one_line_error(client.post("/api/searches", content=big, headers={"Content-Type": "application/json"}), 413, "body")
+
+    def chunked():  # no Content-Length: the body is counted as it arrives
+        yield b'{"spec": "tiny.toml", "overrides": ["x='
+        for _ in range(MAX_BODY // 1024 + 1):
+            yield b"y" * 1024
+        yield b'"]}'
+
+    one_line_error(client.post("/api/searches", content=chunked(), headers={"Content-Type": "application/json"}), 413, "body")
+    one_line_error(client.post("/login", content=chunked()), 413, "body")
     one_line_error(client.post("/api/studies/tiny/distill", json={}), 422, "trial", "best")
     one_line_error(client.post("/api/studies/tiny/distill", json={"trial": 0, "resume": True, "restart": True}), 422, "resume")
     one_line_error(client.post("/api/studies/tiny/distill", json={"trial": 0}), 400, "not been searched")
@@ -103,6 +126,20 @@ def test_requests_are_validated_and_refused_with_json_errors(client, studies, tm
     # another site reaching this server through a name of its own (DNS rebinding) is refused
     one_line_error(client.get("/api/studies", headers={"Host": "evil.example:8000"}), 400, "host")
     assert not list(studies.glob("*/jobs"))  # nothing was started
+
+
+def test_a_run_from_a_terminal_holds_the_study(client, studies):
+    """A search the command line runs (it holds the study's lock) is named in a 409."""
+    with held(writer_lock(load_spec(studies / "tiny.toml"), "search")):
+        message = one_line_error(client.post("/api/searches", json={"spec": "tiny.toml"}), 409, "being searched", "pid")
+        assert str(os.getpid()) in message
+    assert not list(studies.glob("*/jobs"))
+
+
+def test_job_ids_never_leave_the_studies_folder(studies):
+    jobs = Jobs(studies)
+    for job_id in ("..", "../..", "a/b", "", "x*", "*", "é", "20261201-x/../y"):
+        assert jobs.find(job_id) is None, job_id
 
 
 def test_the_openapi_page_documents_the_api_and_loads_nothing_from_outside(client):

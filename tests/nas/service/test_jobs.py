@@ -30,7 +30,7 @@ def test_jobs_through_the_api_survive_a_server_restart(studies, capsys):
 
             study = api.get("/api/studies/tiny").json()
             assert study["evaluated"] == 3 and study["searched"] and not study["running_jobs"]
-            assert len(study["trials"]) >= 3 and all(t["state"] == "complete" for t in study["trials"])
+            assert len(study["trials"]) >= 3 and all(t["state"] in ("complete", "repeat") for t in study["trials"])
             assert [h["trial"] for h in study["hypervolume"]] and study["hypervolume"][-1]["hypervolume"] > 0
             front = api.get("/api/studies/tiny/front").json()
             capsys.readouterr()
@@ -50,6 +50,8 @@ def test_jobs_through_the_api_survive_a_server_restart(studies, capsys):
             assert running["state"] == "running" and running["progress"]["eta_s"] > 0
             os.kill(running["pid"], signal.SIGKILL)
             assert wait_job(api, run["id"])["state"] == "interrupted"
+            refused = api.post("/api/studies/tiny/distill", json={"trial": trial})
+            assert refused.status_code == 409 and refused.json()["error"].startswith("resume: ")
         assert server.stop() == 0
     finally:
         server.stop()
@@ -68,6 +70,8 @@ def test_jobs_through_the_api_survive_a_server_restart(studies, capsys):
             assert done["progress"]["step"] == 3000 and done["result"]["trial"] == trial
             card = api.get(f"/api/studies/tiny/trials/{trial}/card").json()
             assert card["export"] == done["result"]["export"] and "distill-nas" in card["markdown"]
+            refused = api.post("/api/studies/tiny/distill", json={"trial": trial, "restart": True})
+            assert refused.status_code == 409 and refused.json()["error"].startswith("overwrite: ")
             detail = api.get(f"/api/studies/tiny/trials/{trial}").json()
             assert detail["full"]["has_card"] and detail["full"]["metrics"]["perplexity"] > 0
 
