@@ -285,7 +285,7 @@ def create_app(studies: Path, token: str | None = None, address: str | None = No
         target = max([spec.study.trials, *[j.get("trials") or 0 for j in mine if j["kind"] == "search"]])
         row = {"name": name, "spec": file, "task": spec.study.task, "running_jobs": mine, "target": target}
         if study is None:
-            empty = {"trials": [], "hypervolume": []} if trials else {}
+            empty = {"trials": [], "hypervolume": [], "metrics": [], "counts": {}} if trials else {}
             return row | {"searched": False, "teacher": teacher_label(spec), "evaluated": 0, "front_size": 0} | empty
         s = study_json(study, with_trials=trials)
         return (

@@ -228,7 +228,11 @@ function studyPage(name) {
   function drawTable() {
     const shown = data.metrics.filter((m) => m.objective || data.trials.some((t) => m.name in t.metrics)).slice(0, 8);
     const head = ["Compare", "Trial", "State", "Architecture", ...shown.map((m) => m.name), "Distilled"];
-    if (!table.tHead.rows.length) {
+    if (table.dataset.head !== head.join("|")) {  // the columns change as the study's metrics appear
+      table.dataset.head = head.join("|");
+      delete table.dataset.sortColumn;
+      shownTrials = "";
+      table.tHead.innerHTML = "";
       const row = table.tHead.insertRow();
       head.forEach((text, i) => {
         const th = document.createElement("th");
