@@ -82,7 +82,7 @@ def _alive(state: dict[str, Any]) -> bool:
 class Jobs:
     """The jobs of a folder of studies: start, read, stop and resume them. The server holds one;
     children it started are reaped here, and a child that ended without saying how is
-    recorded as failed."""
+    recorded (interrupted when killed while it ran, failed otherwise)."""
 
     def __init__(self, studies: Path) -> None:
         self.studies = studies
