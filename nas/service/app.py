@@ -27,7 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from distill.errors import InputError
 from nas.locks import writer_of
-from nas.service.catalog import Catalog, NotFound, study_json, teacher_label, trial_json
+from nas.service.catalog import Catalog, NotFound, model_card, study_json, teacher_label, trial_json
 from nas.service.jobs import ACTIVE, Jobs
 
 logger = logging.getLogger(__name__)
@@ -131,7 +131,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _server_keys(overrides: list[str]) -> None:
+def _check_overrides(overrides: list[str]) -> None:
     for item in overrides:
         if len(item) > 500 or "=" not in item or item.startswith("-"):
             raise InputError(f"overrides: {item[:80]!r} is not KEY=VALUE (e.g. distill.steps=50)")
@@ -281,7 +281,7 @@ def create_app(studies: Path, token: str | None = None, address: str | None = No
         name: str, file: str, spec: Any, running: list[dict[str, Any]], study: Any, trials: bool
     ) -> dict[str, Any]:
         """A study as the API gives it; with `trials`, every trial and the hypervolume."""
-        mine = [_job_brief(j) for j in running if j.get("study") == name]
+        mine = [job_view(j).model_dump() for j in running if j.get("study") == name]
         target = max([spec.study.trials, *[j.get("trials") or 0 for j in mine if j["kind"] == "search"]])
         row = {"name": name, "spec": file, "task": spec.study.task, "running_jobs": mine, "target": target}
         if study is None:
@@ -340,18 +340,15 @@ def create_app(studies: Path, token: str | None = None, address: str | None = No
         responses=ERRORS,
     )
     def get_card(name: str, number: int) -> dict[str, Any]:
-        from nas.full import export_dir
-
         _, spec = catalog.spec_of(name)
-        folder = export_dir(spec, number)
-        card = folder / "README.md"
+        card = model_card(spec, number)
         if not card.is_file():
             raise NotFound(f"trial {number} of study {name!r} has no export yet")
-        return {"export": str(folder), "markdown": card.read_text()}
+        return {"export": str(card.parent), "markdown": card.read_text()}
 
     @app.post("/api/searches", tags=["jobs"], status_code=201, summary="Start a search (a job)", responses=ERRORS)
     def start_search(request: SearchRequest) -> Job:
-        _server_keys(request.overrides)
+        _check_overrides(request.overrides)
         spec = catalog.load(request.spec, request.overrides)
         args = ["search", _rel(studies, request.spec), *request.overrides]
         if request.trials is not None:
@@ -361,7 +358,7 @@ def create_app(studies: Path, token: str | None = None, address: str | None = No
         with starting:
             _refuse_busy(spec, "search", f"study.name: study {spec.name!r} is being searched", spec.name)
             job = jobs.start(spec.name, spec.out_dir, "search", args, trials=request.trials or spec.study.trials)
-        return Job(**_job_brief(job))
+        return job_view(job)
 
     def _refuse_busy(spec: Any, role: str, doing: str, study: str, trial: int | None = None) -> None:
         """409 when a job of this service or any run on this machine holds `role` of the study."""
@@ -383,7 +380,7 @@ def create_app(studies: Path, token: str | None = None, address: str | None = No
         from distill.tasks import quality_metrics
         from nas.full import checkpoint_dir, export_dir, has_checkpoint, select_trial
 
-        _server_keys(request.overrides)
+        _check_overrides(request.overrides)
         file, _ = catalog.spec_of(name)
         spec = catalog.load(file, request.overrides)
         study = catalog.study(spec)
@@ -415,11 +412,11 @@ def create_app(studies: Path, token: str | None = None, address: str | None = No
         with starting:
             _refuse_busy(spec, f"distill-{n}", f"trial: trial {n} of study {name!r} is being distilled", name, n)
             job = jobs.start(name, spec.out_dir, "distill", args, trial=n, overrides=request.overrides)
-        return Job(**_job_brief(job))
+        return job_view(job)
 
     @app.get("/api/jobs", tags=["jobs"], summary="Every job, newest first")
     def list_jobs(study: str | None = None) -> list[Job]:
-        return [Job(**_job_brief(j)) for j in jobs.all() if study in (None, j.get("study"))]
+        return [job_view(j) for j in jobs.all() if study in (None, j.get("study"))]
 
     def _job(job_id: str) -> Path:
         folder = jobs.find(job_id)
@@ -432,7 +429,7 @@ def create_app(studies: Path, token: str | None = None, address: str | None = No
     )
     def get_job(job_id: str, lines: int = Query(default=40, ge=1, le=500, description="lines of the log's end")) -> Job:
         folder = _job(job_id)
-        return Job(**_job_brief(jobs.read(folder)), log=jobs.log_tail(folder, lines))
+        return job_view(jobs.read(folder), log=jobs.log_tail(folder, lines))
 
     @app.post(
         "/api/jobs/{job_id}/stop",
@@ -441,7 +438,7 @@ def create_app(studies: Path, token: str | None = None, address: str | None = No
         responses=ERRORS,
     )
     def stop_job(job_id: str) -> Job:
-        return Job(**_job_brief(jobs.stop(_job(job_id))))
+        return job_view(jobs.stop(_job(job_id)))
 
     @app.post(
         "/api/jobs/{job_id}/resume",
@@ -584,9 +581,9 @@ def _rel(studies: Path, file: str) -> str:
     return f"{studies.name}/{file}"
 
 
-def _job_brief(job: dict[str, Any]) -> dict[str, Any]:
+def job_view(job: dict[str, Any], log: list[str] | None = None) -> Job:
     """A job for the API: what was asked and its state, with the progress's ETA counted down
-    to now and the command that reproduces it."""
+    to now, the command that reproduces it and (`log`) the end of its log."""
     import shlex
 
     progress = dict(job.get("progress") or {})
@@ -594,9 +591,5 @@ def _job_brief(job: dict[str, Any]) -> dict[str, Any]:
         progress["eta_s"] = max(0.0, round(progress["eta_s"] - (time.time() - progress["at"]), 1))
     elif job.get("state") not in ACTIVE:
         progress.pop("eta_s", None)
-    return {
-        "trial": None,  # a search's
-        **{k: v for k, v in job.items() if k not in ("progress", "started_ticks", "pid_ticks")},
-        "command": shlex.join(["nas", *job.get("args", [])]),
-        "progress": progress,
-    }
+    shown = {k: v for k, v in job.items() if k not in ("progress", "started_ticks")}
+    return Job(**shown, command=shlex.join(["nas", *job.get("args", [])]), progress=progress, log=log)

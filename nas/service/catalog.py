@@ -25,7 +25,6 @@ from nas.search import (
     front_trials,
     is_feasible,
     load_existing_study,
-    open_storage,
     outcome,
     task_of,
     trial_counts,
@@ -132,11 +131,10 @@ class Catalog:
         with self._lock:
             storage = self._storages.get(url)
         if storage is None:
-            try:
-                load_existing_study(spec)  # checks the file exists before a storage is made for it
+            try:  # a storage is opened only once its file exists
+                storage = load_existing_study(spec)._storage
             except InputError:
                 return None
-            storage = open_storage(url)
             with self._lock:
                 self._storages[url] = storage
         try:
@@ -238,6 +236,11 @@ def hypervolume_history(study: optuna.Study) -> list[dict[str, Any]]:
     ]
 
 
+def model_card(spec: StudySpec, number: int) -> Path:
+    """Where trial `number`'s export keeps its model card (once fully distilled)."""
+    return export_dir(spec, number) / "README.md"
+
+
 def trial_json(spec: StudySpec, study: optuna.Study, number: int) -> dict[str, Any]:
     """One trial in full: its row, loss curve, rungs, the teacher's metrics beside its own, and
     its full run when it was distilled (with the export's model card)."""
@@ -250,7 +253,7 @@ def trial_json(spec: StudySpec, study: optuna.Study, number: int) -> dict[str, A
     row = trial_row(task, t, front, distilled)
     a = t.user_attrs
     full = distilled.get(str(number))
-    card = export_dir(spec, number) / "README.md"
+    card = model_card(spec, number)
     return {
         **row,
         "loss_curve": a.get("loss_curve") or [],

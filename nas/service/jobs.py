@@ -87,8 +87,8 @@ class Jobs:
     def __init__(self, studies: Path) -> None:
         self.studies = studies
         self.children: dict[str, tuple[subprocess.Popen, Path]] = {}
-        self.stopping: dict[str, float] = {}
-        """job id -> when it was asked to stop"""
+        self.stopping: set[str] = set()
+        """jobs asked to stop"""
         self.lock = threading.Lock()
 
     def start(self, study: str, study_dir: Path, kind: str, args: list[str], **about: Any) -> dict[str, Any]:
@@ -165,7 +165,7 @@ class Jobs:
             for job_id, _, _ in ended:
                 del self.children[job_id]
         for job_id, child, folder in ended:
-            self.stopping.pop(job_id, None)
+            self.stopping.discard(job_id)
             state = read_json(folder / STATE)
             if state.get("state") in ACTIVE:
                 last = next((line for line in reversed(self.log_tail(folder, 20)) if line.strip()), "")
@@ -218,7 +218,7 @@ class Jobs:
         with self.lock:
             if job["id"] in self.stopping:  # asked once: a second Ctrl-C would cut its clean-up short
                 return
-            self.stopping[job["id"]] = time.monotonic()
+            self.stopping.add(job["id"])
         _signal(job["pid"], signal.SIGINT)
 
     def _wait_stopped(self, folders: list[Path], wait_s: float) -> list[dict[str, Any]]:

@@ -138,6 +138,13 @@ def test_a_run_from_a_terminal_holds_the_study(client, studies):
 
 def test_job_ids_never_leave_the_studies_folder(studies):
     jobs = Jobs(studies)
+    real = studies / "tiny" / "jobs" / "20261201-000000-search-abcdef"
+    real.mkdir(parents=True)
+    (real / "job.json").write_text('{"id": "20261201-000000-search-abcdef"}')
+    assert jobs.find(real.name) == real
+    # decoys a path through ".." would reach: studies/tiny/jobs/.. and studies/tiny/jobs/../..
+    (studies / "tiny" / "job.json").write_text("{}")
+    (studies / "job.json").write_text("{}")
     for job_id in ("..", "../..", "a/b", "", "x*", "*", "é", "20261201-x/../y"):
         assert jobs.find(job_id) is None, job_id
 
