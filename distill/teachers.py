@@ -112,6 +112,7 @@ class TeacherSource:
 
     def _pretrained(self, auto_class: str, **kwargs: Any) -> Any:
         import transformers
+        from huggingface_hub.errors import StrictDataclassError  # transformers' config validation
 
         try:
             return getattr(transformers, auto_class).from_pretrained(
@@ -119,6 +120,9 @@ class TeacherSource:
             )
         # OSError: not found, moved, unreachable hub, no safetensors weights; ImportError: a
         # tokenizer whose library is missing; ValueError: a model the auto class does not know.
+        except StrictDataclassError as exc:  # a config.json field of the wrong type or value
+            cause = re.sub(r"^\w+: ", "", str(exc).strip().splitlines()[-1].strip())
+            raise InputError(f"teacher.model: cannot load {self.name!r}: config.json: {cause[:1].lower()}{cause[1:]}") from None
         except (OSError, ImportError, ValueError) as exc:
             weights = Path(self.path) if self.local else None
             if kwargs.get("use_safetensors") and weights and not any(weights.glob("*.safetensors")):

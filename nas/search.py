@@ -324,6 +324,12 @@ def _searcher_class() -> type:
             # A result without the objectives makes OptunaSearch tell PRUNED.
             self.inner.on_trial_complete(trial_id, result if trained else None)
 
+        def __getstate__(self) -> dict[str, Any]:
+            # Tune pickles its searcher into the run's folder for `Tuner.restore`, which a study
+            # never uses (a resumed search reads the Optuna storage). The sampler stays out: it
+            # may hold what cannot pickle (optuna 5.1's NSGA-II sampler holds a thread lock).
+            return {**self.__dict__, "inner": None}
+
         def save(self, checkpoint_path: str) -> None:
             """Nothing to save: the Optuna storage holds every trial."""
 

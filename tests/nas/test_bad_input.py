@@ -41,7 +41,7 @@ class Bad:
     says: str
     """a regular expression the rest of the line matches (re.search)"""
     args: tuple[str, ...] = ()
-    """after the spec: overrides and options; {dir}, {gpt2}, {bert} and {bin_only} are paths"""
+    """after the spec: overrides and options; {dir}, {gpt2}, {bert}, {bin_only} and {bad_config} are paths"""
     command: str = "search"
     spec: str = "lm"
     """lm or emb (the module's specs), or a file name in the module's folder"""
@@ -107,6 +107,7 @@ CASES = [
     pytest.param(Bad("teacher.train.hidden", r"^must be a multiple of heads \(3\), got 100$", edit=("[data]", "[teacher.train]\nhidden = 100\nheads = 3\n\n[data]")), id="teacher-train-heads-not-dividing"),
     pytest.param(Bad("teacher.model", r"^folder '.*no-teacher' does not exist \(or has no config\.json\)", args=("teacher.model='{dir}/no-teacher'",)), id="missing-teacher-folder"),
     pytest.param(Bad("teacher.model", r"^cannot load 'no-such-user/no-such-model': ", args=("teacher.model='no-such-user/no-such-model'",)), id="hub-teacher-unreachable"),
+    pytest.param(Bad("teacher.model", r"^cannot load '.*bad-config': config\.json: field 'n_embd' expected int, got str \(value: 'wide'\)$", args=("teacher.model='{bad_config}'",)), id="teacher-config-wrong-type"),
     pytest.param(Bad("teacher.model", r"holds pytorch_model\.bin but no \.safetensors weights; teachers load from safetensors only", args=("teacher.model='{bin_only}'",)), id="teacher-without-safetensors"),
     pytest.param(Bad("teacher.model", r"^causal-LM students learn from a decoder-only teacher .* encoder-only 'bert' model", args=("teacher.model='{bert}'",)), id="causal-study-on-bert"),
     pytest.param(Bad("teacher.model", r"^embedding students are BERT encoders; the teacher is 'gpt2'$", spec="emb", args=("teacher.model='{gpt2}'",)), id="embedding-study-on-gpt2"),
@@ -199,6 +200,10 @@ def study_dir(tmp_path_factory, teacher_dirs, sentence_teacher) -> Path:
     bin_only = shutil.copytree(teacher_dirs["gpt2"], folder / "bin-only")
     torch.save(load_file(bin_only / "model.safetensors"), bin_only / "pytorch_model.bin")
     (bin_only / "model.safetensors").unlink()
+    # A teacher folder whose config.json has a field of the wrong type.
+    bad_config = shutil.copytree(teacher_dirs["gpt2"], folder / "bad-config")
+    config = json.loads((bad_config / "config.json").read_text())
+    (bad_config / "config.json").write_text(json.dumps({**config, "n_embd": "wide"}))
     return folder
 
 
@@ -249,6 +254,7 @@ def _argv(
         "gpt2": str(teacher_dirs["gpt2"]),
         "bert": str(sentence_teacher),
         "bin_only": str(folder / "bin-only"),
+        "bad_config": str(folder / "bad-config"),
     }
     if case.edit is not None or case.encoding != "utf-8":
         text = (folder / "lm.toml").read_text()
