@@ -166,7 +166,7 @@ def prepare(
     the teacher must exist already."""
     source = teacher_source(teacher_cfg, base_dir)
     # How quality is scored, first: a metric this machine cannot compute fails before anything runs.
-    scoring = task.scoring(data_cfg) if hasattr(task, "scoring") else {}
+    scoring = task.scoring(data_cfg)
     docs = None
     splits = ("eval",) if held_out_only else SPLITS
     if teacher_cfg.train is not None and not source.exists() and not held_out_only:
@@ -178,7 +178,7 @@ def prepare(
                 # A teacher trained here may see the validation documents (they only choose the
                 # students' checkpoints); the held-out evaluation documents stay unseen by
                 # teacher and students.
-                task.train_teacher(teacher_cfg.train, docs["train"] + docs["valid"], Path(source.path), data_cfg)  # type: ignore[attr-defined]
+                task.train_teacher(teacher_cfg.train, docs["train"] + docs["valid"], Path(source.path), data_cfg)
     plan = {
         "train": sorted(loss.needs()) if loss.teacher_outputs == "cached" else [],
         "valid": sorted(task.eval_outputs),

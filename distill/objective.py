@@ -175,7 +175,7 @@ def make_loss(
     def loss_fn(idx: np.ndarray) -> torch.Tensor:
         batch = task.batch(data, "train", idx, device)
         if live is not None and on_policy_step(idx, on_policy):
-            sampled = task.on_policy_batch(student, batch)  # type: ignore[attr-defined]
+            sampled = task.on_policy_batch(student, batch)
             outputs = live.provider.outputs("train", idx, sampled)
             values = {**loss.params, **task.forward(student, sampled, on_policy_wanted, outputs), **outputs}
             return sum(w * term(values) for term, w in divergences)

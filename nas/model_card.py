@@ -53,9 +53,11 @@ def _on_policy(budget: Any) -> str:
 
 def _rescore(task: Any, meta: dict[str, Any], record: dict[str, Any]) -> str:
     """How to recompute the held-out scores from the text saved in the export (tasks that generate)."""
-    if not record.get("texts") or not hasattr(task, "rescore"):
+    if not record.get("texts"):
         return ""
     command = task.rescore(f"{TEXTS}/references.eval.txt", f"{TEXTS}/student.eval.txt", meta.get("data", {}))
+    if command is None:
+        return ""
     return f"""
 The held-out scores above, recomputed from this folder's `{TEXTS}/` (the inputs, the references,
 the student's and the teacher's outputs, one line per item):

@@ -59,7 +59,7 @@ class RecipeSpace:
             raise ValueError(f"ce: task {task.name} has no cross-entropy term")
         if self.intermediate and INTERMEDIATE not in allowed_terms(task):
             raise ValueError(f"intermediate: task {task.name} has no intermediate-layer terms")
-        if any(self.on_policy) and not callable(getattr(task, "on_policy_batch", None)):
+        if any(self.on_policy) and not task.samples_on_policy:
             raise ValueError(f"on_policy: task {task.name} has no outputs of its own to learn from")
 
     def sample(self, trial: Any) -> dict[str, Any]:

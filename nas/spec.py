@@ -22,7 +22,6 @@ from distill.errors import InputError
 from distill.loop import FULL_RUN, Budget
 from distill.objective import LossConfig, allowed_terms, on_policy_terms
 from distill.tasks import DEFAULT_TASK, TASKS, Task, get_task
-from distill.tasks.base import trains_teacher
 from distill.teachers import TeacherConfig, TeacherTraining
 from nas.recipe import RecipeSpace, apply_recipe, describe_recipe
 from nas.sampling import SAMPLERS
@@ -418,7 +417,7 @@ def _build_loss(task: Task, raw: Any, key: str, teachers: int = 1) -> LossConfig
 
 
 def _check_on_policy(task: Task, loss: LossConfig, budget: Budget, key: str) -> None:
-    if budget.on_policy > 0 and not callable(getattr(task, "on_policy_batch", None)):
+    if budget.on_policy > 0 and not task.samples_on_policy:
         raise SpecError(f"{key}.on_policy: task {task.name} has no outputs of its own to learn from; leave it 0")
     if budget.on_policy > 0 and not on_policy_terms(loss):
         raise SpecError(
@@ -464,7 +463,7 @@ def _build_teachers(task: Task, raw: Any) -> tuple[TeacherConfig, ...]:
     for i, table in enumerate(tables):
         key = f"teacher[{i}]" if isinstance(raw, list) else "teacher"
         teacher = _build(TeacherConfig, table, key)
-        if teacher.train is not None and not trains_teacher(task):
+        if teacher.train is not None and not task.trains_teacher:
             raise SpecError(f"{key}.train: task {task.name} cannot train its teacher here; give an existing model")
         teachers.append(teacher)
     return tuple(teachers)

@@ -7,9 +7,10 @@ implementing `Task`, registered by name in `distill/tasks/__init__.py`. Everythi
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -18,7 +19,8 @@ from distill.intermediate import check_layer_map
 
 if TYPE_CHECKING:
     from distill.cache import PreparedData
-    from distill.teachers import TeacherSource
+    from distill.intermediate import Stack
+    from distill.teachers import TeacherSource, TeacherTraining
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,31 +89,22 @@ class CardParts:
     """whether that rate counts tokens (items x the `[data]` block_length) or items"""
 
 
-class Task(Protocol):
+class Task(abc.ABC):
     """One kind of student. Methods are listed in the order a study calls them.
 
-    Once per study, in the driver (`distill.cache.prepare`): `scoring` (where the task has it),
-    `load_teacher`, `check_space`, `load_data` (before `load_teacher` when the task trains its
-    teacher first), `encode` for each split, `output_arrays` and `teacher_outputs` for each
-    split's batches, `importance`, then `as_student`, `evaluate` and `size` on the teacher itself.
+    Once per study, in the driver (`distill.cache.prepare`): `scoring`, `load_teacher`,
+    `check_space`, `load_data` (before `load_teacher` when the task trains its teacher first),
+    `encode` for each split, `output_arrays` and `teacher_outputs` for each split's batches,
+    `importance`, then `as_student`, `evaluate` and `size` on the teacher itself.
     In the driver, for every sampled architecture: `param_counts` (a bound on size is checked
     before a trial starts).
     In each trial and full run (`nas.trial`, `nas.full`): `build_student`, then per micro-batch
     `batch` and `forward` (the loss terms of `distill.losses` take their inputs from there),
     `lengths` for the budget, `evaluate` and `size` at the end; `export` after a full run.
 
-    Optional: `train_teacher(cfg, texts, folder, data)`, for a task whose teacher a spec may
-    train on first use (`[teacher.train]`); specs of other tasks refuse that section.
-    `scoring(data)`: how quality is computed (e.g. sacrebleu's signatures), stored with the
-    study; raises `InputError` when this machine cannot compute it.
-    `rescore(references, outputs, data)`: for tasks that generate text, the shell command that
-    recomputes the stored scores from the saved files (model cards print it).
-    `on_policy_batch(student, batch)`: the batch with its targets replaced by what the student
-    samples from the batch's inputs (GKD's on-policy data; a budget's `on_policy` share).
-    `stacks(arch, data)`: the student's stacks of layers and the teacher's
-    (`distill.intermediate.Stack` by stack name), for tasks whose `forward` gives
-    `student_states` / `student_attentions` and `state_masks` per stack and whose teacher
-    outputs "hidden_states" / "attentions" (`teacher_<stack>_hidden` / `_attentions`).
+    The abstract methods are what every task implements. The others have defaults that say
+    the task has no such part (no teacher training, no outputs of its own, no stacks of
+    layers): a task overrides those it has, and sets the class attribute that goes with it.
     """
 
     name: str
@@ -139,62 +132,98 @@ class Task(Protocol):
     """items per teacher forward pass when the cache is made"""
     card: CardParts
 
+    trains_teacher: bool = False
+    """whether `train_teacher` trains a teacher that a spec may ask for on first use
+    (`[teacher.train]`); specs of other tasks refuse that section"""
+    samples_on_policy: bool = False
+    """whether `on_policy_batch` samples the student's own outputs (GKD's on-policy data; a
+    budget's `on_policy` share); specs of other tasks refuse a share above 0"""
+
+    def scoring(self, data: Any) -> dict[str, str]:
+        """How quality is computed (e.g. sacrebleu's signatures), stored with the study; raise
+        `InputError` when this machine cannot compute it. Called first, before the teacher
+        loads. Default: nothing to record."""
+        return {}
+
+    @abc.abstractmethod
     def load_data(self, data: Any, base_dir: Path, seed: int) -> dict[str, list[Any]]:
         """The study's examples (documents, sentence pairs) split three ways ("train", "valid",
         "eval") with `seed`, no example in two splits (once per study)."""
-        ...
 
+    def train_teacher(self, cfg: TeacherTraining, examples: list[Any], folder: Path, data: Any) -> None:
+        """Train a teacher on the training and validation `examples` and `save_pretrained` it
+        (and its tokenizer) into `folder`, where `[teacher.train]` asks for one that does not
+        exist yet (once per study, before `load_teacher`; only where `trains_teacher`)."""
+        from distill.errors import InputError
+
+        raise InputError(f"teacher.train: task {self.name} cannot train its teacher here; give an existing model")
+
+    @abc.abstractmethod
     def load_teacher(self, source: TeacherSource) -> Teacher:
         """Load the teacher (once per study, and where a worker needs it live); raise
         `InputError` when it is not a model this task can learn from."""
-        ...
 
+    @abc.abstractmethod
     def check_space(self, space: Any, teacher_config: Any) -> None:
         """Before any trial runs: raise `InputError` naming `space.<key>` when some
         architecture of `space` cannot be built from this teacher."""
-        ...
 
+    @abc.abstractmethod
     def encode(self, examples: list[Any], teacher: Teacher, data: Any, split: str) -> dict[str, np.ndarray]:
         """One split's examples as arrays of items (token blocks, padded paragraphs), as many
         as `data` allows for `split`; stored as `<split>_<name>.npy`."""
-        ...
 
+    @abc.abstractmethod
     def lengths(self, data: PreparedData, split: str) -> np.ndarray:
         """Real (unpadded) tokens of each item of `split`, (N,)."""
-        ...
 
+    @abc.abstractmethod
     def batch(self, data: PreparedData, split: str, idx: np.ndarray, device: torch.device) -> Batch:
         """The inputs of the items `idx` of `split`."""
-        ...
 
+    @abc.abstractmethod
     def output_arrays(self, groups: set[str], teacher: Teacher, params: dict[str, Any], data: Any) -> dict[str, OutputArray]:
         """The cached arrays of the teacher output `groups` per item of the study's data."""
-        ...
 
+    @abc.abstractmethod
     def teacher_outputs(self, teacher: Teacher, batch: Batch, groups: set[str], params: dict[str, Any]) -> dict[str, torch.Tensor]:
         """The teacher's outputs of `groups` on `batch` (no gradient), named as in `distill.losses`."""
-        ...
 
+    @abc.abstractmethod
     def importance(self, teacher: Teacher, data: PreparedData, device: torch.device) -> dict[str, Any] | None:
         """Unit importance scores on a calibration batch, for students sliced from the teacher."""
-        ...
 
+    @abc.abstractmethod
     def build_student(self, arch: dict[str, Any], data: PreparedData, device: torch.device) -> torch.nn.Module:
         """A student of the sampled architecture (initialized as the architecture says)."""
-        ...
 
+    @abc.abstractmethod
     def as_student(self, teacher: Teacher, data: PreparedData) -> torch.nn.Module:
         """The teacher wrapped like a student, to measure it with `evaluate` and `size`."""
-        ...
 
+    def on_policy_batch(self, student: torch.nn.Module, batch: Batch) -> Batch:
+        """The batch with its targets replaced by what the student samples from the batch's
+        inputs, on a budget's `on_policy` share of the training batches (before `forward`;
+        only where `samples_on_policy`)."""
+        raise NotImplementedError(f"task {self.name} has no outputs of its own to sample")
+
+    @abc.abstractmethod
     def forward(
         self, student: torch.nn.Module, batch: Batch, wanted: set[str], teacher: dict[str, torch.Tensor]
     ) -> dict[str, Any]:
         """The student's side of the loss on `batch`: the `wanted` values of `values`. `teacher`
         holds one teacher's outputs on the batch (empty without a teacher), for students that
         are run on what the teacher produced; with several teachers it is called once each."""
-        ...
 
+    def stacks(self, arch: dict[str, Any], data: PreparedData) -> dict[str, Stack]:
+        """The student's stacks of layers and the teacher's (`distill.intermediate.Stack` by
+        stack name), when a loss term pairs their layers (once per trial, before training), for
+        tasks whose `forward` gives `student_states` / `student_attentions` and `state_masks`
+        per stack and whose teacher outputs "hidden_states" / "attentions"
+        (`teacher_<stack>_hidden` / `_attentions`). Default: none (no such terms are allowed)."""
+        return {}
+
+    @abc.abstractmethod
     def evaluate(self, student: torch.nn.Module, data: PreparedData, split: str, device: torch.device) -> dict[str, Any]:
         """Every quality metric (a float each) on `split` ("valid" or "eval") against the cached
         teacher outputs. A task whose metrics score text the student generates also returns
@@ -202,25 +231,30 @@ class Task(Protocol):
         two) and caches what it is scored against as `<split>_references` and, where there are
         inputs to show, `<split>_sources`: studies save them, so that other tools recompute
         the scores."""
-        ...
 
+    @abc.abstractmethod
     def size(self, student: torch.nn.Module, data: PreparedData, device: torch.device) -> dict[str, float]:
         """Every size metric of what would ship."""
-        ...
 
+    @abc.abstractmethod
     def param_counts(self, arch: dict[str, Any], data: PreparedData) -> dict[str, int]:
         """`params` and `non_embedding_params` of what `build_student` would build, counted from
         the architecture alone (equal to `size`'s): a bound on them is checked before a trial
         builds or trains anything."""
-        ...
 
+    @abc.abstractmethod
     def describe(self, arch: dict[str, Any]) -> str:
         """A one-line summary of an architecture."""
-        ...
 
+    @abc.abstractmethod
     def export(self, student: torch.nn.Module, data: PreparedData, folder: Path) -> None:
         """Write a folder the ecosystem loads (`card.usage` shows how), without the model card."""
-        ...
+
+    def rescore(self, references: str, outputs: str, data: dict[str, Any]) -> str | None:
+        """For tasks that generate text: the shell command that recomputes the stored scores
+        from the saved files `references` and `outputs` (model cards print it; `data` is the
+        study's `[data]`). Default: None, no such command."""
+        return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -432,11 +466,6 @@ def format_metric(task: Task, name: str, value: Any) -> str:
     return f"{value:.6g}" if isinstance(value, (int, float)) else str(value)
 
 
-def trains_teacher(task: Task) -> bool:
-    """Whether the task can train its teacher on first use (`[teacher.train]`)."""
-    return callable(getattr(task, "train_teacher", None))
-
-
 __all__ = [
     "Batch",
     "CardParts",
@@ -451,7 +480,6 @@ __all__ = [
     "scores_and_text",
     "quality_metrics",
     "slice_teacher",
-    "trains_teacher",
     "confidence_arrays",
     "layer_arrays",
     "layer_groups",

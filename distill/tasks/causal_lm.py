@@ -31,6 +31,7 @@ from distill.tasks.base import (
     CardParts,
     Metric,
     OutputArray,
+    Task,
     Teacher,
     TopKLossParams,
     check_positions,
@@ -79,7 +80,7 @@ class CausalLossParams(TopKLossParams):
     """softmax temperature of the teacher's cached distribution on training blocks and of the KL"""
 
 
-class CausalLM:
+class CausalLM(Task):
     name = "causal-lm"
     data_config = DataConfig
     space = DecoderSpace
@@ -98,6 +99,8 @@ class CausalLM:
     held_out_params = {"temperature": 1.0}  # held-out KL and agreement against the plain distribution
     teacher_batch = 16
     card = CardParts("transformers", "text-generation", USAGE, "blocks", "tok_s", True)
+    trains_teacher = True
+    samples_on_policy = True
 
     # -- the teacher and the data, once per study
     def load_data(self, data: DataConfig, base_dir: Path, seed: int) -> dict[str, list[str]]:

@@ -34,6 +34,7 @@ from distill.tasks.base import (
     CardParts,
     Metric,
     OutputArray,
+    Task,
     Teacher,
     check_positions,
     check_space_fits,
@@ -178,7 +179,7 @@ class LastLayerQKV:
             h.remove()
 
 
-class Embedding:
+class Embedding(Task):
     name = "embedding"
     data_config = DataConfig
     space = EncoderSpace

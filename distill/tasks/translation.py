@@ -33,6 +33,7 @@ from distill.tasks.base import (
     CardParts,
     Metric,
     OutputArray,
+    Task,
     Teacher,
     TopKLossParams,
     check_positions,
@@ -126,7 +127,7 @@ def decoder_inputs(model: Any, labels: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.full_like(labels[:, :1], start), labels[:, :-1]], dim=1)
 
 
-class Translation:
+class Translation(Task):
     name = "translation"
     data_config = PairDataConfig
     space = Seq2SeqSpace
@@ -146,6 +147,8 @@ class Translation:
     held_out_params = {"temperature": 1.0}  # held-out KL against the plain distribution
     teacher_batch = 32
     card = CardParts("transformers", "translation", USAGE, "pairs", "sent_s", False)
+    trains_teacher = True
+    samples_on_policy = True
 
     # -- the teacher and the data, once per study
     def scoring(self, data: PairDataConfig) -> dict[str, str]:
