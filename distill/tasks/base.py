@@ -1,8 +1,9 @@
 """The task protocol: what every task module implements, and the small types it speaks in.
 
 A task (causal LM, sentence embedding, ...) is one module in `distill/tasks/` with one object
-implementing `Task`, registered by name in `distill/tasks/__init__.py`. Everything outside
-`distill/tasks/` works through this protocol and never asks which task it holds.
+of a subclass of `Task`, registered by name in `distill/tasks/__init__.py`. Everything outside
+`distill/tasks/` works through this protocol and never asks which task it holds. What only the
+text tasks share (top-k outputs, layer outputs, padded token items) is `distill.tasks.text`.
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-
-from distill.intermediate import check_layer_map
 
 if TYPE_CHECKING:
     from distill.cache import PreparedData
@@ -257,100 +256,6 @@ class Task(abc.ABC):
         return None
 
 
-@dataclasses.dataclass(frozen=True)
-class TopKLossParams:
-    """The parameters of a loss on the teacher's top-k distributions, besides the term weights."""
-
-    temperature: float = 1.0
-    """softmax temperature of the teacher's cached distribution on training items and of the KL"""
-    top_k: int = 32
-    """teacher log-probabilities kept per position (the rest is one tail bucket)"""
-    jsd_beta: float = 0.5
-    """the generalized JSD's beta (`jsd`), strictly between 0 and 1"""
-    skew_alpha: float = 0.1
-    """the skew of DistiLLM's skew KL and skew reverse KL, strictly between 0 and 1"""
-    self_evolution_share: float = 0.5
-    """self-evolution KD: the share of each batch's tokens, the hardest for the student, that
-    learn through the proxy distribution (0: none, plain forward KL)"""
-    self_evolution_prior: float = 0.5
-    """self-evolution KD: the weight of the prior (reference and teacher) in the proxy"""
-    full_vocabulary: bool = False
-    """divergences over the whole vocabulary from a live teacher's full logits (needs
-    `teacher_outputs = "live"`) instead of its cached top k and a tail bucket"""
-    layer_map: str | tuple[int, ...] = "init"
-    """which student layers the intermediate-layer terms match with which teacher layers:
-    init, uniform, last-K, or a list of teacher states (`distill.intermediate.layer_pairs`)"""
-
-    def __post_init__(self) -> None:
-        check_layer_map(self.layer_map)
-        if not self.temperature > 0:
-            raise ValueError(f"temperature: must be > 0, got {self.temperature}")
-        if self.top_k < 1:
-            raise ValueError(f"top_k: must be >= 1, got {self.top_k}")
-        for key in ("jsd_beta", "skew_alpha"):
-            if not 0.0 < getattr(self, key) < 1.0:
-                raise ValueError(f"{key}: must be strictly between 0 and 1, got {getattr(self, key)}")
-        if not 0.0 <= self.self_evolution_share <= 1.0:
-            raise ValueError(f"self_evolution_share: must be between 0 and 1, got {self.self_evolution_share}")
-        if not 0.0 <= self.self_evolution_prior < 1.0:  # at 1 the proxy holds nothing of the student
-            raise ValueError(f"self_evolution_prior: must be in [0, 1), got {self.self_evolution_prior}")
-
-
-def stack_outputs(out: Any, stack: str) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...] | None]:
-    """A transformers output's hidden states (embedding output first) and attention maps of
-    one stack: `<stack>_hidden_states` of an encoder-decoder, `hidden_states` otherwise."""
-    if f"{stack}_hidden_states" in {f.name for f in dataclasses.fields(out)}:
-        return getattr(out, f"{stack}_hidden_states"), getattr(out, f"{stack}_attentions")
-    return out.hidden_states, out.attentions
-
-
-def layer_outputs(out: Any, stacks: tuple[str, ...], groups: set[str]) -> dict[str, torch.Tensor]:
-    """The teacher output groups "hidden_states" (`teacher_<stack>_hidden`, (B, L + 1, T, D))
-    and "attentions" (`teacher_<stack>_attentions`, (B, L, H, T, T)) from a transformers output."""
-    res: dict[str, torch.Tensor] = {}
-    for stack in stacks if groups & set(LAYER_GROUPS) else ():
-        hidden, maps = stack_outputs(out, stack)
-        if "hidden_states" in groups:
-            res[f"teacher_{stack}_hidden"] = torch.stack(hidden, 1).float()
-        if "attentions" in groups:
-            res[f"teacher_{stack}_attentions"] = torch.stack(maps, 1).float()
-    return res
-
-
-def student_layers(out: Any, masks: dict[str, torch.Tensor | None], wanted: set[str]) -> dict[str, Any]:
-    """The student's side of intermediate-layer terms from a transformers output: its hidden
-    states and attention maps per stack of `masks` (each stack's mask of real tokens)."""
-    res: dict[str, Any] = {"state_masks": masks}
-    if "student_states" in wanted:
-        res["student_states"] = {stack: stack_outputs(out, stack)[0] for stack in masks}
-    if "student_attentions" in wanted:
-        res["student_attentions"] = {stack: stack_outputs(out, stack)[1] for stack in masks}
-    return res
-
-
-def layer_arrays(groups: set[str], stacks: dict[str, tuple[int, int, int, int, str | None]]) -> dict[str, OutputArray]:
-    """The cached arrays of the "hidden_states" and "attentions" groups; `stacks` gives each
-    stack's (layers, heads, width, positions, the `Batch.lengths` key its positions are cut
-    to, or None)."""
-    out = {}
-    for stack, (layers, heads, width, positions, key) in stacks.items():
-        if "hidden_states" in groups:
-            out[f"teacher_{stack}_hidden"] = OutputArray((layers + 1, positions, width), "float16", {1: key} if key else {})
-        if "attentions" in groups:
-            cut = {2: key, 3: key} if key else {}
-            out[f"teacher_{stack}_attentions"] = OutputArray((layers, heads, positions, positions), "float16", cut)
-    return out
-
-
-# The teacher output groups of intermediate layers, and what `forward` gives for them.
-LAYER_GROUPS = ("hidden_states", "attentions")
-LAYER_VALUES = frozenset({"student_states", "student_attentions", "state_masks"})
-
-
-def layer_groups(wanted: set[str]) -> set[str]:
-    """The intermediate-layer groups whose student side `wanted` asks for."""
-    return {group for group, value in zip(LAYER_GROUPS, ("student_states", "student_attentions")) if value in wanted}
-
 OUTPUTS = "outputs"
 """The key under which `Task.evaluate` returns the text a student generated"""
 
@@ -362,95 +267,10 @@ def scores_and_text(metrics: dict[str, Any]) -> tuple[dict[str, Any], list[str] 
     return metrics, metrics.pop(OUTPUTS, None)
 
 
-def trimmed(ids: np.ndarray, mask: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Padded items (N, L) as a batch cut to its longest real sequence (the cache pads every
-    item to the full length): token ids and mask, int64 on `device`."""
-    length = max(1, int(mask.sum(1).max()))
-    return (
-        torch.from_numpy(ids[:, :length].astype(np.int64)).to(device),
-        torch.from_numpy(mask[:, :length].astype(np.int64)).to(device),
-    )
-
-
-def topk_arrays(vocab: int, params: dict[str, Any], positions: int, cut: dict[int, str]) -> dict[str, OutputArray]:
-    """The cached arrays of the "topk" teacher output group: the teacher's `top_k` most likely
-    tokens at each of `positions` and their log-probabilities. (Full logits, the "logits"
-    group, are never cached: the loss config asks a live teacher for them.)"""
-    from distill.errors import InputError
-
-    if params["top_k"] > vocab:
-        raise InputError(f"distill.loss.top_k: {params['top_k']} exceeds the teacher's vocabulary ({vocab})")
-    shape = (positions, params["top_k"])
-    return {"teacher_logprobs": OutputArray(shape, "float16", cut), "teacher_indices": OutputArray(shape, "int32", cut)}
-
-
-def logit_outputs(
-    logits: torch.Tensor, groups: set[str], params: dict[str, Any], labels: torch.Tensor | None = None
-) -> dict[str, torch.Tensor]:
-    """The teacher output groups made from its next-token logits (B, T, V): "topk" (see
-    `topk_outputs`), "logits", the logits themselves (a live teacher's, for divergences over
-    the whole vocabulary), and "confidence": its entropy and its cross-entropy on the reference
-    `labels` (B, T) at each position (`teacher_entropy`, `teacher_nll`, (B, T), at temperature
-    1), by which several teachers are chosen per token."""
-    out = topk_outputs(logits, params) if "topk" in groups else {}
-    if "logits" in groups:
-        out["teacher_logits"] = logits
-    if "confidence" in groups:
-        logp = torch.log_softmax(logits.float(), dim=-1)
-        out["teacher_entropy"] = -(logp.exp() * logp).sum(-1)
-        out["teacher_nll"] = -logp.gather(-1, labels.clamp(min=0).long().unsqueeze(-1)).squeeze(-1)
-    return out
-
-
-def confidence_arrays(groups: set[str], positions: int, cut: dict[int, str]) -> dict[str, OutputArray]:
-    """The cached arrays of the "confidence" group (see `logit_outputs`)."""
-    if "confidence" not in groups:
-        return {}
-    return {name: OutputArray((positions,), "float32", cut) for name in ("teacher_entropy", "teacher_nll")}
-
-
-def topk_outputs(logits: torch.Tensor, params: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The "topk" group from teacher logits (B, T, V): log-probabilities at the loss's
-    temperature, and indices, of its `top_k` tokens, each (B, T, k)."""
-    top = torch.log_softmax(logits.float() / params["temperature"], dim=-1).topk(params["top_k"], dim=-1)
-    return {"teacher_logprobs": top.values, "teacher_indices": top.indices.int()}
-
-
 # Size metrics every task measures the same way (what ships is counted without its training state).
 PARAMS = Metric("params", "size", "min", "{:,.0f}", "parameters")
 NON_EMBEDDING_PARAMS = Metric("non_embedding_params", "size", "min", "{:,.0f}", "non-embedding parameters")
 PEAK_MEMORY = Metric("peak_memory_mb", "size", "min", "{:.2f}", "peak memory, MiB (batch 1)")
-
-
-def slice_teacher(student: torch.nn.Module, data: PreparedData, auto_class: str, init: Any, layer_pick: str) -> dict[str, Any]:
-    """Overwrite `student` with its slice of the study's teacher (loaded with `auto_class`):
-    `init(student, teacher, batch, layer_pick, scores=...)` of `search_spaces`, with the unit
-    importance the study measured once on its calibration batch. Returns those scores."""
-    teacher = data.teacher_source.load_model(auto_class)
-    scores = torch.load(data.path / "importance.pt", map_location="cpu", weights_only=True)
-    init(student, teacher, None, layer_pick, scores=scores)
-    return scores
-
-
-def check_space_fits(space: Any, teacher_config: Any) -> None:
-    """A search space's own check against the teacher (`space.check_teacher`), as one error
-    line that names the `space.<key>`."""
-    from distill.errors import InputError
-
-    try:
-        space.check_teacher(teacher_config)
-    except ValueError as exc:
-        raise InputError(f"space.{exc}") from None
-
-
-def check_positions(config: Any, length: int, key: str) -> None:
-    """Raise `InputError` naming `key` when items of `length` tokens exceed the positions the
-    teacher of `config` has (its `max_position_embeddings`; none for relative positions)."""
-    from distill.errors import InputError
-
-    most = getattr(config, "max_position_embeddings", None)
-    if isinstance(most, int) and length > most:
-        raise InputError(f"{key}: {length} tokens exceed the teacher's {most} positions (max_position_embeddings); at most {most}")
 
 
 def quality_metrics(task: Task) -> dict[str, str]:
@@ -467,27 +287,17 @@ def format_metric(task: Task, name: str, value: Any) -> str:
 
 
 __all__ = [
+    "NON_EMBEDDING_PARAMS",
+    "OUTPUTS",
+    "PARAMS",
+    "PEAK_MEMORY",
     "Batch",
     "CardParts",
     "Metric",
     "OutputArray",
     "Task",
     "Teacher",
-    "TopKLossParams",
-    "check_positions",
-    "OUTPUTS",
     "format_metric",
-    "scores_and_text",
     "quality_metrics",
-    "slice_teacher",
-    "confidence_arrays",
-    "layer_arrays",
-    "layer_groups",
-    "layer_outputs",
-    "logit_outputs",
-    "stack_outputs",
-    "student_layers",
-    "topk_arrays",
-    "topk_outputs",
-    "trimmed",
+    "scores_and_text",
 ]

@@ -22,8 +22,6 @@ from distill.intermediate import Stack, run_with_layers
 from distill.loop import autocast
 from distill.losses import next_token_ce, topk_kd_loss
 from distill.tasks.base import (
-    LAYER_GROUPS,
-    LAYER_VALUES,
     NON_EMBEDDING_PARAMS,
     PARAMS,
     PEAK_MEMORY,
@@ -33,6 +31,10 @@ from distill.tasks.base import (
     OutputArray,
     Task,
     Teacher,
+)
+from distill.tasks.text import (
+    LAYER_GROUPS,
+    LAYER_VALUES,
     TopKLossParams,
     check_positions,
     check_space_fits,

@@ -25,8 +25,6 @@ from distill.evaluate import median_ms, param_counts, peak_memory_mb
 from distill.intermediate import Stack, check_layer_map, run_with_layers
 from distill.loop import autocast
 from distill.tasks.base import (
-    LAYER_GROUPS,
-    LAYER_VALUES,
     NON_EMBEDDING_PARAMS,
     PARAMS,
     PEAK_MEMORY,
@@ -36,6 +34,10 @@ from distill.tasks.base import (
     OutputArray,
     Task,
     Teacher,
+)
+from distill.tasks.text import (
+    LAYER_GROUPS,
+    LAYER_VALUES,
     check_positions,
     check_space_fits,
     layer_arrays,

@@ -23,8 +23,6 @@ from distill.intermediate import Stack, run_with_layers
 from distill.loop import autocast
 from distill.losses import next_token_ce, topk_kd_loss
 from distill.tasks.base import (
-    LAYER_GROUPS,
-    LAYER_VALUES,
     NON_EMBEDDING_PARAMS,
     OUTPUTS,
     PARAMS,
@@ -35,6 +33,11 @@ from distill.tasks.base import (
     OutputArray,
     Task,
     Teacher,
+)
+from distill.tasks.pairs import PairDataConfig, load_pairs
+from distill.tasks.text import (
+    LAYER_GROUPS,
+    LAYER_VALUES,
     TopKLossParams,
     check_positions,
     check_space_fits,
@@ -48,7 +51,6 @@ from distill.tasks.base import (
     topk_arrays,
     trimmed,
 )
-from distill.tasks.pairs import PairDataConfig, load_pairs
 from distill.teachers import TeacherSource, TeacherTraining, byte_level_bpe, train_and_save
 from search_spaces import (
     SEQ2SEQ_FAMILIES,
