@@ -220,7 +220,8 @@ def prepare(
             teacher.model.config.save_pretrained(tmp / "teacher")
             if getattr(teacher.model, "generation_config", None) is not None:  # how the teacher decodes
                 teacher.model.generation_config.save_pretrained(tmp / "teacher")
-            teacher.tokenizer.save_pretrained(tmp / "teacher")
+            if teacher.tokenizer is not None:  # none for a teacher whose inputs are not text
+                teacher.tokenizer.save_pretrained(tmp / "teacher")
             meta: dict[str, Any] = {
                 "task": task.name,
                 "teacher_source": dataclasses.asdict(source),

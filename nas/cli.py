@@ -163,7 +163,7 @@ class _StepBar:
 
     def __init__(self, spec: Any, label: str = "", progress: Progress | None = None) -> None:
         task = spec.task
-        self.per_step = spec.full.batch_size * (spec.data.block_length if task.card.rate_in_tokens else 1)
+        self.per_step = spec.full.batch_size * task.rate_per_item(spec.data)
         self.rate_name, self.label = task.card.rate, label
         self.bar: Any = None
         self.started: tuple[float, int] | None = None

@@ -83,6 +83,7 @@ def model_card(spec: StudySpec, meta: dict[str, Any], number: int, arch: dict[st
     extra = _eval_sets(task, record)
     data = ", ".join(f"{k} = {json.dumps(v)}" for k, v in meta.get("data", {}).items())
     items = task.card.items
+    tokenizer = f" and uses {task.card.tokenizer}" if task.card.tokenizer else ""
     teacher_name = " + ".join(record.get("teachers") or [meta["teacher_name"]])
     best = (
         f"exported weights are those of step {record['best_step']}"
@@ -103,7 +104,7 @@ tags:
 A {task.describe(arch)} student of `{teacher_name}`, found by the distill-nas architecture search of
 study `{spec.name}` (trial {number}) and distilled from the teacher for {record["steps"]} steps
 (batches of {budget.batch_size} {items}). It has {student["params"] / teacher["params"]:.1%} of the teacher's
-parameters and uses the teacher's tokenizer. Load it with:
+parameters{tokenizer}. Load it with:
 
 ```python
 {task.card.usage.format(path="path/to/this/folder")}

@@ -504,15 +504,15 @@ def _build_evals(task: Task, raw: Any, data: Any) -> tuple[EvalSet, ...]:
         for k, value in table.items():
             if k == "name":
                 continue
-            if k not in task.data_config.EVAL_KEYS:
-                allowed = ", ".join(task.data_config.EVAL_KEYS)
+            if k not in task.eval_keys:
+                allowed = ", ".join(task.eval_keys)
                 raise SpecError(f"{key}.{k}: unknown key; allowed: name, {allowed} (the rest is [data]'s)")
             fields[k] = _check_type(f"{key}.{k}", value, hints[k])
         if "source" not in fields:
             raise SpecError(f"{key}.source: required (where the set's examples come from, as in [data])")
         # The source and how much of it are the table's (default: all of it); the cut is [data]'s.
-        keys = task.data_config.EVAL_KEYS
-        inherited = {k: v for k, v in dataclasses.asdict(data).items() if k not in keys} | {task.data_config.EVAL_LIMIT: 0}
+        inherited = {k: v for k, v in dataclasses.asdict(data).items() if k not in task.eval_keys}
+        inherited |= {task.eval_limit: 0} if task.eval_limit else {}
         sets.append(EvalSet(name, _construct(task.data_config, inherited | fields, key)))
     return tuple(sets)
 

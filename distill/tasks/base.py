@@ -54,8 +54,9 @@ class OutputArray:
 
 @dataclasses.dataclass
 class Teacher:
-    """A loaded teacher: the model (eval mode), its tokenizer, and what else the task keeps of
-    it (the pooling of a sentence encoder)."""
+    """A loaded teacher: the model (eval mode), its tokenizer (None for a teacher whose inputs
+    are not text: the cache then keeps none), and what else the task keeps of it (the pooling
+    of a sentence encoder)."""
 
     model: Any
     tokenizer: Any
@@ -74,7 +75,8 @@ class Batch:
 
 @dataclasses.dataclass(frozen=True)
 class CardParts:
-    """What a model card and the progress bar need to know of a task's exports."""
+    """What a model card and the progress bar need to know of a task's exports (the progress
+    bar's count of the rate's unit per item is `Task.rate_per_item`)."""
 
     library_name: str
     pipeline_tag: str
@@ -84,8 +86,9 @@ class CardParts:
     """what one training item is called, plural ("blocks", "paragraphs")"""
     rate: str
     """the progress bar's throughput unit ("tok_s", "sent_s")"""
-    rate_in_tokens: bool
-    """whether that rate counts tokens (items x the `[data]` block_length) or items"""
+    tokenizer: str = ""
+    """the tokenizer the export reads its inputs with, as the card names it ("the teacher's
+    tokenizer"); "" for a student whose inputs are not text (the card says nothing of it)"""
 
 
 class Task(abc.ABC):
@@ -111,8 +114,7 @@ class Task(abc.ABC):
     space: type
     """the `[space]` dataclass: sampled by Optuna, checked against the teacher"""
     data_config: type
-    """the `[data]` dataclass; its `EVAL_KEYS` are what an `[[eval]]` table may set (the
-    rest is `[data]`'s) and its `EVAL_LIMIT` the count an extra set leaves at 0 (all of it)"""
+    """the `[data]` dataclass"""
     metrics: tuple[Metric, ...]
     """quality metrics first; the first quality metric is the default objective"""
     loss_params: type
@@ -131,6 +133,12 @@ class Task(abc.ABC):
     """items per teacher forward pass when the cache is made"""
     card: CardParts
 
+    eval_keys: tuple[str, ...] = ("source",)
+    """the `[data]` keys an `[[eval]]` table may set (where its examples come from, how many of
+    them); the rest is `[data]`'s"""
+    eval_limit: str = ""
+    """the `[data]` key of how many held-out items to keep, which an `[[eval]]` set leaves at 0
+    (all of them) unless its table says; "" where `[data]` has none"""
     trains_teacher: bool = False
     """whether `train_teacher` trains a teacher that a spec may ask for on first use
     (`[teacher.train]`); specs of other tasks refuse that section"""
@@ -191,6 +199,12 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def importance(self, teacher: Teacher, data: PreparedData, device: torch.device) -> dict[str, Any] | None:
         """Unit importance scores on a calibration batch, for students sliced from the teacher."""
+
+    def rate_per_item(self, data: Any) -> int:
+        """How many of the progress bar's unit (`card.rate`) one training item counts under the
+        `[data]` section `data` (a block's tokens, for tokens/s); called when a full run's
+        progress bar starts. Default: 1, the rate counts items."""
+        return 1
 
     @abc.abstractmethod
     def build_student(self, arch: dict[str, Any], data: PreparedData, device: torch.device) -> torch.nn.Module:

@@ -100,7 +100,8 @@ class CausalLM(Task):
     eval_outputs = ("topk",)
     held_out_params = {"temperature": 1.0}  # held-out KL and agreement against the plain distribution
     teacher_batch = 16
-    card = CardParts("transformers", "text-generation", USAGE, "blocks", "tok_s", True)
+    card = CardParts("transformers", "text-generation", USAGE, "blocks", "tok_s", tokenizer="the teacher's tokenizer")
+    eval_keys, eval_limit = DataConfig.EVAL_KEYS, DataConfig.EVAL_LIMIT
     trains_teacher = True
     samples_on_policy = True
 
@@ -168,6 +169,9 @@ class CausalLM(Task):
         if a.init == "teacher":  # sliced from the teacher, ranked on the study's calibration batch
             slice_teacher(student, data, "AutoModelForCausalLM", init_decoder_from_teacher, a.layer_pick)
         return student.to(device)
+
+    def rate_per_item(self, data: DataConfig) -> int:
+        return data.block_length  # tokens/s
 
     def as_student(self, teacher: Teacher, data: PreparedData) -> torch.nn.Module:
         return teacher.model

@@ -198,7 +198,10 @@ class Embedding(Task):
     eval_outputs = ("sentence_embedding",)
     held_out_params: dict[str, Any] = {}
     teacher_batch = 32
-    card = CardParts("sentence-transformers", "sentence-similarity", USAGE, "paragraphs", "sent_s", False)
+    card = CardParts(
+        "sentence-transformers", "sentence-similarity", USAGE, "paragraphs", "sent_s", tokenizer="the teacher's tokenizer"
+    )
+    eval_keys, eval_limit = DataConfig.EVAL_KEYS, DataConfig.EVAL_LIMIT
 
     # -- the teacher and the data, once per study
     def load_data(self, data: DataConfig, base_dir: Path, seed: int) -> dict[str, list[str]]:

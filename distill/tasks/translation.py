@@ -148,7 +148,8 @@ class Translation(Task):
     eval_outputs = ("topk",)
     held_out_params = {"temperature": 1.0}  # held-out KL against the plain distribution
     teacher_batch = 32
-    card = CardParts("transformers", "translation", USAGE, "pairs", "sent_s", False)
+    card = CardParts("transformers", "translation", USAGE, "pairs", "sent_s", tokenizer="the teacher's tokenizer")
+    eval_keys, eval_limit = PairDataConfig.EVAL_KEYS, PairDataConfig.EVAL_LIMIT
     trains_teacher = True
     samples_on_policy = True
 
