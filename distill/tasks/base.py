@@ -95,14 +95,17 @@ class Task(abc.ABC):
     """One kind of student. Methods are listed in the order a study calls them.
 
     Once per study, in the driver (`distill.cache.prepare`): `scoring`, `load_teacher`,
-    `check_space`, `load_data` (before `load_teacher` when the task trains its teacher first),
-    `encode` for each split, `output_arrays` and `teacher_outputs` for each split's batches,
-    `importance`, then `as_student`, `evaluate` and `size` on the teacher itself.
+    `check_space`, `load_data` (before `load_teacher`, and `train_teacher` then, when the task
+    trains its teacher first), `encode` for each split, `output_arrays` and `teacher_outputs`
+    for each split's batches, `importance`, then `as_student`, `evaluate` and `size` on the
+    teacher itself.
     In the driver, for every sampled architecture: `param_counts` (a bound on size is checked
     before a trial starts).
-    In each trial and full run (`nas.trial`, `nas.full`): `build_student`, then per micro-batch
-    `batch` and `forward` (the loss terms of `distill.losses` take their inputs from there),
-    `lengths` for the budget, `evaluate` and `size` at the end; `export` after a full run.
+    In each trial and full run (`nas.trial`, `nas.full`): `build_student`, `stacks` (where a
+    loss term pairs layers), then per micro-batch `batch`, `on_policy_batch` (on a budget's
+    on-policy share) and `forward` (the loss terms of `distill.losses` take their inputs from
+    there), `lengths` for the budget, `evaluate` and `size` at the end; `rate_per_item` when a
+    full run's progress bar starts, `export` after a full run and `rescore` for its model card.
 
     The abstract methods are what every task implements. The others have defaults that say
     the task has no such part (no teacher training, no outputs of its own, no stacks of
@@ -200,12 +203,6 @@ class Task(abc.ABC):
     def importance(self, teacher: Teacher, data: PreparedData, device: torch.device) -> dict[str, Any] | None:
         """Unit importance scores on a calibration batch, for students sliced from the teacher."""
 
-    def rate_per_item(self, data: Any) -> int:
-        """How many of the progress bar's unit (`card.rate`) one training item counts under the
-        `[data]` section `data` (a block's tokens, for tokens/s); called when a full run's
-        progress bar starts. Default: 1, the rate counts items."""
-        return 1
-
     @abc.abstractmethod
     def build_student(self, arch: dict[str, Any], data: PreparedData, device: torch.device) -> torch.nn.Module:
         """A student of the sampled architecture (initialized as the architecture says)."""
@@ -213,6 +210,14 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def as_student(self, teacher: Teacher, data: PreparedData) -> torch.nn.Module:
         """The teacher wrapped like a student, to measure it with `evaluate` and `size`."""
+
+    def stacks(self, arch: dict[str, Any], data: PreparedData) -> dict[str, Stack]:
+        """The student's stacks of layers and the teacher's (`distill.intermediate.Stack` by
+        stack name), when a loss term pairs their layers (once per trial, before training), for
+        tasks whose `forward` gives `student_states` / `student_attentions` and `state_masks`
+        per stack and whose teacher outputs "hidden_states" / "attentions"
+        (`teacher_<stack>_hidden` / `_attentions`). Default: none (no such terms are allowed)."""
+        return {}
 
     def on_policy_batch(self, student: torch.nn.Module, batch: Batch) -> Batch:
         """The batch with its targets replaced by what the student samples from the batch's
@@ -227,14 +232,6 @@ class Task(abc.ABC):
         """The student's side of the loss on `batch`: the `wanted` values of `values`. `teacher`
         holds one teacher's outputs on the batch (empty without a teacher), for students that
         are run on what the teacher produced; with several teachers it is called once each."""
-
-    def stacks(self, arch: dict[str, Any], data: PreparedData) -> dict[str, Stack]:
-        """The student's stacks of layers and the teacher's (`distill.intermediate.Stack` by
-        stack name), when a loss term pairs their layers (once per trial, before training), for
-        tasks whose `forward` gives `student_states` / `student_attentions` and `state_masks`
-        per stack and whose teacher outputs "hidden_states" / "attentions"
-        (`teacher_<stack>_hidden` / `_attentions`). Default: none (no such terms are allowed)."""
-        return {}
 
     @abc.abstractmethod
     def evaluate(self, student: torch.nn.Module, data: PreparedData, split: str, device: torch.device) -> dict[str, Any]:
@@ -258,6 +255,12 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def describe(self, arch: dict[str, Any]) -> str:
         """A one-line summary of an architecture."""
+
+    def rate_per_item(self, data: Any) -> int:
+        """How many of the progress bar's unit (`card.rate`) one training item counts under the
+        `[data]` section `data` (a block's tokens, for tokens/s); called when a full run's
+        progress bar starts. Default: 1, the rate counts items."""
+        return 1
 
     @abc.abstractmethod
     def export(self, student: torch.nn.Module, data: PreparedData, folder: Path) -> None:
