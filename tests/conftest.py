@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+# The task contract is a module of tests that test modules subclass: its asserts explain failures too.
+pytest.register_assert_rewrite("tests.distill.task_contract")
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
