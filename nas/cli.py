@@ -124,14 +124,15 @@ def _run(args: argparse.Namespace, progress: Progress | None) -> int:
                 raise InputError(f"--trials: must be >= 1, got {args.trials}")
             from nas.pareto import front_table
             from nas.report import write_report
-            from nas.search import distinct_complete, run_search
+            from nas.search import run_search
+            from nas.study import distinct_complete
 
             study = run_search(spec, trials=args.trials, address=args.address, on_progress=progress)
             print(front_table(study))
             if not args.no_report and distinct_complete(study):
                 print(f"report: {write_report(study, spec.out_dir / 'report.html')}")
             return 0
-        from nas.search import load_existing_study
+        from nas.study import load_existing_study
 
         study = load_existing_study(spec)
         if args.command == "distill":
@@ -209,6 +210,7 @@ def _distill(args: argparse.Namespace, spec: Any, study: Any, progress: Progress
     import shlex
 
     from nas.full import full_distill, select_trial
+    from nas.study import StudyRecord
 
     task = spec.task
     quality = quality_metrics(task)
@@ -228,7 +230,7 @@ def _distill(args: argparse.Namespace, spec: Any, study: Any, progress: Progress
     )
     bar.close()
     m, b = record["metrics"], record["brief"]
-    teacher = study.user_attrs.get("teacher_metrics", {})
+    teacher = StudyRecord(study).teacher_metrics
     for key in quality:
         print(
             f"{key:>15}: full {format_metric(task, key, m[key])}  brief {format_metric(task, key, b.get(key))}  "

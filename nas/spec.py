@@ -25,7 +25,7 @@ from distill.tasks import DEFAULT_TASK, TASKS, Task, get_task
 from distill.tasks.base import trains_teacher
 from distill.teachers import TeacherConfig, TeacherTraining
 from nas.recipe import RecipeSpace, apply_recipe, describe_recipe
-from nas.sampling import SAMPLERS
+from nas.search.sampling import SAMPLERS
 
 
 class SpecError(InputError):

@@ -96,7 +96,7 @@ class Task(Protocol):
     split's batches, `importance`, then `as_student`, `evaluate` and `size` on the teacher itself.
     In the driver, for every sampled architecture: `param_counts` (a bound on size is checked
     before a trial starts).
-    In each trial and full run (`nas.trial`, `nas.full`): `build_student`, then per micro-batch
+    In each trial and full run (`nas.search.trial`, `nas.full`): `build_student`, then per micro-batch
     `batch` and `forward` (the loss terms of `distill.losses` take their inputs from there),
     `lengths` for the budget, `evaluate` and `size` at the end; `export` after a full run.
 

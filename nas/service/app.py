@@ -26,9 +26,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from distill.errors import InputError
-from nas.locks import writer_of
 from nas.service.catalog import Catalog, NotFound, model_card, study_json, teacher_label, trial_json
 from nas.service.jobs import ACTIVE, Jobs
+from nas.study.locks import writer_of
 
 logger = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from distill.files import file_written_whole
-from nas.locks import pid_alive
+from nas.study.locks import pid_alive
 
 logger = logging.getLogger(__name__)
 

@@ -13,8 +13,9 @@ from scipy import stats
 
 from nas.full import export_dir
 from nas.pareto import front_table
-from nas.search import distilled_records, distinct_complete, run_search
+from nas.search import run_search
 from nas.spec import load_spec
+from nas.study import distilled_records, distinct_complete
 from tests.conftest import write_spec
 
 EXTRA = """
