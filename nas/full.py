@@ -17,13 +17,13 @@ from typing import Any
 import optuna
 import torch
 
-from distill import distill, make_loss, study_teachers
+from distill import distill
 from distill.errors import InputError
 from distill.files import file_written_whole, written_whole
 from distill.loop import LAST_CHECKPOINT
+from distill.run import build_loss, build_student
 from distill.tasks import quality_metrics
 from distill.tasks.base import scores_and_text
-from distill.teacher_outputs import on_policy_teacher
 from nas.model_card import model_card
 from nas.prepare import (
     eval_set_info,
@@ -304,11 +304,8 @@ def distill_arch(
     device = pick_device(spec.resources.gpus or float(torch.cuda.is_available()))
     metric, direction = spec.objectives.metrics[0]
     sign = 1.0 if direction == "min" else -1.0
-    torch.manual_seed(spec.study.seed)
-    student = task.build_student(arch, data, device)
-    teachers = study_teachers(task, data, spec.loss, device, others)
-    live = on_policy_teacher(task, data, spec.loss, device, budget.on_policy)
-    loss = make_loss(task, student, data, spec.loss, teachers, device, budget.on_policy, live, arch)
+    student = build_student(task, arch, data, device, spec.study.seed)
+    loss = build_loss(task, student, arch, data, spec.loss, budget.on_policy, device, others)
     lengths = task.lengths(data, "train")
 
     def validate(model: torch.nn.Module) -> float:

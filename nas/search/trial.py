@@ -13,10 +13,10 @@ from typing import Any
 
 import torch
 
-from distill import Budget, LossConfig, PreparedData, distill, make_loss, study_teachers
+from distill import Budget, LossConfig, PreparedData, distill
+from distill.run import build_loss, build_student
 from distill.tasks import get_task
 from distill.tasks.base import OUTPUTS, scores_and_text
-from distill.teacher_outputs import on_policy_teacher
 from nas.prepare import pick_device
 from nas.recipe import apply_recipe
 from nas.spec import Constraints
@@ -111,15 +111,12 @@ def run_trial(
     torch.set_num_threads(max(1, int(plan.cpus)))
     device = pick_device(plan.gpus)
     task, data = get_task(plan.task), plan.data
-    torch.manual_seed(plan.seed)
-    student = task.build_student(arch, data, device)
+    student = build_student(task, arch, data, device, plan.seed)
     size = task.size(student, data, device)  # of the architecture, not of its weights: known before training
     missed = plan.size_bounds.missed(size)
     if missed is not None:
         return {**size, NOT_TRAINED: f"infeasible before training: {missed}", "device": str(device)}
-    teachers = study_teachers(task, data, plan.loss, device, plan.others)
-    live = on_policy_teacher(task, data, plan.loss, device, plan.budget.on_policy)
-    loss = make_loss(task, student, data, plan.loss, teachers, device, plan.budget.on_policy, live, arch)
+    loss = build_loss(task, student, arch, data, plan.loss, plan.budget.on_policy, device, plan.others)
     lengths = task.lengths(data, "train")
     stops = plan_stops(plan)
     rungs: list[dict[str, Any]] = []

@@ -12,7 +12,6 @@ import pytest
 from nas import _compat
 from nas.dominance import hypervolume
 
-
 SPACE = {"x": optuna.distributions.FloatDistribution(0, 1)}
 
 
