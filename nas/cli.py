@@ -1,4 +1,4 @@
-"""The `nas` command line: search, distill, fidelity, pareto, report, serve. The only place that
+"""The `nas` command line: search, distill, rank-check, pareto, report, serve. The only place that
 prints (the service's jobs run this same code with their output going to the job's log)."""
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from distill.tasks import TASKS, format_metric, quality_metrics
 from nas.commands import Progress
 
 DEFAULT_SPEC = "studies/demo.toml"
+RENAMED = {"fidelity": "rank-check"}
+"""commands that were renamed: refused in one line naming the new name"""
 
 
 
@@ -67,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--overwrite", action="store_true", help="replace an earlier export of this trial")
     f = _command(
         sub,
-        "fidelity",
+        "rank-check",
         "fully distill trials across the brief-quality range and measure how well brief runs rank full runs",
         "full.steps=400",
     )
@@ -136,8 +138,8 @@ def _run(args: argparse.Namespace, progress: Progress | None) -> Outcome:
             return Outcome(0, found)
         if args.command == "distill":
             return Outcome(0, _distill(args, spec, progress))
-        if args.command == "fidelity":
-            return Outcome(0, _fidelity(args, spec, progress))
+        if args.command == "rank-check":
+            return Outcome(0, _rank_check(args, spec, progress))
         if args.command == "pareto":
             front = commands.pareto(spec)
             print(front.json if args.json else front.table)
@@ -235,7 +237,7 @@ def _distill(args: argparse.Namespace, spec: Any, progress: Progress | None) -> 
     return done
 
 
-def _fidelity(args: argparse.Namespace, spec: Any, progress: Progress | None) -> Any:
+def _rank_check(args: argparse.Namespace, spec: Any, progress: Progress | None) -> Any:
     import shlex
 
     from nas import commands
@@ -264,12 +266,12 @@ def _fidelity(args: argparse.Namespace, spec: Any, progress: Progress | None) ->
         finally:
             bar.close()
 
-    measured = commands.fidelity(spec, trials=args.trials, overwrite=args.overwrite, distill_one=distill_one)
-    print(fidelity_table(spec.task, measured.study, measured.measurement))
+    measured = commands.rank_check(spec, trials=args.trials, overwrite=args.overwrite, distill_one=distill_one)
+    print(rank_check_table(spec.task, measured.study, measured.measurement))
     return measured
 
 
-def fidelity_table(task: Any, name: str, result: dict[str, Any]) -> str:
+def rank_check_table(task: Any, name: str, result: dict[str, Any]) -> str:
     """The trials compared and, per quality metric, the rank correlations with full quality."""
     from nas.pareto import text_table
 
@@ -371,6 +373,12 @@ def main(argv: list[str] | None = None, progress: Progress | None = None) -> int
 def run(argv: list[str] | None = None, progress: Progress | None = None) -> Outcome:
     """`main`, with how it ended as data: the command's typed result or its error line (the
     service's jobs record these)."""
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words and words[0] in RENAMED:
+        spec = next((w for w in words[1:] if not w.startswith("-") and "=" not in w), DEFAULT_SPEC)
+        error = f"{spec}: {words[0]}: the command is now {RENAMED[words[0]]} (nas {RENAMED[words[0]]}, same arguments)"
+        print(f"error: {error}", file=sys.stderr)
+        return Outcome(2, error=error)
     parser = _parser()
     args, extra = parser.parse_known_args(argv)  # KEY=VALUE overrides may follow the options
     unknown = [e for e in extra if e.startswith("-") or "=" not in e]

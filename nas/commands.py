@@ -63,8 +63,8 @@ class DistillResult:
 
 
 @dataclasses.dataclass(frozen=True)
-class FidelityResult:
-    """How well the study's brief runs rank its full runs (`nas.fidelity.measure`'s record)."""
+class RankCheckResult:
+    """How well the study's brief runs rank its full runs (`nas.rank_check.measure`'s record)."""
 
     study: str
     measurement: dict[str, Any]
@@ -137,22 +137,22 @@ def distill(
     )
 
 
-def fidelity(
+def rank_check(
     spec: StudySpec,
     *,
     trials: int = 8,
     overwrite: bool = False,
     distill_one: Callable[[Any], dict[str, Any]],
-) -> FidelityResult:
+) -> RankCheckResult:
     """Fully distill `trials` trials across the brief-quality range (`distill_one` runs each,
     continuing a killed run) and measure how well brief runs rank full runs."""
-    from nas.fidelity import measure
+    from nas.rank_check import measure
     from nas.study import load_existing_study
 
     if trials < 3:
         raise InputError(f"--trials: at least 3 trials are needed to rank, got {trials}")
     study = load_existing_study(spec)
-    return FidelityResult(spec.name, measure(spec, study, trials, distill_one=distill_one, overwrite=overwrite))
+    return RankCheckResult(spec.name, measure(spec, study, trials, distill_one=distill_one, overwrite=overwrite))
 
 
 def pareto(spec: StudySpec) -> FrontResult:
@@ -180,18 +180,18 @@ def report(spec: StudySpec, *, out: Path | None = None, color_by: str = "front")
         raise InputError(str(exc)) from None
 
 
-Result = SearchResult | DistillResult | FidelityResult | FrontResult | ReportResult
+Result = SearchResult | DistillResult | RankCheckResult | FrontResult | ReportResult
 
 __all__ = [
     "DistillResult",
-    "FidelityResult",
+    "RankCheckResult",
     "FrontResult",
     "Progress",
     "ReportResult",
     "Result",
     "SearchResult",
     "distill",
-    "fidelity",
+    "rank_check",
     "pareto",
     "report",
     "search",

@@ -11,8 +11,8 @@ from optuna.trial import TrialState
 
 from distill.tasks import format_metric
 from nas.dominance import reference_point, to_minimize
-from nas.fidelity import PROXY
 from nas.pareto import described, eval_set_names, front_rows, provenance
+from nas.rank_check import PROXY
 from nas.recipe import describe_recipe
 from nas.study import StudyRecord, TrialRecord, distinct_complete, task_of, trial_counts
 from nas.study._record import ARCH, LOSS_CURVE
@@ -102,10 +102,10 @@ def _brief_vs_full(study: optuna.Study, rows: list[dict]) -> go.Figure | None:
     return fig
 
 
-def _fidelity(study: optuna.Study) -> list[go.Figure]:
-    """`nas fidelity`'s measurement: brief against full quality, one point per trial, per
+def _rank_check(study: optuna.Study) -> list[go.Figure]:
+    """`nas rank-check`'s measurement: brief against full quality, one point per trial, per
     quality objective, with the rank correlations (and the parameter-count proxy's) in the title."""
-    result = StudyRecord(study).fidelity
+    result = StudyRecord(study).rank_check
     if not result:
         return []
     figures = []
@@ -194,7 +194,7 @@ def write_report(study: optuna.Study, out: Path, color_by: str = "front") -> Pat
     moved = _brief_vs_full(study, rows)
     if moved is not None:
         figures.append(moved)
-    figures.extend(_fidelity(study))
+    figures.extend(_rank_check(study))
     figures.append(_curves(study))
     parts = [
         fig.to_html(full_html=False, include_plotlyjs=(i == 0), default_height="560px") for i, fig in enumerate(figures)

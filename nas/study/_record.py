@@ -42,7 +42,7 @@ SCORING = "scoring"  # how quality is computed ({metric: signature}, e.g. sacreb
 CONSTRAINTS = "constraints"  # {metric: limit} the trials were judged by
 SAMPLER = "sampler"  # the sampler's name; a resumed study keeps it
 DISTILLED = "distilled"  # `distilled:<trial>`: the record of that trial's full distillation
-FIDELITY = "fidelity"  # the last `nas fidelity` measurement
+RANK_CHECK = "rank_check"  # the last `nas rank-check` measurement (studies made before: "fidelity")
 
 INTERRUPTED = "interrupted: the search stopped before this trial finished"
 """the fail reason of a trial a killed or stopped run left RUNNING"""
@@ -245,8 +245,8 @@ class StudyRecord:
         return self.attrs.get(SAMPLER)
 
     @property
-    def fidelity(self) -> dict[str, Any] | None:
-        return self.attrs.get(FIDELITY)
+    def rank_check(self) -> dict[str, Any] | None:
+        return self.attrs.get(RANK_CHECK) or self.attrs.get("fidelity")
 
     @property
     def distilled(self) -> dict[str, dict[str, Any]]:
@@ -260,8 +260,8 @@ class StudyRecord:
     def record_distilled(self, number: int, record: dict[str, Any]) -> None:
         self.study.set_user_attr(f"{DISTILLED}:{number}", record)
 
-    def record_fidelity(self, result: dict[str, Any]) -> None:
-        self.study.set_user_attr(FIDELITY, result)
+    def record_rank_check(self, result: dict[str, Any]) -> None:
+        self.study.set_user_attr(RANK_CHECK, result)
 
     def record_teachers(self, teacher: str, metrics: dict[str, Any], others: list[dict[str, Any]], meta: dict[str, Any]) -> None:
         """The teachers' names, the first's metrics (quality is measured against it), the

@@ -53,7 +53,7 @@ def pick_trials(
     candidates = [t for t in distinct_complete(study) if is_feasible(t) and metric in t.user_attrs]
     if len(candidates) < 3:
         raise InputError(
-            f"--trials: the study has {len(candidates)} complete feasible trial(s); fidelity needs at least 3"
+            f"--trials: the study has {len(candidates)} complete feasible trial(s); a rank check needs at least 3"
         )
     k = min(k, len(candidates))
     sign = 1.0 if direction == "min" else -1.0
@@ -179,7 +179,7 @@ def measure(
             "proxy": correlations(proxy, full, spec.study.seed),
         }
     result["pick"] = pick_gap(rows, {t.number for t in front_trials(study)}, metric, direction)
-    StudyRecord(study).record_fidelity(result)
+    StudyRecord(study).record_rank_check(result)
     return result
 
 
