@@ -30,7 +30,7 @@ import torch
 
 from distill import LossConfig, distill, make_loss, study_teachers
 from distill.tasks.base import scores_and_text
-from nas.search import prepare_other_teachers, prepare_study
+from nas.prepare import prepare_other_teachers, prepare_study
 from nas.spec import StudySpec, load_spec
 
 ROOT = Path(__file__).resolve().parents[1]

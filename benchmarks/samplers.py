@@ -30,8 +30,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from nas.dominance import hypervolume, nondominated_ranks, reference_point, to_minimize  # noqa: E402
 from nas.fidelity import correlations, pick_gap  # noqa: E402
+
+from nas.dominance import hypervolume, nondominated_ranks, reference_point, to_minimize  # noqa: E402
 from nas.spec import StudySpec, load_spec  # noqa: E402
 
 SPEC = ROOT / "studies" / "demo-lm.toml"
@@ -80,7 +81,8 @@ _WORK: dict[str, Any] = {}
 
 
 def _init_worker(overrides: list[str]) -> None:
-    from nas.search import prepare_study, trial_plan
+    from nas.prepare import prepare_study
+    from nas.search import trial_plan
 
     spec = load(overrides)
     data = prepare_study(spec)  # the finished cache, reused
@@ -88,7 +90,7 @@ def _init_worker(overrides: list[str]) -> None:
 
 
 def _brief(arch: dict[str, Any]) -> dict[str, Any]:
-    from nas.trial import run_trial
+    from nas.search.trial import run_trial
 
     spec, plan = _WORK["spec"], _WORK["plan"]
     out = run_trial(arch, plan)
@@ -150,7 +152,7 @@ def final(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def evaluate(args: argparse.Namespace) -> None:
-    from nas.search import prepare_study
+    from nas.prepare import prepare_study
 
     spec = load(args.set)
     prepare_study(spec)  # teacher (trained on first use) and cache, once, before the workers
@@ -185,9 +187,9 @@ def replay_one(spec: StudySpec, brief: dict[str, dict], sampler: str, mf: bool, 
     keeps proposing what it has tried ends short, as it would in a real search."""
     import optuna
 
-    from nas.sampling import make_sampler
-    from nas.scheduler import RungBoard
     from nas.search import MAX_ROUNDS
+    from nas.search.sampling import make_sampler
+    from nas.search.scheduler import RungBoard
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     metrics = [m for m, _ in spec.objectives.metrics]

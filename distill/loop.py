@@ -198,6 +198,7 @@ def distill(
     student.to(device).train()
     opt = _optimizer(student, budget)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(int(budget.warmup * total), total))
+    run = _Run(student, opt, sched, sampler, device)
     state: dict[str, Any] = {
         "step": 0, "losses": [], "evals": [], "best": math.inf, "best_step": None, "bad_evals": 0,
     }  # fmt: skip
@@ -206,67 +207,26 @@ def distill(
     if checkpoint_dir is not None:
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
     if resume and last is not None and last.exists():
-        # RNG and sampler states live on the CPU; weights and optimizer state move to the model.
-        ckpt = torch.load(last, map_location="cpu", weights_only=True)
-        if "sampler" not in ckpt:
-            raise InputError(f"--resume: {last} was written by an earlier version; start again without --resume")
-        student.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
-        torch.set_rng_state(ckpt["torch_rng"])
-        if device.type == "cuda" and ckpt.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(ckpt["cuda_rng"], device)
-        sampler.load(ckpt["sampler"])
-        state = ckpt["state"]
+        state = run.load(last)
         logger.info("resuming at step %d/%d from %s", state["step"], total, last)
-    micro = budget.batch_size // budget.grad_accum
     stopped_early = False
     while state["step"] < total and not stopped_early:
-        opt.zero_grad(set_to_none=True)
-        batch = sampler.next(budget.batch_size)
-        step_loss = 0.0
-        for m in range(budget.grad_accum):  # gradient accumulation over micro-batches
-            loss = loss_fn(np.sort(batch[m * micro : (m + 1) * micro]))
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at step {state['step']}")
-            (loss / budget.grad_accum).backward()
-            step_loss += loss.item() / budget.grad_accum
-        if budget.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(student.parameters(), budget.grad_clip)
-        opt.step()
-        sched.step()
+        step_loss = run.step(loss_fn, budget, state["step"])
         state["step"] += 1
         state["losses"].append(step_loss)
         step = state["step"]
         if on_step is not None:
             on_step(step, total, step_loss)
         if validate is not None and budget.eval_every and (step % budget.eval_every == 0 or step == total):
-            score = float(validate(student))
+            improved = _judge(state, step, float(validate(student)), budget.patience)
             student.train()
-            state["evals"].append((step, score))
-            if score < state["best"]:
-                state["best"], state["best_step"], state["bad_evals"] = score, step, 0
+            if improved:
                 best_weights = {k: v.detach().clone() for k, v in student.state_dict().items()}
                 if checkpoint_dir is not None:
                     _save(best_weights, checkpoint_dir / "best.pt")
-            else:
-                state["bad_evals"] += 1
-                stopped_early = bool(budget.patience) and state["bad_evals"] >= budget.patience
-                if stopped_early:
-                    logger.info("early stop at step %d: no better score in %d evaluations", step, budget.patience)
+            stopped_early = bool(budget.patience) and state["bad_evals"] >= budget.patience
         if last is not None and budget.checkpoint_every and (step % budget.checkpoint_every == 0 or step == total):
-            _save(
-                {
-                    "model": student.state_dict(),
-                    "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict(),
-                    "torch_rng": torch.get_rng_state(),
-                    "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-                    "sampler": sampler.state(),
-                    "state": state,
-                },
-                last,
-            )
+            _save(run.checkpoint(state), last)
     if state["best_step"] is not None:
         if best_weights is None and checkpoint_dir is not None:  # resumed after the best was saved
             best_weights = torch.load(checkpoint_dir / "best.pt", map_location=device, weights_only=True)
@@ -275,3 +235,70 @@ def distill(
         delattr(student, TRAINING_STATE)
     student.eval()
     return TrainResult(state["losses"], state["evals"], state["best_step"], state["step"], stopped_early)
+
+
+def _judge(state: dict[str, Any], step: int, score: float, patience: int) -> bool:
+    """Record a validation `score` (lower is better); whether it is the best so far."""
+    state["evals"].append((step, score))
+    if score < state["best"]:
+        state["best"], state["best_step"], state["bad_evals"] = score, step, 0
+        return True
+    state["bad_evals"] += 1
+    if patience and state["bad_evals"] >= patience:
+        logger.info("early stop at step %d: no better score in %d evaluations", step, patience)
+    return False
+
+
+@dataclasses.dataclass
+class _Run:
+    """What a run steps and checkpoints: the student, its optimizer and schedule, the data order."""
+
+    student: torch.nn.Module
+    opt: torch.optim.Optimizer
+    sched: Any
+    sampler: Sampler
+    device: torch.device
+
+    def step(self, loss_fn: Callable[[np.ndarray], torch.Tensor], budget: Budget, step: int) -> float:
+        """One optimizer step over `budget.grad_accum` micro-batches; returns its loss."""
+        self.opt.zero_grad(set_to_none=True)
+        batch = self.sampler.next(budget.batch_size)
+        micro = budget.batch_size // budget.grad_accum
+        step_loss = 0.0
+        for m in range(budget.grad_accum):  # gradient accumulation over micro-batches
+            loss = loss_fn(np.sort(batch[m * micro : (m + 1) * micro]))
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss.item()} at step {step}")
+            (loss / budget.grad_accum).backward()
+            step_loss += loss.item() / budget.grad_accum
+        if budget.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.student.parameters(), budget.grad_clip)
+        self.opt.step()
+        self.sched.step()
+        return step_loss
+
+    def checkpoint(self, state: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "model": self.student.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+            "sampler": self.sampler.state(),
+            "state": state,
+        }
+
+    def load(self, path: Path) -> dict[str, Any]:
+        """Continue from the checkpoint at `path`; returns the run's state there."""
+        # RNG and sampler states live on the CPU; weights and optimizer state move to the model.
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        if "sampler" not in ckpt:
+            raise InputError(f"--resume: {path} was written by an earlier version; start again without --resume")
+        self.student.load_state_dict(ckpt["model"])
+        self.opt.load_state_dict(ckpt["optimizer"])
+        self.sched.load_state_dict(ckpt["scheduler"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        if self.device.type == "cuda" and ckpt.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(ckpt["cuda_rng"], self.device)
+        self.sampler.load(ckpt["sampler"])
+        return ckpt["state"]

@@ -160,7 +160,7 @@ def check_caches(out_dir: Path) -> list[str]:
 def trial_states(spec: Any) -> dict[int, tuple[str, Any]]:
     import optuna
 
-    from nas.search import open_storage
+    from nas.study import open_storage
 
     try:
         study = optuna.load_study(study_name=spec.name, storage=open_storage(spec.storage_url))
@@ -179,7 +179,7 @@ def lost(before: dict[int, tuple[str, Any]], after: dict[int, tuple[str, Any]]) 
 
 def search_chaos(spec_args: list[str], spec: Any, kills: int, rng: random.Random, say: Any) -> list[str]:
     """Kill the search `kills` times, restart it after each, let it finish; the problems found."""
-    from nas.search import distinct_evaluated, load_existing_study
+    from nas.study import TrialRecord, distinct_evaluated, load_existing_study
 
     problems: list[str] = []
     plan = ["the teacher cache", "Ray's start"] + ["a trial just completed", "running trials"] * kills
@@ -217,7 +217,7 @@ def search_chaos(spec_args: list[str], spec: Any, kills: int, rng: random.Random
     running = [n for n, (s, _) in now.items() if s == "RUNNING"]
     if running:
         problems.append(f"trials left RUNNING: {running}")
-    trained = [json.dumps([t.user_attrs.get("arch"), t.user_attrs.get("recipe")], sort_keys=True) for t in evaluated]
+    trained = [json.dumps([TrialRecord(t).arch, TrialRecord(t).recipe], sort_keys=True) for t in evaluated]
     if len(set(trained)) != len(trained):
         problems.append("an architecture was trained twice")
     say(f"search: {len(evaluated)}/{spec.study.trials} distinct architectures, {len(now)} trials in all")
@@ -230,7 +230,7 @@ def distill_chaos(spec_args: list[str], spec: Any, number: int, kills: int, rng:
 
     from distill.loop import LAST_CHECKPOINT
     from nas.full import EXPORT_RECORD, checkpoint_dir, export_dir
-    from nas.search import distilled_records, open_storage
+    from nas.study import distilled_records, open_storage
 
     problems: list[str] = []
     args = ["distill", *spec_args, "--trial", str(number), "--overwrite"]

@@ -1,24 +1,24 @@
-"""The `nas` command line: search, distill, fidelity, pareto, report, serve. The only place that
+"""The `nas` command line: search, distill, rank-check, pareto, report, serve. The only place that
 prints (the service's jobs run this same code with their output going to the job's log)."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from distill.errors import InputError
 from distill.tasks import TASKS, format_metric, quality_metrics
+from nas.commands import Progress
 
 DEFAULT_SPEC = "studies/demo.toml"
+RENAMED = {"fidelity": "rank-check"}
+"""commands that were renamed: refused in one line naming the new name"""
 
-Progress = Callable[[dict[str, Any]], None]
-"""where a run's progress goes besides the terminal: a dict per finished trial (`event` "trial"),
-per full-run step ("step") and per export ("exported")"""
 
 
 def _split(items: list[str]) -> tuple[str, list[str]]:
@@ -69,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--overwrite", action="store_true", help="replace an earlier export of this trial")
     f = _command(
         sub,
-        "fidelity",
+        "rank-check",
         "fully distill trials across the brief-quality range and measure how well brief runs rank full runs",
         "full.steps=400",
     )
@@ -109,51 +109,47 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _run(args: argparse.Namespace, progress: Progress | None) -> int:
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """How a command ended, as data: its exit code, its typed result (`nas.commands`), and the
+    one-line error of bad input (exit code 2)."""
+
+    code: int
+    result: Any = None
+    error: str | None = None
+
+
+def _run(args: argparse.Namespace, progress: Progress | None) -> Outcome:
+    from nas import commands
     from nas.spec import load_spec
 
     if args.command == "serve":
-        return _serve(args)
+        return Outcome(_serve(args))
     spec_path, overrides = _split(args.spec)
     try:
         spec = load_spec(spec_path, overrides)
         if args.storage:
             spec = spec.with_storage(args.storage)
         if args.command == "search":
-            if args.trials is not None and args.trials < 1:
-                raise InputError(f"--trials: must be >= 1, got {args.trials}")
-            from nas.pareto import front_table
-            from nas.report import write_report
-            from nas.search import distinct_complete, run_search
-
-            study = run_search(spec, trials=args.trials, address=args.address, on_progress=progress)
-            print(front_table(study))
-            if not args.no_report and distinct_complete(study):
-                print(f"report: {write_report(study, spec.out_dir / 'report.html')}")
-            return 0
-        from nas.search import load_existing_study
-
-        study = load_existing_study(spec)
+            found = commands.search(spec, trials=args.trials, address=args.address, report=not args.no_report, on_progress=progress)
+            print(found.front.table)
+            if found.report:
+                print(f"report: {found.report}")
+            return Outcome(0, found)
         if args.command == "distill":
-            return _distill(args, spec, study, progress)
-        if args.command == "fidelity":
-            return _fidelity(args, spec, study, progress)
+            return Outcome(0, _distill(args, spec, progress))
+        if args.command == "rank-check":
+            return Outcome(0, _rank_check(args, spec, progress))
         if args.command == "pareto":
-            from nas.pareto import front_json, front_table
-
-            print(front_json(study) if args.json else front_table(study))
-        else:
-            from nas.report import write_report
-
-            try:
-                out = write_report(study, args.out or spec.out_dir / "report.html", args.color_by)
-            except ValueError as exc:
-                raise InputError(str(exc)) from None
-            print(f"report: {out}")
-        return 0
+            front = commands.pareto(spec)
+            print(front.json if args.json else front.table)
+            return Outcome(0, front)
+        written = commands.report(spec, out=args.out, color_by=args.color_by)
+        print(f"report: {written.report}")
+        return Outcome(0, written)
     except InputError as exc:
         print(f"error: {spec_path}: {exc}", file=sys.stderr)
-        return 2
+        return Outcome(2, error=f"{spec_path}: {exc}")
 
 
 class _StepBar:
@@ -205,50 +201,50 @@ class _StepBar:
             self.bar.close()
 
 
-def _distill(args: argparse.Namespace, spec: Any, study: Any, progress: Progress | None) -> int:
+def _distill(args: argparse.Namespace, spec: Any, progress: Progress | None) -> Any:
     import shlex
 
-    from nas.full import full_distill, select_trial
+    from nas import commands
 
     task = spec.task
-    quality = quality_metrics(task)
-    trial = select_trial(study, number=args.trial, best=args.best, max_params=args.max_params, metrics=quality)
     bar = _StepBar(spec, progress=progress)
     # what makes this export from scratch: the same arguments, without those about an earlier run
     command = shlex.join(["nas", *[a for a in args.argv if a not in ("--resume", "--restart", "--overwrite")]])
-    record = full_distill(
-        spec,
-        trial,
-        study,
-        resume=args.resume,
-        restart=args.restart,
-        overwrite=args.overwrite,
-        command=command,
-        on_step=bar,
-    )
-    bar.close()
-    m, b = record["metrics"], record["brief"]
-    teacher = study.user_attrs.get("teacher_metrics", {})
-    for key in quality:
+    try:
+        done = commands.distill(
+            spec,
+            trial=args.trial,
+            best=args.best,
+            max_params=args.max_params,
+            resume=args.resume,
+            restart=args.restart,
+            overwrite=args.overwrite,
+            command=command,
+            on_step=bar,
+        )
+    finally:
+        bar.close()
+    m, b, teacher = done.metrics, done.brief, done.teacher_metrics
+    for key in quality_metrics(task):
         print(
             f"{key:>15}: full {format_metric(task, key, m[key])}  brief {format_metric(task, key, b.get(key))}  "
             f"teacher {format_metric(task, key, teacher.get(key))}"
         )
     print(f"{'params':>15}: {m['params']:,} ({m['params'] / teacher.get('params', m['params']):.1%} of the teacher)")
-    print(f"exported: {record['export']}")
+    print(f"exported: {done.export}")
     if progress is not None:
-        progress({"event": "exported", "trial": trial.number, "export": record["export"], "command": command})
-    return 0
+        progress({"event": "exported", "trial": done.trial, "export": done.export, "command": command})
+    return done
 
 
-def _fidelity(args: argparse.Namespace, spec: Any, study: Any, progress: Progress | None) -> int:
+def _rank_check(args: argparse.Namespace, spec: Any, progress: Progress | None) -> Any:
     import shlex
 
-    from nas.fidelity import measure
+    from nas import commands
     from nas.full import full_distill, has_checkpoint
+    from nas.study import load_existing_study
 
-    if args.trials < 3:
-        raise InputError(f"--trials: at least 3 trials are needed to rank, got {args.trials}")
+    study = load_existing_study(spec)
 
     def distill_one(trial: Any) -> dict[str, Any]:
         bar = _StepBar(spec, f"trial {trial.number}", progress)
@@ -270,12 +266,12 @@ def _fidelity(args: argparse.Namespace, spec: Any, study: Any, progress: Progres
         finally:
             bar.close()
 
-    result = measure(spec, study, args.trials, distill_one=distill_one, overwrite=args.overwrite)
-    print(fidelity_table(spec.task, study.study_name, result))
-    return 0
+    measured = commands.rank_check(spec, trials=args.trials, overwrite=args.overwrite, distill_one=distill_one)
+    print(rank_check_table(spec.task, measured.study, measured.measurement))
+    return measured
 
 
-def fidelity_table(task: Any, name: str, result: dict[str, Any]) -> str:
+def rank_check_table(task: Any, name: str, result: dict[str, Any]) -> str:
     """The trials compared and, per quality metric, the rank correlations with full quality."""
     from nas.pareto import text_table
 
@@ -370,7 +366,19 @@ def _quiet_libraries() -> None:
 
 def main(argv: list[str] | None = None, progress: Progress | None = None) -> int:
     """Run the `nas` command line (`argv`: its arguments, default sys.argv's); `progress`
-    receives the run's progress figures as they come."""
+    receives the run's progress figures as they come. Returns the exit code."""
+    return run(argv, progress).code
+
+
+def run(argv: list[str] | None = None, progress: Progress | None = None) -> Outcome:
+    """`main`, with how it ended as data: the command's typed result or its error line (the
+    service's jobs record these)."""
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words and words[0] in RENAMED:
+        spec = next((w for w in words[1:] if not w.startswith("-") and "=" not in w), DEFAULT_SPEC)
+        error = f"{spec}: {words[0]}: the command is now {RENAMED[words[0]]} (nas {RENAMED[words[0]]}, same arguments)"
+        print(f"error: {error}", file=sys.stderr)
+        return Outcome(2, error=error)
     parser = _parser()
     args, extra = parser.parse_known_args(argv)  # KEY=VALUE overrides may follow the options
     unknown = [e for e in extra if e.startswith("-") or "=" not in e]
@@ -389,7 +397,7 @@ def main(argv: list[str] | None = None, progress: Progress | None = None) -> int
         return _run(args, progress)
     except KeyboardInterrupt:
         print("interrupted; completed trials are kept in the study's storage", file=sys.stderr)
-        return 130
+        return Outcome(130, error="interrupted")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from nas import _compat
+
 
 def to_minimize(values: np.ndarray | list, directions: list[str]) -> np.ndarray:
     """(N, M) values with each "max" column negated, so that lower is better everywhere."""
@@ -68,21 +70,11 @@ def pareto_order(points: np.ndarray) -> np.ndarray:
 
 
 def hypervolume(points: np.ndarray, reference: np.ndarray) -> float:
-    """The volume dominated by `points` and bounded by `reference` (2 objectives: exact sweep;
-    more: Optuna's own algorithm)."""
+    """The volume dominated by `points` and bounded by `reference`, by Optuna's own algorithm
+    (exact in any number of objectives); points beyond the reference count for nothing."""
     points = np.asarray(points, dtype=float)
     reference = np.asarray(reference, dtype=float)
     points = points[np.all(points < reference, axis=1)]
     if not len(points):
         return 0.0
-    if points.shape[1] == 2:
-        points = points[np.argsort(points[:, 0], kind="stable")]
-        volume, best_y = 0.0, reference[1]
-        for x, y in points:
-            if y < best_y:
-                volume += (reference[0] - x) * (best_y - y)
-                best_y = y
-        return float(volume)
-    from optuna._hypervolume import compute_hypervolume
-
-    return float(compute_hypervolume(points, reference))
+    return _compat.hypervolume(points, reference)

@@ -17,31 +17,28 @@ from typing import Any
 import optuna
 import torch
 
-from distill import distill, make_loss, study_teachers
+from distill import distill
 from distill.errors import InputError
 from distill.files import file_written_whole, written_whole
 from distill.loop import LAST_CHECKPOINT
+from distill.run import build_loss, build_student
 from distill.tasks import quality_metrics
 from distill.tasks.base import scores_and_text
-from distill.teacher_outputs import on_policy_teacher
-from nas.locks import study_writer
 from nas.model_card import model_card
-from nas.recipe import apply_recipe
-from nas.search import (
-    EVAL_SETS_INFO,
-    distilled_records,
-    distinct_complete,
+from nas.prepare import (
     eval_set_info,
     eval_set_teacher_metrics,
-    front_trials,
     prepare_eval_sets,
     prepare_other_teachers,
     prepare_study,
-    record_distilled,
 )
+from nas.recipe import apply_recipe
+from nas.search.trial import held_out_scores, pick_device
 from nas.spec import StudySpec
+from nas.study import StudyRecord, TrialRecord, distilled_records, distinct_complete, front_trials
+from nas.study._record import ARCH, EVAL_SETS, EVAL_SETS_INFO, RECIPE
+from nas.study.locks import study_writer
 from nas.texts import TEXTS, save_outputs, save_references
-from nas.trial import held_out_scores, pick_device
 
 logger = logging.getLogger(__name__)
 
@@ -63,9 +60,9 @@ def select_trial(
             raise InputError(f"--trial: no trial {number} in study {study.study_name!r} (0-{len(study.trials) - 1})")
         trial = study.trials[number]
         if trial.state != optuna.trial.TrialState.COMPLETE:
-            reason = trial.user_attrs.get("fail_reason", "")
+            reason = TrialRecord(trial).fail_reason or ""
             raise InputError(f"--trial: trial {number} is {trial.state.name}, not COMPLETE {reason}".rstrip())
-        twin = trial.user_attrs.get("duplicate_of")
+        twin = TrialRecord(trial).duplicate_of
         return study.trials[twin] if twin is not None else trial
     if best not in metrics:
         raise InputError(f"--best: unknown metric {best!r}; allowed: {', '.join(metrics)}")
@@ -147,9 +144,9 @@ def _full_distill(
             logger.warning("no checkpoint in %s: starting from the beginning", ckpt)
         shutil.rmtree(ckpt, ignore_errors=True)
     task = spec.task
-    recipe = trial.user_attrs.get("recipe")
+    recipe = TrialRecord(trial).recipe
     loss, full = apply_recipe(spec.loss, spec.full, recipe)
-    arch = trial.user_attrs["arch"]
+    arch = TrialRecord(trial).arch
     settings = run_settings(dataclasses.replace(spec, loss=loss, full=full), arch)
     _check_fingerprint(ckpt, settings, write=False)  # settings first: before anything is computed
     temperature = loss.params.get("temperature") if recipe else None  # the search's cache at the trial's
@@ -164,13 +161,13 @@ def _full_distill(
     record = {
         "export": str(out),
         "metrics": run.metrics,
-        "eval_sets": run.eval_sets,
+        EVAL_SETS: run.eval_sets,
         "budget": dataclasses.asdict(spec.full),
-        **({"recipe": recipe} if recipe else {}),
+        **({RECIPE: recipe} if recipe else {}),
         "teachers": [d.meta["teacher_name"] for d in (data, *others)],
         "teacher_eval_sets": eval_set_teacher_metrics(evals),
         EVAL_SETS_INFO: eval_set_info(evals),
-        "brief": {k: trial.user_attrs[k] for k in quality_metrics(task) if k in trial.user_attrs},
+        "brief": {k: v for k, v in TrialRecord(trial).metrics(task).items() if k in quality_metrics(task)},
         "steps": result.steps,
         "best_step": result.best_step,
         "stopped_early": result.stopped_early,
@@ -189,8 +186,8 @@ def _full_distill(
             save_outputs(tmp / TEXTS, "student", run.texts)
             record["texts"] = sorted(f"{TEXTS}/{p.name}" for p in (tmp / TEXTS).iterdir())
         (tmp / "README.md").write_text(model_card(spec, data.meta, trial.number, arch, record))
-        (tmp / EXPORT_RECORD).write_text(json.dumps({"arch": arch, **record}, indent=2, default=_plain))
-    record_distilled(study, trial.number, record)
+        (tmp / EXPORT_RECORD).write_text(json.dumps({ARCH: arch, **record}, indent=2, default=_plain))
+    StudyRecord(study).record_distilled(trial.number, record)
     shutil.rmtree(ckpt, ignore_errors=True)  # the run is complete and recorded: its checkpoints are spent
     return record
 
@@ -204,12 +201,12 @@ def _record_left_export(
         exported = json.loads((out / EXPORT_RECORD).read_text())
     except (OSError, ValueError):
         return None
-    record = {k: v for k, v in exported.items() if k != "arch"}
+    record = {k: v for k, v in exported.items() if k != ARCH}
     known = distilled_records(study).get(str(trial.number), {})
-    if exported.get("arch") != trial.user_attrs.get("arch") or str(record.get("finished")) <= str(known.get("finished", "")):
+    if exported.get(ARCH) != TrialRecord(trial).arch or str(record.get("finished")) <= str(known.get("finished", "")):
         return None  # another study's export, or one recorded already (or older than the record)
     logger.info("recording the export of trial %d that an interrupted run left in %s", trial.number, out)
-    record_distilled(study, trial.number, record)
+    StudyRecord(study).record_distilled(trial.number, record)
     made = ckpt / FINGERPRINT
     if made.exists() and made.stat().st_mtime <= (out / EXPORT_RECORD).stat().st_mtime:  # that run's, not a later one's
         shutil.rmtree(ckpt, ignore_errors=True)
@@ -222,7 +219,7 @@ def run_settings(spec: StudySpec, arch: dict[str, Any]) -> dict[str, Any]:
     budget = dataclasses.asdict(spec.full)
     budget.pop("checkpoint_every")  # when checkpoints are written changes nothing the run computes
     settings = {
-        "arch": arch,
+        ARCH: arch,
         "full": budget,
         "distill.loss": dataclasses.asdict(spec.loss),
         "study.seed": spec.study.seed,
@@ -307,11 +304,8 @@ def distill_arch(
     device = pick_device(spec.resources.gpus or float(torch.cuda.is_available()))
     metric, direction = spec.objectives.metrics[0]
     sign = 1.0 if direction == "min" else -1.0
-    torch.manual_seed(spec.study.seed)
-    student = task.build_student(arch, data, device)
-    teachers = study_teachers(task, data, spec.loss, device, others)
-    live = on_policy_teacher(task, data, spec.loss, device, budget.on_policy)
-    loss = make_loss(task, student, data, spec.loss, teachers, device, budget.on_policy, live, arch)
+    student = build_student(task, arch, data, device, spec.study.seed)
+    loss = build_loss(task, student, arch, data, spec.loss, budget.on_policy, device, others)
     lengths = task.lengths(data, "train")
 
     def validate(model: torch.nn.Module) -> float:

@@ -10,7 +10,8 @@ import optuna
 
 from distill.tasks import format_metric
 from nas.recipe import describe_recipe
-from nas.search import EVAL_SETS, EVAL_SETS_INFO, distilled_records, front_trials, task_of
+from nas.study import StudyRecord, TrialRecord, distilled_records, front_trials, task_of
+from nas.study._record import EVAL_SETS, EVAL_SETS_INFO
 
 
 def front_rows(study: optuna.Study) -> list[dict[str, Any]]:
@@ -20,16 +21,16 @@ def front_rows(study: optuna.Study) -> list[dict[str, Any]]:
     distilled = distilled_records(study)
     rows = []
     for t in front_trials(study):
-        full = distilled.get(str(t.number))
+        full, r = distilled.get(str(t.number)), TrialRecord(t)
         rows.append(
             {
                 "trial": t.number,
-                "arch": t.user_attrs.get("arch"),
-                "arch_short": t.user_attrs.get("arch_short", ""),
-                "recipe": t.user_attrs.get("recipe"),
+                "arch": r.arch,
+                "arch_short": r.arch_short,
+                "recipe": r.recipe,
                 "objectives": dict(zip(names, t.values)),
-                "metrics": {m.name: t.user_attrs[m.name] for m in task.metrics if m.name in t.user_attrs},
-                "eval_sets": t.user_attrs.get(EVAL_SETS, {}),
+                "metrics": r.metrics(task),
+                "eval_sets": r.eval_sets,
                 "full": {k: full.get(k) for k in ("metrics", "export", EVAL_SETS)} if full else None,
             }
         )
@@ -45,18 +46,19 @@ def described(row: dict[str, Any]) -> str:
 
 def eval_set_names(study: optuna.Study) -> list[str]:
     """The study's extra evaluation sets (`[[eval]]`), as its teacher was scored on them."""
-    return list(study.user_attrs.get(EVAL_SETS, {}))
+    return list(StudyRecord(study).teacher_eval_sets)
 
 
 def front_json(study: optuna.Study) -> str:
+    record = StudyRecord(study)
     return json.dumps(
         {
             "study": study.study_name,
             "task": task_of(study).name,
             "directions": [d.name.lower() for d in study.directions],
-            "teacher": study.user_attrs.get("teacher"),
-            "teacher_metrics": study.user_attrs.get("teacher_metrics"),
-            "teacher_eval_sets": study.user_attrs.get(EVAL_SETS, {}),
+            "teacher": record.teacher,
+            "teacher_metrics": record.teacher_metrics or None,
+            "teacher_eval_sets": record.teacher_eval_sets,
             "front": front_rows(study),
         },
         indent=2,
@@ -88,9 +90,9 @@ def front_table(study: optuna.Study) -> str:
         if full:  # fully distilled front points: the full score next to the brief one
             line.append(format_metric(task, quality, r["full"]["metrics"].get(quality)) if r["full"] else "-")
         body.append(line)
-    teacher = study.user_attrs.get("teacher_metrics") or {}
+    teacher = StudyRecord(study).teacher_metrics
     if teacher:
-        on_sets = study.user_attrs.get(EVAL_SETS, {})
+        on_sets = StudyRecord(study).teacher_eval_sets
         body.append(
             ["teacher", "", *[format_metric(task, n, teacher[n]) if n in teacher else "-" for n in names]]
             + [format_metric(task, quality, on_sets.get(s, {}).get(quality)) for s in sets]

@@ -11,12 +11,13 @@ from optuna.trial import TrialState
 
 from distill.tasks import format_metric
 from nas.dominance import reference_point, to_minimize
-from nas.fidelity import FIDELITY, PROXY
 from nas.pareto import described, eval_set_names, front_rows, provenance
+from nas.rank_check import PROXY
 from nas.recipe import describe_recipe
-from nas.search import distinct_complete, task_of, trial_counts
+from nas.study import StudyRecord, TrialRecord, distinct_complete, task_of, trial_counts
+from nas.study._record import ARCH, LOSS_CURVE
 
-HOVER_HIDDEN = ("loss_curve", "arch")
+HOVER_HIDDEN = (LOSS_CURVE, ARCH)
 
 
 def _plot_study(study: optuna.Study) -> optuna.Study:
@@ -52,7 +53,7 @@ def _curves(study: optuna.Study) -> go.Figure:
     fig = go.Figure()
     front = {r["trial"] for r in front_rows(study)}
     for t in distinct_complete(study):
-        curve = t.user_attrs.get("loss_curve")
+        curve = TrialRecord(t).loss_curve
         if not curve:
             continue
         steps = [round(i * (t.user_attrs.get("train_steps", len(curve)) / len(curve))) for i in range(len(curve))]
@@ -61,7 +62,7 @@ def _curves(study: optuna.Study) -> go.Figure:
                 x=steps,
                 y=curve,
                 mode="lines",
-                name=f"#{t.number} {t.user_attrs.get('arch_short', '')}",
+                name=f"#{t.number} {TrialRecord(t).arch_short}",
                 line={"width": 3 if t.number in front else 1},
             )
         )
@@ -101,10 +102,10 @@ def _brief_vs_full(study: optuna.Study, rows: list[dict]) -> go.Figure | None:
     return fig
 
 
-def _fidelity(study: optuna.Study) -> list[go.Figure]:
-    """`nas fidelity`'s measurement: brief against full quality, one point per trial, per
+def _rank_check(study: optuna.Study) -> list[go.Figure]:
+    """`nas rank-check`'s measurement: brief against full quality, one point per trial, per
     quality objective, with the rank correlations (and the parameter-count proxy's) in the title."""
-    result = study.user_attrs.get(FIDELITY)
+    result = StudyRecord(study).rank_check
     if not result:
         return []
     figures = []
@@ -146,7 +147,7 @@ def _by_recipe(study: optuna.Study) -> go.Figure:
     quality, size = names[0], names[1] if len(names) > 1 else names[0]
     groups: dict[str, list] = {}
     for t in distinct_complete(study):
-        groups.setdefault(describe_recipe(t.user_attrs.get("recipe")) or "the spec's loss", []).append(t)
+        groups.setdefault(describe_recipe(TrialRecord(t).recipe) or "the spec's loss", []).append(t)
     fig = go.Figure()
     for recipe, trials in sorted(groups.items()):
         fig.add_trace(
@@ -155,7 +156,7 @@ def _by_recipe(study: optuna.Study) -> go.Figure:
                 y=[t.values[0] for t in trials],
                 mode="markers",
                 name=recipe,
-                text=[f"#{t.number} {t.user_attrs.get('arch_short', '')}" for t in trials],
+                text=[f"#{t.number} {TrialRecord(t).arch_short}" for t in trials],
                 hovertemplate=f"%{{text}}<br>{quality}: %{{y:.4g}}<br>{size}: %{{x:,}}<extra>{html.escape(recipe)}</extra>",
             )
         )
@@ -193,7 +194,7 @@ def write_report(study: optuna.Study, out: Path, color_by: str = "front") -> Pat
     moved = _brief_vs_full(study, rows)
     if moved is not None:
         figures.append(moved)
-    figures.extend(_fidelity(study))
+    figures.extend(_rank_check(study))
     figures.append(_curves(study))
     parts = [
         fig.to_html(full_html=False, include_plotlyjs=(i == 0), default_height="560px") for i, fig in enumerate(figures)
@@ -219,15 +220,15 @@ def write_report(study: optuna.Study, out: Path, color_by: str = "front") -> Pat
         for r in rows
     )
     counts = ", ".join(f"{n} {k}" for k, n in trial_counts(study).items())
-    teacher = study.user_attrs.get("teacher_metrics") or {}
+    teacher = StudyRecord(study).teacher_metrics
     teacher_line = ", ".join(f"{k} {format_metric(task, k, v)}" for k, v in teacher.items())
     doc = f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>distill-nas: {html.escape(study.study_name)}</title>
 <style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}</style></head><body>
 <h1>Study {html.escape(study.study_name)}</h1>
-<p>Teacher: {html.escape(str(study.user_attrs.get("teacher", "?")))} ({html.escape(teacher_line)})</p>
-{"".join(f"<p>{html.escape(line)}</p>" for line in provenance(study.user_attrs))}<p>Trials: {html.escape(counts)}. Infeasible trials (beyond a bound of [constraints]) are drawn grey and never on the front.</p>
+<p>Teacher: {html.escape(str(StudyRecord(study).teacher or "?"))} ({html.escape(teacher_line)})</p>
+{"".join(f"<p>{html.escape(line)}</p>" for line in provenance(StudyRecord(study).provenance))}<p>Trials: {html.escape(counts)}. Infeasible trials (beyond a bound of [constraints]) are drawn grey and never on the front.</p>
 <h2>Pareto front</h2><table><tr>{head}</tr>{body}</table>
 {"".join(parts)}
 </body></html>

@@ -24,7 +24,7 @@ from distill.objective import LossConfig, allowed_terms, on_policy_terms
 from distill.tasks import DEFAULT_TASK, TASKS, Task, get_task
 from distill.teachers import TeacherConfig, TeacherTraining
 from nas.recipe import RecipeSpace, apply_recipe, describe_recipe
-from nas.sampling import SAMPLERS
+from nas.search.sampling import SAMPLERS
 
 
 class SpecError(InputError):

@@ -14,6 +14,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 TEACHER_FAMILIES = ("gpt2", "llama", "qwen2")
+SLOW_FIXTURES = {"ray_local", "postgres_url", "server"}
+"""fixtures that start Ray, a PostgreSQL server or `nas serve`: the tests using them are `slow`"""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """`slow`: tests that start Ray, a PostgreSQL server, a browser or a server, or run whole
+    studies (marked by their module or by a fixture of `SLOW_FIXTURES`); `pytest -m "not slow"`
+    leaves them out for a quick check, CI runs everything."""
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 def corpus() -> list[str]:

@@ -101,11 +101,12 @@ class Task(abc.ABC):
     teacher itself.
     In the driver, for every sampled architecture: `param_counts` (a bound on size is checked
     before a trial starts).
-    In each trial and full run (`nas.trial`, `nas.full`): `build_student`, `stacks` (where a
-    loss term pairs layers), then per micro-batch `batch`, `on_policy_batch` (on a budget's
-    on-policy share) and `forward` (the loss terms of `distill.losses` take their inputs from
-    there), `lengths` for the budget, `evaluate` and `size` at the end; `rate_per_item` when a
-    full run's progress bar starts, `export` after a full run and `rescore` for its model card.
+    In each trial and full run (`nas.search.trial`, `nas.full`, through `distill.run`):
+    `build_student`, `stacks` (where a loss term pairs layers), then per micro-batch `batch`,
+    `on_policy_batch` (on a budget's on-policy share) and `forward` (the loss terms of
+    `distill.losses` take their inputs from there), `lengths` for the budget, `evaluate` and
+    `size` at the end; `rate_per_item` when a full run's progress bar starts, `export` after a
+    full run and `rescore` for its model card.
 
     The abstract methods are what every task implements. The others have defaults that say
     the task has no such part (no teacher training, no outputs of its own, no stacks of

@@ -15,11 +15,14 @@ from optuna.trial import FrozenTrial, TrialState
 
 from distill.errors import InputError
 from distill.tasks import Task, format_metric
+from nas._compat import storage_of
 from nas.dominance import hypervolume, to_minimize
 from nas.full import export_dir
 from nas.report import hypervolume_reference
-from nas.search import (
-    EVAL_SETS,
+from nas.spec import StudySpec, load_spec
+from nas.study import (
+    StudyRecord,
+    TrialRecord,
     distilled_records,
     distinct_evaluated,
     front_trials,
@@ -29,14 +32,14 @@ from nas.search import (
     task_of,
     trial_counts,
 )
-from nas.spec import StudySpec, load_spec
+from nas.study._record import ARCH, DUPLICATE_OF, EVAL_SETS, LOSS_CURVE, PRUNED_AT, RECIPE, RUNGS
 
 
 class NotFound(LookupError):
     """No such study, trial, export or job: HTTP 404."""
 
 
-HIDDEN = ("arch", "loss_curve", "rungs", "recipe", EVAL_SETS, "counts")
+HIDDEN = (ARCH, LOSS_CURVE, RUNGS, RECIPE, EVAL_SETS, "counts")
 """trial attributes the pages show in their own places, not as metrics"""
 
 
@@ -132,7 +135,7 @@ class Catalog:
             storage = self._storages.get(url)
         if storage is None:
             try:  # a storage is opened only once its file exists
-                storage = load_existing_study(spec)._storage
+                storage = storage_of(load_existing_study(spec))
             except InputError:
                 return None
             with self._lock:
@@ -162,26 +165,25 @@ def metric_table(task: Task, study: optuna.Study) -> list[dict[str, Any]]:
 
 def trial_row(task: Task, t: FrozenTrial, front: set[int], distilled: dict[str, Any]) -> dict[str, Any]:
     """One trial: state, architecture, every metric (and formatted), front membership."""
-    a = t.user_attrs
+    r = TrialRecord(t)
+    a = r.attrs
     metrics = {
         k: v for k, v in a.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in HIDDEN
     }
     metrics.update(a.get("counts") or {})  # a trial not trained for its size still has its size
-    metrics = {k: v for k, v in metrics.items() if math.isfinite(v) and k not in ("duplicate_of", "pruned_at")}
+    metrics = {k: v for k, v in metrics.items() if math.isfinite(v) and k not in (DUPLICATE_OF, PRUNED_AT)}
     full = distilled.get(str(t.number))
     return {
         "number": t.number,
         "state": outcome(t),
         "front": t.number in front,
-        "arch": a.get("arch"),
-        "arch_short": (a.get("arch_short") or task.describe(a["arch"])) if a.get("arch") else "",
-        "recipe": a.get("recipe"),
+        "arch": r.arch,
+        "arch_short": (r.arch_short or task.describe(r.arch)) if r.arch else "",
+        "recipe": r.recipe,
         "metrics": metrics,
         "formatted": {k: format_metric(task, k, v) for k, v in metrics.items()},
-        "reason": a.get("fail_reason")
-        or a.get("not_trained")
-        or (a.get("pruned_at") and f"stopped at step {a['pruned_at'].get('step')}"),
-        "duplicate_of": a.get("duplicate_of"),
+        "reason": r.fail_reason or r.not_trained or (r.pruned_at and f"stopped at step {r.pruned_at.get('step')}"),
+        "duplicate_of": r.duplicate_of,
         "started": t.datetime_start.timestamp() if t.datetime_start else None,
         "completed": t.datetime_complete.timestamp() if t.datetime_complete else None,
         "distilled": bool(full),
@@ -194,11 +196,12 @@ def study_json(study: optuna.Study, with_trials: bool = True) -> dict[str, Any]:
     task = task_of(study)
     evaluated = distinct_evaluated(study)
     front = {t.number for t in front_trials(study)}
-    teacher = study.user_attrs.get("teacher_metrics") or {}
+    record = StudyRecord(study)
+    teacher = record.teacher_metrics
     out: dict[str, Any] = {
         "name": study.study_name,
         "task": task.name,
-        "teacher": study.user_attrs.get("teacher"),
+        "teacher": record.teacher,
         "teacher_metrics": teacher,
         "teacher_formatted": {k: format_metric(task, k, v) for k, v in teacher.items()},
         "objectives": study.metric_names or [],
@@ -223,7 +226,7 @@ def hypervolume_history(study: optuna.Study) -> list[dict[str, Any]]:
     done = [
         t
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if "duplicate_of" not in t.user_attrs and is_feasible(t) and t.values and t.datetime_complete
+        if not TrialRecord(t).is_repeat and is_feasible(t) and t.values and t.datetime_complete
     ]
     if len(directions) < 2 or not done:
         return []
@@ -251,16 +254,16 @@ def trial_json(spec: StudySpec, study: optuna.Study, number: int) -> dict[str, A
     front = {f.number for f in front_trials(study)}
     distilled = distilled_records(study)
     row = trial_row(task, t, front, distilled)
-    a = t.user_attrs
+    r = TrialRecord(t)
     full = distilled.get(str(number))
     card = model_card(spec, number)
     return {
         **row,
-        "loss_curve": a.get("loss_curve") or [],
-        "train_steps": a.get("train_steps"),
-        "rungs": a.get("rungs") or [],
-        "eval_sets": a.get(EVAL_SETS) or {},
-        "teacher_metrics": study.user_attrs.get("teacher_metrics") or {},
+        "loss_curve": r.loss_curve,
+        "train_steps": r.metric("train_steps"),
+        "rungs": r.rungs,
+        "eval_sets": r.eval_sets or {},
+        "teacher_metrics": StudyRecord(study).teacher_metrics,
         "full": (
             {
                 **full,

@@ -17,6 +17,7 @@ checkpoint. Run a job's folder with `python -m nas.service.jobs FOLDER`."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -30,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from distill.files import file_written_whole
-from nas.locks import pid_alive
+from nas.study.locks import pid_alive
 
 logger = logging.getLogger(__name__)
 
@@ -245,7 +246,8 @@ def _signal(pid: int, sig: int, group: bool = False) -> None:
 
 def run(folder: Path) -> int:
     """The child: run the job's `nas` arguments with the command line's code, writing its
-    state and progress into `folder`."""
+    state and progress into `folder`, and how it ended as data: the command's typed result,
+    or its one-line error."""
     from nas import cli
 
     job = read_json(folder / JOB)
@@ -257,29 +259,27 @@ def run(folder: Path) -> int:
         "started": time.time(),
     }
     write_json(folder / STATE, state)
-    result: dict[str, Any] = {}
 
     def progress(event: dict[str, Any]) -> None:
-        event = {**event, "at": time.time()}
-        if event.get("event") == "exported":
-            result.update(export=event["export"], trial=event["trial"], command=event["command"])
-        else:
-            write_json(folder / PROGRESS, event)
+        if event.get("event") != "exported":  # the export is in the result
+            write_json(folder / PROGRESS, {**event, "at": time.time()})
 
     for sig in (signal.SIGINT, signal.SIGTERM):  # either stops the job as Ctrl-C does, once
         signal.signal(sig, _interrupt)
-    code = 1
+    outcome = cli.Outcome(1)
     try:
-        code = cli.main(job["args"], progress=progress)
+        outcome = cli.run(job["args"], progress=progress)
     except SystemExit as exc:  # argparse refused the arguments
-        code = exc.code if isinstance(exc.code, int) else 2
+        outcome = cli.Outcome(exc.code if isinstance(exc.code, int) else 2, error="the arguments were refused (see the log)")
     except BaseException as exc:  # noqa: BLE001 - the job's state says how it ended
         logger.exception("job failed")
-        state["error"] = f"{type(exc).__name__}: {exc}"
-    ended = {0: "completed", INTERRUPTED_EXIT: "stopped"}.get(code, "failed")
-    if ended == "failed" and "error" not in state:
-        state["error"] = _error_line(folder / LOG) or f"exit code {code}"
-    write_json(folder / STATE, {**state, "state": ended, "exit_code": code, "ended": time.time(), "result": result})
+        outcome = cli.Outcome(1, error=f"{type(exc).__name__}: {exc}")
+    ended = {0: "completed", INTERRUPTED_EXIT: "stopped"}.get(outcome.code, "failed")
+    result = dataclasses.asdict(outcome.result) if dataclasses.is_dataclass(outcome.result) else {}
+    record = {"state": ended, "exit_code": outcome.code, "ended": time.time(), "result": result}
+    if ended == "failed":
+        record["error"] = outcome.error or f"exit code {outcome.code}"
+    write_json(folder / STATE, {**state, **record})
     return 0
 
 
@@ -287,16 +287,6 @@ def _interrupt(signum: int, frame: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the clean-up that follows runs to its end
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt
-
-
-def _error_line(log: Path) -> str | None:
-    """The command line's one-line error (`error: ...`), the last one in the log."""
-    try:
-        lines = log.read_text(errors="replace").splitlines()
-    except FileNotFoundError:
-        return None
-    errors = [line for line in lines if line.startswith("error: ")]
-    return errors[-1].removeprefix("error: ") if errors else None
 
 
 if __name__ == "__main__":

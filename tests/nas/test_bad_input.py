@@ -86,7 +86,8 @@ CASES = [
     pytest.param(Bad("--best", r"^unknown metric 'bleu'; allowed: perplexity, kl, top1_agreement$", command="distill", args=("--best", "bleu")), id="distill-best-unknown-metric"),
     pytest.param(Bad("--trial", r"^no trial 99 in study 'lm' \(0-2\)$", command="distill", args=("--trial", "99")), id="distill-trial-out-of-range"),
     pytest.param(Bad("--trial", r"^trial 2 is FAIL, not COMPLETE", command="distill", args=("--trial", "2")), id="distill-failed-trial"),
-    pytest.param(Bad("--trials", r"^at least 3 trials are needed to rank, got 2$", command="fidelity", args=("--trials", "2")), id="fidelity-2-trials"),
+    pytest.param(Bad("fidelity", r"^the command is now rank-check \(nas rank-check, same arguments\)$", command="fidelity", args=("--trials", "3")), id="renamed-command"),
+    pytest.param(Bad("--trials", r"^at least 3 trials are needed to rank, got 2$", command="rank-check", args=("--trials", "2")), id="rank-check-2-trials"),
     pytest.param(Bad("study.name", r"^no study 'nosuch' yet \(.* does not exist\); run `nas search` first$", command="pareto", args=("study.name='nosuch'",)), id="pareto-no-storage"),
     # -- budgets, loss, objectives, constraints, resources
     pytest.param(Bad("distill.steps", r"^must be >= 1 \(or set tokens\), got 0$", args=("distill.steps=0",)), id="steps-0"),

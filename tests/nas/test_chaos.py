@@ -6,8 +6,8 @@ checks are `nas.chaos`'s, the script users run on their own studies."""
 import random
 
 from nas.chaos import distill_chaos, search_chaos
-from nas.search import distinct_complete, load_existing_study
 from nas.spec import load_spec
+from nas.study import distinct_complete, load_existing_study
 from tests.conftest import write_spec
 
 

@@ -10,8 +10,9 @@ from distill import PreparedData
 from distill.tasks.embedding import read_pooling
 from nas.pareto import front_json, front_table
 from nas.report import write_report
-from nas.search import distilled_records, distinct_complete, front_trials, run_search
+from nas.search import run_search
 from nas.spec import SpecError, load_spec
+from nas.study import distilled_records, distinct_complete, front_trials
 from tests.conftest import write_embedding_spec
 
 pytestmark = pytest.mark.usefixtures("ray_local")

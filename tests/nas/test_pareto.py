@@ -5,7 +5,7 @@ from optuna.distributions import IntDistribution
 from optuna.trial import TrialState, create_trial
 
 from nas.pareto import front_json, front_rows, front_table
-from nas.search import front_trials
+from nas.study import front_trials
 
 
 def _study(points, duplicate_of=None):

@@ -11,8 +11,9 @@ import pytest
 
 from distill import Budget, LossConfig
 from nas.recipe import RecipeSpace, apply_recipe, describe_recipe
-from nas.search import distilled_records, distinct_complete, run_search
+from nas.search import run_search
 from nas.spec import SpecError, load_spec
+from nas.study import distilled_records, distinct_complete
 from tests.conftest import write_spec
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -13,8 +13,9 @@ from optuna.trial import TrialState
 
 from nas.full import export_dir
 from nas.report import write_report
-from nas.search import distilled_records, distinct_complete, run_search
+from nas.search import run_search
 from nas.spec import load_spec
+from nas.study import distilled_records, distinct_complete
 from tests.conftest import write_translation_spec
 
 pytestmark = pytest.mark.usefixtures("ray_local")

@@ -12,10 +12,10 @@ from fastapi.testclient import TestClient
 
 from distill.files import held
 from nas.cli import main
-from nas.locks import writer_lock
 from nas.service.app import COOKIE, MAX_BODY, create_app
 from nas.service.jobs import Jobs
 from nas.spec import load_spec
+from nas.study.locks import writer_lock
 
 TOKEN = "s3cret-token-of-twenty-chars"
 

@@ -11,8 +11,9 @@ from optuna.trial import TrialState
 
 from nas.pareto import front_json, front_table
 from nas.report import write_report
-from nas.search import INTERRUPTED, distinct_complete, distinct_evaluated, front_trials, run_search
+from nas.search import run_search
 from nas.spec import load_spec
+from nas.study import INTERRUPTED, distinct_complete, distinct_evaluated, front_trials
 from tests.conftest import write_spec
 
 pytestmark = pytest.mark.usefixtures("ray_local")

@@ -13,23 +13,19 @@ from typing import Any
 
 import torch
 
-from distill import Budget, LossConfig, PreparedData, distill, make_loss, study_teachers
+from distill import Budget, LossConfig, PreparedData, distill
+from distill.run import build_loss, build_student
 from distill.tasks import get_task
 from distill.tasks.base import OUTPUTS, scores_and_text
-from distill.teacher_outputs import on_policy_teacher
+from nas.prepare import pick_device
 from nas.recipe import apply_recipe
 from nas.spec import Constraints
+from nas.study import TRIAL_ATTRS
+from nas.study._record import EVAL_SETS, LOSS_CURVE, NOT_TRAINED, RUNGS
 
 logger = logging.getLogger(__name__)
 
 CURVE_POINTS = 50
-# What a trial stores besides its task's metrics (Optuna user attributes).
-TRIAL_ATTRS = (
-    "arch", "arch_short", "duplicate_of", "train_loss", "train_seconds", "train_steps", "loss_curve", "device",
-    "rungs", "pruned_at", "not_trained", "eval_sets", "ray_node",
-)  # fmt: skip
-
-
 @dataclasses.dataclass(frozen=True)
 class TrialPlan:
     """Everything a worker needs besides the architecture; small and picklable."""
@@ -68,10 +64,6 @@ def with_recipe(plan: TrialPlan, recipe: dict[str, Any] | None) -> TrialPlan:
         raise ValueError(f"no teacher outputs cached at temperature {recipe['temperature']}")
     data, others = plan.by_temperature.get(loss.params.get("temperature"), (plan.data, plan.others))
     return dataclasses.replace(plan, loss=loss, budget=budget, data=data, others=others)
-
-
-def pick_device(gpus: float) -> torch.device:
-    return torch.device("cuda" if gpus > 0 and torch.cuda.is_available() else "cpu")
 
 
 def recorded(task_name: str) -> tuple[str, ...]:
@@ -119,15 +111,12 @@ def run_trial(
     torch.set_num_threads(max(1, int(plan.cpus)))
     device = pick_device(plan.gpus)
     task, data = get_task(plan.task), plan.data
-    torch.manual_seed(plan.seed)
-    student = task.build_student(arch, data, device)
+    student = build_student(task, arch, data, device, plan.seed)
     size = task.size(student, data, device)  # of the architecture, not of its weights: known before training
     missed = plan.size_bounds.missed(size)
     if missed is not None:
-        return {**size, "not_trained": f"infeasible before training: {missed}", "device": str(device)}
-    teachers = study_teachers(task, data, plan.loss, device, plan.others)
-    live = on_policy_teacher(task, data, plan.loss, device, plan.budget.on_policy)
-    loss = make_loss(task, student, data, plan.loss, teachers, device, plan.budget.on_policy, live, arch)
+        return {**size, NOT_TRAINED: f"infeasible before training: {missed}", "device": str(device)}
+    loss = build_loss(task, student, arch, data, plan.loss, plan.budget.on_policy, device, plan.others)
     lengths = task.lengths(data, "train")
     stops = plan_stops(plan)
     rungs: list[dict[str, Any]] = []
@@ -146,13 +135,13 @@ def run_trial(
     quality, sets, texts = held_out_scores(task, student, data, plan.evals, device)
     return {
         **quality,
-        **({"eval_sets": sets} if plan.evals else {}),
+        **({EVAL_SETS: sets} if plan.evals else {}),
         **({OUTPUTS: texts} if texts else {}),
         **size,
-        "rungs": [*rungs, {"step": result.steps, **quality}],
+        RUNGS: [*rungs, {"step": result.steps, **quality}],
         "train_loss": result.losses[-1],
         "train_seconds": train_seconds,
         "train_steps": len(result.losses),
-        "loss_curve": result.losses[::stride],
+        LOSS_CURVE: result.losses[::stride],
         "device": str(device),
     }

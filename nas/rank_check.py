@@ -20,12 +20,12 @@ import optuna
 from distill.errors import InputError
 from distill.tasks import quality_metrics
 from nas.recipe import apply_recipe
-from nas.search import distilled_records, distinct_complete, front_trials, is_feasible
 from nas.spec import StudySpec
+from nas.study import StudyRecord, TrialRecord, distilled_records, distinct_complete, front_trials, is_feasible
+from nas.study._record import RECIPE
 
 logger = logging.getLogger(__name__)
 
-FIDELITY = "fidelity"  # study user attribute: the last measurement
 PROXY = "non_embedding_params"
 RESAMPLES = 2000
 LEVEL = 0.95
@@ -40,7 +40,7 @@ def reusable(study: optuna.Study, spec: StudySpec) -> set[str]:
 
 def _budget(spec: StudySpec, record: dict) -> dict:
     """The `[full]` budget a run of `record` had under this spec (with its trial's recipe)."""
-    return dataclasses.asdict(apply_recipe(spec.loss, spec.full, record.get("recipe"))[1])
+    return dataclasses.asdict(apply_recipe(spec.loss, spec.full, record.get(RECIPE))[1])
 
 
 def pick_trials(
@@ -53,7 +53,7 @@ def pick_trials(
     candidates = [t for t in distinct_complete(study) if is_feasible(t) and metric in t.user_attrs]
     if len(candidates) < 3:
         raise InputError(
-            f"--trials: the study has {len(candidates)} complete feasible trial(s); fidelity needs at least 3"
+            f"--trials: the study has {len(candidates)} complete feasible trial(s); a rank check needs at least 3"
         )
     k = min(k, len(candidates))
     sign = 1.0 if direction == "min" else -1.0
@@ -147,7 +147,7 @@ def measure(
     rows = [
         {
             "trial": t.number,
-            "arch_short": t.user_attrs.get("arch_short", ""),
+            "arch_short": TrialRecord(t).arch_short,
             "brief": {m: _finite(t.user_attrs.get(m)) for m in quality},
             "full": {m: _finite(distilled[str(t.number)]["metrics"].get(m)) for m in quality},
             "full_steps": distilled[str(t.number)]["steps"],
@@ -179,7 +179,7 @@ def measure(
             "proxy": correlations(proxy, full, spec.study.seed),
         }
     result["pick"] = pick_gap(rows, {t.number for t in front_trials(study)}, metric, direction)
-    study.set_user_attr(FIDELITY, result)
+    StudyRecord(study).record_rank_check(result)
     return result
 
 
@@ -209,4 +209,4 @@ def pick_gap(rows: list[dict[str, Any]], front: set[Any], metric: str, direction
     }
 
 
-__all__ = ["FIDELITY", "PROXY", "correlations", "measure", "pick_gap", "pick_trials"]
+__all__ = ["PROXY", "correlations", "measure", "pick_gap", "pick_trials"]

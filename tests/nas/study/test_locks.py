@@ -13,9 +13,8 @@ import pytest
 from optuna.trial import TrialState
 
 from distill.files import Busy
-from nas import locks
-from nas.search import distinct_complete
 from nas.spec import load_spec
+from nas.study import distinct_complete, locks
 from tests.conftest import write_spec
 from tests.postgres import postgres_url  # noqa: F401 - a fixture
 
@@ -52,7 +51,7 @@ def test_a_second_search_is_refused_and_the_first_is_unharmed(tmp_path, teacher_
 
 HOLD = """
 import sys, time, optuna
-from nas.locks import lease
+from nas.study.locks import lease
 study = optuna.load_study(study_name="leased", storage=sys.argv[1])
 with lease(study, "search"):
     print("held", flush=True)
@@ -95,8 +94,8 @@ def test_a_lease_held_elsewhere_is_taken_over_only_once_it_ages(postgres_url, mo
 
 
 def test_a_repeated_architecture_stops_waiting_for_its_twin(tmp_path):
-    from nas.search import wait_for_twin
-    from nas.trial import TrialPlan
+    from nas.search._ray import wait_for_twin
+    from nas.search.trial import TrialPlan
 
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     study = optuna.create_study(study_name="twins", storage=url)
@@ -122,7 +121,8 @@ def test_a_cluster_search_needs_a_storage_every_node_can_write(tmp_path, teacher
 
 @pytest.mark.usefixtures("ray_local")
 def test_a_journal_file_storage_holds_a_study_and_its_lease(tmp_path, teacher_dirs):
-    from nas.search import open_storage, run_search
+    from nas.search import run_search
+    from nas.study import open_storage
 
     journal = f"journal:///{tmp_path / 'study.log'}"
     spec = load_spec(write_spec(tmp_path, teacher_dirs["gpt2"]), ["study.trials=2"]).with_storage(journal)

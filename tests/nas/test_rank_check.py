@@ -1,4 +1,4 @@
-"""`nas fidelity` and `[[eval]]` sets on a tiny study: trials and full runs scored on an extra
+"""`nas rank-check` and `[[eval]]` sets on a tiny study: trials and full runs scored on an extra
 set, brief-vs-full correlations stored and equal to scipy's on the stored pairs, full runs
 never repeated, and the report drawing them."""
 
@@ -13,8 +13,9 @@ from scipy import stats
 
 from nas.full import export_dir
 from nas.pareto import front_table
-from nas.search import distilled_records, distinct_complete, run_search
+from nas.search import run_search
 from nas.spec import load_spec
+from nas.study import distilled_records, distinct_complete
 from tests.conftest import write_spec
 
 EXTRA = """
@@ -39,7 +40,7 @@ def study_spec(tmp_path_factory, teacher_dirs, ray_local):
     import logging
     import os
 
-    folder = tmp_path_factory.mktemp("fidelity")
+    folder = tmp_path_factory.mktemp("rank-check")
     docs = [inspect.getdoc(m) for m in (csv, email, http.client, logging, os, json, inspect)]
     (folder / "modules.jsonl").write_text("\n".join(json.dumps({"doc": d}) for d in docs))
     path = write_spec(folder, teacher_dirs["gpt2"], name="fid", extra=EXTRA)
@@ -62,14 +63,14 @@ def test_every_trial_is_scored_on_the_extra_set(study_spec):
     assert "modules perplexity" in table.splitlines()[1]
 
 
-def test_fidelity_measures_stores_and_never_distills_twice(study_spec):
+def test_rank_check_measures_stores_and_never_distills_twice(study_spec):
     path, spec, overrides = study_spec
     full = ["full.steps=12", "full.batch_size=4", "full.eval_every=6", "full.checkpoint_every=6"]
-    proc = _nas("fidelity", str(path), "--trials", "3", *overrides, *full)
+    proc = _nas("rank-check", str(path), "--trials", "3", *overrides, *full)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Kendall tau" in proc.stdout and "non-embedding params" in proc.stdout
     study = optuna.load_study(study_name=spec.name, storage=spec.storage_url)
-    result = study.user_attrs["fidelity"]
+    result = study.user_attrs["rank_check"]
     distilled = distilled_records(study)
     numbers = [r["trial"] for r in result["trials"]]
     assert len(numbers) == 3 and set(numbers) == {int(n) for n in distilled}
@@ -90,13 +91,13 @@ def test_fidelity_measures_stores_and_never_distills_twice(study_spec):
     assert "Quality on other data" in card and "modules" in card
     assert "modules" in distilled[str(numbers[0])]["eval_sets"]
     finished = {n: r["finished"] for n, r in distilled.items()}
-    again = _nas("fidelity", str(path), "--trials", "3", *overrides, *full)
+    again = _nas("rank-check", str(path), "--trials", "3", *overrides, *full)
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stderr.count("fully distilled already") == 3
     after = distilled_records(optuna.load_study(study_name=spec.name, storage=spec.storage_url))
     assert {n: r["finished"] for n, r in after.items()} == finished
     # another [full] budget never silently replaces those exports
-    shorter = _nas("fidelity", str(path), "--trials", "3", *overrides, *full[1:], "full.steps=6")
+    shorter = _nas("rank-check", str(path), "--trials", "3", *overrides, *full[1:], "full.steps=6")
     assert shorter.returncode == 2 and "another [full] budget" in shorter.stderr and "--overwrite" in shorter.stderr
     assert len(shorter.stderr.strip().splitlines()) == 1, shorter.stderr
     after = distilled_records(optuna.load_study(study_name=spec.name, storage=spec.storage_url))
@@ -109,9 +110,9 @@ def test_fidelity_measures_stores_and_never_distills_twice(study_spec):
     assert "Brief against full perplexity" in html and "modules perplexity" in html
 
 
-def test_fidelity_needs_three_complete_trials(tmp_path, teacher_dirs, ray_local):
+def test_rank_check_needs_three_complete_trials(tmp_path, teacher_dirs, ray_local):
     path = write_spec(tmp_path, teacher_dirs["gpt2"], name="few")
     run_search(load_spec(path, ["study.trials=2", "multi_fidelity.enabled=false"]))
-    proc = _nas("fidelity", str(path), "--trials", "4")
+    proc = _nas("rank-check", str(path), "--trials", "4")
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
     assert "at least 3" in proc.stderr

@@ -12,6 +12,8 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from nas._compat import StudyView
+
 DEFAULT_SAMPLER = "tpe"
 
 
@@ -34,8 +36,10 @@ def stopped_as_complete(study: optuna.Study) -> list[FrozenTrial]:
     quality they had where they stopped (a trial stopped at a rung, `rungs`) and their size; a
     metric they never measured (a trial not trained for its size) at the worst value of any
     COMPLETE trial. Repeats of an earlier architecture are left out (the twin speaks for them)."""
+    from nas.study import TrialRecord  # here: the study package reads specs, which read this module
+
     names = study.metric_names or []
-    complete = study._get_trials(deepcopy=False, states=(TrialState.COMPLETE,), use_cache=False)
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not names or not complete:
         return []
     worst = [
@@ -44,10 +48,10 @@ def stopped_as_complete(study: optuna.Study) -> list[FrozenTrial]:
     ]
     constrained = any(t.constraints for t in complete)
     shown = []
-    for t in study._get_trials(deepcopy=False, states=(TrialState.PRUNED,), use_cache=False):
-        if "duplicate_of" in t.user_attrs or bool(t.constraints) != constrained:
+    for t in study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)):
+        if TrialRecord(t).is_repeat or bool(t.constraints) != constrained:
             continue  # GPSampler needs every trial it reads to carry constraints, or none
-        at = {**t.user_attrs, **(t.user_attrs.get("rungs") or [{}])[-1]}
+        at = {**t.user_attrs, **(TrialRecord(t).rungs or [{}])[-1]}
         values = []
         for i, name in enumerate(names):
             try:
@@ -64,23 +68,6 @@ def stopped_as_complete(study: optuna.Study) -> list[FrozenTrial]:
     return shown
 
 
-class _StudyWithStopped:
-    """A study whose COMPLETE trials include its stopped ones (`stopped_as_complete`), for
-    GPSampler's model; everything else is the study's own."""
-
-    def __init__(self, study: optuna.Study) -> None:
-        self._study = study
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._study, name)
-
-    def _get_trials(self, deepcopy: bool = True, states: Any = None, use_cache: bool = False) -> list[FrozenTrial]:
-        trials = self._study._get_trials(deepcopy=deepcopy, states=states, use_cache=use_cache)
-        if states is not None and TrialState.COMPLETE in states:
-            trials = [*trials, *stopped_as_complete(self._study)]
-        return trials
-
-
 class GPSamplerSeeingStopped(optuna.samplers.GPSampler):
     """Optuna's GPSampler, told about trials stopped at a rung. GPSampler fits its model on
     COMPLETE trials only, so an architecture that multi-fidelity stopped stays where the
@@ -91,7 +78,18 @@ class GPSamplerSeeingStopped(optuna.samplers.GPSampler):
     ranks pruned trials below complete ones in the same spirit."""
 
     def sample_relative(self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, Any]) -> dict[str, Any]:
-        return super().sample_relative(_StudyWithStopped(study), trial, search_space)
+        return super().sample_relative(StudyView(study, _with_stopped(study)), trial, search_space)
+
+
+def _with_stopped(study: optuna.Study) -> Callable[[list[FrozenTrial], Any], list[FrozenTrial]]:
+    """The trials a sampler reads: with COMPLETE ones asked for, the stopped ones as well."""
+
+    def trials(stored: list[FrozenTrial], states: Any) -> list[FrozenTrial]:
+        if states is not None and TrialState.COMPLETE in states:
+            return [*stored, *stopped_as_complete(study)]
+        return stored
+
+    return trials
 
 
 def _gp(seed: int, trials: int) -> optuna.samplers.BaseSampler:

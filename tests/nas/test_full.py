@@ -18,8 +18,9 @@ from distill import PreparedData
 from distill.tasks import get_task
 from nas.full import checkpoint_dir, export_dir
 from nas.pareto import front_table
-from nas.search import distilled_records, front_trials, run_search
+from nas.search import run_search
 from nas.spec import load_spec
+from nas.study import distilled_records, front_trials
 from tests.conftest import write_spec
 
 FULL = ["full.steps=400", "full.batch_size=4", "full.eval_every=50", "full.checkpoint_every=20", "full.lr=3e-3"]

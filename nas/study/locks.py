@@ -1,5 +1,5 @@
 """One writer per study: `nas search` holds the study's search, `nas distill` (and `nas
-fidelity`) the trial it distills. A second run is refused at once with one line that says who
+rank-check`) the trial it distills. A second run is refused at once with one line that says who
 holds it since when, and touches nothing.
 
 Two locks make a writer. An OS file lock in the study's folder (a killed holder's lock is

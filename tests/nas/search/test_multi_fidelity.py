@@ -9,8 +9,9 @@ from distill.errors import InputError
 from nas.full import select_trial
 from nas.pareto import front_rows
 from nas.report import write_report
-from nas.search import distinct_complete, distinct_evaluated, front_trials, is_feasible, run_search
+from nas.search import run_search
 from nas.spec import load_spec
+from nas.study import distinct_complete, distinct_evaluated, front_trials, is_feasible
 from tests.conftest import write_spec
 
 pytestmark = pytest.mark.usefixtures("ray_local")
@@ -86,7 +87,7 @@ def test_model_based_samplers_get_past_their_random_start_with_constraints(tmp_p
     synthetic two-objective function with a bound on size: well past each sampler's random
     start, so its own model (TPE's densities, NSGA-II's generations, GP's kernel) and its use
     of the constraints run. Without Ray or training: the proposals are what is tested."""
-    from nas.sampling import SAMPLERS, make_sampler
+    from nas.search.sampling import SAMPLERS, make_sampler
 
     spec = load_spec(write_spec(tmp_path, teacher_dirs["llama"], name="synthetic"), WIDE)
     made = make_sampler(sampler, seed=0, trials=16)
@@ -110,7 +111,7 @@ def test_gp_sees_trials_stopped_at_a_rung_and_moves_on():
     """GPSampler models COMPLETE trials only: a discrete space whose best-looking corner is
     always stopped at its first rung would draw it back again and again. The study's GP sees
     a stopped trial at its rung's quality and its size, and goes on to other architectures."""
-    from nas.sampling import make_sampler, stopped_as_complete
+    from nas.search.sampling import make_sampler, stopped_as_complete
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(directions=["minimize", "minimize"], sampler=make_sampler("gp", seed=0, trials=12))

@@ -16,8 +16,8 @@ import pytest
 from optuna.trial import TrialState
 
 from nas.chaos import Run
-from nas.search import distinct_complete, distinct_evaluated
 from nas.spec import load_spec
+from nas.study import distinct_complete, distinct_evaluated
 from tests.conftest import write_spec
 from tests.postgres import postgres_url  # noqa: F401 - a fixture
 

@@ -4,7 +4,7 @@ run with a scripted trainable."""
 import numpy as np
 import pytest
 
-from nas.scheduler import FINAL, RUNG, RungBoard, pareto_asha, survives
+from nas.search.scheduler import FINAL, RUNG, RungBoard, pareto_asha, survives
 
 
 def test_a_non_dominated_point_always_survives():

@@ -1,0 +1,117 @@
+"""Preparation, once per study and before anything trains: the data tokenized and the teachers'
+outputs cached (`distill.prepare`) for the study's data, at every temperature its recipe may
+choose, for each of its teachers and each extra evaluation set. The search and the full run
+both start here, so that they read one cache."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import torch
+
+from distill import LossConfig, PreparedData, prepare
+from distill.errors import InputError
+from nas.recipe import INTERMEDIATE
+from nas.spec import StudySpec
+
+
+def pick_device(gpus: float) -> torch.device:
+    return torch.device("cuda" if gpus > 0 and torch.cuda.is_available() else "cpu")
+
+
+def prepare_study(spec: StudySpec, temperature: float | None = None) -> PreparedData:
+    """Tokenize the data and cache the teacher's outputs, once per study (on a GPU where the
+    spec asks for one and there is one); the search space is checked against the teacher
+    before any teacher output is computed. With a searchable recipe, the outputs every recipe
+    may need, at `temperature` (one of the recipe's; default: the loss's)."""
+    return _prepare(spec, spec.data, temperature=temperature, check=lambda config: spec.task.check_space(spec.space, config))
+
+
+def cache_loss(spec: StudySpec, temperature: float | None = None) -> LossConfig:
+    """The loss the teacher's outputs are cached for: the spec's, plus every term its recipe
+    may choose, at `temperature`."""
+    weights, params = dict(spec.loss.weights), dict(spec.loss.params)
+    weights |= dict.fromkeys(spec.recipe.loss, 1.0)
+    if any(spec.recipe.intermediate):
+        weights[INTERMEDIATE] = 1.0
+    if temperature is not None:
+        params["temperature"] = temperature
+    return dataclasses.replace(spec.loss, weights=weights, params=params)
+
+
+def _prepare(spec: StudySpec, data: Any, teacher: Any = None, temperature: float | None = None, **kwargs: Any) -> PreparedData:
+    return prepare(
+        spec.task,
+        teacher or spec.teacher,
+        data,
+        cache_loss(spec, temperature),
+        base_dir=spec.base_dir,
+        cache_root=spec.out_dir / "cache",
+        seed=spec.study.seed,
+        device=str(pick_device(spec.resources.gpus)),
+        **kwargs,
+    )
+
+
+def prepare_other_teachers(
+    spec: StudySpec, data: PreparedData, temperature: float | None = None
+) -> tuple[PreparedData, ...]:
+    """The spec's other teachers (`[[teacher]]` after the first) on the study's data, cached
+    like the first: each must cut the data into the same items with the same tokens (the
+    student's tokenizer is the first teacher's) and give outputs of the same shapes."""
+    out = []
+    for i, teacher in enumerate(spec.other_teachers, start=1):
+        key = f"teacher[{i}]"
+        try:
+            other = _prepare(spec, spec.data, teacher, temperature)  # students are built from the first
+        except InputError as e:
+            text = str(e)
+            raise InputError(f"{key}.{text[8:]}" if text.startswith("teacher.") else f"{key} ({teacher.model or teacher.package}): {text}") from None
+        check_same_items(data, other, key)
+        out.append(other)
+    return tuple(out)
+
+
+def check_same_items(first: PreparedData, other: PreparedData, key: str) -> None:
+    """Raise `InputError` naming `key` unless `other` holds the first teacher's training items
+    token for token and outputs of the same shapes."""
+    outputs = set(first.meta["outputs"].get("train", {})) | set(other.meta["outputs"].get("train", {}))
+    items = sorted(p.name for p in first.path.glob("train_*.npy") if p.name[6:-4] not in outputs)
+    for name in items:
+        if not (other.path / name).exists() or not np.array_equal(first.array(name[:-4]), other.array(name[:-4])):
+            raise InputError(
+                f"{key}.model: {other.meta['teacher_name']!r} tokenizes the data unlike the first teacher "
+                f"({first.meta['teacher_name']!r}); several teachers must share the student's tokenizer"
+            )
+    for split, arrays in first.meta["outputs"].items():
+        theirs = other.meta["outputs"].get(split, {})
+        for name, spec in arrays.items():
+            if name in theirs and theirs[name]["shape"] != spec["shape"]:
+                raise InputError(
+                    f"{key}.model: its {name} has shape {theirs[name]['shape']}, the first teacher's {spec['shape']}; "
+                    "several teachers must give outputs of one shape"
+                )
+
+
+def prepare_eval_sets(spec: StudySpec) -> dict[str, PreparedData]:
+    """Each `[[eval]]` set tokenized with the teacher's outputs on it, cached like the study's
+    data (after `prepare_study`: the teacher exists by then). A data error names the set's table."""
+    out = {}
+    for i, s in enumerate(spec.evals):
+        try:
+            out[s.name] = _prepare(spec, s.data, held_out_only=True)
+        except InputError as e:
+            text = str(e)
+            raise InputError(f"eval[{i}].{text[5:]}" if text.startswith("data.") else f"eval[{i}] ({s.name}): {text}") from None
+    return out
+
+
+def eval_set_teacher_metrics(evals: dict[str, PreparedData]) -> dict[str, dict[str, float]]:
+    return {name: data.meta["teacher_metrics"] for name, data in evals.items()}
+
+
+def eval_set_info(evals: dict[str, PreparedData]) -> dict[str, dict[str, Any]]:
+    """What reading each extra evaluation set's data found."""
+    return {name: data.meta.get("data_info", {}) for name, data in evals.items()}
