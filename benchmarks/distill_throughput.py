@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from distill import Budget, DataConfig, LossConfig, TeacherConfig, distill, make_loss, prepare, study_teachers
+from distill import Budget, DataConfig, LossConfig, TeacherConfig, make_loss, prepare, study_teachers, train
 from distill.losses import topk_kd_loss
 from distill.tasks import get_task
 from distill.teachers import train_tokenizer
@@ -85,7 +85,7 @@ def main() -> None:
 
         def ours(m):
             loss_fn = make_loss(task, m, data, loss, study_teachers(task, data, loss, cpu), cpu)
-            distill(m, budget, loss_fn, lengths)
+            train(m, budget, loss_fn, lengths)
 
         def student():
             torch.manual_seed(0)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from distill import Budget, DataConfig, LossConfig, TeacherConfig, distill, make_loss, prepare, study_teachers
+from distill import Budget, DataConfig, LossConfig, TeacherConfig, make_loss, prepare, study_teachers, train
 from distill.tasks import get_task
 from search_spaces import EncoderArch
 
@@ -51,7 +51,7 @@ def main() -> None:
             loss_fn = make_loss(task, student, data, loss, study_teachers(task, data, loss, cpu), cpu)
             before = task.evaluate(student, data, "eval", cpu)
             start = time.perf_counter()
-            distill(student, budget, loss_fn, task.lengths(data, "train"), seed=0)
+            train(student, budget, loss_fn, task.lengths(data, "train"), seed=0)
             seconds = time.perf_counter() - start
             after = task.evaluate(student, data, "eval", cpu)
             size = task.size(student, data, cpu)

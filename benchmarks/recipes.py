@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from distill import LossConfig, distill, make_loss, study_teachers
+from distill import LossConfig, make_loss, study_teachers, train
 from distill.tasks.base import scores_and_text
 from nas.prepare import prepare_other_teachers, prepare_study
 from nas.spec import StudySpec, load_spec
@@ -98,7 +98,7 @@ def run(task: str, spec: StudySpec, data, others, method: str, seed: int, steps:
     teachers = study_teachers(spec.task, data, loss, cpu, others if two else ())
     loss_fn = make_loss(spec.task, student, data, loss, teachers, cpu, arch=arch)
     start = time.perf_counter()
-    distill(student, budget, loss_fn, spec.task.lengths(data, "train"), seed=seed)
+    train(student, budget, loss_fn, spec.task.lengths(data, "train"), seed=seed)
     seconds = time.perf_counter() - start
     quality, _ = scores_and_text(spec.task.evaluate(student, data, "eval", cpu))
     return {"task": task, "method": method, "seed": seed, "steps": steps, "seconds": seconds, **quality}

@@ -3,7 +3,7 @@ and the tasks (`distill.tasks`) that put them together."""
 
 from distill.cache import PreparedData, prepare
 from distill.data import DataConfig
-from distill.loop import Budget, TrainResult, distill
+from distill.loop import Budget, TrainResult, train
 from distill.objective import LossConfig, make_loss
 from distill.teacher_outputs import CachedTeacher, LiveTeacher, TeacherOutputs, WeightedTeacher, study_teachers
 from distill.teachers import TeacherConfig, TeacherSource, TeacherTraining, teacher_source
@@ -21,9 +21,9 @@ __all__ = [
     "TeacherTraining",
     "TrainResult",
     "WeightedTeacher",
-    "distill",
     "make_loss",
     "prepare",
     "study_teachers",
     "teacher_source",
+    "train",
 ]

@@ -166,7 +166,7 @@ def _save(obj: Any, path: Path) -> None:
         torch.save(obj, tmp)
 
 
-def distill(
+def train(
     student: torch.nn.Module,
     budget: Budget,
     loss_fn: Callable[[np.ndarray], torch.Tensor],

@@ -210,14 +210,14 @@ def train_and_save(
     and what `extra(folder)` writes into `out`, published whole: a killed run never leaves a
     half-written teacher behind."""
     from distill.files import written_whole
-    from distill.loop import Budget, distill
+    from distill.loop import Budget, train
 
     def on_step(step: int, total: int, value: float) -> None:
         if step % 100 == 0 or step == total:
             logger.info("teacher step %d/%d, loss %.3f", step, total, value)
 
     budget = Budget(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, warmup=0.05)
-    distill(model, budget, loss, lengths, seed=seed, on_step=on_step)
+    train(model, budget, loss, lengths, seed=seed, on_step=on_step)
     with written_whole(out) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

@@ -17,7 +17,7 @@ from typing import Any
 import optuna
 import torch
 
-from distill import distill
+from distill import train
 from distill.errors import InputError
 from distill.files import file_written_whole, written_whole
 from distill.loop import LAST_CHECKPOINT
@@ -38,7 +38,7 @@ from nas.spec import StudySpec
 from nas.study import StudyRecord, TrialRecord, distilled_records, distinct_complete, front_trials
 from nas.study._record import ARCH, EVAL_SETS, EVAL_SETS_INFO, RECIPE
 from nas.study.locks import study_writer
-from nas.texts import TEXTS, save_outputs, save_references
+from nas.texts import TEXTS, save_generated, save_references
 
 logger = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ def _full_distill(
         task.export(run.student, data, tmp)
         if run.texts:  # what the scores were computed on, to recompute them with other tools
             save_references(tmp / TEXTS, {"eval": data, **evals})
-            save_outputs(tmp / TEXTS, "student", run.texts)
+            save_generated(tmp / TEXTS, "student", run.texts)
             record["texts"] = sorted(f"{TEXTS}/{p.name}" for p in (tmp / TEXTS).iterdir())
         (tmp / "README.md").write_text(model_card(spec, data.meta, trial.number, arch, record))
         (tmp / EXPORT_RECORD).write_text(json.dumps({ARCH: arch, **record}, indent=2, default=_plain))
@@ -312,7 +312,7 @@ def distill_arch(
         return sign * scores_and_text(task.evaluate(model, data, "valid", device))[0][metric]
 
     start = time.perf_counter()
-    result = distill(
+    result = train(
         student,
         budget,
         loss,

@@ -1,10 +1,10 @@
 """The text students and the teacher generated on held-out data, saved one line per item
 beside the references it was scored against, so that other tools recompute the stored scores
-(the task's `rescore` command, e.g. `sacrebleu outputs/references.eval.txt -i
-outputs/trial-3.eval.txt -m bleu chrf -l en-de`). A repeated architecture has no file of its
+(the task's `rescore` command, e.g. `sacrebleu texts/references.eval.txt -i
+texts/trial-3.eval.txt -m bleu chrf -l en-de`). A repeated architecture has no file of its
 own: it is its twin's (`duplicate_of`).
 
-A task whose metrics score generated text returns that text from `evaluate` under `OUTPUTS`
+A task whose metrics score generated text returns that text from `evaluate` under `GENERATED`
 and caches what it is scored against as `<split>_references` (see `distill.tasks.base`)."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from distill import PreparedData
 from distill.cache import TEACHER_TEXT
 from distill.files import file_written_whole
 
-TEXTS = "outputs"
+TEXTS = "texts"
 """The folder of a study (and of an export) holding generated text and its references"""
 
 
@@ -39,7 +39,7 @@ def save_references(folder: Path, sets: dict[str, PreparedData]) -> None:
             write_lines(folder / f"teacher.{name}.txt", [str(r) for r in data.array(TEACHER_TEXT)])
 
 
-def save_outputs(folder: Path, prefix: str, outputs: dict[str, list[str]]) -> None:
+def save_generated(folder: Path, prefix: str, outputs: dict[str, list[str]]) -> None:
     """A student's outputs on each held-out set, as `<prefix>.<set>.txt`."""
     for name, lines in outputs.items():
         write_lines(folder / f"{prefix}.{name}.txt", lines)

@@ -238,7 +238,7 @@ class Task(abc.ABC):
     def evaluate(self, student: torch.nn.Module, data: PreparedData, split: str, device: torch.device) -> dict[str, Any]:
         """Every quality metric (a float each) on `split` ("valid" or "eval") against the cached
         teacher outputs. A task whose metrics score text the student generates also returns
-        that text under `OUTPUTS` (a list, one string per item; `scores_and_text` parts the
+        that text under `GENERATED` (a list, one string per item; `scores_and_text` parts the
         two) and caches what it is scored against as `<split>_references` and, where there are
         inputs to show, `<split>_sources`: studies save them, so that other tools recompute
         the scores."""
@@ -274,7 +274,7 @@ class Task(abc.ABC):
         return None
 
 
-OUTPUTS = "outputs"
+GENERATED = "generated"
 """The key under which `Task.evaluate` returns the text a student generated"""
 
 
@@ -282,7 +282,7 @@ def scores_and_text(metrics: dict[str, Any]) -> tuple[dict[str, Any], list[str] 
     """What `Task.evaluate` returned, as its metrics and the text it scored (None when the task
     generates none)."""
     metrics = dict(metrics)
-    return metrics, metrics.pop(OUTPUTS, None)
+    return metrics, metrics.pop(GENERATED, None)
 
 
 # Size metrics every task measures the same way (what ships is counted without its training state).
@@ -306,7 +306,7 @@ def format_metric(task: Task, name: str, value: Any) -> str:
 
 __all__ = [
     "NON_EMBEDDING_PARAMS",
-    "OUTPUTS",
+    "GENERATED",
     "PARAMS",
     "PEAK_MEMORY",
     "Batch",

@@ -23,8 +23,8 @@ from distill.intermediate import Stack, run_with_layers
 from distill.loop import autocast
 from distill.losses import next_token_ce, topk_kd_loss
 from distill.tasks.base import (
+    GENERATED,
     NON_EMBEDDING_PARAMS,
-    OUTPUTS,
     PARAMS,
     PEAK_MEMORY,
     Batch,
@@ -507,7 +507,7 @@ def evaluate_translation(
         n = mask.sum().item()
         kl += topk_kd_loss(logits, t_logp, t_idx, 1.0, mask).item() * n
         count += n
-    return {"bleu": scores["bleu"], "chrf": scores["chrf"], "kl": kl / count, OUTPUTS: hypotheses}
+    return {"bleu": scores["bleu"], "chrf": scores["chrf"], "kl": kl / count, GENERATED: hypotheses}
 
 
 def train_pair_tokenizer(pairs: list[tuple[str, str]], vocab_size: int) -> Any:

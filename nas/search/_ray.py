@@ -20,14 +20,14 @@ from ray.tune import Callback
 from ray.tune.search import Searcher
 
 from distill.tasks import Task, get_task
-from distill.tasks.base import OUTPUTS
+from distill.tasks.base import GENERATED
 from nas._compat import optuna_search_trial
 from nas.search.scheduler import FINAL, RUNG
 from nas.search.trial import TrialPlan, recorded, run_trial, with_recipe
 from nas.spec import Constraints
 from nas.study import distinct_evaluated, fail_trial, front_trials, open_storage, set_trial_attrs
 from nas.study._record import ARCH, ARCH_SHORT, DUPLICATE_OF, FAIL_REASON, NOT_TRAINED, PRUNED_AT, RAY_NODE, RECIPE
-from nas.texts import save_outputs
+from nas.texts import save_generated
 
 logger = logging.getLogger(__name__)
 
@@ -103,8 +103,8 @@ class StudySearcher(Searcher):
             for b in self.constraints.bounds:  # trial.constraints: read by samplers, best_trials, plots
                 live.set_constraint(b.metric, violations.get(b.metric, UNMEASURED))
         set_trial_attrs(self.study, number, attrs)
-        if trained and isinstance(_decoded(result.get(OUTPUTS)), dict):  # the text it was scored on
-            save_outputs(self.texts, f"trial-{number}", _decoded(result[OUTPUTS]))
+        if trained and isinstance(_decoded(result.get(GENERATED)), dict):  # the text it was scored on
+            save_generated(self.texts, f"trial-{number}", _decoded(result[GENERATED]))
         # A result without the objectives makes OptunaSearch tell PRUNED.
         self.inner.on_trial_complete(trial_id, result if trained else None)
 

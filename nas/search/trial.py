@@ -13,10 +13,10 @@ from typing import Any
 
 import torch
 
-from distill import Budget, LossConfig, PreparedData, distill
+from distill import Budget, LossConfig, PreparedData, train
 from distill.run import build_loss, build_student
 from distill.tasks import get_task
-from distill.tasks.base import OUTPUTS, scores_and_text
+from distill.tasks.base import GENERATED, scores_and_text
 from nas.prepare import pick_device
 from nas.recipe import apply_recipe
 from nas.spec import Constraints
@@ -129,14 +129,14 @@ def run_trial(
                 report(len(rungs) - 1, {**rungs[-1], **size, "rungs": list(rungs)})
 
     start = time.perf_counter()
-    result = distill(student, plan.budget, loss, lengths, seed=plan.seed, device=device, on_step=at_rung)
+    result = train(student, plan.budget, loss, lengths, seed=plan.seed, device=device, on_step=at_rung)
     train_seconds = time.perf_counter() - start
     stride = max(1, len(result.losses) // CURVE_POINTS)
     quality, sets, texts = held_out_scores(task, student, data, plan.evals, device)
     return {
         **quality,
         **({EVAL_SETS: sets} if plan.evals else {}),
-        **({OUTPUTS: texts} if texts else {}),
+        **({GENERATED: texts} if texts else {}),
         **size,
         RUNGS: [*rungs, {"step": result.steps, **quality}],
         "train_loss": result.losses[-1],

@@ -29,9 +29,9 @@ from distill import (
     LossConfig,
     TeacherConfig,
     WeightedTeacher,
-    distill,
     make_loss,
     prepare,
+    train,
 )
 from distill.errors import InputError
 from distill.objective import allowed_terms
@@ -123,7 +123,7 @@ class TaskContract:
             before = [p.detach().clone() for p in student.parameters()]
             teachers = [WeightedTeacher(CachedTeacher(data, loss.needs(), CPU))]
             loss_fn = make_loss(task, student, data, loss, teachers, CPU, arch=arch)
-            result = distill(student, Budget(steps=3, batch_size=4), loss_fn, task.lengths(data, "train"))
+            result = train(student, Budget(steps=3, batch_size=4), loss_fn, task.lengths(data, "train"))
             assert len(result.losses) == 3 and all(np.isfinite(result.losses)), task.describe(arch)
             assert any(not torch.equal(a, b) for a, b in zip(before, student.parameters()))
             quality, text = scores_and_text(task.evaluate(student, data, "eval", CPU))
@@ -285,7 +285,7 @@ class TaskContract:
                 return fn(idx)
 
             try:
-                distill(student, budget, loss_fn, task.lengths(data, "train"), checkpoint_dir=folder, resume=resume)
+                train(student, budget, loss_fn, task.lengths(data, "train"), checkpoint_dir=folder, resume=resume)
             except KeyboardInterrupt:
                 return None
             return student

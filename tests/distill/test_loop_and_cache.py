@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from distill import Budget, DataConfig, LossConfig, TeacherConfig, TeacherTraining, distill, prepare
+from distill import Budget, DataConfig, LossConfig, TeacherConfig, TeacherTraining, prepare, train
 from distill.data import load_documents, pack, paragraphs, unique_paragraphs
 from distill.tasks import get_task
 from distill.tasks.causal_lm import lm_loss
@@ -16,7 +16,7 @@ CAUSAL_LOSS = LossConfig({"forward_kl": 1.0, "ce": 0.5}, {"temperature": 2.0, "t
 
 
 def _train(student, blocks, budget, **kw):
-    return distill(student, budget, lm_loss(student, blocks, CPU), np.full(len(blocks), blocks.shape[1]), **kw)
+    return train(student, budget, lm_loss(student, blocks, CPU), np.full(len(blocks), blocks.shape[1]), **kw)
 
 
 def test_distill_changes_parameters_and_lowers_the_loss(teacher_dirs, tokenizer):
@@ -52,7 +52,7 @@ def test_a_tokens_budget_counts_real_tokens():
         return model.weight.sum() * 0 + 1.0
 
     budget = Budget(tokens=40, batch_size=3)
-    result = distill(model, budget, loss, lengths, seed=1)
+    result = train(model, budget, loss, lengths, seed=1)
     used = [int(lengths[i].sum()) for i in seen]
     assert result.steps == len(seen) == budget.total_steps(lengths, seed=1)
     assert sum(used) <= 40  # as many steps as fit, and one more would not

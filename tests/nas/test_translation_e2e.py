@@ -78,7 +78,7 @@ def test_translation_search_end_to_end(searched, tmp_path):
     html = write_report(study, tmp_path / "report.html").read_text()
     assert "scoring: bleu nrefs:1|" in html and "untranslated" in html and "eval set cities, pairs: 5 read, 4 kept" in html
     # each trial's translations are saved beside the references: sacrebleu's command line gives the stored scores
-    texts = spec.out_dir / "outputs"
+    texts = spec.out_dir / "texts"
     references = (texts / "references.eval.txt").read_text().splitlines()
     assert len(references) == 16 and len((texts / "sources.eval.txt").read_text().splitlines()) == 16
     for t in complete:
@@ -109,7 +109,7 @@ def test_the_best_trial_distilled_ships_a_translator_that_scores_as_its_card_say
     card = (folder / "README.md").read_text()
     for needed in ("BLEU against the references", "chrF against the references", "generation latency, ms/sentence",
                    "scoring: bleu nrefs:1|case:mixed|eff:no|tok:13a", "sequence-level KD", "pipeline_tag: translation",
-                   "sacrebleu outputs/references.eval.txt -i outputs/student.eval.txt -m bleu chrf"):  # fmt: skip
+                   "sacrebleu texts/references.eval.txt -i texts/student.eval.txt -m bleu chrf"):  # fmt: skip
         assert needed in card, needed
     chrf_row = next(line for line in card.splitlines() if line.startswith("| chrF against"))
     assert chrf_row.count("|") == 5  # student, student after the brief run, teacher
@@ -123,8 +123,8 @@ from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 folder = Path(sys.argv[1])
 tokenizer = AutoTokenizer.from_pretrained(folder)
 model = AutoModelForSeq2SeqLM.from_pretrained(folder).eval()
-sources = (folder / "outputs" / "sources.eval.txt").read_text().splitlines()
-references = (folder / "outputs" / "references.eval.txt").read_text().splitlines()
+sources = (folder / "texts" / "sources.eval.txt").read_text().splitlines()
+references = (folder / "texts" / "references.eval.txt").read_text().splitlines()
 batch = tokenizer(sources, return_tensors="pt", padding=True)
 out = model.generate(**batch)
 hypotheses = [" ".join(h.split()) for h in tokenizer.batch_decode(out, skip_special_tokens=True)]
@@ -135,6 +135,6 @@ print(repr(CHRF().corpus_score(hypotheses, [references]).score))
     assert run.returncode == 0, run.stderr[-3000:]
     assert float(run.stdout.strip()) == pytest.approx(record["metrics"]["chrf"], abs=1e-6)
     assert f"| {record['metrics']['chrf']:.2f} |" in chrf_row
-    assert sacrebleu_cli(folder / "outputs" / "references.eval.txt", folder / "outputs" / "student.eval.txt") == (
+    assert sacrebleu_cli(folder / "texts" / "references.eval.txt", folder / "texts" / "student.eval.txt") == (
         pytest.approx([record["metrics"]["bleu"], record["metrics"]["chrf"]], abs=1e-4)
     )
