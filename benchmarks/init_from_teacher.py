@@ -56,7 +56,7 @@ def main() -> None:
             after = task.evaluate(student, data, "eval", cpu)
             size = task.size(student, data, cpu)
             rows.append((arch.short(), before["cosine"], after, size["non_embedding_params"], seconds))
-        teacher = data.meta["teacher_metrics"]["non_embedding_params"]
+        teacher = data.teacher_metrics["non_embedding_params"]
     print(f"{args.steps} steps x 32 paragraphs; fidelity to all-MiniLM-L6-v2 on 128 held-out paragraphs")
     print(
         f"{'student':<42} {'non-emb params':>15} {'cos@0':>7} {'cosine':>7} {'spearman':>9} {'top-10':>7} {'train s':>8}"

@@ -91,7 +91,7 @@ def run(task: str, spec: StudySpec, data, others, method: str, seed: int, steps:
     weights, two = METHODS[method]
     arch = DEMOS[task]["student"]
     loss = LossConfig(weights, spec.loss.params, teacher_weights=(1.0, 1.0) if two else ())
-    budget = dataclasses.replace(spec.distill, steps=steps)
+    budget = dataclasses.replace(spec.brief, steps=steps)
     cpu = torch.device("cpu")
     torch.manual_seed(seed)
     student = spec.task.build_student(arch, data, cpu)

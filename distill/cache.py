@@ -38,6 +38,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+TEACHER_METRICS = "teacher_metrics"  # meta: the teacher measured as a student (quality and size)
+DATA_INFO = "data_info"  # meta: what reading the data found (skipped examples, counts)
+SCORING = "scoring"  # meta: how quality is computed (e.g. sacrebleu's signatures)
+
+
 @dataclasses.dataclass(frozen=True)
 class PreparedData:
     """A finished cache folder; cheap to pickle and send to trial workers."""
@@ -63,6 +68,23 @@ class PreparedData:
     def meta(self) -> dict[str, Any]:
         """The cache's description (read once per object; a finished cache never changes)."""
         return json.loads((self.path / "meta.json").read_text())
+
+    @property
+    def teacher_name(self) -> str:
+        return self.meta["teacher_name"]
+
+    @property
+    def teacher_metrics(self) -> dict[str, Any]:
+        """The teacher measured as a student on the held-out split: every quality and size metric."""
+        return self.meta[TEACHER_METRICS]
+
+    @property
+    def data_info(self) -> dict[str, Any]:
+        return self.meta.get(DATA_INFO, {})
+
+    @property
+    def scoring(self) -> dict[str, str]:
+        return self.meta.get(SCORING, {})
 
     @property
     def teacher_source(self) -> TeacherSource:
@@ -167,18 +189,8 @@ def prepare(
     source = teacher_source(teacher_cfg, base_dir)
     # How quality is scored, first: a metric this machine cannot compute fails before anything runs.
     scoring = task.scoring(data_cfg)
-    docs = None
     splits = ("eval",) if held_out_only else SPLITS
-    if teacher_cfg.train is not None and not source.exists() and not held_out_only:
-        # One run trains it; another waits and uses it.
-        folder = Path(source.path)
-        with held(folder.parent / "locks" / f"teacher-{folder.name}.lock", what=f"the teacher {source.name} being trained"):
-            if not source.exists():
-                docs = task.load_data(data_cfg, base_dir, seed)
-                # A teacher trained here may see the validation documents (they only choose the
-                # students' checkpoints); the held-out evaluation documents stay unseen by
-                # teacher and students.
-                task.train_teacher(teacher_cfg.train, docs["train"] + docs["valid"], Path(source.path), data_cfg)
+    docs = None if held_out_only else _train_teacher(task, teacher_cfg, source, data_cfg, base_dir, seed)
     plan = {
         "train": sorted(loss.needs()) if loss.teacher_outputs == "cached" else [],
         "valid": sorted(task.eval_outputs),
@@ -207,52 +219,87 @@ def prepare(
         dev = torch.device(device)
         teacher.model.to(dev)
         with written_whole(final) as tmp:
-            counts = {}
-            for split in splits:
-                arrays = task.encode(docs[split], teacher, data_cfg, split)
-                for name, arr in arrays.items():
-                    np.save(tmp / f"{split}_{name}.npy", arr)
-                counts[split] = len(next(iter(arrays.values())))
-            for split in splits:  # every output's settings are checked before the build is announced
-                task.output_arrays(set(plan[split]), teacher, params[split], data_cfg)
-            logger.info("building the teacher cache %s", final)
-            logger.info("%s: %s", task.card.items, " / ".join(f"{counts[s]} {s}" for s in splits))
-            teacher.model.config.save_pretrained(tmp / "teacher")
-            if getattr(teacher.model, "generation_config", None) is not None:  # how the teacher decodes
-                teacher.model.generation_config.save_pretrained(tmp / "teacher")
-            if teacher.tokenizer is not None:  # none for a teacher whose inputs are not text
-                teacher.tokenizer.save_pretrained(tmp / "teacher")
-            meta: dict[str, Any] = {
-                "task": task.name,
-                "teacher_source": dataclasses.asdict(source),
-                "teacher_name": source.name,
-                "teacher_info": teacher.info,
-                **{f"{split}_items": n for split, n in counts.items()},
-                "data": dataclasses.asdict(data_cfg),
-                "data_info": getattr(docs, "info", {}),  # what reading the data found (skipped examples)
-                "scoring": scoring,  # how quality is computed (signatures)
-                "plan": plan,
-                "params": params,
-            }
-            meta["outputs"] = {
-                split: _write_outputs(task, teacher, PreparedData(tmp), data_cfg, split, set(plan[split]), params[split], dev)
-                for split in splits
-            }
-            scores = None if held_out_only else task.importance(teacher, PreparedData(tmp), dev)
-            if scores is not None:  # for students sliced from the teacher
-                torch.save(scores, tmp / "importance.pt")
-            (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-            probe = PreparedData(tmp)
-            as_student = task.as_student(teacher, probe)
-            from distill.tasks.base import scores_and_text  # the task registry imports this module
-
-            quality, text = scores_and_text(task.evaluate(as_student, probe, "eval", dev))
-            if text is not None:
-                np.save(tmp / f"{TEACHER_TEXT}.npy", np.array(text, dtype=str))
-            meta["teacher_metrics"] = quality | task.size(as_student, probe, dev)
-            (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+            _fill(tmp, task, teacher, source, docs, data_cfg, plan, params, scoring, dev, held_out_only)
         logger.info("teacher outputs cached in %s", final)
     return PreparedData(final)
+
+
+def _train_teacher(task: Task, cfg: TeacherConfig, source: TeacherSource, data_cfg: Any, base_dir: Path, seed: int) -> Any:
+    """Train the teacher `[teacher.train]` asks for where it does not exist yet (one run trains
+    it; another waits and uses it); the data it read, or None."""
+    if cfg.train is None or source.exists():
+        return None
+    folder = Path(source.path)
+    with held(folder.parent / "locks" / f"teacher-{folder.name}.lock", what=f"the teacher {source.name} being trained"):
+        if source.exists():
+            return None
+        docs = task.load_data(data_cfg, base_dir, seed)
+        # A teacher trained here may see the validation documents (they only choose the
+        # students' checkpoints); the held-out evaluation documents stay unseen by teacher and students.
+        task.train_teacher(cfg.train, docs["train"] + docs["valid"], folder, data_cfg)
+        return docs
+
+
+def _fill(
+    tmp: Path,
+    task: Task,
+    teacher: Teacher,
+    source: TeacherSource,
+    docs: Any,
+    data_cfg: Any,
+    plan: dict[str, list[str]],
+    params: dict[str, dict[str, Any]],
+    scoring: dict[str, str],
+    dev: torch.device,
+    held_out_only: bool,
+) -> None:
+    """Write a cache into `tmp`: each split's items, the teacher's config, tokenizer and outputs,
+    the importance of its units, and the teacher measured as a student."""
+    splits = list(plan)
+    counts = {}
+    for split in splits:
+        arrays = task.encode(docs[split], teacher, data_cfg, split)
+        for name, arr in arrays.items():
+            np.save(tmp / f"{split}_{name}.npy", arr)
+        counts[split] = len(next(iter(arrays.values())))
+    for split in splits:  # every output's settings are checked before the build is announced
+        task.output_arrays(set(plan[split]), teacher, params[split], data_cfg)
+    logger.info("building the teacher cache %s", tmp.name.removesuffix(".partial"))
+    logger.info("%s: %s", task.card.items, " / ".join(f"{counts[s]} {s}" for s in splits))
+    teacher.model.config.save_pretrained(tmp / "teacher")
+    if getattr(teacher.model, "generation_config", None) is not None:  # how the teacher decodes
+        teacher.model.generation_config.save_pretrained(tmp / "teacher")
+    if teacher.tokenizer is not None:  # none for a teacher whose inputs are not text
+        teacher.tokenizer.save_pretrained(tmp / "teacher")
+    meta: dict[str, Any] = {
+        "task": task.name,
+        "teacher_source": dataclasses.asdict(source),
+        "teacher_name": source.name,
+        "teacher_info": teacher.info,
+        **{f"{split}_items": n for split, n in counts.items()},
+        "data": dataclasses.asdict(data_cfg),
+        DATA_INFO: getattr(docs, "info", {}),
+        SCORING: scoring,
+        "plan": plan,
+        "params": params,
+    }
+    meta["outputs"] = {
+        split: _write_outputs(task, teacher, PreparedData(tmp), data_cfg, split, set(plan[split]), params[split], dev)
+        for split in splits
+    }
+    scores = None if held_out_only else task.importance(teacher, PreparedData(tmp), dev)
+    if scores is not None:  # for students sliced from the teacher
+        torch.save(scores, tmp / "importance.pt")
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+    probe = PreparedData(tmp)
+    as_student = task.as_student(teacher, probe)
+    from distill.tasks.base import scores_and_text  # the task registry imports this module
+
+    quality, text = scores_and_text(task.evaluate(as_student, probe, "eval", dev))
+    if text is not None:
+        np.save(tmp / f"{TEACHER_TEXT}.npy", np.array(text, dtype=str))
+    meta[TEACHER_METRICS] = quality | task.size(as_student, probe, dev)
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
 
 
 @torch.no_grad()
@@ -275,7 +322,7 @@ def _write_outputs(
     free = shutil.disk_usage(data.path).free
     if size > 0.9 * free:  # hidden states and attention maps of a large teacher: keep them live
         raise InputError(
-            f"distill.loss.teacher_outputs: the teacher's {', '.join(sorted(groups))} for {n} {split} items take "
+            f"loss.teacher_outputs: the teacher's {', '.join(sorted(groups))} for {n} {split} items take "
             f"{size / 2**30:.1f} GiB, more than the {free / 2**30:.1f} GiB free for the cache; "
             'set teacher_outputs = "live" (the teacher then runs on every batch) or cache fewer items'
         )

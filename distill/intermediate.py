@@ -5,7 +5,7 @@ A task whose students have stacks of layers (a decoder; an encoder and a decoder
 each stack is (`Task.stacks`), gives the student's hidden states and attention maps per stack
 from `forward` (`student_states`, `student_attentions`, `state_masks`) and the teacher's as the
 outputs `teacher_<stack>_hidden` (B, Lt + 1, T, D) and `teacher_<stack>_attentions`
-(B, Lt, Ht, T, T). `Intermediate` pairs them by the layer map of `[distill.loss]` and projects
+(B, Lt, Ht, T, T). `Intermediate` pairs them by the layer map of `[loss]` and projects
 student states to the teacher's width; the loss terms (`distill.losses`) see only the pairs.
 
 The projections are training state: a submodule of the student while it trains (so that the
@@ -74,7 +74,7 @@ def layer_pairs(rule: Any, stack: Stack) -> list[tuple[int, int]]:
     if isinstance(rule, (list, tuple)):
         if len(rule) != s + 1 or max(rule) > t:
             raise InputError(
-                f"distill.loss.layer_map: {list(rule)} does not fit a {s}-layer student of a {t}-layer teacher; "
+                f"loss.layer_map: {list(rule)} does not fit a {s}-layer student of a {t}-layer teacher; "
                 f"give {s + 1} teacher states (0 to {t}), embedding output first"
             )
         return list(enumerate(rule))
@@ -97,7 +97,7 @@ class Intermediate(torch.nn.Module):
             for name, stack in stacks.items():
                 if stack.teacher_heads % stack.student_heads:
                     raise InputError(
-                        f"distill.loss.attention: a student {name} of {stack.student_heads} heads cannot be matched "
+                        f"loss.attention: a student {name} of {stack.student_heads} heads cannot be matched "
                         f"with the teacher's {stack.teacher_heads} (its heads must divide the teacher's); "
                         "use space.heads that do"
                     )

@@ -31,8 +31,8 @@ optimized, checkpointed and resumed with the student, removed when the run ends.
 
 @dataclasses.dataclass(frozen=True)
 class Budget:
-    """A training budget and its optimizer: the `[distill]` (brief trial run) and `[full]`
-    (`nas distill`) sections of a study spec. The loss lives in `[distill.loss]`."""
+    """A training budget and its optimizer: the `[brief]` (brief trial run) and `[full]`
+    (`nas distill`) sections of a study spec. The loss lives in `[loss]`."""
 
     steps: int = 100
     """optimizer steps (ignored when `tokens` is set)"""

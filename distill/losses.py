@@ -18,7 +18,7 @@ parameters are named from one vocabulary, and each micro-batch binds them by nam
   the "hidden_states" and "attentions" groups): `hidden_pairs` and `attention_pairs`;
 - the batch and the study: `labels` (B, T) next tokens, `mask` (B, T) 1 for real tokens (None
   when every position counts), `relation_heads`, and the loss parameters of the spec's
-  `[distill.loss]` (`temperature`).
+  `[loss]` (`temperature`).
 
 A task allows every registered term whose inputs it can provide (see `distill.objective`).
 """

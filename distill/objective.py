@@ -1,4 +1,4 @@
-"""The loss of a study (`[distill.loss]`): a weight per registered term and the parameters the
+"""The loss of a study (`[loss]`): a weight per registered term and the parameters the
 terms and teacher outputs take, turned into the loss function of a micro-batch."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ COMBINE = ("weights", "lowest_entropy", "lowest_loss")
 
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
-    """The loss of both runs of a study (brief and full): the `[distill.loss]` section."""
+    """The loss of both runs of a study (brief and full): the `[loss]` section."""
 
     weights: dict[str, float]
     """weight of each registered term (`distill.losses.LOSSES`); 0 turns a term off"""

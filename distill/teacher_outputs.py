@@ -118,7 +118,7 @@ def study_teachers(
     task: Task, data: PreparedData, loss: LossConfig, device: torch.device, others: tuple[PreparedData, ...] = ()
 ) -> list[WeightedTeacher]:
     """The teachers of a study as the loss sees them: each one's cache, or the teacher itself
-    when the spec asks for live outputs (`[distill.loss] teacher_outputs = "live"`). `data` is
+    when the spec asks for live outputs (`[loss] teacher_outputs = "live"`). `data` is
     the first teacher's study, `others` those of the spec's other teachers, in order; they
     weigh `loss.teacher_weights` (normalized), or, with a per-token `loss.combine`, are one
     `ChosenTeacher`."""

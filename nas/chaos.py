@@ -141,13 +141,15 @@ def kill_at(
 def check_caches(out_dir: Path) -> list[str]:
     """Every published teacher cache whole: its description, and each array it lists readable
     with the shape it lists."""
+    from distill.cache import TEACHER_METRICS
+
     problems = []
     for folder in sorted((out_dir / "cache").glob("*")):
         if folder.name.endswith(".partial"):
             continue
         try:
             meta = json.loads((folder / "meta.json").read_text())
-            assert "teacher_metrics" in meta, "no teacher metrics"
+            assert TEACHER_METRICS in meta, "no teacher metrics"
             for split, arrays in meta["outputs"].items():
                 for name, spec in arrays.items():
                     arr = np.load(folder / f"{split}_{name}.npy", mmap_mode="r")

@@ -14,6 +14,7 @@ from typing import Any
 from distill.errors import InputError
 from distill.tasks import TASKS, format_metric, quality_metrics
 from nas.commands import Progress
+from nas.study._record import ARCH_SHORT
 
 DEFAULT_SPEC = "studies/demo.toml"
 RENAMED = {"fidelity": "rank-check"}
@@ -45,7 +46,7 @@ def _command(sub: Any, name: str, text: str, example: str) -> argparse.ArgumentP
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nas", description="Search student architectures for knowledge distillation.")
     sub = p.add_subparsers(dest="command", required=True)
-    s = _command(sub, "search", "run or continue a study's architecture search", "distill.steps=50")
+    s = _command(sub, "search", "run or continue a study's architecture search", "brief.steps=50")
     s.add_argument("--trials", type=int, help="total number of architectures (overrides study.trials)")
     s.add_argument("--address", help="join an existing Ray cluster (e.g. auto or ray://host:10001)")
     s.add_argument("--no-report", action="store_true", help="do not write the HTML report at the end")
@@ -285,7 +286,7 @@ def rank_check_table(task: Any, name: str, result: dict[str, Any]) -> str:
     body = [
         [
             str(r["trial"]),
-            r["arch_short"],
+            r[ARCH_SHORT],
             *[
                 f"{format_metric(task, m, r['brief'][m])} -> {format_metric(task, m, r['full'][m])}"
                 for m in quality[:1]

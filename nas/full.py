@@ -164,7 +164,7 @@ def _full_distill(
         EVAL_SETS: run.eval_sets,
         "budget": dataclasses.asdict(spec.full),
         **({RECIPE: recipe} if recipe else {}),
-        "teachers": [d.meta["teacher_name"] for d in (data, *others)],
+        "teachers": [d.teacher_name for d in (data, *others)],
         "teacher_eval_sets": eval_set_teacher_metrics(evals),
         EVAL_SETS_INFO: eval_set_info(evals),
         "brief": {k: v for k, v in TrialRecord(trial).metrics(task).items() if k in quality_metrics(task)},
@@ -221,7 +221,7 @@ def run_settings(spec: StudySpec, arch: dict[str, Any]) -> dict[str, Any]:
     settings = {
         ARCH: arch,
         "full": budget,
-        "distill.loss": dataclasses.asdict(spec.loss),
+        "loss": dataclasses.asdict(spec.loss),
         "study.seed": spec.study.seed,
     }
     return json.loads(json.dumps(settings, default=_plain))

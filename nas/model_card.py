@@ -7,9 +7,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from distill.cache import TEACHER_METRICS
 from distill.tasks import Metric
 from nas.pareto import provenance
 from nas.spec import StudySpec
+from nas.study._record import EVAL_SETS
 from nas.texts import TEXTS
 
 
@@ -19,7 +21,7 @@ def _rows(metrics: list[Metric], *columns: dict[str, Any]) -> str:
 
 def _eval_sets(task: Any, record: dict[str, Any]) -> str:
     """The quality on each extra evaluation set (`[[eval]]`), beside the teacher's there."""
-    sets = record.get("eval_sets") or {}
+    sets = record.get(EVAL_SETS) or {}
     if not sets:
         return ""
     teacher = record.get("teacher_eval_sets") or {}
@@ -70,7 +72,7 @@ the student's and the teacher's outputs, one line per item):
 
 def model_card(spec: StudySpec, meta: dict[str, Any], number: int, arch: dict[str, Any], record: dict[str, Any]) -> str:
     task, budget = spec.task, spec.full
-    teacher = meta["teacher_metrics"]
+    teacher = meta[TEACHER_METRICS]
     student, brief = record["metrics"], record["brief"]
     ratios = {m.name: student[m.name] / teacher[m.name] for m in task.metrics if teacher.get(m.name) and m.name in student}
     size = "\n".join(

@@ -8,10 +8,11 @@ from typing import Any
 
 import optuna
 
+from distill.cache import DATA_INFO, SCORING, TEACHER_METRICS
 from distill.tasks import format_metric
 from nas.recipe import describe_recipe
 from nas.study import StudyRecord, TrialRecord, distilled_records, front_trials, task_of
-from nas.study._record import EVAL_SETS, EVAL_SETS_INFO
+from nas.study._record import ARCH_SHORT, EVAL_SETS, EVAL_SETS_INFO
 
 
 def front_rows(study: optuna.Study) -> list[dict[str, Any]]:
@@ -26,11 +27,11 @@ def front_rows(study: optuna.Study) -> list[dict[str, Any]]:
             {
                 "trial": t.number,
                 "arch": r.arch,
-                "arch_short": r.arch_short,
+                ARCH_SHORT: r.arch_short,
                 "recipe": r.recipe,
                 "objectives": dict(zip(names, t.values)),
                 "metrics": r.metrics(task),
-                "eval_sets": r.eval_sets,
+                EVAL_SETS: r.eval_sets,
                 "full": {k: full.get(k) for k in ("metrics", "export", EVAL_SETS)} if full else None,
             }
         )
@@ -41,7 +42,7 @@ def front_rows(study: optuna.Study) -> list[dict[str, Any]]:
 def described(row: dict[str, Any]) -> str:
     """A front row's architecture in short, and its recipe where the search sampled one."""
     recipe = describe_recipe(row.get("recipe"))
-    return f"{row['arch_short']} | {recipe}" if recipe else row["arch_short"]
+    return f"{row[ARCH_SHORT]} | {recipe}" if recipe else row[ARCH_SHORT]
 
 
 def eval_set_names(study: optuna.Study) -> list[str]:
@@ -57,7 +58,7 @@ def front_json(study: optuna.Study) -> str:
             "task": task_of(study).name,
             "directions": [d.name.lower() for d in study.directions],
             "teacher": record.teacher,
-            "teacher_metrics": record.teacher_metrics or None,
+            TEACHER_METRICS: record.teacher_metrics or None,
             "teacher_eval_sets": record.teacher_eval_sets,
             "front": front_rows(study),
         },
@@ -86,7 +87,7 @@ def front_table(study: optuna.Study) -> str:
     body = []
     for r in rows:
         line = [str(r["trial"]), described(r), *[format_metric(task, n, r["objectives"][n]) for n in names]]
-        line += [format_metric(task, quality, r["eval_sets"].get(s, {}).get(quality)) for s in sets]
+        line += [format_metric(task, quality, r[EVAL_SETS].get(s, {}).get(quality)) for s in sets]
         if full:  # fully distilled front points: the full score next to the brief one
             line.append(format_metric(task, quality, r["full"]["metrics"].get(quality)) if r["full"] else "-")
         body.append(line)
@@ -108,14 +109,14 @@ def provenance(attrs: dict[str, Any]) -> list[str]:
     line each, for reports and model cards."""
     lines = [
         f"{what}: " + ", ".join(f"{n:,} {k}" for k, n in counts.items())
-        for what, counts in (attrs.get("data_info") or {}).items()
+        for what, counts in (attrs.get(DATA_INFO) or {}).items()
     ]
     lines += [
         f"eval set {name}, {what}: " + ", ".join(f"{n:,} {k}" for k, n in counts.items())
         for name, info in (attrs.get(EVAL_SETS_INFO) or {}).items()
         for what, counts in info.items()
     ]
-    scoring = attrs.get("scoring") or {}
+    scoring = attrs.get(SCORING) or {}
     if scoring:
         lines.append("scoring: " + "; ".join(f"{metric} {signature}" for metric, signature in scoring.items()))
     return lines

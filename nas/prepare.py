@@ -109,9 +109,9 @@ def prepare_eval_sets(spec: StudySpec) -> dict[str, PreparedData]:
 
 
 def eval_set_teacher_metrics(evals: dict[str, PreparedData]) -> dict[str, dict[str, float]]:
-    return {name: data.meta["teacher_metrics"] for name, data in evals.items()}
+    return {name: data.teacher_metrics for name, data in evals.items()}
 
 
 def eval_set_info(evals: dict[str, PreparedData]) -> dict[str, dict[str, Any]]:
     """What reading each extra evaluation set's data found."""
-    return {name: data.meta.get("data_info", {}) for name, data in evals.items()}
+    return {name: data.data_info for name, data in evals.items()}

@@ -22,7 +22,7 @@ from distill.tasks import quality_metrics
 from nas.recipe import apply_recipe
 from nas.spec import StudySpec
 from nas.study import StudyRecord, TrialRecord, distilled_records, distinct_complete, front_trials, is_feasible
-from nas.study._record import RECIPE
+from nas.study._record import ARCH_SHORT, RECIPE, TRAIN_STEPS
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ def measure(
     rows = [
         {
             "trial": t.number,
-            "arch_short": TrialRecord(t).arch_short,
+            ARCH_SHORT: TrialRecord(t).arch_short,
             "brief": {m: _finite(t.user_attrs.get(m)) for m in quality},
             "full": {m: _finite(distilled[str(t.number)]["metrics"].get(m)) for m in quality},
             "full_steps": distilled[str(t.number)]["steps"],
@@ -161,7 +161,7 @@ def measure(
         "seed": spec.study.seed,
         "resamples": RESAMPLES,
         "level": LEVEL,
-        "brief_steps": sorted({t.user_attrs.get("train_steps") for t in picks if t.user_attrs.get("train_steps")}),
+        "brief_steps": sorted({t.user_attrs.get(TRAIN_STEPS) for t in picks if t.user_attrs.get(TRAIN_STEPS)}),
         "measured": time.strftime("%Y-%m-%d %H:%M:%S"),
         "objective": metric,
         "metrics": {},

@@ -23,7 +23,7 @@ def divergence_terms(task: Any) -> list[str]:
 @dataclasses.dataclass(frozen=True)
 class RecipeSpace:
     """`[space.recipe]`: the choices of each searchable part of the recipe; a part left out
-    keeps the spec's `[distill.loss]` and budgets."""
+    keeps the spec's `[loss]` and budgets."""
 
     loss: tuple[str, ...] = ()
     """divergence terms (forward_kl, reverse_kl, jsd, skew_kl, ...): one replaces the loss's divergences"""

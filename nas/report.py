@@ -15,7 +15,7 @@ from nas.pareto import described, eval_set_names, front_rows, provenance
 from nas.rank_check import PROXY
 from nas.recipe import describe_recipe
 from nas.study import StudyRecord, TrialRecord, distinct_complete, task_of, trial_counts
-from nas.study._record import ARCH, LOSS_CURVE
+from nas.study._record import ARCH, ARCH_SHORT, EVAL_SETS, LOSS_CURVE, TRAIN_STEPS
 
 HOVER_HIDDEN = (LOSS_CURVE, ARCH)
 
@@ -56,7 +56,7 @@ def _curves(study: optuna.Study) -> go.Figure:
         curve = TrialRecord(t).loss_curve
         if not curve:
             continue
-        steps = [round(i * (t.user_attrs.get("train_steps", len(curve)) / len(curve))) for i in range(len(curve))]
+        steps = [round(i * (t.user_attrs.get(TRAIN_STEPS, len(curve)) / len(curve))) for i in range(len(curve))]
         fig.add_trace(
             go.Scatter(
                 x=steps,
@@ -89,7 +89,7 @@ def _brief_vs_full(study: optuna.Study, rows: list[dict]) -> go.Figure | None:
                 mode="lines+markers+text",
                 text=["brief", "full"],
                 textposition="middle right",
-                name=f"#{r['trial']} {r['arch_short']}",
+                name=f"#{r['trial']} {r[ARCH_SHORT]}",
                 hovertemplate=f"{quality}: %{{y:.4g}}<br>{size}: %{{x:,}}<br>{html.escape(r['full']['export'])}<extra></extra>",
             )
         )
@@ -119,7 +119,7 @@ def _rank_check(study: optuna.Study) -> list[go.Figure]:
                 mode="markers+text",
                 text=[f"#{r['trial']}" for r in rows],
                 textposition="top center",
-                customdata=[[r["arch_short"], r[PROXY]] for r in rows],
+                customdata=[[r[ARCH_SHORT], r[PROXY]] for r in rows],
                 hovertemplate="%{customdata[0]}<br>brief %{x:.4g}, full %{y:.4g}<br>%{customdata[1]:,} non-embedding parameters<extra></extra>",
             )
         )
@@ -209,7 +209,7 @@ def write_report(study: optuna.Study, out: Path, color_by: str = "front") -> Pat
         "<tr>"
         + f"<td>{r['trial']}</td><td>{html.escape(described(r))}</td>"
         + "".join(f"<td>{format_metric(task, n, v)}</td>" for n, v in r["objectives"].items())
-        + "".join(f"<td>{format_metric(task, quality, r['eval_sets'].get(s, {}).get(quality))}</td>" for s in sets)
+        + "".join(f"<td>{format_metric(task, quality, r[EVAL_SETS].get(s, {}).get(quality))}</td>" for s in sets)
         + (
             f"<td>{format_metric(task, quality, r['full']['metrics'].get(quality))}</td>"
             f"<td>{html.escape(r['full']['export'])}</td>"

@@ -232,11 +232,13 @@ class Resources:
 
 
 SECTIONS = (
-    "study", "teacher", "data", "eval", "space", "distill", "full", "objectives", "constraints", "multi_fidelity",
+    "study", "teacher", "data", "eval", "space", "brief", "loss", "full", "objectives", "constraints", "multi_fidelity",
     "resources",
 )  # fmt: skip
 NESTED: dict[tuple[str, str], type] = {("teacher", "train"): TeacherTraining}
-# Keys of `[distill]` that moved to `[distill.loss]`, for a helpful error on older specs.
+RENAMED = {"distill": "[brief] (the brief run of every trial; its [distill.loss] table is [loss])"}
+"""sections that were renamed: an older spec's is refused in one line that names the new one"""
+# Keys of the brief run's section that moved to `[loss]`, for a helpful error on older specs.
 MOVED = {
     "kd_weight": "forward_kl",
     "ce_weight": "ce",
@@ -268,12 +270,12 @@ class StudySpec:
     """the task's data section (`task.data_config`)"""
     space: Any
     """the task's search space (`task.space`)"""
-    distill: Budget
-    """the brief run of every trial"""
+    brief: Budget
+    """`[brief]`: the brief run of every trial"""
     full: Budget
     """`nas distill`: the full run of a chosen architecture"""
     loss: LossConfig
-    """`[distill.loss]`, the loss of both runs"""
+    """`[loss]`, the loss of both runs"""
     objectives: Objectives
     constraints: Constraints
     multi_fidelity: MultiFidelity
@@ -365,8 +367,8 @@ def _build(cls: type, raw: Any, key: str, defaults: dict[str, Any] | None = None
     kwargs = dict(defaults or {})
     for name, value in raw.items():
         if name not in fields:
-            if key == "distill" and name in MOVED:
-                raise SpecError(f"{key}.{name}: the loss has its own section now: [distill.loss] {MOVED[name]} = ...")
+            if key == "brief" and name in MOVED:
+                raise SpecError(f"{key}.{name}: the loss has its own section now: [loss] {MOVED[name]} = ...")
             raise SpecError(f"{key}.{name}: unknown key; allowed: {', '.join(sorted(fields))}")
         section = re.sub(r"\[\d+\]$", "", key.split(".")[-1])  # teacher[1] is a teacher table
         if (section, name) in NESTED:
@@ -377,17 +379,17 @@ def _build(cls: type, raw: Any, key: str, defaults: dict[str, Any] | None = None
 
 
 def _build_brief(raw: Any) -> Budget:
-    """`[distill]`: a budget without validation, checkpoints or early stopping (a brief run
+    """`[brief]`: a budget without validation, checkpoints or early stopping (a brief run
     reports once, at its end)."""
     if isinstance(raw, dict):
         for name in ("eval_every", "checkpoint_every", "patience"):
             if name in raw:
-                raise SpecError(f"distill.{name}: the brief run of a trial neither validates nor checkpoints; set it in [full]")
-    return _build(Budget, raw, "distill")
+                raise SpecError(f"brief.{name}: the brief run of a trial neither validates nor checkpoints; set it in [full]")
+    return _build(Budget, raw, "brief")
 
 
 def _build_loss(task: Task, raw: Any, key: str, teachers: int = 1) -> LossConfig:
-    """`[distill.loss]`: a weight per loss term the task allows, the task's loss parameters,
+    """`[loss]`: a weight per loss term the task allows, the task's loss parameters,
     where the teacher's outputs come from, and how `teachers` teachers combine."""
     if not isinstance(raw, dict):
         raise SpecError(f"{key}: must be a table")
@@ -421,7 +423,7 @@ def _check_on_policy(task: Task, loss: LossConfig, budget: Budget, key: str) -> 
         raise SpecError(f"{key}.on_policy: task {task.name} has no outputs of its own to learn from; leave it 0")
     if budget.on_policy > 0 and not on_policy_terms(loss):
         raise SpecError(
-            f"{key}.on_policy: needs a divergence term that reads no reference in [distill.loss] (forward_kl, reverse_kl, jsd, ...)"
+            f"{key}.on_policy: needs a divergence term that reads no reference in [loss] (forward_kl, reverse_kl, jsd, ...)"
         )
     if budget.on_policy > 0 and len(loss.teacher_weights) > 1:
         raise SpecError(f"{key}.on_policy: on-policy batches are scored by one live teacher; the spec lists {len(loss.teacher_weights)}")
@@ -447,7 +449,7 @@ def _check_recipes(task: Task, recipe: RecipeSpace, loss: LossConfig, brief: Bud
             _, trial_full = apply_recipe(loss, full, chosen)
         except ValueError as exc:
             raise SpecError(f"space.recipe: the recipe {describe_recipe(chosen)!r} cannot train: {exc}") from None
-        for key, budget in (("distill", trial_brief), ("full", trial_full)):
+        for key, budget in (("brief", trial_brief), ("full", trial_full)):
             try:
                 _check_on_policy(task, trial_loss, budget, key)
             except SpecError as exc:
@@ -518,11 +520,11 @@ def _build_evals(task: Task, raw: Any, data: Any) -> tuple[EvalSet, ...]:
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
-    """`distill.steps=50` -> (["distill", "steps"], 50); values are read as TOML, else text."""
+    """`brief.steps=50` -> (["brief", "steps"], 50); values are read as TOML, else text."""
     key, sep, text = item.partition("=")
     parts = key.strip().split(".")
     if not sep or len(parts) < 2 or not all(parts):
-        raise SpecError(f"{key.strip() or item}: an override must be section.key=value, e.g. distill.steps=50; got {item!r}")
+        raise SpecError(f"{key.strip() or item}: an override must be section.key=value, e.g. brief.steps=50; got {item!r}")
     try:
         value = tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
@@ -586,6 +588,9 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
             if not isinstance(node, dict):
                 raise SpecError(f"{'.'.join(parts[: i + 1])}: not a table; the override {item!r} sets a key inside it")
         node[parts[-1]] = value
+    renamed = sorted(set(raw) & set(RENAMED))
+    if renamed:
+        raise SpecError(f"{renamed[0]}: the section is now {RENAMED[renamed[0]]}")
     unknown = sorted(set(raw) - set(SECTIONS))
     if unknown:
         raise SpecError(f"{unknown[0]}: unknown section; allowed: {', '.join(SECTIONS)}")
@@ -593,8 +598,7 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
         raise SpecError("teacher: required section (teacher.model: a hub id or a local folder)")
     study = _build(StudyConfig, raw.get("study", {}), "study")
     task = get_task(study.task)
-    brief = raw.get("distill", {})
-    loss_raw = brief.pop("loss", {}) if isinstance(brief, dict) else {}
+    brief, loss_raw = raw.get("brief", {}), raw.get("loss", {})
     teachers = _build_teachers(task, raw["teacher"])
     objectives = _build(Objectives, raw.get("objectives", {}), "objectives")
     try:
@@ -604,10 +608,10 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
     data = _build(task.data_config, raw.get("data", {}), "data")
     brief_budget = _build_brief(brief)
     full_budget = _build(Budget, raw.get("full", {}), "full", defaults=FULL_RUN)
-    loss = _build_loss(task, loss_raw, "distill.loss", len(teachers))
+    loss = _build_loss(task, loss_raw, "loss", len(teachers))
     space_raw = dict(raw.get("space", {})) if isinstance(raw.get("space", {}), dict) else raw["space"]
     recipe = _build_recipe(task, space_raw.pop("recipe", {}) if isinstance(space_raw, dict) else {})
-    for key, budget in (("distill", brief_budget), ("full", full_budget)):
+    for key, budget in (("brief", brief_budget), ("full", full_budget)):
         _check_on_policy(task, loss, budget, key)
     _check_recipes(task, recipe, loss, brief_budget, full_budget)
     return StudySpec(
@@ -618,7 +622,7 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
         data=data,
         space=_build(task.space, space_raw, "space"),
         recipe=recipe,
-        distill=brief_budget,
+        brief=brief_budget,
         full=full_budget,
         loss=loss,
         objectives=objectives,

@@ -115,11 +115,11 @@ head_dim = [8, 16]
 ffn_ratio = [2.0]
 tie_embeddings = [true, false]
 
-[distill]
+[brief]
 steps = 4
 batch_size = 4
 
-[distill.loss]
+[loss]
 top_k = 8
 {extra}
 """
@@ -255,11 +255,11 @@ ffn_ratio = [1.0, 2.0]
 init = ["random", "teacher"]
 layer_pick = ["even", "first", "every_other"]
 
-[distill]
+[brief]
 steps = 5
 batch_size = 8
 
-[distill.loss]
+[loss]
 hidden = 1.0
 relations = 1.0
 {extra}
@@ -306,11 +306,11 @@ decoder_layers = [1, 2]
 heads = [2, 4]
 head_dim = [8]
 
-[distill]
+[brief]
 steps = 4
 batch_size = 4
 
-[distill.loss]
+[loss]
 top_k = 8
 {extra}
 """

@@ -122,9 +122,9 @@ class Task(abc.ABC):
     metrics: tuple[Metric, ...]
     """quality metrics first; the first quality metric is the default objective"""
     loss_params: type
-    """the frozen dataclass of the parameters `[distill.loss]` takes besides term weights"""
+    """the frozen dataclass of the parameters `[loss]` takes besides term weights"""
     default_weights: dict[str, float]
-    """term weights of `[distill.loss]` when the spec gives none"""
+    """term weights of `[loss]` when the spec gives none"""
     outputs: dict[str, tuple[str, ...]]
     """teacher output groups this task can compute, and the values each group gives"""
     values: frozenset[str]

@@ -130,7 +130,7 @@ def topk_arrays(vocab: int, params: dict[str, Any], positions: int, cut: dict[in
     from distill.errors import InputError
 
     if params["top_k"] > vocab:
-        raise InputError(f"distill.loss.top_k: {params['top_k']} exceeds the teacher's vocabulary ({vocab})")
+        raise InputError(f"loss.top_k: {params['top_k']} exceeds the teacher's vocabulary ({vocab})")
     shape = (positions, params["top_k"])
     return {"teacher_logprobs": OutputArray(shape, "float16", cut), "teacher_indices": OutputArray(shape, "int32", cut)}
 

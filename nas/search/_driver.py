@@ -69,7 +69,7 @@ def trial_plan(
     return TrialPlan(
         spec.study.task,
         data,
-        spec.distill,
+        spec.brief,
         spec.loss,
         spec.storage_url,
         spec.name,
@@ -209,9 +209,9 @@ def _prepare_search(spec: StudySpec, study: optuna.Study) -> TrialPlan:
     data = prepare_study(spec)
     others = prepare_other_teachers(spec, data)
     record = StudyRecord(study)
-    teachers = " + ".join(d.meta["teacher_name"] for d in (data, *others))
+    teachers = " + ".join(d.teacher_name for d in (data, *others))
     # Quality metrics are measured against the first teacher; the others' own, for reference.
-    record.record_teachers(teachers, data.meta["teacher_metrics"], [d.meta["teacher_metrics"] for d in others], data.meta)
+    record.record_teachers(teachers, data, others)
     by_temperature = {}
     for t in spec.recipe.temperature:  # the teachers' outputs at each temperature the recipe may choose
         at_t = prepare_study(spec, t)

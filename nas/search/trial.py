@@ -21,7 +21,7 @@ from nas.prepare import pick_device
 from nas.recipe import apply_recipe
 from nas.spec import Constraints
 from nas.study import TRIAL_ATTRS
-from nas.study._record import EVAL_SETS, LOSS_CURVE, NOT_TRAINED, RUNGS
+from nas.study._record import EVAL_SETS, LOSS_CURVE, NOT_TRAINED, RUNGS, TRAIN_STEPS
 
 logger = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ def run_trial(
         RUNGS: [*rungs, {"step": result.steps, **quality}],
         "train_loss": result.losses[-1],
         "train_seconds": train_seconds,
-        "train_steps": len(result.losses),
+        TRAIN_STEPS: len(result.losses),
         LOSS_CURVE: result.losses[::stride],
         "device": str(device),
     }

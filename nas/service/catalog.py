@@ -13,6 +13,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from distill.cache import TEACHER_METRICS
 from distill.errors import InputError
 from distill.tasks import Task, format_metric
 from nas._compat import storage_of
@@ -32,7 +33,18 @@ from nas.study import (
     task_of,
     trial_counts,
 )
-from nas.study._record import ARCH, DUPLICATE_OF, EVAL_SETS, LOSS_CURVE, PRUNED_AT, RECIPE, RUNGS
+from nas.study._record import (
+    ARCH,
+    ARCH_SHORT,
+    DISTILLED,
+    DUPLICATE_OF,
+    EVAL_SETS,
+    LOSS_CURVE,
+    PRUNED_AT,
+    RECIPE,
+    RUNGS,
+    TRAIN_STEPS,
+)
 
 
 class NotFound(LookupError):
@@ -178,15 +190,15 @@ def trial_row(task: Task, t: FrozenTrial, front: set[int], distilled: dict[str, 
         "state": outcome(t),
         "front": t.number in front,
         "arch": r.arch,
-        "arch_short": (r.arch_short or task.describe(r.arch)) if r.arch else "",
+        ARCH_SHORT: (r.arch_short or task.describe(r.arch)) if r.arch else "",
         "recipe": r.recipe,
         "metrics": metrics,
         "formatted": {k: format_metric(task, k, v) for k, v in metrics.items()},
         "reason": r.fail_reason or r.not_trained or (r.pruned_at and f"stopped at step {r.pruned_at.get('step')}"),
-        "duplicate_of": r.duplicate_of,
+        DUPLICATE_OF: r.duplicate_of,
         "started": t.datetime_start.timestamp() if t.datetime_start else None,
         "completed": t.datetime_complete.timestamp() if t.datetime_complete else None,
-        "distilled": bool(full),
+        DISTILLED: bool(full),
     }
 
 
@@ -202,7 +214,7 @@ def study_json(study: optuna.Study, with_trials: bool = True) -> dict[str, Any]:
         "name": study.study_name,
         "task": task.name,
         "teacher": record.teacher,
-        "teacher_metrics": teacher,
+        TEACHER_METRICS: teacher,
         "teacher_formatted": {k: format_metric(task, k, v) for k, v in teacher.items()},
         "objectives": study.metric_names or [],
         "directions": [d.name.lower() for d in study.directions],
@@ -259,11 +271,11 @@ def trial_json(spec: StudySpec, study: optuna.Study, number: int) -> dict[str, A
     card = model_card(spec, number)
     return {
         **row,
-        "loss_curve": r.loss_curve,
-        "train_steps": r.metric("train_steps"),
+        LOSS_CURVE: r.loss_curve,
+        TRAIN_STEPS: r.metric(TRAIN_STEPS),
         "rungs": r.rungs,
-        "eval_sets": r.eval_sets or {},
-        "teacher_metrics": StudyRecord(study).teacher_metrics,
+        EVAL_SETS: r.eval_sets or {},
+        TEACHER_METRICS: StudyRecord(study).teacher_metrics,
         "full": (
             {
                 **full,

@@ -14,7 +14,7 @@ class SearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     spec: str = Field(max_length=200, description="a .toml study spec in the studies folder, e.g. demo.toml")
     overrides: list[str] = Field(
-        default=[], max_length=50, description="KEY=VALUE settings over the spec's, e.g. distill.steps=50"
+        default=[], max_length=50, description="KEY=VALUE settings over the spec's, e.g. brief.steps=50"
     )
     trials: int | None = Field(default=None, ge=1, le=100_000, description="the total number of architectures")
 

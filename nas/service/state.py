@@ -96,7 +96,7 @@ def service(request: Request) -> Service:
 def check_overrides(overrides: list[str]) -> None:
     for item in overrides:
         if len(item) > 500 or "=" not in item or item.startswith("-"):
-            raise InputError(f"overrides: {item[:80]!r} is not KEY=VALUE (e.g. distill.steps=50)")
+            raise InputError(f"overrides: {item[:80]!r} is not KEY=VALUE (e.g. brief.steps=50)")
         if item.split("=", 1)[0].strip() in SERVER_KEYS:
             raise InputError(f"overrides: {item.split('=', 1)[0]} is set by the spec file, not by a request")
 

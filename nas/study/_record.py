@@ -11,6 +11,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from distill.cache import DATA_INFO, SCORING, TEACHER_METRICS, PreparedData
 from distill.tasks import Task, get_task, task_for_metrics
 
 # -- trial attributes (Optuna user attributes of a trial), besides its task's metrics
@@ -24,9 +25,10 @@ NOT_TRAINED = "not_trained"  # why it was not trained: its size broke a bound (s
 RUNGS = "rungs"  # [{step, quality metrics}] at each rung it reached, the last its result
 EVAL_SETS = "eval_sets"  # {extra evaluation set: quality metrics} (`[[eval]]`); the study's: the teacher's
 LOSS_CURVE = "loss_curve"  # training losses, about 50 points
+TRAIN_STEPS = "train_steps"  # the optimizer steps it trained for
 RAY_NODE = "ray_node"  # the Ray node that ran it
 TRIAL_ATTRS = (
-    ARCH, ARCH_SHORT, DUPLICATE_OF, "train_loss", "train_seconds", "train_steps", LOSS_CURVE, "device",
+    ARCH, ARCH_SHORT, DUPLICATE_OF, "train_loss", "train_seconds", TRAIN_STEPS, LOSS_CURVE, "device",
     RUNGS, PRUNED_AT, NOT_TRAINED, EVAL_SETS, RAY_NODE,
 )  # fmt: skip
 """every attribute a trial stores from what its worker reported, besides its task's metrics"""
@@ -34,11 +36,10 @@ TRIAL_ATTRS = (
 # -- study attributes (Optuna user attributes of the study)
 TASK = "task"  # the task's registry name
 TEACHER = "teacher"  # the teachers' names, " + " between them
-TEACHER_METRICS = "teacher_metrics"  # the first teacher measured as a student: quality and size
 OTHER_TEACHER_METRICS = "other_teacher_metrics"  # the other teachers' own, for reference
 EVAL_SETS_INFO = "eval_sets_info"  # {extra evaluation set: what reading its data found}
-DATA_INFO = "data_info"  # what reading the data found (counts of documents, pairs, dropped ...)
-SCORING = "scoring"  # how quality is computed ({metric: signature}, e.g. sacrebleu's)
+# TEACHER_METRICS (the first teacher measured as a student), DATA_INFO (what reading the data
+# found) and SCORING (how quality is computed): the keys of the first teacher's cache, kept as they are
 CONSTRAINTS = "constraints"  # {metric: limit} the trials were judged by
 SAMPLER = "sampler"  # the sampler's name; a resumed study keeps it
 DISTILLED = "distilled"  # `distilled:<trial>`: the record of that trial's full distillation
@@ -263,16 +264,16 @@ class StudyRecord:
     def record_rank_check(self, result: dict[str, Any]) -> None:
         self.study.set_user_attr(RANK_CHECK, result)
 
-    def record_teachers(self, teacher: str, metrics: dict[str, Any], others: list[dict[str, Any]], meta: dict[str, Any]) -> None:
-        """The teachers' names, the first's metrics (quality is measured against it), the
-        others' own, and what reading the data found and how quality is computed (`meta`: the
-        first teacher's cache)."""
-        self.study.set_user_attr(TEACHER, teacher)
-        self.study.set_user_attr(TEACHER_METRICS, metrics)
+    def record_teachers(self, teachers: str, first: PreparedData, others: tuple[PreparedData, ...]) -> None:
+        """The teachers' names, the first's metrics (quality is measured against it) and the
+        others' own, what reading the data found and how quality is computed (the first
+        teacher's cache)."""
+        self.study.set_user_attr(TEACHER, teachers)
+        self.study.set_user_attr(TEACHER_METRICS, first.teacher_metrics)
         if others:
-            self.study.set_user_attr(OTHER_TEACHER_METRICS, others)
-        for key in (DATA_INFO, SCORING):
-            self.study.set_user_attr(key, meta.get(key, {}))
+            self.study.set_user_attr(OTHER_TEACHER_METRICS, [d.teacher_metrics for d in others])
+        self.study.set_user_attr(DATA_INFO, first.data_info)
+        self.study.set_user_attr(SCORING, first.scoring)
 
     def record_eval_sets(self, teacher_metrics: dict[str, Any], info: dict[str, Any]) -> None:
         self.study.set_user_attr(EVAL_SETS, teacher_metrics)

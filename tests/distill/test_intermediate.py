@@ -18,7 +18,7 @@ def test_layer_maps():
     assert layer_pairs("last-2", sliced) == [(2, 5), (3, 6)]
     assert layer_pairs("last-9", sliced) == [(1, 4), (2, 5), (3, 6)]  # at most the student's depth
     assert layer_pairs([0, 1, 1, 6], sliced) == [(0, 0), (1, 1), (2, 1), (3, 6)]
-    with pytest.raises(InputError, match=r"^distill\.loss\.layer_map: .* 4 teacher states"):
+    with pytest.raises(InputError, match=r"^loss\.layer_map: .* 4 teacher states"):
         layer_pairs([0, 6], sliced)
     with pytest.raises(InputError, match=r"0 to 6"):
         layer_pairs([0, 1, 2, 7], sliced)
@@ -73,7 +73,7 @@ def test_attention_kl_ignores_masked_queries_and_keys_and_stays_finite_on_peaked
 def test_heads_that_do_not_divide_the_teachers_are_refused_for_attention_only():
     stack = Stack(2, 2, 12, 16, 3, 4)
     Intermediate({"decoder": stack}, "init", attention=False)
-    with pytest.raises(InputError, match=r"^distill\.loss\.attention: .* 3 heads .* teacher's 4"):
+    with pytest.raises(InputError, match=r"^loss\.attention: .* 3 heads .* teacher's 4"):
         Intermediate({"decoder": stack}, "init", attention=True)
 
 

@@ -226,6 +226,6 @@ def test_teacher_outputs_larger_than_the_free_disk_are_refused_with_the_live_alt
     layers = LossConfig({"forward_kl": 1.0, "hidden": 1.0, "attention": 1.0}, {**CAUSAL_LOSS.params, "layer_map": "init"})
     usage = shutil.disk_usage(tmp_path)
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=100_000))  # 100 kB free
-    with pytest.raises(InputError, match=r'^distill\.loss\.teacher_outputs: .*attentions, hidden_states, topk.* "live"'):
+    with pytest.raises(InputError, match=r'^loss\.teacher_outputs: .*attentions, hidden_states, topk.* "live"'):
         prepare(get_task("causal-lm"), TeacherConfig(model=str(teacher_dirs["qwen2"])), data, layers, base_dir=tmp_path, cache_root=tmp_path / "cache")
     assert not any((tmp_path / "cache").glob("*/meta.json"))  # nothing published

@@ -140,7 +140,7 @@ class SymbolClassifier(Task):
     def output_arrays(self, groups: set[str], teacher: Teacher, params: dict[str, Any], data: SymbolData) -> dict[str, OutputArray]:
         classes = teacher.model.config.num_labels
         if params["top_k"] > classes:
-            raise InputError(f"distill.loss.top_k: {params['top_k']} exceeds the teacher's {classes} classes")
+            raise InputError(f"loss.top_k: {params['top_k']} exceeds the teacher's {classes} classes")
         shape = (1, params["top_k"])  # one position per item
         return {"teacher_logprobs": OutputArray(shape, "float16"), "teacher_indices": OutputArray(shape, "int32")}
 
@@ -264,7 +264,7 @@ length = 10
 [space]
 layers = [1, 2]
 
-[distill.loss]
+[loss]
 top_k = 3
 
 [[eval]]
@@ -279,8 +279,8 @@ source = "skewed"
         spec = spec_with()
         assert spec.task is TOY and spec.loss.params == {"temperature": 2.0, "top_k": 3}
         assert spec.evals[0].data == dataclasses.replace(spec.data, source="skewed")  # the rest is [data]'s
-        with pytest.raises(SpecError, match=r"^distill\.on_policy: task toy-classifier has no outputs of its own"):
-            load_spec(spec_file, ["distill.on_policy=0.5"])
+        with pytest.raises(SpecError, match=r"^brief\.on_policy: task toy-classifier has no outputs of its own"):
+            load_spec(spec_file, ["brief.on_policy=0.5"])
         with pytest.raises(SpecError, match=r"^teacher\.train: task toy-classifier cannot train its teacher here"):
             load_spec(spec_file, ["teacher.train.steps=10"])
 

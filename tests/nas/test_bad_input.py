@@ -53,7 +53,7 @@ class Bad:
     """run `python -m nas.cli` (where a traceback would escape the process)"""
 
 
-BRIEF = "[distill]\nsteps = 4"  # lm's brief budget, an anchor for edits
+BRIEF = "[brief]\nsteps = 4"  # lm's brief budget, an anchor for edits
 
 # fmt: off
 CASES = [
@@ -63,17 +63,18 @@ CASES = [
         Bad("SPEC", r"^not UTF-8 text \(found UTF-16\); TOML files are UTF-8", encoding="utf-16", in_subprocess=True),
         id="utf-16-file",
     ),
-    pytest.param(Bad("distill.steps", r"^not valid TOML \(line \d+, column \d+\): Expected newline", edit=(BRIEF, BRIEF + " 4")), id="toml-syntax"),
+    pytest.param(Bad("distill", r"^the section is now \[brief\] \(the brief run of every trial; its \[distill\.loss\] table is \[loss\]\)$", edit=(BRIEF, "[distill]\nsteps = 4")), id="renamed-section"),
+    pytest.param(Bad("brief.steps", r"^not valid TOML \(line \d+, column \d+\): Expected newline", edit=(BRIEF, BRIEF + " 4")), id="toml-syntax"),
     pytest.param(Bad("study.name", r"^not valid TOML \(line \d+, column \d+\): Cannot overwrite a value", edit=('name = "lm"', 'name = "lm"\nname = "lm2"')), id="toml-duplicate-key"),
-    pytest.param(Bad("studdy", r"^unknown section; allowed: study, teacher, data", edit=("[distill.loss]", "[studdy]\ntrials = 2\n\n[distill.loss]")), id="unknown-section"),
+    pytest.param(Bad("studdy", r"^unknown section; allowed: study, teacher, data", edit=("[loss]", "[studdy]\ntrials = 2\n\n[loss]")), id="unknown-section"),
     pytest.param(Bad("teacher.revison", r"^unknown key; allowed: model, package, revision, train, trust_remote_code$", edit=("[teacher]\n", "[teacher]\nrevison = 'abc'\n")), id="unknown-key"),
     pytest.param(Bad("teacher[0].layers", r"^unknown key; allowed: model, package", edit=("[teacher]\n", "[[teacher]]\nlayers = 2\n")), id="teacher-table-unknown-key"),
-    pytest.param(Bad("distill.steps", r"^must be int, got '4'$", edit=(BRIEF, '[distill]\nsteps = "4"')), id="string-for-int"),
+    pytest.param(Bad("brief.steps", r"^must be int, got '4'$", edit=(BRIEF, '[brief]\nsteps = "4"')), id="string-for-int"),
     pytest.param(Bad("data.text_column", r"^must be str, got \['body'\]$", args=("data.text_column=['body']",)), id="list-for-string"),
     # -- overrides
-    pytest.param(Bad("distill.stepz", r"^unknown key; allowed: .*steps", args=("distill.stepz=3",)), id="override-unknown-key"),
-    pytest.param(Bad("distill.steps", r"^must be int, got 'abc'$", args=("distill.steps=abc",)), id="override-bad-value"),
-    pytest.param(Bad("steps", r"^an override must be section\.key=value, e\.g\. distill\.steps=50", args=("steps=3",)), id="override-without-section"),
+    pytest.param(Bad("brief.stepz", r"^unknown key; allowed: .*steps", args=("brief.stepz=3",)), id="override-unknown-key"),
+    pytest.param(Bad("brief.steps", r"^must be int, got 'abc'$", args=("brief.steps=abc",)), id="override-bad-value"),
+    pytest.param(Bad("steps", r"^an override must be section\.key=value, e\.g\. brief\.steps=50", args=("steps=3",)), id="override-without-section"),
     pytest.param(Bad("study.name", r"^not a table; the override 'study\.name\.x=1' sets a key inside it", args=("study.name.x=1",)), id="override-inside-a-value"),
     # -- the study and the command line
     pytest.param(Bad("--storage", r"is not a URL; give an Optuna storage URL such as sqlite:///", args=("--storage", "{dir}/lm/optuna.db")), id="storage-bare-path"),
@@ -90,14 +91,14 @@ CASES = [
     pytest.param(Bad("--trials", r"^at least 3 trials are needed to rank, got 2$", command="rank-check", args=("--trials", "2")), id="rank-check-2-trials"),
     pytest.param(Bad("study.name", r"^no study 'nosuch' yet \(.* does not exist\); run `nas search` first$", command="pareto", args=("study.name='nosuch'",)), id="pareto-no-storage"),
     # -- budgets, loss, objectives, constraints, resources
-    pytest.param(Bad("distill.steps", r"^must be >= 1 \(or set tokens\), got 0$", args=("distill.steps=0",)), id="steps-0"),
-    pytest.param(Bad("distill.batch_size", r"^must be >= 1, got -1$", args=("distill.batch_size=-1",)), id="batch-size-negative"),
+    pytest.param(Bad("brief.steps", r"^must be >= 1 \(or set tokens\), got 0$", args=("brief.steps=0",)), id="steps-0"),
+    pytest.param(Bad("brief.batch_size", r"^must be >= 1, got -1$", args=("brief.batch_size=-1",)), id="batch-size-negative"),
     pytest.param(Bad("full.lr", r"^must be > 0, got 0\.0$", args=("full.lr=0",)), id="full-lr-0"),
     pytest.param(Bad("data.eval_fraction", r"^must be between 0 and 1, got 1\.5$", args=("data.eval_fraction=1.5",)), id="fraction-out-of-range"),
     pytest.param(Bad("objectives.quality", r"^'bleu' is not a metric of task causal-lm; allowed: perplexity, kl, top1_agreement$", args=("objectives.quality=['bleu']",)), id="objective-not-of-task"),
     pytest.param(Bad("constraints.flops", r"^not a metric of task causal-lm; allowed: perplexity", args=("constraints.flops=1e9",)), id="constraint-unknown-metric"),
-    pytest.param(Bad("distill.loss.cosine", r"^not a loss term or parameter of task causal-lm; allowed: ce, forward_kl", args=("distill.loss.cosine=1.0",)), id="loss-term-not-of-task"),
-    pytest.param(Bad("distill.loss.temperature", r"^must be > 0, got 0\.0$", args=("distill.loss.temperature=0",)), id="temperature-0"),
+    pytest.param(Bad("loss.cosine", r"^not a loss term or parameter of task causal-lm; allowed: ce, forward_kl", args=("loss.cosine=1.0",)), id="loss-term-not-of-task"),
+    pytest.param(Bad("loss.temperature", r"^must be > 0, got 0\.0$", args=("loss.temperature=0",)), id="temperature-0"),
     pytest.param(Bad("resources.cpus", r"^must be a number > 0, got nan$", args=("resources.cpus=nan",)), id="cpus-nan"),
     pytest.param(Bad("resources.gpus", r"^each trial asks for 1 GPU\(s\); this machine has 0; set resources\.gpus = 0", args=("resources.gpus=1",)), id="gpus-without-a-gpu", marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")),
     pytest.param(Bad("resources.cpus", r"^each trial asks for 4096 CPUs; this machine has \d+$", args=("resources.cpus=4096",)), id="cpus-beyond-the-machine"),
@@ -115,7 +116,7 @@ CASES = [
     pytest.param(Bad("space.layers", r"^a student depth of 8 exceeds the teacher's 4", spec="emb", args=("space.layers=[1, 8]",)), id="encoder-space-deeper-than-teacher"),
     pytest.param(Bad("data.block_length", r"^128 tokens exceed the teacher's 64 positions \(max_position_embeddings\); at most 64$", args=("data.block_length=128",)), id="block-length-beyond-positions"),
     pytest.param(Bad("data.block_length", r"^96 tokens exceed the teacher's 64 positions", spec="emb", args=("data.block_length=96",)), id="embedding-block-length-beyond-positions"),
-    pytest.param(Bad("distill.loss.top_k", r"^100000 exceeds the teacher's vocabulary \(\d+\)$", args=("distill.loss.top_k=100000",)), id="top-k-beyond-vocabulary"),
+    pytest.param(Bad("loss.top_k", r"^100000 exceeds the teacher's vocabulary \(\d+\)$", args=("loss.top_k=100000",)), id="top-k-beyond-vocabulary"),
     # -- the data
     pytest.param(Bad("data.config", r"has several configurations and needs one named; configurations: first, second$", args=("data.source='{dir}/two-configs'", "data.files=[]")), id="dataset-needs-a-config"),
     pytest.param(Bad("data.config", r"has no configuration 'third'; configurations: first, second$", args=("data.source='{dir}/two-configs'", "data.files=[]", "data.config='third'")), id="dataset-unknown-config"),

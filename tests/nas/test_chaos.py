@@ -13,7 +13,7 @@ from tests.conftest import write_spec
 
 def test_kills_of_search_and_distill_leave_a_correct_study(tmp_path, teacher_dirs):
     path = write_spec(tmp_path, teacher_dirs["gpt2"], name="chaos")
-    overrides = ["study.trials=6", "distill.steps=60"]
+    overrides = ["study.trials=6", "brief.steps=60"]
     spec = load_spec(path, overrides)
     said: list[str] = []
     problems = search_chaos([str(path), *overrides], spec, 5, random.Random(0), said.append)

@@ -20,7 +20,7 @@ GOLDEN = json.loads((Path(__file__).parents[1] / "data" / "golden_studies.json")
 TIMINGS = {"latency_ms", "latency_ms_b32", "train_seconds"}
 REL_TOL = 1e-4
 SLICED = ["study.trials=3", "space.families=['llama']", "space.head_dim=[8]", "space.heads=[2, 4]"]
-SLICED += ["space.init=['random', 'teacher']", "space.layer_pick=['even', 'first', 'every_other']", "distill.steps=6"]
+SLICED += ["space.init=['random', 'teacher']", "space.layer_pick=['even', 'first', 'every_other']", "brief.steps=6"]
 
 
 def _close(got, want, where):

@@ -60,7 +60,7 @@ def test_the_spec_checks_every_recipe_it_may_sample():
     with pytest.raises(SpecError, match=r"^space\.recipe\.loss: 'forward_kl' is not a divergence of task embedding"):
         load_spec(ROOT / "studies/demo.toml", ["space.recipe.loss=['forward_kl']"])
     with pytest.raises(SpecError, match=r"^space\.recipe: the recipe 'ce=0' cannot train: weights: at least one term"):
-        load_spec(ROOT / "studies/demo-lm.toml", ["space.recipe.ce=[0.0]", "distill.loss.forward_kl=0", "distill.loss.ce=1"])
+        load_spec(ROOT / "studies/demo-lm.toml", ["space.recipe.ce=[0.0]", "loss.forward_kl=0", "loss.ce=1"])
 
 
 @pytest.mark.usefixtures("ray_local")

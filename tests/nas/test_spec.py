@@ -29,11 +29,11 @@ def test_every_shipped_spec_loads(path):
 def test_overrides_are_typed_and_checked(tmp_path):
     spec = load_spec(
         ROOT / "studies/demo-lm.toml",
-        ["study.trials=4", "distill.steps=50", "distill.lr=1e-3", "space.families=['llama']"],
+        ["study.trials=4", "brief.steps=50", "brief.lr=1e-3", "space.families=['llama']"],
     )
-    assert (spec.study.trials, spec.distill.steps, spec.distill.lr, spec.space.families) == (4, 50, 1e-3, ("llama",))
-    with pytest.raises(SpecError, match=r"^distill\.stepz: unknown key; allowed: .*steps"):
-        load_spec(ROOT / "studies/demo-lm.toml", ["distill.stepz=3"])
+    assert (spec.study.trials, spec.brief.steps, spec.brief.lr, spec.space.families) == (4, 50, 1e-3, ("llama",))
+    with pytest.raises(SpecError, match=r"^brief\.stepz: unknown key; allowed: .*steps"):
+        load_spec(ROOT / "studies/demo-lm.toml", ["brief.stepz=3"])
     with pytest.raises(SpecError, match="section.key=value"):
         load_spec(ROOT / "studies/demo-lm.toml", ["steps=3"])
 
@@ -45,7 +45,7 @@ BAD = {
     "malformed value": ("[teacher]\nmodel='x'\n[study]\ntrials = 3 4\n", r"^study\.trials: not valid TOML \(line 4, column 12\)"),
     "empty space": ("[teacher]\nmodel='x'\n[space]\nlayers=[4, 2]\n", r"space\.layers: needs 1 <= min <= max"),
     "empty choices": ("[teacher]\nmodel='x'\n[space]\nheads=[]\n", r"space\.heads: needs at least one choice"),
-    "wrong type": ("[teacher]\nmodel='x'\n[distill]\nsteps='many'\n", r"distill\.steps: must be int"),
+    "wrong type": ("[teacher]\nmodel='x'\n[brief]\nsteps='many'\n", r"brief\.steps: must be int"),
     "no teacher": ("[study]\ntrials=2\n", r"teacher: required section"),
     "bad metric": (
         "[teacher]\nmodel='x'\n[objectives]\nquality=['bleu']\n",
@@ -73,12 +73,12 @@ BAD = {
     ),
     "on-policy share": ("[teacher]\nmodel='x'\n[full]\non_policy=1.5\n", r"full\.on_policy: a share of the batches, between 0 and 1"),
     "on-policy without a divergence": (
-        "[teacher]\nmodel='x'\n[distill]\non_policy=0.5\n[distill.loss]\nforward_kl=0.0\nce=1.0\n",
-        r"distill\.on_policy: needs a divergence term that reads no reference in \[distill\.loss\]",
+        "[teacher]\nmodel='x'\n[brief]\non_policy=0.5\n[loss]\nforward_kl=0.0\nce=1.0\n",
+        r"brief\.on_policy: needs a divergence term that reads no reference in \[loss\]",
     ),
     "on-policy with self-evolution KD alone": (
-        "[teacher]\nmodel='x'\n[distill]\non_policy=0.5\n[distill.loss]\nforward_kl=0.0\nself_evolution_kd=1.0\n",
-        r"distill\.on_policy: needs a divergence term that reads no reference",
+        "[teacher]\nmodel='x'\n[brief]\non_policy=0.5\n[loss]\nforward_kl=0.0\nself_evolution_kd=1.0\n",
+        r"brief\.on_policy: needs a divergence term that reads no reference",
     ),
     "on-policy with two teachers": (
         "[[teacher]]\nmodel='x'\n[[teacher]]\nmodel='y'\n[full]\non_policy=0.5\n",
@@ -146,33 +146,33 @@ def test_cli_missing_teacher_folder_and_missing_text_column(tmp_path, teacher_di
 
 
 def test_the_loss_has_its_own_section_checked_against_the_task(tmp_path):
-    spec = load_spec(ROOT / "studies/demo-lm.toml", ["distill.loss.ce=0.0", "distill.loss.temperature=3"])
+    spec = load_spec(ROOT / "studies/demo-lm.toml", ["loss.ce=0.0", "loss.temperature=3"])
     assert spec.loss.weights == {"forward_kl": 1.0, "ce": 0.0} and spec.loss.params["temperature"] == 3.0 and spec.loss.params["top_k"] == 32
     assert [name for name, _, _ in spec.loss.active()] == ["forward_kl"] and spec.loss.needs() == {"topk"}
-    assert spec.full.eval_every == 100 and spec.distill.eval_every == 0  # one budget type, two defaults
-    emb = load_spec(ROOT / "studies/demo.toml", ["distill.loss.hidden=0.5"])
+    assert spec.full.eval_every == 100 and spec.brief.eval_every == 0  # one budget type, two defaults
+    emb = load_spec(ROOT / "studies/demo.toml", ["loss.hidden=0.5"])
     assert emb.loss.needs() == {"sentence_embedding", "hidden_states"} and emb.loss.params == {"layer_map": "init"}
-    layers = load_spec(ROOT / "studies/demo-lm.toml", ["distill.loss.hidden=1", "distill.loss.attention=0.5", "distill.loss.layer_map=[0, 2, 4]"])
+    layers = load_spec(ROOT / "studies/demo-lm.toml", ["loss.hidden=1", "loss.attention=0.5", "loss.layer_map=[0, 2, 4]"])
     assert layers.loss.params["layer_map"] == (0, 2, 4) and layers.loss.needs() == {"topk", "hidden_states", "attentions"}
     assert "mapped by the list [0, 2, 4]" in layers.loss.describe()
-    assert load_spec(ROOT / "studies/demo-lm.toml", ["distill.loss.layer_map='last-2'"]).loss.params["layer_map"] == "last-2"
+    assert load_spec(ROOT / "studies/demo-lm.toml", ["loss.layer_map='last-2'"]).loss.params["layer_map"] == "last-2"
     refused = {
-        "distill.loss.cosine=1.0": r"^distill\.loss\.cosine: not a loss term or parameter of task causal-lm; allowed: ce, forward_kl, reverse_kl, jsd, skew_kl, skew_reverse_kl, tv, self_evolution_kd, hidden, hidden_cosine, attention, temperature, top_k, jsd_beta, skew_alpha, self_evolution_share, self_evolution_prior, full_vocabulary, layer_map",
-        "distill.loss.self_evolution_prior=1.0": r"^distill\.loss\.self_evolution_prior: must be in \[0, 1\)",
-        "distill.loss.layer_map='middle'": r"^distill\.loss\.layer_map: must be one of init, uniform, last-K or a list of teacher states, got 'middle'$",
-        "distill.loss.layer_map=1.5": r"^distill\.loss\.layer_map: must be str or a list, got 1\.5$",
-        "distill.loss.layer_map=['a']": r"^distill\.loss\.layer_map: must be str or a list, got \['a'\]$",
-        "distill.loss.forward_kl=0": r"^distill\.loss: at least one term needs a weight > 0; terms: ce, forward_kl",
-        "distill.patience=3": r"^distill\.patience: the brief run of a trial neither validates nor checkpoints",
-        "distill.loss.top_k=0": r"^distill\.loss\.top_k: must be >= 1",
-        "distill.loss.teacher_outputs='remote'": r"^distill\.loss\.teacher_outputs: must be one of cached, live",
-        "distill.kd_weight=1.0": r"^distill\.kd_weight: the loss has its own section now: \[distill\.loss\] forward_kl",
+        "loss.cosine=1.0": r"^loss\.cosine: not a loss term or parameter of task causal-lm; allowed: ce, forward_kl, reverse_kl, jsd, skew_kl, skew_reverse_kl, tv, self_evolution_kd, hidden, hidden_cosine, attention, temperature, top_k, jsd_beta, skew_alpha, self_evolution_share, self_evolution_prior, full_vocabulary, layer_map",
+        "loss.self_evolution_prior=1.0": r"^loss\.self_evolution_prior: must be in \[0, 1\)",
+        "loss.layer_map='middle'": r"^loss\.layer_map: must be one of init, uniform, last-K or a list of teacher states, got 'middle'$",
+        "loss.layer_map=1.5": r"^loss\.layer_map: must be str or a list, got 1\.5$",
+        "loss.layer_map=['a']": r"^loss\.layer_map: must be str or a list, got \['a'\]$",
+        "loss.forward_kl=0": r"^loss: at least one term needs a weight > 0; terms: ce, forward_kl",
+        "brief.patience=3": r"^brief\.patience: the brief run of a trial neither validates nor checkpoints",
+        "loss.top_k=0": r"^loss\.top_k: must be >= 1",
+        "loss.teacher_outputs='remote'": r"^loss\.teacher_outputs: must be one of cached, live",
+        "brief.kd_weight=1.0": r"^brief\.kd_weight: the loss has its own section now: \[loss\] forward_kl",
         "full.loss.ce=1.0": r"^full\.loss: unknown key",
     }
     for override, message in refused.items():
         args = [override]
-        if override == "distill.loss.forward_kl=0":
-            args.append("distill.loss.ce=0")
+        if override == "loss.forward_kl=0":
+            args.append("loss.ce=0")
         with pytest.raises(SpecError, match=message):
             load_spec(ROOT / "studies/demo-lm.toml", args)
     with pytest.raises(SpecError, match=r"^teacher\.train: task embedding cannot train its teacher"):
@@ -189,17 +189,17 @@ def test_several_teachers_are_teacher_tables_with_their_combination(tmp_path):
     two = text[:start] + first + "\n" + first.replace("demo-lm/teacher", "demo-lm/teacher-2") + text[end:]
     path = tmp_path / "two.toml"
     path.write_text(two)
-    spec = load_spec(path, ["distill.loss.teacher_weights=[3, 1]"])
+    spec = load_spec(path, ["loss.teacher_weights=[3, 1]"])
     assert spec.teacher.train is not None and spec.other_teachers[0].train is not None
     assert spec.other_teachers[0].model != spec.teacher.model and spec.loss.teacher_weights == (3.0, 1.0)
     assert load_spec(path).loss.teacher_weights == (1.0, 1.0)  # equal by default
-    assert load_spec(path, ["distill.loss.combine='lowest_entropy'"]).loss.needs() == {"topk", "confidence"}
-    with pytest.raises(SpecError, match=r"^distill\.loss\.teacher_weights: 3 weight\(s\) for 2 teacher\(s\)"):
-        load_spec(path, ["distill.loss.teacher_weights=[1, 1, 1]"])
-    with pytest.raises(SpecError, match=r'^distill\.loss\.combine: lowest_loss chooses .*; hidden need combine = "weights"'):
-        load_spec(path, ["distill.loss.combine='lowest_loss'", "distill.loss.hidden=1.0"])
-    with pytest.raises(SpecError, match=r"^distill\.loss\.combine: lowest_entropy chooses among several teachers; the spec lists one"):
-        load_spec(ROOT / "studies/demo-lm.toml", ["distill.loss.combine='lowest_entropy'"])
+    assert load_spec(path, ["loss.combine='lowest_entropy'"]).loss.needs() == {"topk", "confidence"}
+    with pytest.raises(SpecError, match=r"^loss\.teacher_weights: 3 weight\(s\) for 2 teacher\(s\)"):
+        load_spec(path, ["loss.teacher_weights=[1, 1, 1]"])
+    with pytest.raises(SpecError, match=r'^loss\.combine: lowest_loss chooses .*; hidden need combine = "weights"'):
+        load_spec(path, ["loss.combine='lowest_loss'", "loss.hidden=1.0"])
+    with pytest.raises(SpecError, match=r"^loss\.combine: lowest_entropy chooses among several teachers; the spec lists one"):
+        load_spec(ROOT / "studies/demo-lm.toml", ["loss.combine='lowest_entropy'"])
     path.write_text(two.replace("[[teacher]]\n", "[[teacher]]\nlayers = 2\n", 1))
     with pytest.raises(SpecError, match=r"^teacher\[0\]\.layers: unknown key"):
         load_spec(path)

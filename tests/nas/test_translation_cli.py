@@ -28,7 +28,7 @@ CASES = {
         "data.source: needs at least 3 usable en-de pairs after skipping, found 0",
     ),
     "a causal teacher": (["teacher.model='CAUSAL'"], None, "teacher.model: translation students learn from an encoder-decoder teacher"),
-    "sequence KD with no beams": (["distill.loss.sequence_kd=1.0", "distill.loss.sequence_beams=0"], None, "distill.loss.sequence_beams: must be >= 1"),
+    "sequence KD with no beams": (["loss.sequence_kd=1.0", "loss.sequence_beams=0"], None, "loss.sequence_beams: must be >= 1"),
 }  # fmt: skip
 
 

@@ -60,7 +60,7 @@ def cluster_env():
 
 def test_two_nodes_postgresql_and_a_node_lost_mid_trial(tmp_path, teacher_dirs, postgres_url, cluster_env):  # noqa: F811
     path = write_spec(tmp_path, teacher_dirs["gpt2"], name="cluster")
-    overrides = ["study.trials=6", "distill.steps=300", "resources.cpus=1", "study.concurrency=2"]
+    overrides = ["study.trials=6", "brief.steps=300", "resources.cpus=1", "study.concurrency=2"]
     spec = load_spec(path, overrides)
     cluster = subprocess.Popen(
         [sys.executable, "-c", CLUSTER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=cluster_env

@@ -37,7 +37,7 @@ def test_a_running_search_listens_on_loopback_only(tmp_path, teacher_dirs):
     # A cluster named in the environment is not joined without --address.
     env = {**os.environ, "RAY_ADDRESS": "127.0.0.1:9"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "nas", "search", str(path), "--no-report", "study.trials=2", "distill.steps=60"],
+        [sys.executable, "-m", "nas", "search", str(path), "--no-report", "study.trials=2", "brief.steps=60"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,

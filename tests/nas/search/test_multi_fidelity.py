@@ -25,7 +25,7 @@ def pruned_study(tmp_path_factory, teacher_dirs):
     folder = tmp_path_factory.mktemp("mf")
     spec = load_spec(
         write_spec(folder, teacher_dirs["gpt2"], name="mf"),
-        ["study.trials=8", "study.seed=2", "study.concurrency=1", "distill.steps=8", "multi_fidelity.reduction=3", *WIDE],
+        ["study.trials=8", "study.seed=2", "study.concurrency=1", "brief.steps=8", "multi_fidelity.reduction=3", *WIDE],
     )
     return spec, run_search(spec)
 
@@ -144,7 +144,7 @@ def test_a_gp_search_with_multi_fidelity_reaches_its_trial_count_without_repeats
     trials in the study. Optuna's own GPSampler, in this search, re-proposed stopped
     architectures and ended its three rounds at 11 distinct."""
     path = write_spec(tmp_path, teacher_dirs["llama"], name="gp-mf")
-    args = ["study.sampler=gp", "study.trials=14", "study.seed=2", "study.concurrency=1", "distill.steps=8"]
+    args = ["study.sampler=gp", "study.trials=14", "study.seed=2", "study.concurrency=1", "brief.steps=8"]
     study = run_search(load_spec(path, [*args, "multi_fidelity.reduction=3", *WIDE]))
     stopped = [t for t in study.trials if "pruned_at" in t.user_attrs]
     assert len(stopped) >= 4 and len(distinct_evaluated(study)) == 14

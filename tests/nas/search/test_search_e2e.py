@@ -49,7 +49,7 @@ def test_search_records_every_trial(searched):
         ):
             assert t.user_attrs[key] > 0 or key == "top1_agreement", key
         assert t.values == [t.user_attrs["perplexity"], t.user_attrs["params"]]
-        assert len(t.user_attrs["loss_curve"]) == spec.distill.steps
+        assert len(t.user_attrs["loss_curve"]) == spec.brief.steps
     # the teacher cache is computed once per study and reused by every trial
     caches = list((spec.out_dir / "cache").iterdir())
     assert len(caches) == 1 and (caches[0] / "train_teacher_logprobs.npy").exists()
@@ -109,7 +109,7 @@ def test_resume_keeps_trials_and_fails_stale_ones(searched):
 
 
 def test_failing_trials_are_recorded_and_the_search_goes_on(tmp_path, teacher_dirs):
-    spec = load_spec(write_spec(tmp_path, teacher_dirs["gpt2"], name="diverge"), ["distill.lr=1e30", "study.trials=2"])
+    spec = load_spec(write_spec(tmp_path, teacher_dirs["gpt2"], name="diverge"), ["brief.lr=1e30", "study.trials=2"])
     study = run_search(spec)
     failed = study.get_trials(states=(TrialState.FAIL,))
     assert len(failed) == 2 and not distinct_complete(study)
@@ -182,7 +182,7 @@ def _two_teachers(path: Path, second: Path) -> Path:
 
 def test_a_search_learns_from_two_teachers_sharing_the_tokenizer(tmp_path, teacher_dirs):
     path = _two_teachers(write_spec(tmp_path, teacher_dirs["gpt2"], name="two"), teacher_dirs["llama"])
-    spec = load_spec(path, ["study.trials=2", "distill.loss.combine='lowest_entropy'"])
+    spec = load_spec(path, ["study.trials=2", "loss.combine='lowest_entropy'"])
     study = run_search(spec)
     assert len(distinct_complete(study)) == 2 and not study.get_trials(states=(TrialState.FAIL,))
     assert " + " in study.user_attrs["teacher"] and len(study.user_attrs["other_teacher_metrics"]) == 1

@@ -77,7 +77,7 @@ def test_jobs_through_the_api_survive_a_server_restart(studies, capsys):
 
             # a search stopped by the API keeps its completed trials and leaves none running
             more = api.post(
-                "/api/searches", json={"spec": "tiny.toml", "trials": 12, "overrides": ["distill.steps=150"]}
+                "/api/searches", json={"spec": "tiny.toml", "trials": 12, "overrides": ["brief.steps=150"]}
             ).raise_for_status().json()
             wait_job(api, more["id"], until=lambda j: j["progress"].get("evaluated", 0) >= 4, timeout=240)
             stopped = api.post(f"/api/jobs/{more['id']}/stop", json={}).raise_for_status().json()

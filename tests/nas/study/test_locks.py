@@ -28,7 +28,7 @@ def _nas(*args):
 def test_a_second_search_is_refused_and_the_first_is_unharmed(tmp_path, teacher_dirs):
     path = write_spec(tmp_path, teacher_dirs["gpt2"])
     spec = load_spec(path)
-    first = _nas("search", str(path), "--no-report", "distill.steps=150")
+    first = _nas("search", str(path), "--no-report", "brief.steps=150")
     holder = spec.out_dir / "locks" / "search.lock.holder"
     deadline = time.time() + 120
     while not holder.exists() and first.poll() is None and time.time() < deadline:
