@@ -5,10 +5,14 @@ checks are `nas.chaos`'s, the script users run on their own studies."""
 
 import random
 
+import pytest
+
 from nas.chaos import distill_chaos, search_chaos
 from nas.spec import load_spec
 from nas.study import distinct_complete, load_existing_study
 from tests.conftest import write_spec
+
+pytestmark = pytest.mark.slow  # kills and restarts real searches and full runs
 
 
 def test_kills_of_search_and_distill_leave_a_correct_study(tmp_path, teacher_dirs):

@@ -31,6 +31,9 @@ def listening(root: psutil.Process) -> list[tuple[str, str, int]]:
     return found
 
 
+pytestmark = pytest.mark.slow  # a real search with its Ray processes
+
+
 def test_a_running_search_listens_on_loopback_only(tmp_path, teacher_dirs):
     path = write_spec(tmp_path, teacher_dirs["gpt2"])
     spec = load_spec(path)

@@ -14,7 +14,10 @@ import pytest
 from tests.nas.service.conftest import Server
 
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on this machine (.ci/run installs Debian's)")
+pytestmark = [
+    pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on this machine (.ci/run installs Debian's)"),
+    pytest.mark.slow,
+]
 
 AXE_RULES = [
     "label",  # every form field is labelled
