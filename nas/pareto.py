@@ -12,7 +12,7 @@ from distill.cache import DATA_INFO, SCORING, TEACHER_METRICS
 from distill.tasks import format_metric
 from nas.recipe import describe_recipe
 from nas.study import StudyRecord, TrialRecord, distilled_records, front_trials, task_of
-from nas.study._record import ARCH_SHORT, EVAL_SETS, EVAL_SETS_INFO
+from nas.study._record import ARCH, ARCH_SHORT, EVAL_SETS, EVAL_SETS_INFO, RECIPE
 
 
 def front_rows(study: optuna.Study) -> list[dict[str, Any]]:
@@ -26,9 +26,9 @@ def front_rows(study: optuna.Study) -> list[dict[str, Any]]:
         rows.append(
             {
                 "trial": t.number,
-                "arch": r.arch,
+                ARCH: r.arch,
                 ARCH_SHORT: r.arch_short,
-                "recipe": r.recipe,
+                RECIPE: r.recipe,
                 "objectives": dict(zip(names, t.values)),
                 "metrics": r.metrics(task),
                 EVAL_SETS: r.eval_sets,
@@ -41,7 +41,7 @@ def front_rows(study: optuna.Study) -> list[dict[str, Any]]:
 
 def described(row: dict[str, Any]) -> str:
     """A front row's architecture in short, and its recipe where the search sampled one."""
-    recipe = describe_recipe(row.get("recipe"))
+    recipe = describe_recipe(row.get(RECIPE))
     return f"{row[ARCH_SHORT]} | {recipe}" if recipe else row[ARCH_SHORT]
 
 
@@ -78,7 +78,7 @@ def front_table(study: optuna.Study) -> str:
     quality = names[0]
     full = any(r["full"] for r in rows)
     sets = eval_set_names(study)
-    what = "architecture | recipe" if any(r["recipe"] for r in rows) else "architecture"
+    what = "architecture | recipe" if any(r[RECIPE] for r in rows) else "architecture"
     header = (
         ["trial", what, *[f"{n} {arrows[n]}" for n in names]]
         + [f"{s} {quality}" for s in sets]

@@ -15,7 +15,7 @@ from nas.pareto import described, eval_set_names, front_rows, provenance
 from nas.rank_check import PROXY
 from nas.recipe import describe_recipe
 from nas.study import StudyRecord, TrialRecord, distinct_complete, task_of, trial_counts
-from nas.study._record import ARCH, ARCH_SHORT, EVAL_SETS, LOSS_CURVE, TRAIN_STEPS
+from nas.study._record import ARCH, ARCH_SHORT, EVAL_SETS, LOSS_CURVE, RECIPE, TRAIN_STEPS
 
 HOVER_HIDDEN = (LOSS_CURVE, ARCH)
 
@@ -202,7 +202,7 @@ def write_report(study: optuna.Study, out: Path, color_by: str = "front") -> Pat
     task = task_of(study)
     quality = names[0]
     sets = eval_set_names(study)
-    what = "architecture | recipe" if any(r["recipe"] for r in rows) else "architecture"
+    what = "architecture | recipe" if any(r[RECIPE] for r in rows) else "architecture"
     columns = ["trial", what, *names, *[f"{s} {quality}" for s in sets], f"full {quality}", "export"]
     head = "".join(f"<th>{html.escape(n)}</th>" for n in columns)
     body = "".join(

@@ -126,7 +126,7 @@ def run_trial(
             rungs.append({"step": step, **scores_and_text(task.evaluate(student, data, "eval", device))[0]})
             student.train()
             if report is not None:
-                report(len(rungs) - 1, {**rungs[-1], **size, "rungs": list(rungs)})
+                report(len(rungs) - 1, {**rungs[-1], **size, RUNGS: list(rungs)})
 
     start = time.perf_counter()
     result = train(student, plan.budget, loss, lengths, seed=plan.seed, device=device, on_step=at_rung)

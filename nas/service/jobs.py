@@ -160,7 +160,7 @@ class Jobs:
     def _reap(self) -> None:
         """Children that ended: no zombie left, and one that ended without writing how is
         recorded: killed by a signal while it ran, interrupted (a distillation resumes);
-        otherwise (an import error, a signal before it ran) failed, with its log's last line."""
+        otherwise (an import error, a signal before it ran) failed, saying so (its log tells why)."""
         with self.lock:
             ended = [(i, c, f) for i, (c, f) in self.children.items() if c.poll() is not None]
             for job_id, _, _ in ended:
@@ -169,7 +169,6 @@ class Jobs:
             self.stopping.discard(job_id)
             state = read_json(folder / STATE)
             if state.get("state") in ACTIVE:
-                last = next((line for line in reversed(self.log_tail(folder, 20)) if line.strip()), "")
                 code = child.returncode
                 how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
                 ended = "interrupted" if code < 0 and state["state"] == "running" else "failed"
@@ -180,7 +179,7 @@ class Jobs:
                         "state": ended,
                         "exit_code": code,
                         "ended": time.time(),
-                        "error": f"{how}: {last}"[:500],
+                        "error": f"{how} before it recorded how it ended (see its log)",
                     },
                 )
 
