@@ -23,7 +23,8 @@ from nas.spec import load_spec
 from nas.study import distilled_records, front_trials
 from tests.conftest import write_spec
 
-FULL = ["full.steps=400", "full.batch_size=4", "full.eval_every=50", "full.checkpoint_every=20", "full.lr=3e-3"]
+STEPS = 200
+FULL = [f"full.steps={STEPS}", "full.batch_size=4", "full.eval_every=50", "full.checkpoint_every=20", "full.lr=3e-3"]
 FULL += ["full.on_policy=0.25"]  # a quarter of the batches on the student's own continuations (GKD)
 
 
@@ -125,7 +126,7 @@ def test_killed_run_resumes_to_the_same_weights(distilled):
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL, "the run ended before it could be killed"
     step = torch.load(last, weights_only=True)["state"]["step"]
-    assert 0 < step < 400
+    assert 0 < step < STEPS
     stamp = last.stat().st_mtime_ns
     # The checkpoint is never dropped silently, nor continued with other settings.
     line = _one_error_line(_nas("distill", str(path), "--trial", str(number), "--overwrite", *FULL))

@@ -14,6 +14,9 @@ from optuna.trial import TrialState
 from nas.cli import main
 from tests.nas.service.conftest import Server, wait_job
 
+LONG = 600
+"""steps of the full run killed after step 60 and resumed"""
+
 
 def test_jobs_through_the_api_survive_a_server_restart(studies, capsys):
     server = Server(studies)
@@ -42,7 +45,7 @@ def test_jobs_through_the_api_survive_a_server_restart(studies, capsys):
             # a long full run, killed (as a machine going down would) after a checkpoint
             run = api.post(
                 "/api/studies/tiny/distill",
-                json={"best": "perplexity", "overrides": ["full.steps=3000", "full.checkpoint_every=25", "full.eval_every=0"]},
+                json={"best": "perplexity", "overrides": [f"full.steps={LONG}", "full.checkpoint_every=25", "full.eval_every=0"]},
             ).raise_for_status().json()
             trial = run["trial"]
             assert run["command"].endswith(f"--trial {trial}")
@@ -67,7 +70,7 @@ def test_jobs_through_the_api_survive_a_server_restart(studies, capsys):
             done = wait_job(api, resumed["id"])
             assert done["state"] == "completed", done["log"]
             assert any("resuming" in line.lower() for line in done["log"]), done["log"]
-            assert done["progress"]["step"] == 3000 and done["result"]["trial"] == trial
+            assert done["progress"]["step"] == LONG and done["result"]["trial"] == trial
             card = api.get(f"/api/studies/tiny/trials/{trial}/card").json()
             assert card["export"] == done["result"]["export"] and "distill-nas" in card["markdown"]
             refused = api.post("/api/studies/tiny/distill", json={"trial": trial, "restart": True})
