@@ -28,6 +28,9 @@ FULL = [f"full.steps={STEPS}", "full.batch_size=4", "full.eval_every=50", "full.
 FULL += ["full.on_policy=0.25"]  # a quarter of the batches on the student's own continuations (GKD)
 
 
+pytestmark = pytest.mark.slow  # searches and full runs end to end
+
+
 def _nas(*args, cwd=None, timeout=600):
     return subprocess.run(
         [sys.executable, "-m", "nas", *args], capture_output=True, text=True, timeout=timeout, cwd=cwd

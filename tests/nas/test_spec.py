@@ -120,6 +120,7 @@ def _nas(*args, cwd=ROOT):
     return subprocess.run([sys.executable, "-m", "nas", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow  # `nas` in subprocesses
 def test_cli_bad_input_is_one_line_exit_2(tmp_path):
     path = tmp_path / "bad.toml"
     path.write_text(BAD["unknown key"][0])
@@ -131,6 +132,7 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path):
     assert "study.trails: unknown key" in _nas("search", str(path)).stderr
 
 
+@pytest.mark.slow  # `nas` in subprocesses
 def test_cli_missing_teacher_folder_and_missing_text_column(tmp_path, teacher_dirs):
     from tests.conftest import write_spec
 

@@ -14,6 +14,8 @@ def _po(path, entries, language="de"):
     path.write_text(head + "".join(f'msgid "{a}"\nmsgstr "{b}"\n\n' for a, b in entries), encoding="utf-8")
 
 
+pytestmark = pytest.mark.slow  # `nas` in subprocesses on a translation study
+
 CASES = {
     "one language": (["data.pair=['en']"], None, r"data.pair: must be [source language, target language]"),
     "a package without the target language": (["data.pair=['en', 'xx']"], None, "data.pair: package 'pycountry' ships no catalog for target language 'xx'"),

@@ -9,11 +9,13 @@ import signal
 
 import httpx
 import optuna
+import pytest
 from optuna.trial import TrialState
 
 from nas.cli import main
 from tests.nas.service.conftest import Server, wait_job
 
+pytestmark = pytest.mark.slow  # a real `nas serve` running searches and full runs
 LONG = 600
 """steps of the full run killed after step 60 and resumed"""
 

@@ -25,6 +25,7 @@ def _nas(*args):
     )
 
 
+@pytest.mark.slow  # two real searches
 def test_a_second_search_is_refused_and_the_first_is_unharmed(tmp_path, teacher_dirs):
     path = write_spec(tmp_path, teacher_dirs["gpt2"])
     spec = load_spec(path)
