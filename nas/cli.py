@@ -279,7 +279,7 @@ def rank_check_table(task: Any, name: str, result: dict[str, Any]) -> str:
     rows = result["trials"]
     quality = sorted(result["metrics"], key=lambda m: m != result.get("objective"))  # the front's metric first
     lines = [
-        f"Fidelity of {name}: {len(rows)} trials, brief runs of {', '.join(map(str, result['brief_steps']))} steps "
+        f"Rank check of {name}: {len(rows)} trials, brief runs of {', '.join(map(str, result['brief_steps']))} steps "
         "against full runs"
     ]
     head = ["trial", "architecture", *[f"{m} brief -> full" for m in quality[:1]], "full: best/run steps", "non-embedding params"]
