@@ -30,9 +30,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from nas.fidelity import correlations, pick_gap  # noqa: E402
-
 from nas.dominance import hypervolume, nondominated_ranks, reference_point, to_minimize  # noqa: E402
+from nas.rank_check import correlations, pick_gap  # noqa: E402
 from nas.spec import StudySpec, load_spec  # noqa: E402
 
 SPEC = ROOT / "studies" / "demo-lm.toml"
@@ -286,7 +285,7 @@ def spread(values: list[float], fmt: str = "{:.3f}") -> str:
 
 
 def kendall(a: list[float], b: list[float]) -> tuple[str, str]:
-    """Kendall's tau and Spearman's rho as `nas fidelity` computes them, formatted ("-": undefined)."""
+    """Kendall's tau and Spearman's rho as `nas rank-check` computes them, formatted ("-": undefined)."""
     c = correlations(a, b, seed=0)
     return tuple("-" if c[k] is None else f"{c[k]:.2f}" for k in ("kendall_tau", "spearman"))
 

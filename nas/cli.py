@@ -9,7 +9,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from distill.errors import InputError
 from distill.tasks import TASKS, format_metric, quality_metrics
@@ -19,7 +19,6 @@ from nas.study._record import ARCH_SHORT
 DEFAULT_SPEC = "studies/demo.toml"
 RENAMED = {"fidelity": "rank-check"}
 """commands that were renamed: refused in one line naming the new name"""
-
 
 
 def _split(items: list[str]) -> tuple[str, list[str]]:
@@ -43,8 +42,22 @@ def _command(sub: Any, name: str, text: str, example: str) -> argparse.ArgumentP
     return c
 
 
+class _Refused(Exception):
+    """Arguments argparse refused (it has printed the usage and the reason)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, whose refusal (the usage and one line, exit code 2) comes back to the
+    caller as data instead of exiting the process (the service's jobs record it)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise _Refused(message)
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="nas", description="Search student architectures for knowledge distillation.")
+    p = _Parser(prog="nas", description="Search student architectures for knowledge distillation.")
     sub = p.add_subparsers(dest="command", required=True)
     s = _command(sub, "search", "run or continue a study's architecture search", "brief.steps=50")
     s.add_argument("--trials", type=int, help="total number of architectures (overrides study.trials)")
@@ -126,14 +139,15 @@ def _run(args: argparse.Namespace, progress: Progress | None) -> Outcome:
 
     if args.command == "serve":
         return Outcome(_serve(args))
-    spec_path, overrides = _split(args.spec)
+    spec_path = next((a for a in args.spec if "=" not in a), DEFAULT_SPEC)  # what an error line names
     try:
+        spec_path, overrides = _split(args.spec)
         spec = load_spec(spec_path, overrides)
         if args.storage:
             spec = spec.with_storage(args.storage)
         if args.command == "search":
             found = commands.search(spec, trials=args.trials, address=args.address, report=not args.no_report, on_progress=progress)
-            print(found.front.table)
+            print(commands.pareto(spec).table)
             if found.report:
                 print(f"report: {found.report}")
             return Outcome(0, found)
@@ -375,21 +389,23 @@ def run(argv: list[str] | None = None, progress: Progress | None = None) -> Outc
     """`main`, with how it ended as data: the command's typed result or its error line (the
     service's jobs record these)."""
     words = list(sys.argv[1:] if argv is None else argv)
-    if words and words[0] in RENAMED:
-        spec = next((w for w in words[1:] if not w.startswith("-") and "=" not in w), DEFAULT_SPEC)
-        error = f"{spec}: {words[0]}: the command is now {RENAMED[words[0]]} (nas {RENAMED[words[0]]}, same arguments)"
-        print(f"error: {error}", file=sys.stderr)
-        return Outcome(2, error=error)
+    renamed = RENAMED.get(words[0]) if words else None
     parser = _parser()
-    args, extra = parser.parse_known_args(argv)  # KEY=VALUE overrides may follow the options
-    unknown = [e for e in extra if e.startswith("-") or "=" not in e]
-    if unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    args.argv = list(sys.argv[1:] if argv is None else argv)  # what reproduces this run
+    try:
+        args, extra = parser.parse_known_args([renamed, *words[1:]] if renamed else words)  # overrides may follow options
+        unknown = [e for e in extra if e.startswith("-") or "=" not in e]
+        if unknown or (args.command == "serve" and extra):
+            parser.error(f"unrecognized arguments: {' '.join(unknown or extra)}")
+    except _Refused as exc:
+        return Outcome(2, error=str(exc))
+    args.argv = words  # what reproduces this run
     if args.command != "serve":
         args.spec = [*args.spec, *extra]
-    elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if renamed:
+        spec = next((a for a in args.spec if "=" not in a), DEFAULT_SPEC)
+        error = f"{spec}: {words[0]}: the command is now {renamed} (nas {renamed}, same arguments)"
+        print(f"error: {error}", file=sys.stderr)
+        return Outcome(2, error=error)
     _quiet_libraries()
     logging.basicConfig(format="%(asctime)s %(message)s", datefmt="%H:%M:%S", level=logging.WARNING)
     for name in ("nas", "distill"):

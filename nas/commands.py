@@ -43,7 +43,6 @@ class SearchResult:
     """how its architectures ended (`nas.study.trial_counts`)"""
     report: str | None
     """the HTML report written, if any"""
-    front: FrontResult
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,7 +99,6 @@ def search(
         front_size=len(front_trials(study)),
         counts=trial_counts(study),
         report=str(written) if written else None,
-        front=_front(study),
     )
 
 
@@ -180,15 +178,12 @@ def report(spec: StudySpec, *, out: Path | None = None, color_by: str = "front")
         raise InputError(str(exc)) from None
 
 
-Result = SearchResult | DistillResult | RankCheckResult | FrontResult | ReportResult
-
 __all__ = [
     "DistillResult",
     "RankCheckResult",
     "FrontResult",
     "Progress",
     "ReportResult",
-    "Result",
     "SearchResult",
     "distill",
     "rank_check",

@@ -235,6 +235,7 @@ def _check_fingerprint(ckpt: Path, fingerprint: dict[str, Any], write: bool = Tr
     if (ckpt / LAST_CHECKPOINT).exists():
         try:
             stored = json.loads((ckpt / FINGERPRINT).read_text())
+            stored.setdefault("loss", stored.pop("distill.loss", "(none)"))  # as runs made before [loss] named it
         except (OSError, ValueError):
             raise InputError(
                 f"--resume: the checkpoint in {ckpt} has no fingerprint of its settings (an earlier version made it); "

@@ -92,3 +92,15 @@ def test_a_task_is_never_probed_for_what_it_has():
         for path in _sources(package):
             probes = re.findall(r"\b(?:hasattr|getattr)\((?:self\.)?task\b", path.read_text())
             assert not probes, f"{path.relative_to(ROOT)} probes a task: {probes}"
+
+
+def test_the_benchmarks_import_what_exists():
+    """Nothing runs the benchmarks in CI: what they import from the packages is checked here."""
+    import importlib
+
+    for path in _sources("benchmarks"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in PACKAGES:
+                module = importlib.import_module(node.module)
+                missing = [a.name for a in node.names if not hasattr(module, a.name)]
+                assert not missing, f"{path.relative_to(ROOT)} imports {missing} from {node.module}"

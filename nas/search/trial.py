@@ -107,7 +107,7 @@ def run_trial(
     and `not_trained`. Otherwise, with several rungs, `report(rung, metrics)` gets the quality
     and size at every rung before the last; the result's `rungs` lists every rung's step and
     quality, the last one's being the result's own. For tasks that generate text, the result's
-    `outputs` holds the student's text on each held-out set."""
+    `GENERATED` holds the student's text on each held-out set."""
     torch.set_num_threads(max(1, int(plan.cpus)))
     device = pick_device(plan.gpus)
     task, data = get_task(plan.task), plan.data

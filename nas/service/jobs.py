@@ -268,8 +268,6 @@ def run(folder: Path) -> int:
     outcome = cli.Outcome(1)
     try:
         outcome = cli.run(job["args"], progress=progress)
-    except SystemExit as exc:  # argparse refused the arguments
-        outcome = cli.Outcome(exc.code if isinstance(exc.code, int) else 2, error="the arguments were refused (see the log)")
     except BaseException as exc:  # noqa: BLE001 - the job's state says how it ended
         logger.exception("job failed")
         outcome = cli.Outcome(1, error=f"{type(exc).__name__}: {exc}")

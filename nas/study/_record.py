@@ -156,8 +156,9 @@ def distinct_complete(study: optuna.Study) -> list[FrozenTrial]:
 
 
 def distinct_evaluated(study: optuna.Study) -> list[FrozenTrial]:
-    """Architectures a search has evaluated: trained to the end, or stopped at a rung."""
-    return [r.trial for r in records(study, (TrialState.COMPLETE, TrialState.PRUNED)) if r.evaluated]
+    """Architectures a search has evaluated: trained to the end, then those stopped at a rung
+    (the order a resumed multi-fidelity search tells its scheduler about them)."""
+    return [r.trial for state in (TrialState.COMPLETE, TrialState.PRUNED) for r in records(study, (state,)) if r.evaluated]
 
 
 def is_feasible(trial: FrozenTrial) -> bool:

@@ -102,6 +102,9 @@ class TaskContract:
         assert set(task.eval_outputs) <= set(task.outputs)
         assert "{path}" in task.card.usage
         assert "params" in {m.name for m in task.metrics}  # --max-params, size ratios and cards read it
+        # a flag says that the task has the part: set exactly where the method is its own
+        assert task.samples_on_policy == (type(task).on_policy_batch is not Task.on_policy_batch)
+        assert task.trains_teacher == (type(task).train_teacher is not Task.train_teacher)
 
     def test_the_teacher_is_measured_with_every_declared_metric(self, study):
         task, data, *_ = study
