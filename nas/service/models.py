@@ -63,7 +63,7 @@ class Job(BaseModel):
     result: dict[str, Any] | None = Field(
         default=None,
         description="how a finished job ended, as the command layer returned it (`nas.commands`): a search's "
-        "SearchResult (evaluated, front_size, counts, report, front), a full run's DistillResult (trial, export, "
+        "SearchResult (study, evaluated, target, front_size, counts, report), a full run's DistillResult (trial, export, "
         "command, metrics, brief, teacher_metrics)",
     )
     log: list[str] | None = Field(default=None, description="the end of its log (one job's reading only)")
