@@ -247,8 +247,6 @@ def _distill(args: argparse.Namespace, spec: Any, progress: Progress | None) -> 
         )
     print(f"{'params':>15}: {m['params']:,} ({m['params'] / teacher.get('params', m['params']):.1%} of the teacher)")
     print(f"exported: {done.export}")
-    if progress is not None:
-        progress({"event": "exported", "trial": done.trial, "export": done.export, "command": command})
     return done
 
 
@@ -256,32 +254,17 @@ def _rank_check(args: argparse.Namespace, spec: Any, progress: Progress | None) 
     import shlex
 
     from nas import commands
-    from nas.full import full_distill, has_checkpoint
-    from nas.study import load_existing_study
 
-    study = load_existing_study(spec)
-
-    def distill_one(trial: Any) -> dict[str, Any]:
-        bar = _StepBar(spec, f"trial {trial.number}", progress)
-        # What reproduces this export: the same spec, overrides and storage, one trial.
-        storage = ["--storage", args.storage] if args.storage else []
-        command = shlex.join(["nas", "distill", *args.spec, "--trial", str(trial.number), *storage])
-        resume = has_checkpoint(spec, trial.number) and not args.restart  # a killed run goes on
-        try:
-            return full_distill(
-                spec,
-                trial,
-                study,
-                resume=resume,
-                restart=args.restart,
-                overwrite=args.overwrite,
-                command=command,
-                on_step=bar,
-            )
-        finally:
-            bar.close()
-
-    measured = commands.rank_check(spec, trials=args.trials, overwrite=args.overwrite, distill_one=distill_one)
+    # What reproduces each export: the same spec, overrides and storage, one trial.
+    storage = ["--storage", args.storage] if args.storage else []
+    measured = commands.rank_check(
+        spec,
+        trials=args.trials,
+        overwrite=args.overwrite,
+        restart=args.restart,
+        command=lambda n: shlex.join(["nas", "distill", *args.spec, "--trial", str(n), *storage]),
+        steps=lambda n: _StepBar(spec, f"trial {n}", progress),
+    )
     print(rank_check_table(spec.task, measured.study, measured.measurement))
     return measured
 

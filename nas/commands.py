@@ -14,7 +14,7 @@ from nas.spec import StudySpec
 
 Progress = Callable[[dict[str, Any]], None]
 """where a run's progress goes: a dict per finished trial (`event` "trial"), per full-run step
-("step") and per export ("exported")"""
+("step")"""
 StepSink = Callable[[int, int, float], None]
 """a full run's step, total steps and loss, as they come"""
 
@@ -140,16 +140,32 @@ def rank_check(
     *,
     trials: int = 8,
     overwrite: bool = False,
-    distill_one: Callable[[Any], dict[str, Any]],
+    restart: bool = False,
+    command: Callable[[int], str] = lambda number: "",
+    steps: Callable[[int], Any] | None = None,
 ) -> RankCheckResult:
-    """Fully distill `trials` trials across the brief-quality range (`distill_one` runs each,
-    continuing a killed run) and measure how well brief runs rank full runs."""
+    """Fully distill `trials` trials across the brief-quality range (a killed run of one is
+    continued unless `restart`) and measure how well brief runs rank full runs. `command(n)`:
+    what reproduces trial n's export; `steps(n)`: a step sink for trial n's run (closed after
+    it, where it has `close`)."""
+    from nas.full import full_distill, has_checkpoint
     from nas.rank_check import measure
     from nas.study import load_existing_study
 
     if trials < 3:
         raise InputError(f"--trials: at least 3 trials are needed to rank, got {trials}")
     study = load_existing_study(spec)
+
+    def distill_one(trial: Any) -> dict[str, Any]:
+        sink = steps(trial.number) if steps is not None else None
+        resume = has_checkpoint(spec, trial.number) and not restart
+        try:
+            return full_distill(
+                spec, trial, study, resume=resume, restart=restart, overwrite=overwrite, command=command(trial.number), on_step=sink
+            )
+        finally:
+            getattr(sink, "close", lambda: None)()
+
     return RankCheckResult(spec.name, measure(spec, study, trials, distill_one=distill_one, overwrite=overwrite))
 
 

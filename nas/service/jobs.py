@@ -260,8 +260,7 @@ def run(folder: Path) -> int:
     write_json(folder / STATE, state)
 
     def progress(event: dict[str, Any]) -> None:
-        if event.get("event") != "exported":  # the export is in the result
-            write_json(folder / PROGRESS, {**event, "at": time.time()})
+        write_json(folder / PROGRESS, {**event, "at": time.time()})
 
     for sig in (signal.SIGINT, signal.SIGTERM):  # either stops the job as Ctrl-C does, once
         signal.signal(sig, _interrupt)

@@ -30,15 +30,15 @@ def docs() -> HTMLResponse:
 
 @router.get("/docs-assets/{name}")
 def docs_asset(name: str) -> Response:
-    path = _swagger_file(name)
-    if path is None:
-        raise NotFound(f"no file {name!r}")
-    return FileResponse(path, headers={"Cache-Control": "max-age=86400"})
+    return _file(_swagger_file(name), name)
 
 
 @router.get("/static/{name}")
 def static(name: str) -> Response:
-    path = static_file(name)
+    return _file(static_file(name), name)
+
+
+def _file(path: Path | None, name: str) -> Response:
     if path is None:
         raise NotFound(f"no file {name!r}")
     return FileResponse(path, headers={"Cache-Control": "max-age=86400"})
