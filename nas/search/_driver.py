@@ -312,6 +312,10 @@ def _round(
         tuner.fit()
     finally:
         searcher.fail_unfinished(INTERRUPTED)
+        # This run holds the study's search, so a trial still RUNNING once Tune has returned is
+        # one of its own that was asked for but never handed to the searcher (Ctrl-C between the
+        # two): it is failed too, never left RUNNING.
+        mark_interrupted(study)
 
 
 __all__ = ["MAX_ROUNDS", "check_resources", "run_search", "stamp_study", "start_ray", "trial_plan"]
