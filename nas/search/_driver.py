@@ -43,7 +43,8 @@ from nas.texts import TEXTS, save_references
 logger = logging.getLogger(__name__)
 
 MAX_ROUNDS = 3
-"""Tune runs at most this many rounds of trials to make up for repeats, untrained and failed ones"""
+"""Tune runs at most this many rounds in a row that add no architecture (only repeats of earlier
+ones) before the search stops short; a round that adds one starts the count again"""
 
 
 def stamp_study(study: optuna.Study, spec: StudySpec) -> None:
@@ -180,13 +181,17 @@ def _search(
         start_ray(address)
     scheduler = _scheduler(spec, study, plan)  # one for every round: it keeps what each rung saw
     started = time.time()
-    for _ in range(MAX_ROUNDS):
-        before = len(distinct_evaluated(study))
-        if target - before <= 0:
-            break
+    idle = 0
+    while (before := len(distinct_evaluated(study))) < target:
+        first = len(study.trials)
         _round(spec, study, plan, scheduler, target, target - before, started, on_progress)
-        if len(distinct_evaluated(study)) == before:
+        if len(distinct_evaluated(study)) > before:
+            idle = 0
+        elif not any(TrialRecord(t).is_repeat for t in study.get_trials(deepcopy=False)[first:]):
             logger.warning("no trial of this round was evaluated; stopping (see the trials' fail_reason and not_trained)")
+            break
+        elif (idle := idle + 1) >= MAX_ROUNDS:
+            logger.warning("%d rounds in a row sampled only architectures the study holds; stopping short", idle)
             break
         if len(distinct_evaluated(study)) < target:
             logger.info("repeated, untrained or failed architectures left the study short; sampling more")

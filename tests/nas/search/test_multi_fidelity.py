@@ -32,7 +32,7 @@ def pruned_study(tmp_path_factory, teacher_dirs):
 
 def test_multi_fidelity_stops_dominated_trials_and_keeps_them_off_the_front(pruned_study):
     spec, study = pruned_study
-    assert 6 <= len(distinct_evaluated(study)) <= 8  # repeats do not count; three rounds of sampling at most
+    assert 6 <= len(distinct_evaluated(study)) <= 8  # repeats do not count; three rounds of them in a row end the search
     pruned = [t for t in study.get_trials(states=(TrialState.PRUNED,)) if "duplicate_of" not in t.user_attrs]
     assert pruned, "no trial was stopped at a rung"
     front = {t.number for t in front_trials(study)}

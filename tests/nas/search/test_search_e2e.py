@@ -11,7 +11,7 @@ from optuna.trial import TrialState
 
 from nas.pareto import front_json, front_table
 from nas.report import write_report
-from nas.search import run_search
+from nas.search import MAX_ROUNDS, run_search
 from nas.spec import load_spec
 from nas.study import INTERRUPTED, distinct_complete, distinct_evaluated, front_trials
 from tests.conftest import write_spec
@@ -139,9 +139,11 @@ def test_repeated_architectures_are_not_trained_again(tmp_path, teacher_dirs):
     )
     study = run_search(spec)
     assert len(distinct_complete(study)) == 1
-    # the space holds one architecture: asking for more repeats it without training
+    # the space holds one architecture: asking for more repeats it without training, a round
+    # of repeats is followed by another, and MAX_ROUNDS of them in a row end the search short
     study = run_search(spec, trials=2)
     repeats = [t for t in study.trials if "duplicate_of" in t.user_attrs]
+    assert len(repeats) == MAX_ROUNDS
     assert repeats and all(t.user_attrs["duplicate_of"] == distinct_complete(study)[0].number for t in repeats)
     assert all("train_seconds" in t.user_attrs for t in repeats)
     assert len(distinct_complete(study)) == 1
