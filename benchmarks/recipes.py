@@ -73,7 +73,7 @@ def studies(task: str) -> tuple[StudySpec, object, tuple]:
     """The demo's spec with a second teacher (trained on first use like the first), and both
     teachers' outputs cached with everything the methods need."""
     demo = DEMOS[task]
-    spec = load_spec(ROOT / demo["spec"])
+    spec = load_spec(ROOT / demo["spec"], ["resources.precision='fp32'"])  # the table was recorded in fp32
     first = spec.teacher
     train = dataclasses.replace(first.train, **demo["second_teacher"])
     second = dataclasses.replace(first, model=first.model.rstrip("/") + "-2", train=train)

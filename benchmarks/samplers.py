@@ -36,6 +36,7 @@ from nas.spec import StudySpec, load_spec  # noqa: E402
 
 SPEC = ROOT / "studies" / "demo-lm.toml"
 OVERRIDES = ["space.gqa=false"]
+PRECISION = ["resources.precision='fp32'"]  # the table was recorded in fp32
 TABLE = Path(__file__).with_name("samplers_table.jsonl")
 SAMPLER_NAMES = ("random", "tpe", "nsga2", "gp")
 
@@ -50,7 +51,7 @@ def load(overrides: list[str] | None = None) -> StudySpec:
     import torch
 
     gpus = ["resources.gpus=1"] if torch.cuda.is_available() else []
-    return load_spec(SPEC, [*OVERRIDES, *gpus, *(overrides or [])])
+    return load_spec(SPEC, [*OVERRIDES, *PRECISION, *gpus, *(overrides or [])])
 
 
 def every_arch(spec: StudySpec) -> list[dict[str, Any]]:

@@ -28,6 +28,7 @@ import torch
 from distill.data import BUILTIN_CORPORA, SPLITS, DataSplits
 from distill.errors import InputError
 from distill.files import held, written_whole
+from distill.precision import computing_in, current
 from distill.teacher_outputs import split_params
 from distill.teachers import TeacherConfig, TeacherSource, teacher_source
 
@@ -41,6 +42,7 @@ logger = logging.getLogger(__name__)
 TEACHER_METRICS = "teacher_metrics"  # meta: the teacher measured as a student (quality and size)
 DATA_INFO = "data_info"  # meta: what reading the data found (skipped examples, counts)
 SCORING = "scoring"  # meta: how quality is computed (e.g. sacrebleu's signatures)
+PRECISION = "precision"  # meta: what the teacher ran in ("bf16" or "fp32"), a part of the key
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +87,11 @@ class PreparedData:
     @property
     def scoring(self) -> dict[str, str]:
         return self.meta.get(SCORING, {})
+
+    @property
+    def precision(self) -> str:
+        """What the teacher ran in when its outputs were cached (fp32 in caches made before the setting)."""
+        return self.meta.get(PRECISION, "fp32")
 
     @property
     def teacher_source(self) -> TeacherSource:
@@ -177,6 +184,7 @@ def prepare(
     cache_root: Path,
     seed: int = 0,
     device: str = "cpu",
+    precision: str = "fp32",
     check: Callable[[Any], None] | None = None,
     held_out_only: bool = False,
 ) -> PreparedData:
@@ -185,7 +193,11 @@ def prepare(
 
     `held_out_only`: an extra evaluation set (`[[eval]]`): every example of the source becomes
     the "eval" split, with the teacher outputs evaluation reads and the teacher's own metrics;
-    the teacher must exist already."""
+    the teacher must exist already.
+
+    `precision` ("bf16" or "fp32", resolved for `device`): the teacher is loaded and run in it
+    (`distill.precision`); the outputs are stored in the same dtypes either way, and a cache
+    is kept per precision."""
     source = teacher_source(teacher_cfg, base_dir)
     # How quality is scored, first: a metric this machine cannot compute fails before anything runs.
     scoring = task.scoring(data_cfg)
@@ -198,8 +210,10 @@ def prepare(
     }
     plan = {split: plan[split] for split in splits}
     params = {split: split_params(task, loss, split) for split in splits}
-    final = cache_root / cache_key(task.name, source, data_cfg, plan, params, seed, base_dir)
+    keyed = params | ({PRECISION: precision} if precision != "fp32" else {})  # fp32: the key of caches made before the setting
+    final = cache_root / cache_key(task.name, source, data_cfg, plan, keyed, seed, base_dir)
     with contextlib.ExitStack() as stack:
+        stack.enter_context(computing_in(precision))
         if not (final / "meta.json").exists():
             # One run builds it (in `<key>.partial`, published whole); another waits, then reuses it.
             lock = cache_root.parent / "locks" / f"cache-{final.name}.lock"  # beside the cache: its folder lists caches
@@ -282,6 +296,7 @@ def _fill(
         SCORING: scoring,
         "plan": plan,
         "params": params,
+        PRECISION: current(),
     }
     meta["outputs"] = {
         split: _write_outputs(task, teacher, PreparedData(tmp), data_cfg, split, set(plan[split]), params[split], dev)

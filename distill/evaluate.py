@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from distill.loop import autocast
+from distill.precision import autocast
 
 
 def param_counts(model: torch.nn.Module) -> dict[str, int]:

@@ -24,7 +24,8 @@ from typing import Any
 import torch
 
 from distill.errors import InputError
-from distill.loop import TRAINING_STATE, autocast
+from distill.loop import TRAINING_STATE
+from distill.precision import autocast
 from search_spaces import layer_map as init_layer_map
 
 LAYER_MAPS = ("init", "uniform", "last-K")

@@ -1,9 +1,11 @@
 """The training loop shared by the brief trial run, the full run and the demo teacher.
 
 A plain loop you can read top to bottom: seeded sampling of item indices, AdamW, linear
-warmup then cosine decay, gradient clipping, gradient accumulation, bf16 autocast on CUDA and
-fp32 on CPU. It knows nothing of language models: a model, a budget, how many real tokens each
-training item holds, and a loss function of a micro-batch's item indices.
+warmup then cosine decay, gradient clipping, gradient accumulation. The loss function's
+forward passes run in the precision of the enclosing `distill.precision.computing_in` block;
+weights and optimizer state stay fp32. It knows nothing of language models: a model, a
+budget, how many real tokens each training item holds, and a loss function of a
+micro-batch's item indices.
 """
 
 from __future__ import annotations
@@ -133,11 +135,6 @@ def lr_lambda(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     return f
-
-
-def autocast(device: torch.device) -> Any:
-    """bf16 autocast on CUDA, plain fp32 elsewhere."""
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
 @dataclasses.dataclass

@@ -12,7 +12,10 @@ import re
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from distill.errors import InputError
+from distill.precision import teacher_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -92,10 +95,11 @@ class TeacherSource:
         return not self.local or (Path(self.path) / "config.json").exists()
 
     def load(self, auto_class: str) -> tuple[Any, Any]:
-        """The model (eval mode) through `transformers.<auto_class>` and its tokenizer."""
+        """The frozen model (eval mode) through `transformers.<auto_class>`, in the dtype of
+        the enclosing precision (`distill.precision.teacher_dtype`), and its tokenizer."""
         self.config()  # one clear error for a folder that is not there
         tokenizer = self._pretrained("AutoTokenizer")
-        return self.load_model(auto_class).eval(), tokenizer
+        return self.load_model(auto_class, teacher_dtype()).eval(), tokenizer
 
     def config(self) -> Any:
         """The teacher's config alone (what kind of model it is, before loading weights)."""
@@ -106,9 +110,27 @@ class TeacherSource:
             )
         return self._pretrained("AutoConfig")
 
-    def load_model(self, auto_class: str) -> Any:
-        """The weights alone (students sliced from the teacher)."""
-        return self._pretrained(auto_class, use_safetensors=True)
+    def weights(self, auto_class: str) -> Any:
+        """The teacher's weights as students are sliced from them, read one tensor at a time
+        from its safetensors files when a slice of it is asked for (`search_spaces`'
+        `SafetensorsWeights`: a worker never holds the whole teacher), or the loaded model's
+        where it has no such files here."""
+        from search_spaces import SafetensorsWeights, safetensors_files
+
+        folder = Path(self.path)
+        if not self.local:  # the hub's copy: in its local cache since the study's teacher ran
+            from huggingface_hub import snapshot_download
+
+            folder = Path(snapshot_download(self.path, revision=self.revision, allow_patterns=["*.safetensors", "*.json"]))
+        files = safetensors_files(folder)
+        if not files:
+            return self.load_model(auto_class)
+        return SafetensorsWeights(files, self.config(), auto_class)
+
+    def load_model(self, auto_class: str, dtype: torch.dtype = torch.float32) -> Any:
+        """The weights alone, in `dtype` whatever the checkpoint's (fp32: students sliced
+        from the teacher)."""
+        return self._pretrained(auto_class, use_safetensors=True, dtype=dtype)
 
     def _pretrained(self, auto_class: str, **kwargs: Any) -> Any:
         import transformers

@@ -18,9 +18,11 @@ import optuna
 import torch
 
 from distill import train
+from distill.cache import PRECISION
 from distill.errors import InputError
 from distill.files import file_written_whole, written_whole
 from distill.loop import LAST_CHECKPOINT
+from distill.precision import computing_in, resolve
 from distill.run import build_loss, build_student
 from distill.tasks import quality_metrics
 from distill.tasks.base import scores_and_text
@@ -174,6 +176,7 @@ def _full_distill(
         "evals": result.evals,
         "train_seconds_last_run": run.seconds,
         "device": str(device),
+        PRECISION: run.precision,
         "command": command,
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
@@ -215,7 +218,8 @@ def _record_left_export(
 
 def run_settings(spec: StudySpec, arch: dict[str, Any]) -> dict[str, Any]:
     """The settings a full run's result depends on: the architecture, the `[full]` budget, the
-    loss and the seed (with the teachers' outputs on the data, its fingerprint)."""
+    loss, the seed and the precision it computes in (with the teachers' outputs on the data,
+    its fingerprint)."""
     budget = dataclasses.asdict(spec.full)
     budget.pop("checkpoint_every")  # when checkpoints are written changes nothing the run computes
     settings = {
@@ -223,6 +227,7 @@ def run_settings(spec: StudySpec, arch: dict[str, Any]) -> dict[str, Any]:
         "full": budget,
         "loss": dataclasses.asdict(spec.loss),
         "study.seed": spec.study.seed,
+        PRECISION: resolve(spec.resources.precision, full_device(spec)),
     }
     return json.loads(json.dumps(settings, default=_plain))
 
@@ -236,6 +241,7 @@ def _check_fingerprint(ckpt: Path, fingerprint: dict[str, Any], write: bool = Tr
         try:
             stored = json.loads((ckpt / FINGERPRINT).read_text())
             stored.setdefault("loss", stored.pop("distill.loss", "(none)"))  # as runs made before [loss] named it
+            stored.setdefault(PRECISION, "fp32")  # runs made before the setting were fp32 on a CPU
         except (OSError, ValueError):
             raise InputError(
                 f"--resume: the checkpoint in {ckpt} has no fingerprint of its settings (an earlier version made it); "
@@ -277,7 +283,7 @@ def _first_difference(old: Any, new: Any, key: str = "") -> tuple[str, Any, Any]
 class FullRun:
     """A finished full run: the student, the loop's result, its metrics on the held-out split
     and its size, its quality on each extra evaluation set, the text it generated on each
-    held-out set (tasks that generate), the device and the seconds spent training."""
+    held-out set (tasks that generate), the device, the seconds spent training and the precision."""
 
     student: torch.nn.Module
     result: Any
@@ -286,6 +292,7 @@ class FullRun:
     texts: dict[str, list[str]]
     device: torch.device
     seconds: float
+    precision: str = "fp32"
 
 
 def distill_arch(
@@ -301,8 +308,29 @@ def distill_arch(
 ) -> FullRun:
     """The full run of one architecture with the `[full]` budget (the best checkpoint on the
     validation split by the first objective kept), measured on the held-out split and `evals`."""
+    device = full_device(spec)
+    with computing_in(resolve(spec.resources.precision, device)) as precision:
+        run = _distill_arch(spec, arch, data, device, evals, others, on_step, checkpoint_dir, resume)
+    return dataclasses.replace(run, precision=precision)
+
+
+def full_device(spec: StudySpec) -> torch.device:
+    """Where a full run trains: a GPU where the machine has one (or the spec asks for one)."""
+    return pick_device(spec.resources.gpus or float(torch.cuda.is_available()))
+
+
+def _distill_arch(
+    spec: StudySpec,
+    arch: dict[str, Any],
+    data: Any,
+    device: torch.device,
+    evals: dict[str, Any] | None,
+    others: tuple[Any, ...],
+    on_step: Callable[[int, int, float], None] | None,
+    checkpoint_dir: Path | None,
+    resume: bool,
+) -> FullRun:
     task, budget = spec.task, spec.full
-    device = pick_device(spec.resources.gpus or float(torch.cuda.is_available()))
     metric, direction = spec.objectives.metrics[0]
     sign = 1.0 if direction == "min" else -1.0
     student = build_student(task, arch, data, device, spec.study.seed)

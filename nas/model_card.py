@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from distill.cache import TEACHER_METRICS
+from distill.cache import PRECISION, TEACHER_METRICS
 from distill.tasks import Metric
 from nas.pareto import provenance
 from nas.spec import StudySpec
@@ -68,6 +68,12 @@ the student's and the teacher's outputs, one line per item):
 {command}
 ```
 """
+
+
+def _precision(run: str, teacher: str) -> str:
+    """The card's line on what the run and the teacher's cached outputs computed in."""
+    how = {"bf16": "bf16 (bfloat16 autocast over fp32 weights; losses and optimizer state in fp32)", "fp32": "fp32"}
+    return f"{how[run]}; the teacher's outputs were computed in {teacher}; the exported weights are fp32"
 
 
 def model_card(spec: StudySpec, meta: dict[str, Any], number: int, arch: dict[str, Any], record: dict[str, Any]) -> str:
@@ -135,6 +141,7 @@ parameters{tokenizer}. Load it with:
 - Teacher: `{teacher_name}`
 - Data: {data}; split into train / validation / held-out with the study's seed
 {"".join(f"- {line}" + chr(10) for line in provenance({**meta, **record}))}- Loss: {spec.loss.describe()}
+- Precision: {_precision(record.get(PRECISION, "fp32"), meta.get(PRECISION, "fp32"))}
 {_on_policy(budget)}- Optimizer: AdamW, lr {budget.lr}, warmup {budget.warmup:.0%} then cosine, batch {budget.batch_size} {items} ({budget.grad_accum} micro-batches), weight decay {budget.weight_decay}, gradient clipping {budget.grad_clip}
 - Validation every {budget.eval_every} steps on {meta["valid_items"]} validation {items}; {best}
 

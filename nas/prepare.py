@@ -13,12 +13,19 @@ import torch
 
 from distill import LossConfig, PreparedData, prepare
 from distill.errors import InputError
+from distill.precision import resolve
 from nas.recipe import INTERMEDIATE
 from nas.spec import StudySpec
 
 
 def pick_device(gpus: float) -> torch.device:
     return torch.device("cuda" if gpus > 0 and torch.cuda.is_available() else "cpu")
+
+
+def study_precision(spec: StudySpec, device: torch.device | None = None) -> str:
+    """What the spec's `[resources] precision` means on `device` (default: the device the
+    spec's preparation runs on): "bf16" or "fp32"."""
+    return resolve(spec.resources.precision, device or pick_device(spec.resources.gpus))
 
 
 def prepare_study(spec: StudySpec, temperature: float | None = None) -> PreparedData:
@@ -51,6 +58,7 @@ def _prepare(spec: StudySpec, data: Any, teacher: Any = None, temperature: float
         cache_root=spec.out_dir / "cache",
         seed=spec.study.seed,
         device=str(pick_device(spec.resources.gpus)),
+        precision=study_precision(spec),
         **kwargs,
     )
 

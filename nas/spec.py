@@ -21,6 +21,7 @@ from typing import Any
 from distill.errors import InputError
 from distill.loop import FULL_RUN, Budget
 from distill.objective import LossConfig, allowed_terms, on_policy_terms
+from distill.precision import PRECISIONS
 from distill.tasks import DEFAULT_TASK, TASKS, Task, get_task
 from distill.teachers import TeacherConfig, TeacherTraining
 from nas.recipe import RecipeSpace, apply_recipe, describe_recipe
@@ -223,12 +224,19 @@ class Resources:
     """CPU cores per trial (also its torch threads)"""
     gpus: float = 0.0
     """GPUs per trial; a fraction (0.5) packs several trials on one GPU"""
+    precision: str = "auto"
+    """what the teachers, the brief and full runs and evaluation compute in: "bf16" (bfloat16
+    autocast over fp32 weights, teachers loaded in bfloat16; losses and optimizer state stay
+    fp32), "fp32", or "auto": bf16 where the device computes it natively (a CUDA GPU with bf16,
+    a CPU with AVX512-BF16 or AMX), else fp32"""
 
     def __post_init__(self) -> None:
         if not 0 < self.cpus < math.inf:
             raise ValueError(f"cpus: must be a number > 0, got {self.cpus}")
         if not 0 <= self.gpus < math.inf or (self.gpus > 1 and self.gpus != int(self.gpus)):
             raise ValueError(f"gpus: must be a fraction in (0, 1] or a whole number, got {self.gpus}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision: must be one of {', '.join(map(repr, PRECISIONS))}, got {self.precision!r}")
 
 
 SECTIONS = (

@@ -22,10 +22,13 @@ from search_spaces._seq2seq import (
     target_vocab,
     teacher_shape,
 )
+from search_spaces._weights import ModuleWeights, SafetensorsWeights, safetensors_files
 
 __all__ = [
     "FAMILIES",
     "SEQ2SEQ_FAMILIES",
+    "ModuleWeights",
+    "SafetensorsWeights",
     "DecoderArch",
     "DecoderSpace",
     "EncoderArch",
@@ -46,6 +49,7 @@ __all__ = [
     "kept_channels",
     "layer_map",
     "pick_layers",
+    "safetensors_files",
     "seq2seq_importance",
     "target_vocab",
     "teacher_shape",

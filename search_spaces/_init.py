@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from search_spaces._weights import as_weights
+
 
 def pick_layers(teacher_layers: int, student_layers: int, how: str) -> list[int]:
     """Which teacher layers a student of `student_layers` takes (ascending)."""
@@ -127,7 +129,6 @@ def _copy_slices(
     channels, else the layer's index set of that name). Roles None: the student keeps its own
     (sinusoidal positions at its width). Weights matching `in_place` are read from the same
     layer index of the teacher (T5's relative position buckets live in the first layer only)."""
-    teacher_params = dict(teacher.named_parameters())
     for name, param in student.named_parameters():
         axes = next(r for pattern, r in roles if re.search(pattern, name))
         if axes is None:
@@ -137,8 +138,7 @@ def _copy_slices(
         source = name
         if match is not None and not (in_place and re.search(in_place, name)):
             source = name.replace(f"{stack}.{i}.", f"{stack}.{layers[stack][i]}.", 1)
-        # a tied output layer is not a parameter of its own: it is the output embedding
-        weight = teacher_params[source] if source in teacher_params else teacher.get_output_embeddings().weight
+        weight = teacher.param(source)  # a tied output layer answers with the input embedding
         for axis, role in enumerate(axes):
             if role is not None:
                 index = hidden if role == "hidden" else per_layer[stack][i][role]
@@ -173,7 +173,8 @@ def init_bert_from_teacher(
     """Overwrite every weight of the BERT `student` with its slice of `teacher`'s; returns the
     teacher layers taken. The importance `scores` come from `bert_importance` on a calibration
     batch, measured here from `batch` (input_ids, attention_mask) when not given."""
-    s, t = student.config, teacher.config
+    weights = as_weights(teacher)
+    s, t = student.config, weights.config
     head_dim = s.hidden_size // s.num_attention_heads
     layers = pick_layers(t.num_hidden_layers, s.num_hidden_layers, layer_pick)
     if (
@@ -192,17 +193,23 @@ def init_bert_from_teacher(
         for j in layers
     ]
     stack = "encoder.layer"
-    _copy_slices(student, teacher, _BERT_ROLES, r"(encoder\.layer)\.(\d+)\.", {stack: layers}, hidden, {stack: per_layer})
+    _copy_slices(student, weights, _BERT_ROLES, r"(encoder\.layer)\.(\d+)\.", {stack: layers}, hidden, {stack: per_layer})
     return layers
 
 
+def _decoder_family(config: Any) -> str:
+    """A causal LM's family for slicing: gpt2, or llama for Llama, Qwen2 and Mistral."""
+    if config.model_type == "gpt2":
+        return "gpt2"
+    if config.model_type in ("llama", "qwen2", "mistral"):
+        return "llama"
+    raise ValueError(f"init = teacher: no slicing for {config.model_type!r} models")
+
+
 def _decoder_layout(model: Any) -> tuple[list[Any], str]:
-    """The blocks of a causal LM and its family: gpt2, or llama for Llama, Qwen2 and Mistral."""
-    if model.config.model_type == "gpt2":
-        return list(model.transformer.h), "gpt2"
-    if model.config.model_type in ("llama", "qwen2", "mistral"):
-        return list(model.model.layers), "llama"
-    raise ValueError(f"init = teacher: no slicing for {model.config.model_type!r} models")
+    """The blocks of a causal LM and its family (`_decoder_family`)."""
+    family = _decoder_family(model.config)
+    return list(model.transformer.h if family == "gpt2" else model.model.layers), family
 
 
 @torch.no_grad()
@@ -311,12 +318,13 @@ def init_decoder_from_teacher(
 ) -> list[int]:
     """Overwrite every weight of a GPT-2 or Llama-family `student` with its slice of a teacher
     of the same family and head width; returns the teacher layers taken."""
-    if student.config.model_type != teacher.config.model_type:
+    weights = as_weights(teacher)
+    if student.config.model_type != weights.config.model_type:
         raise ValueError(
-            f"family: a {student.config.model_type} student cannot be sliced from a {teacher.config.model_type} teacher"
+            f"family: a {student.config.model_type} student cannot be sliced from a {weights.config.model_type} teacher"
         )
-    _, family = _decoder_layout(teacher)
-    s, t = student.config, teacher.config
+    family = _decoder_family(weights.config)
+    s, t = student.config, weights.config
     if family == "gpt2":
         n_layers, heads, kv, width = (t.n_layer, t.n_head, t.n_head, t.n_embd)
         s_layers, s_heads, s_kv, s_width = (s.n_layer, s.n_head, s.n_head, s.n_embd)
@@ -345,7 +353,7 @@ def init_decoder_from_teacher(
         per_layer.append({"q": q, "kv": kv_rows, "ffn": ffn, "qkv": qkv})
     stack = "transformer.h" if family == "gpt2" else "model.layers"
     _copy_slices(
-        student, teacher, _DECODER_ROLES[family], rf"({re.escape(stack)})\.(\d+)\.", {stack: layers}, hidden, {stack: per_layer}
+        student, weights, _DECODER_ROLES[family], rf"({re.escape(stack)})\.(\d+)\.", {stack: layers}, hidden, {stack: per_layer}
     )
     return layers
 
@@ -464,10 +472,11 @@ def init_seq2seq_from_teacher(
     (measured on `batch` when `scores` are not given). Returns the teacher layers per stack."""
     from search_spaces._seq2seq import teacher_shape
 
-    family = teacher.config.model_type
+    weights = as_weights(teacher)
+    family = weights.config.model_type
     if student.config.model_type != family:
         raise ValueError(f"family: a {student.config.model_type} student cannot be sliced from a {family} teacher")
-    s, t = teacher_shape(student.config), teacher_shape(teacher.config)
+    s, t = teacher_shape(student.config), teacher_shape(weights.config)
     if s["head_dim"] != t["head_dim"]:
         raise ValueError(f"head_dim: init = teacher keeps the teacher's head width ({t['head_dim']}), got {s['head_dim']}")
     if any(s[k] > t[k] for k in ("hidden", "heads", "ffn")):
@@ -499,9 +508,9 @@ def init_seq2seq_from_teacher(
     hidden = kept_channels(scores, s["hidden"])
     pattern = "(" + "|".join(re.escape(stack) for stack in layers) + r")\.(\d+)\."
     _copy_slices(
-        student, teacher, _SEQ2SEQ_ROLES[family], pattern, layers, hidden, per_layer, in_place="relative_attention_bias"
+        student, weights, _SEQ2SEQ_ROLES[family], pattern, layers, hidden, per_layer, in_place="relative_attention_bias"
     )
-    bias = getattr(teacher, "final_logits_bias", None)  # Marian's output bias (a buffer, e.g. banning <pad>)
+    bias = weights.buffer("final_logits_bias")  # Marian's output bias (a buffer, e.g. banning <pad>)
     if bias is not None and getattr(student, "final_logits_bias", None) is not None:
         student.final_logits_bias.copy_(bias)
     return layers

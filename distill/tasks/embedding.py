@@ -23,7 +23,7 @@ from distill.data import DataConfig, encode_texts, load_documents, paragraphs
 from distill.errors import InputError
 from distill.evaluate import median_ms, param_counts, peak_memory_mb
 from distill.intermediate import Stack, check_layer_map, run_with_layers
-from distill.loop import autocast
+from distill.precision import autocast
 from distill.tasks.base import (
     NON_EMBEDDING_PARAMS,
     PARAMS,

@@ -7,6 +7,7 @@ another kind implements `distill.tasks.base.Task` without any of it.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -17,6 +18,8 @@ from distill.tasks.base import OutputArray
 
 if TYPE_CHECKING:
     from distill.cache import PreparedData
+
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,10 +173,18 @@ def topk_outputs(logits: torch.Tensor, params: dict[str, Any]) -> dict[str, torc
 def slice_teacher(student: torch.nn.Module, data: PreparedData, auto_class: str, init: Any, layer_pick: str) -> dict[str, Any]:
     """Overwrite `student` with its slice of the study's teacher (loaded with `auto_class`):
     `init(student, teacher, batch, layer_pick, scores=...)` of `search_spaces`, with the unit
-    importance the study measured once on its calibration batch. Returns those scores."""
-    teacher = data.teacher_source.load_model(auto_class)
+    importance the study measured once on its calibration batch. Returns those scores.
+
+    The teacher's weights are read from its safetensors files a tensor at a time, only those
+    the student takes a slice of (`TeacherSource.weights`); a checkpoint that stores a weight
+    under a name its model class does not give is loaded whole instead."""
+    source = data.teacher_source
     scores = torch.load(data.path / "importance.pt", map_location="cpu", weights_only=True)
-    init(student, teacher, None, layer_pick, scores=scores)
+    try:
+        init(student, source.weights(auto_class), None, layer_pick, scores=scores)
+    except KeyError as exc:  # every weight is overwritten again from the loaded teacher
+        logger.warning("slicing the student: %s; loading the whole teacher instead", exc.args[0])
+        init(student, source.load_model(auto_class), None, layer_pick, scores=scores)
     return scores
 
 

@@ -20,8 +20,8 @@ from distill.data import DataSplits
 from distill.errors import InputError
 from distill.evaluate import median_ms, param_counts, peak_memory_mb
 from distill.intermediate import Stack, run_with_layers
-from distill.loop import autocast
 from distill.losses import next_token_ce, topk_kd_loss
+from distill.precision import autocast
 from distill.tasks.base import (
     GENERATED,
     NON_EMBEDDING_PARAMS,

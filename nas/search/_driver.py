@@ -83,6 +83,7 @@ def trial_plan(
         evals=evals or {},
         others=others,
         by_temperature=by_temperature or {},
+        precision=spec.resources.precision,
     )
 
 

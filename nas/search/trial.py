@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from distill import Budget, LossConfig, PreparedData, train
+from distill.precision import computing_in, resolve
 from distill.run import build_loss, build_student
 from distill.tasks import get_task
 from distill.tasks.base import GENERATED, scores_and_text
@@ -21,7 +22,7 @@ from nas.prepare import pick_device
 from nas.recipe import apply_recipe
 from nas.spec import Constraints
 from nas.study import TRIAL_ATTRS
-from nas.study._record import EVAL_SETS, LOSS_CURVE, NOT_TRAINED, RUNGS, TRAIN_STEPS
+from nas.study._record import EVAL_SETS, LOSS_CURVE, NOT_TRAINED, PRECISION, RUNGS, TRAIN_STEPS
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +53,8 @@ class TrialPlan:
     """with a searchable temperature (`[space.recipe]`): the teachers' studies at each"""
     twin_wait_s: float = 6 * 3600.0
     """the longest a repeated architecture waits for its twin's result before it fails"""
+    precision: str = "fp32"
+    """`[resources] precision` ("auto" is resolved on the worker's device)"""
 
 
 def with_recipe(plan: TrialPlan, recipe: dict[str, Any] | None) -> TrialPlan:
@@ -110,6 +113,13 @@ def run_trial(
     `GENERATED` holds the student's text on each held-out set."""
     torch.set_num_threads(max(1, int(plan.cpus)))
     device = pick_device(plan.gpus)
+    with computing_in(resolve(plan.precision, device)) as precision:
+        return {**_run_trial(arch, plan, device, report), PRECISION: precision}
+
+
+def _run_trial(
+    arch: dict[str, Any], plan: TrialPlan, device: torch.device, report: Callable[[int, dict[str, Any]], None] | None
+) -> dict[str, Any]:
     task, data = get_task(plan.task), plan.data
     student = build_student(task, arch, data, device, plan.seed)
     size = task.size(student, data, device)  # of the architecture, not of its weights: known before training

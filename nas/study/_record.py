@@ -11,7 +11,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from distill.cache import DATA_INFO, SCORING, TEACHER_METRICS, PreparedData
+from distill.cache import DATA_INFO, PRECISION, SCORING, TEACHER_METRICS, PreparedData
 from distill.tasks import Task, get_task, task_for_metrics
 
 # -- trial attributes (Optuna user attributes of a trial), besides its task's metrics
@@ -27,9 +27,10 @@ EVAL_SETS = "eval_sets"  # {extra evaluation set: quality metrics} (`[[eval]]`);
 LOSS_CURVE = "loss_curve"  # training losses, about 50 points
 TRAIN_STEPS = "train_steps"  # the optimizer steps it trained for
 RAY_NODE = "ray_node"  # the Ray node that ran it
+# PRECISION: what it trained and was measured in ("bf16" or "fp32"; `distill.precision`)
 TRIAL_ATTRS = (
     ARCH, ARCH_SHORT, DUPLICATE_OF, "train_loss", "train_seconds", TRAIN_STEPS, LOSS_CURVE, "device",
-    RUNGS, PRUNED_AT, NOT_TRAINED, EVAL_SETS, RAY_NODE,
+    PRECISION, RUNGS, PRUNED_AT, NOT_TRAINED, EVAL_SETS, RAY_NODE,
 )  # fmt: skip
 """every attribute a trial stores from what its worker reported, besides its task's metrics"""
 

@@ -102,6 +102,7 @@ CASES = [
     pytest.param(Bad("resources.cpus", r"^must be a number > 0, got nan$", args=("resources.cpus=nan",)), id="cpus-nan"),
     pytest.param(Bad("resources.gpus", r"^each trial asks for 1 GPU\(s\); this machine has 0; set resources\.gpus = 0", args=("resources.gpus=1",)), id="gpus-without-a-gpu", marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")),
     pytest.param(Bad("resources.cpus", r"^each trial asks for 4096 CPUs; this machine has \d+$", args=("resources.cpus=4096",)), id="cpus-beyond-the-machine"),
+    pytest.param(Bad("resources.precision", r"^must be one of 'auto', 'bf16', 'fp32', got 'fp16'$", args=("resources.precision='fp16'",)), id="precision-unknown"),
     # -- the teacher
     pytest.param(Bad("teacher.trust_remote_code", r"needs teacher\.revision pinned to a commit \(40 hex digits\).*; got no revision$", args=("teacher.trust_remote_code=true",)), id="remote-code-unpinned"),
     pytest.param(Bad("teacher.trust_remote_code", r"not a branch or tag; got revision 'main'$", args=("teacher.trust_remote_code=true", "teacher.revision='main'")), id="remote-code-on-a-branch"),

@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from distill import PreparedData
+from distill.precision import computing_in, resolve
 from distill.tasks import get_task
 from nas.full import checkpoint_dir, export_dir
 from nas.pareto import front_table
@@ -96,8 +97,11 @@ def test_model_card_numbers_match_a_fresh_evaluation(distilled):
     record = distilled_records(study)[str(number)]
     data = PreparedData(next((spec.out_dir / "cache").iterdir()))
     model = AutoModelForCausalLM.from_pretrained(export_dir(spec, number))
-    fresh = get_task("causal-lm").evaluate(model, data, "eval", torch.device("cpu"))
+    assert record["precision"] == resolve("auto", torch.device("cpu")) == data.precision  # the spec's default
+    with computing_in(record["precision"]):  # as the run measured it (the card says which)
+        fresh = get_task("causal-lm").evaluate(model, data, "eval", torch.device("cpu"))
     card = (export_dir(spec, number) / "README.md").read_text()
+    assert f"- Precision: {record['precision']}" in card
     for key, fmt in (("perplexity", "{:.2f}"), ("kl", "{:.4f}"), ("top1_agreement", "{:.3f}")):
         assert fresh[key] == pytest.approx(record["metrics"][key], rel=1e-4, abs=1e-6)
         assert fmt.format(record["metrics"][key]) in card
@@ -110,6 +114,7 @@ def test_study_remembers_what_was_distilled(distilled):
     path, spec, number, _ = distilled
     study = optuna.load_study(study_name=spec.name, storage=spec.storage_url)
     assert "full perplexity" in front_table(study)
+    assert {t.user_attrs["precision"] for t in study.trials} == {resolve("auto", torch.device("cpu"))}
     proc = _nas("pareto", str(path), "--json")
     rows = {r["trial"]: r for r in json.loads(proc.stdout)["front"]}
     assert rows[number]["full"]["export"] == str(export_dir(spec, number))
@@ -137,12 +142,16 @@ def test_killed_run_resumes_to_the_same_weights(distilled):
     changed = [*FULL[:-1], "full.lr=1e-3"]
     line = _one_error_line(_nas("distill", str(path), "--trial", str(number), "--overwrite", "--resume", *changed))
     assert "made with full.lr = 0.003, this run has 0.001" in line and "--restart" in line
+    used = resolve("auto", torch.device("cpu"))
+    other = {"bf16": "fp32", "fp32": "bf16"}[used]
+    line = _one_error_line(_nas("distill", str(path), "--trial", str(number), "--overwrite", "--resume", *FULL, f"resources.precision='{other}'"))
+    assert f'made with precision = "{used}", this run has "{other}"' in line
     assert last.stat().st_mtime_ns == stamp
     resumed = _nas("distill", str(path), "--trial", str(number), "--overwrite", "--resume", *FULL)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     weights = load_file(export_dir(spec, number) / "model.safetensors")
     assert weights.keys() == reference.keys()
-    for k in reference:  # same seed, same data order, same RNG: the same weights (CPU, fp32)
+    for k in reference:  # same seed, same data order, same RNG, same precision: the same weights
         torch.testing.assert_close(weights[k], reference[k], rtol=1e-5, atol=1e-6)
 
 

@@ -4,7 +4,9 @@ recorded in tests/data/golden_studies.json: everything but floats exactly, float
 1e-4. Float sums reordered by another library release or CPU move a value by about 1e-6; one
 step of training more or less moves some metric of every trial by over 1e-3 (the second test
 checks that on the record), so a real change of behaviour cannot hide inside the tolerance.
-Timings (latency, training seconds) are measurements of the machine and are left out."""
+Timings (latency, training seconds) are measurements of the machine and are left out. The
+numbers are recorded at `[resources] precision = "fp32"`, which the studies pin: "auto" is
+bf16 on CPUs that compute it natively and fp32 on others."""
 
 import json
 import math
@@ -58,7 +60,7 @@ def test_tiny_studies_give_the_recorded_numbers(tmp_path, teacher_dirs, sentence
         "sliced": (lambda: write_spec(tmp_path, teacher_dirs["llama"], name="sliced"), SLICED),
         "embedding": (lambda: write_embedding_spec(tmp_path, sentence_teacher, name="embedding"), []),
     }[name]
-    study = run_search(load_spec(path(), ["study.concurrency=1", *overrides]))
+    study = run_search(load_spec(path(), ["study.concurrency=1", "resources.precision='fp32'", *overrides]))
     want = GOLDEN[name]
     _close(study.user_attrs["teacher_metrics"], want["teacher_metrics"], "teacher_metrics")
     got = [

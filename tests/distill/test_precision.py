@@ -1,0 +1,101 @@
+"""Mixed precision (`[resources] precision`): what "auto" resolves to, what runs in bfloat16
+and what stays fp32, teachers loaded in the precision's dtype, one cache per precision."""
+
+import numpy as np
+import pytest
+import torch
+
+from distill import Budget, DataConfig, LossConfig, TeacherConfig, prepare, train
+from distill.data import pack
+from distill.precision import autocast, computing_in, current, native_bf16, resolve, teacher_dtype
+from distill.tasks import get_task
+from distill.tasks.causal_lm import lm_loss
+from distill.teachers import teacher_source
+from tests.conftest import corpus, write_spec
+
+CPU = torch.device("cpu")
+
+
+@pytest.mark.parametrize(
+    ("flags", "want"),
+    [({"avx512_bf16": True}, "bf16"), ({"amx_bf16": True}, "bf16"), ({"bf16": True}, "bf16"), ({"avx2": True}, "fp32")],
+)
+def test_auto_is_bf16_only_on_cpus_that_compute_it(monkeypatch, flags, want):
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: flags)
+    assert resolve("auto", CPU) == want
+    assert resolve("fp32", CPU) == "fp32" and resolve("bf16", CPU) == "bf16"  # asked for: whatever the CPU
+
+
+def test_auto_on_this_machine_follows_its_cpu():
+    flags = torch.cpu.get_capabilities()
+    assert native_bf16(CPU) == any(flags.get(f, False) for f in ("avx512_bf16", "amx_bf16", "bf16", "sve_bf16"))
+
+
+def test_an_unknown_precision_is_refused():
+    with pytest.raises(ValueError, match="precision: must be one of auto, bf16, fp32, got 'fp16'"):
+        resolve("fp16", CPU)
+    with pytest.raises(ValueError, match="resolved"):
+        with computing_in("auto"):
+            pass
+
+
+def test_matrix_products_run_in_bf16_and_weights_stay_fp32():
+    layer = torch.nn.Linear(16, 16)
+    x = torch.randn(2, 16)
+    assert current() == "fp32" and teacher_dtype() == torch.float32
+    with computing_in("bf16"):
+        with autocast(CPU):
+            assert layer(x).dtype == torch.bfloat16
+        assert teacher_dtype() == torch.bfloat16
+    with computing_in("fp32"), autocast(CPU):
+        assert layer(x).dtype == torch.float32
+    assert layer.weight.dtype == torch.float32 and current() == "fp32"  # the block is left as it was
+
+
+def test_a_bf16_run_trains_fp32_weights_and_optimizer_state_and_differs_from_fp32(teacher_dirs, tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    blocks = pack(corpus(), tokenizer, 32, 16)
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        torch.manual_seed(0)
+        student = AutoModelForCausalLM.from_pretrained(teacher_dirs["llama"], dtype=torch.float32)
+        with computing_in(precision):
+            result = train(student, Budget(steps=6, batch_size=4, lr=3e-3), lm_loss(student, blocks, CPU), np.full(16, 32))
+        assert all(p.dtype == torch.float32 for p in student.parameters())
+        assert all(np.isfinite(result.losses))
+        runs[precision] = result.losses
+    assert runs["fp32"] != runs["bf16"]
+    assert np.allclose(runs["fp32"], runs["bf16"], rtol=0.05)  # the same run, to bf16's rounding
+
+
+def test_teachers_load_in_the_precisions_dtype_whatever_their_checkpoint(tmp_path, teacher_dirs):
+    """transformers 5 loads a checkpoint in its own dtype by default: a teacher saved in
+    bfloat16 would run in bfloat16 in an fp32 study without the explicit dtype."""
+    from transformers import AutoModelForCausalLM
+
+    saved = tmp_path / "bf16-teacher"
+    AutoModelForCausalLM.from_pretrained(teacher_dirs["gpt2"]).to(torch.bfloat16).save_pretrained(saved)
+    source = teacher_source(TeacherConfig(model=str(saved)), tmp_path)
+    assert {p.dtype for p in source.load_model("AutoModelForCausalLM").parameters()} == {torch.float32}
+    with computing_in("fp32"):
+        assert {p.dtype for p in source.load("AutoModelForCausalLM")[0].parameters()} == {torch.float32}
+    with computing_in("bf16"):
+        assert {p.dtype for p in source.load("AutoModelForCausalLM")[0].parameters()} == {torch.bfloat16}
+
+
+def test_each_precision_has_its_own_cache_of_teacher_outputs(tmp_path, teacher_dirs):
+    write_spec(tmp_path, teacher_dirs["qwen2"])
+    data = DataConfig(source="json", files=("docs.jsonl",), text_column="body", block_length=32, train_blocks=8, eval_blocks=4)
+    loss = LossConfig({"forward_kl": 1.0}, {"temperature": 1.0, "top_k": 8})
+    made = {
+        p: prepare(get_task("causal-lm"), TeacherConfig(model=str(teacher_dirs["qwen2"])), data, loss,
+                   base_dir=tmp_path, cache_root=tmp_path / "cache", precision=p)
+        for p in ("fp32", "bf16")
+    }  # fmt: skip
+    assert made["fp32"].path != made["bf16"].path
+    assert made["fp32"].precision == "fp32" and made["bf16"].precision == "bf16"
+    fp32, bf16 = (made[p].array("train_teacher_logprobs") for p in ("fp32", "bf16"))
+    assert fp32.dtype == bf16.dtype  # stored alike either way
+    assert not np.array_equal(fp32, bf16) and np.allclose(fp32, bf16, atol=0.1)
+    assert made["bf16"].teacher_metrics["perplexity"] == pytest.approx(made["fp32"].teacher_metrics["perplexity"], rel=0.02)
