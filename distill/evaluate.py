@@ -65,8 +65,8 @@ def peak_memory_mb(
     inputs: dict[str, torch.Tensor] | None = None,
 ) -> float:
     """Peak memory of a batch-1 forward pass over `seq_len` tokens (or over `inputs`, for models
-    that take more than token ids): weights plus the highest point of the allocations the pass
-    makes (CUDA allocator on GPU, the profiler on CPU)."""
+    that take more than token ids), in the enclosing precision: weights plus the highest point
+    of the allocations the pass makes (CUDA allocator on GPU, the profiler on CPU)."""
     device = torch.device(device)
     model.to(device).eval()
     if inputs is None:
@@ -82,7 +82,7 @@ def peak_memory_mb(
         return (torch.cuda.max_memory_allocated(device) - base + weights) / 2**20
     from torch.profiler import ProfilerActivity, profile
 
-    with _native_stderr_silenced(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _native_stderr_silenced(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof, autocast(device):
         model(**inputs)
     # Each op's own allocations minus frees, and frees outside ops ("[memory]"), in time
     # order: their running sum is the live memory, at the granularity of one op.

@@ -10,6 +10,7 @@ micro-batch's item indices.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -62,6 +63,10 @@ class Budget:
     """share of the batches on the student's own outputs (GKD's lambda, Agarwal et al., ICLR
     2024): the student samples them from the batch's inputs and a live teacher scores them;
     the divergence terms alone count there"""
+    workers: int = 1
+    """data-parallel workers of a full run (`[full]` only; `nas distill --workers N`): a Ray
+    Train job of that many processes, each with its share of every batch (batch_size must
+    divide by workers x grad_accum): the same global batch as one process"""
 
     def __post_init__(self) -> None:
         if self.steps < 1 and self.tokens < 1:
@@ -77,6 +82,11 @@ class Budget:
         if self.grad_accum < 1 or self.batch_size % self.grad_accum:
             raise ValueError(
                 f"grad_accum: must be >= 1 and divide batch_size ({self.batch_size}), got {self.grad_accum}"
+            )
+        if self.workers < 1 or self.batch_size % (self.workers * self.grad_accum):
+            raise ValueError(
+                f"workers: must be >= 1 and workers x grad_accum ({self.grad_accum}) must divide batch_size "
+                f"({self.batch_size}), got {self.workers}"
             )
         if min(self.eval_every, self.checkpoint_every, self.patience) < 0:
             raise ValueError("eval_every/checkpoint_every/patience: must be >= 0")
@@ -158,7 +168,64 @@ def _optimizer(student: torch.nn.Module, budget: Budget) -> torch.optim.Optimize
     )
 
 
-def _save(obj: Any, path: Path) -> None:
+class Workers:
+    """The data-parallel workers of one run, as `torch.distributed` knows them (Ray Train sets
+    the process group up): every worker draws the same global batch and trains on its own
+    contiguous share of it; `model`, the `DistributedDataParallel` module the loss runs in,
+    averages the gradients. Worker 0 validates (the others take its score), calls `on_step`
+    and writes the checkpoints, which hold every worker's random state. One process: `SOLO`."""
+
+    def __init__(self, rank: int = 0, world: int = 1, model: Any = None) -> None:
+        self.rank, self.world, self.model = rank, world, model
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def share(self, batch: np.ndarray) -> np.ndarray:
+        n = len(batch) // self.world
+        return batch[self.rank * n : (self.rank + 1) * n]
+
+    def accumulating(self, last: bool) -> Any:
+        """The context of a micro-batch's backward pass: gradients are averaged after the last."""
+        return self.model.no_sync() if self.model is not None and not last else contextlib.nullcontext()
+
+    def mean(self, value: float) -> float:
+        if self.world == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.float64)
+        torch.distributed.all_reduce(t)
+        return t.item() / self.world
+
+    def agree(self, compute: Callable[[], Any]) -> Any:
+        """`compute()` on worker 0, its value on every worker."""
+        if self.world == 1:
+            return compute()
+        box = [compute() if self.main else None]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def gathered(self, value: Any) -> Any:
+        """`value` (one process), or every worker's, in rank order (its random state)."""
+        if self.world == 1:
+            return value
+        states: list[Any] = [None] * self.world
+        torch.distributed.all_gather_object(states, value)
+        return states
+
+    def own(self, states: Any) -> torch.Tensor:
+        if isinstance(states, list):
+            if len(states) != self.world:
+                raise InputError(f"--resume: the checkpoint was made by {len(states)} workers, this run has {self.world}")
+            return states[self.rank]
+        return states
+
+
+SOLO = Workers()
+
+
+def save_whole(obj: Any, path: Path) -> None:
+    """`torch.save` into `path`, published whole."""
     with file_written_whole(path) as tmp:  # a kill mid-write never leaves a torn checkpoint
         torch.save(obj, tmp)
 
@@ -175,6 +242,7 @@ def train(
     validate: Callable[[torch.nn.Module], float] | None = None,
     checkpoint_dir: Path | None = None,
     resume: bool = False,
+    workers: Workers = SOLO,
 ) -> TrainResult:
     """Train `student` for `budget`: `loss_fn(indices)` is the loss of the training items at
     those (sorted) indices, `lengths` (N,) the real tokens of each of the N training items.
@@ -187,15 +255,16 @@ def train(
     stopping after budget.patience evaluations without improvement; a checkpoint of everything
     the run depends on (weights, optimizer, schedule, RNG, data position) in `checkpoint_dir`
     every budget.checkpoint_every steps, from which `resume=True` continues the same run.
+    With several `workers`, each runs this with its share of every batch (see `Workers`).
     """
     device = torch.device(device)
     total = budget.total_steps(lengths, seed)
     sampler = Sampler(len(lengths), seed)
-    torch.manual_seed(seed)
+    torch.manual_seed(seed + workers.rank)
     student.to(device).train()
     opt = _optimizer(student, budget)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(int(budget.warmup * total), total))
-    run = _Run(student, opt, sched, sampler, device)
+    run = _Run(student, opt, sched, sampler, device, workers)
     state: dict[str, Any] = {
         "step": 0, "losses": [], "evals": [], "best": math.inf, "best_step": None, "bad_evals": 0,
     }  # fmt: skip
@@ -212,18 +281,20 @@ def train(
         state["step"] += 1
         state["losses"].append(step_loss)
         step = state["step"]
-        if on_step is not None:
+        if on_step is not None and workers.main:
             on_step(step, total, step_loss)
         if validate is not None and budget.eval_every and (step % budget.eval_every == 0 or step == total):
-            improved = _judge(state, step, float(validate(student)), budget.patience)
+            improved = _judge(state, step, workers.agree(lambda: float(validate(student))), budget.patience)
             student.train()
             if improved:
                 best_weights = {k: v.detach().clone() for k, v in student.state_dict().items()}
-                if checkpoint_dir is not None:
-                    _save(best_weights, checkpoint_dir / "best.pt")
+                if checkpoint_dir is not None and workers.main:
+                    save_whole(best_weights, checkpoint_dir / "best.pt")
             stopped_early = bool(budget.patience) and state["bad_evals"] >= budget.patience
         if last is not None and budget.checkpoint_every and (step % budget.checkpoint_every == 0 or step == total):
-            _save(run.checkpoint(state), last)
+            checkpoint = run.checkpoint(state)  # every worker: their random states are gathered
+            if workers.main:
+                save_whole(checkpoint, last)
     if state["best_step"] is not None:
         if best_weights is None and checkpoint_dir is not None:  # resumed after the best was saved
             best_weights = torch.load(checkpoint_dir / "best.pt", map_location=device, weights_only=True)
@@ -255,32 +326,35 @@ class _Run:
     sched: Any
     sampler: Sampler
     device: torch.device
+    workers: Workers = SOLO
 
     def step(self, loss_fn: Callable[[np.ndarray], torch.Tensor], budget: Budget, step: int) -> float:
-        """One optimizer step over `budget.grad_accum` micro-batches; returns its loss."""
+        """One optimizer step over `budget.grad_accum` micro-batches (of this worker's share of
+        the batch); returns its loss (over the whole batch)."""
         self.opt.zero_grad(set_to_none=True)
-        batch = self.sampler.next(budget.batch_size)
-        micro = budget.batch_size // budget.grad_accum
+        batch = self.workers.share(self.sampler.next(budget.batch_size))
+        micro = len(batch) // budget.grad_accum
         step_loss = 0.0
         for m in range(budget.grad_accum):  # gradient accumulation over micro-batches
-            loss = loss_fn(np.sort(batch[m * micro : (m + 1) * micro]))
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at step {step}")
-            (loss / budget.grad_accum).backward()
+            with self.workers.accumulating(last=m == budget.grad_accum - 1):
+                loss = loss_fn(np.sort(batch[m * micro : (m + 1) * micro]))
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"loss is {loss.item()} at step {step}")
+                (loss / budget.grad_accum).backward()
             step_loss += loss.item() / budget.grad_accum
         if budget.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.student.parameters(), budget.grad_clip)
         self.opt.step()
         self.sched.step()
-        return step_loss
+        return self.workers.mean(step_loss)
 
     def checkpoint(self, state: dict[str, Any]) -> dict[str, Any]:
         return {
             "model": self.student.state_dict(),
             "optimizer": self.opt.state_dict(),
             "scheduler": self.sched.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+            "torch_rng": self.workers.gathered(torch.get_rng_state()),
+            "cuda_rng": self.workers.gathered(torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None),
             "sampler": self.sampler.state(),
             "state": state,
         }
@@ -294,8 +368,8 @@ class _Run:
         self.student.load_state_dict(ckpt["model"])
         self.opt.load_state_dict(ckpt["optimizer"])
         self.sched.load_state_dict(ckpt["scheduler"])
-        torch.set_rng_state(ckpt["torch_rng"])
+        torch.set_rng_state(self.workers.own(ckpt["torch_rng"]))
         if self.device.type == "cuda" and ckpt.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(ckpt["cuda_rng"], self.device)
+            torch.cuda.set_rng_state(self.workers.own(ckpt["cuda_rng"]), self.device)
         self.sampler.load(ckpt["sampler"])
         return ckpt["state"]

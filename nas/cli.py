@@ -81,6 +81,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     again.add_argument("--restart", action="store_true", help="discard an unfinished run's checkpoints and start over")
     d.add_argument("--overwrite", action="store_true", help="replace an earlier export of this trial")
+    d.add_argument(
+        "--workers", type=int, help="train on this many data-parallel workers, a Ray Train job (overrides full.workers)"
+    )
+    d.add_argument("--address", help="with --workers: run them on an existing Ray cluster (e.g. auto)")
     f = _command(
         sub,
         "rank-check",
@@ -142,6 +146,8 @@ def _run(args: argparse.Namespace, progress: Progress | None) -> Outcome:
     spec_path = next((a for a in args.spec if "=" not in a), DEFAULT_SPEC)  # what an error line names
     try:
         spec_path, overrides = _split(args.spec)
+        if getattr(args, "workers", None) is not None:
+            overrides = [*overrides, f"full.workers={args.workers}"]
         spec = load_spec(spec_path, overrides)
         if args.storage:
             spec = spec.with_storage(args.storage)
@@ -188,7 +194,9 @@ class _StepBar:
             self.bar = tqdm(
                 total=total, initial=step - 1, unit="step", desc=self.label or None, dynamic_ncols=True, file=sys.stderr
             )
-        self.bar.update(1)
+        if self.started is not None and step <= self.bar.n:  # workers started again from a checkpoint
+            self.started = (time.perf_counter(), step)
+        self.bar.update(step - self.bar.n)
         t0, s0 = self.started or (0.0, 0)
         now = time.perf_counter()
         rate = (step - s0) * self.per_step / (now - t0) if step > s0 else None
@@ -236,6 +244,7 @@ def _distill(args: argparse.Namespace, spec: Any, progress: Progress | None) -> 
             overwrite=args.overwrite,
             command=command,
             on_step=bar,
+            address=args.address,
         )
     finally:
         bar.close()

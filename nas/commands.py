@@ -113,9 +113,11 @@ def distill(
     overwrite: bool = False,
     command: str = "",
     on_step: StepSink | None = None,
+    address: str | None = None,
 ) -> DistillResult:
     """Fully distill trial `trial`, or the front's best at quality metric `best` within
-    `max_params`, and export it."""
+    `max_params`, and export it (with `[full] workers` > 1: on Ray Train workers, on the
+    cluster at `address` or a Ray of this machine's own)."""
     from distill.tasks import quality_metrics
     from nas.full import full_distill, select_trial
     from nas.study import StudyRecord, load_existing_study
@@ -123,7 +125,7 @@ def distill(
     study = load_existing_study(spec)
     picked = select_trial(study, number=trial, best=best, max_params=max_params, metrics=quality_metrics(spec.task))
     record = full_distill(
-        spec, picked, study, resume=resume, restart=restart, overwrite=overwrite, command=command, on_step=on_step
+        spec, picked, study, resume=resume, restart=restart, overwrite=overwrite, command=command, on_step=on_step, address=address
     )
     return DistillResult(
         trial=picked.number,

@@ -21,7 +21,7 @@ from distill import train
 from distill.cache import PRECISION
 from distill.errors import InputError
 from distill.files import file_written_whole, written_whole
-from distill.loop import LAST_CHECKPOINT
+from distill.loop import LAST_CHECKPOINT, SOLO, Workers
 from distill.precision import computing_in, resolve
 from distill.run import build_loss, build_student
 from distill.tasks import quality_metrics
@@ -110,6 +110,7 @@ def full_distill(
     overwrite: bool = False,
     command: str = "",
     on_step: Callable[[int, int, float], None] | None = None,
+    address: str | None = None,
 ) -> dict[str, Any]:
     """Distill `trial`'s architecture with the `[full]` budget and the trial's recipe (where
     the search sampled one), export it, record it. One run per trial at a time; the
@@ -117,7 +118,7 @@ def full_distill(
     same settings) or discarded (`restart`), never silently."""
     doing = f"trial {trial.number} of study {spec.name!r} is being distilled"
     with study_writer(spec, f"distill-{trial.number}", doing, lambda: study):
-        return _full_distill(spec, trial, study, resume, restart, overwrite, command, on_step)
+        return _full_distill(spec, trial, study, resume, restart, overwrite, command, on_step, address)
 
 
 def _full_distill(
@@ -129,6 +130,7 @@ def _full_distill(
     overwrite: bool,
     command: str,
     on_step: Callable[[int, int, float], None] | None,
+    address: str | None = None,
 ) -> dict[str, Any]:
     out = export_dir(spec, trial.number)
     ckpt = checkpoint_dir(spec, trial.number)
@@ -158,7 +160,9 @@ def _full_distill(
     spec = dataclasses.replace(spec, loss=loss, full=full)
     resume = _check_fingerprint(ckpt, settings | {"teacher outputs": [d.path.name for d in (data, *others)]})
     logger.info("full distillation of trial %d (%s)", trial.number, task.describe(arch))
-    run = distill_arch(spec, arch, data, evals=evals, others=others, on_step=on_step, checkpoint_dir=ckpt, resume=resume)
+    run = distill_arch(
+        spec, arch, data, evals=evals, others=others, on_step=on_step, checkpoint_dir=ckpt, resume=resume, address=address
+    )
     result, device = run.result, run.device
     record = {
         "export": str(out),
@@ -242,6 +246,8 @@ def _check_fingerprint(ckpt: Path, fingerprint: dict[str, Any], write: bool = Tr
             stored = json.loads((ckpt / FINGERPRINT).read_text())
             stored.setdefault("loss", stored.pop("distill.loss", "(none)"))  # as runs made before [loss] named it
             stored.setdefault(PRECISION, "fp32")  # runs made before the setting were fp32 on a CPU
+            if isinstance(stored.get("full"), dict):
+                stored["full"].setdefault("workers", 1)  # runs made before [full] workers were one process
         except (OSError, ValueError):
             raise InputError(
                 f"--resume: the checkpoint in {ckpt} has no fingerprint of its settings (an earlier version made it); "
@@ -305,13 +311,27 @@ def distill_arch(
     on_step: Callable[[int, int, float], None] | None = None,
     checkpoint_dir: Path | None = None,
     resume: bool = False,
+    address: str | None = None,
 ) -> FullRun:
     """The full run of one architecture with the `[full]` budget (the best checkpoint on the
-    validation split by the first objective kept), measured on the held-out split and `evals`."""
+    validation split by the first objective kept), measured on the held-out split and `evals`:
+    in this process, or with `[full] workers` > 1 as a Ray Train job (`nas.parallel`, on the
+    cluster at `address` or a Ray of this machine's own)."""
     device = full_device(spec)
+    start = time.perf_counter()
     with computing_in(resolve(spec.resources.precision, device)) as precision:
-        run = _distill_arch(spec, arch, data, device, evals, others, on_step, checkpoint_dir, resume)
-    return dataclasses.replace(run, precision=precision)
+        if spec.full.workers > 1:
+            from nas.parallel import train_on_workers
+
+            if checkpoint_dir is None:
+                raise ValueError("a run on several workers needs a checkpoint folder (where worker 0 leaves the weights)")
+            student, result = train_on_workers(spec, arch, data, others, on_step, checkpoint_dir, address, device)
+        else:
+            student, result = train_full(spec, arch, data, device, others, on_step, checkpoint_dir, resume)
+        seconds = time.perf_counter() - start
+        quality, sets, texts = held_out_scores(spec.task, student, data, evals or {}, device)
+        metrics = quality | spec.task.size(student, data, device)
+    return FullRun(student, result, metrics, sets, texts, device, seconds, precision)
 
 
 def full_device(spec: StudySpec) -> torch.device:
@@ -319,43 +339,45 @@ def full_device(spec: StudySpec) -> torch.device:
     return pick_device(spec.resources.gpus or float(torch.cuda.is_available()))
 
 
-def _distill_arch(
+def train_full(
     spec: StudySpec,
     arch: dict[str, Any],
     data: Any,
     device: torch.device,
-    evals: dict[str, Any] | None,
     others: tuple[Any, ...],
     on_step: Callable[[int, int, float], None] | None,
     checkpoint_dir: Path | None,
     resume: bool,
-) -> FullRun:
+    parallel: Callable[[torch.nn.Module, Callable[[Any], Any]], tuple[Callable[[Any], Any], Workers]] | None = None,
+) -> tuple[torch.nn.Module, Any]:
+    """Build the student and its loss and train it with the `[full]` budget, keeping the best
+    weights on the validation split by the first objective: in one process, or in each worker
+    of a run on several, where `parallel(student, loss)` gives the loss run across the workers
+    and the `Workers` (`nas.parallel`). The student and the loop's result."""
     task, budget = spec.task, spec.full
     metric, direction = spec.objectives.metrics[0]
     sign = 1.0 if direction == "min" else -1.0
     student = build_student(task, arch, data, device, spec.study.seed)
     loss = build_loss(task, student, arch, data, spec.loss, budget.on_policy, device, others)
-    lengths = task.lengths(data, "train")
+    loss, workers = parallel(student, loss) if parallel is not None else (loss, SOLO)
 
     def validate(model: torch.nn.Module) -> float:
         return sign * scores_and_text(task.evaluate(model, data, "valid", device))[0][metric]
 
-    start = time.perf_counter()
     result = train(
         student,
         budget,
         loss,
-        lengths,
+        task.lengths(data, "train"),
         seed=spec.study.seed,
         device=device,
         on_step=on_step,
         validate=validate,
         checkpoint_dir=checkpoint_dir,
         resume=resume,
+        workers=workers,
     )
-    seconds = time.perf_counter() - start
-    quality, sets, texts = held_out_scores(task, student, data, evals or {}, device)
-    return FullRun(student, result, quality | task.size(student, data, device), sets, texts, device, seconds)
+    return student, result
 
 
 def _plain(value: Any) -> Any:

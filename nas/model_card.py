@@ -72,7 +72,11 @@ the student's and the teacher's outputs, one line per item):
 
 def _precision(run: str, teacher: str) -> str:
     """The card's line on what the run and the teacher's cached outputs computed in."""
-    how = {"bf16": "bf16 (bfloat16 autocast over fp32 weights; losses and optimizer state in fp32)", "fp32": "fp32"}
+    how = {
+        "bf16": "bf16 (bfloat16 autocast over fp32 weights; losses and optimizer state in fp32); the scores above were "
+        "measured in it too: run the model under `torch.autocast(device_type, dtype=torch.bfloat16)` to reproduce them",
+        "fp32": "fp32",
+    }
     return f"{how[run]}; the teacher's outputs were computed in {teacher}; the exported weights are fp32"
 
 

@@ -621,6 +621,8 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
     recipe = _build_recipe(task, space_raw.pop("recipe", {}) if isinstance(space_raw, dict) else {})
     for key, budget in (("brief", brief_budget), ("full", full_budget)):
         _check_on_policy(task, loss, budget, key)
+    if brief_budget.workers != 1:
+        raise SpecError("brief.workers: each trial's brief run is one process (Ray runs trials side by side); set [full] workers")
     _check_recipes(task, recipe, loss, brief_budget, full_budget)
     return StudySpec(
         path=path.resolve(),

@@ -36,6 +36,7 @@ from distill.tasks.text import (
     LAYER_GROUPS,
     LAYER_VALUES,
     TopKLossParams,
+    by_rows,
     check_positions,
     check_space_fits,
     confidence_arrays,
@@ -152,9 +153,12 @@ class CausalLM(Task):
         return arrays | layer_arrays(groups, {"decoder": stack})
 
     def teacher_outputs(self, teacher: Teacher, batch: Batch, groups: set[str], params: dict[str, Any]) -> dict[str, torch.Tensor]:
-        out = run_with_layers(teacher.model, groups & set(LAYER_GROUPS), input_ids=batch.inputs["input_ids"])
-        labels = batch.inputs["input_ids"][:, 1:]
-        return logit_outputs(out.logits[:, :-1].float(), groups, params, labels) | layer_outputs(out, ("decoder",), groups)
+        def run(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            out = run_with_layers(teacher.model, groups & set(LAYER_GROUPS), input_ids=inputs["input_ids"])
+            labels = inputs["input_ids"][:, 1:]
+            return logit_outputs(out.logits[:, :-1].float(), groups, params, labels) | layer_outputs(out, ("decoder",), groups)
+
+        return by_rows(run, {"input_ids": batch.inputs["input_ids"]}, teacher.model.config.vocab_size)
 
     def importance(self, teacher: Teacher, data: PreparedData, device: torch.device) -> dict[str, Any] | None:
         if teacher.model.config.model_type not in FAMILIES:

@@ -5,10 +5,11 @@ of Ray or Optuna."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -22,7 +23,7 @@ from nas.prepare import pick_device
 from nas.recipe import apply_recipe
 from nas.spec import Constraints
 from nas.study import TRIAL_ATTRS
-from nas.study._record import EVAL_SETS, LOSS_CURVE, NOT_TRAINED, PRECISION, RUNGS, TRAIN_STEPS
+from nas.study._record import EVAL_SETS, LOSS_CURVE, NOT_TRAINED, PEAK_RSS, PHASE_SECONDS, PRECISION, RUNGS, TRAIN_STEPS
 
 logger = logging.getLogger(__name__)
 
@@ -121,19 +122,24 @@ def _run_trial(
     arch: dict[str, Any], plan: TrialPlan, device: torch.device, report: Callable[[int, dict[str, Any]], None] | None
 ) -> dict[str, Any]:
     task, data = get_task(plan.task), plan.data
-    student = build_student(task, arch, data, device, plan.seed)
-    size = task.size(student, data, device)  # of the architecture, not of its weights: known before training
+    phases = Phases()
+    with phases("build"):
+        student = build_student(task, arch, data, device, plan.seed)
+    with phases("size"):
+        size = task.size(student, data, device)  # of the architecture, not of its weights: known before training
     missed = plan.size_bounds.missed(size)
     if missed is not None:
-        return {**size, NOT_TRAINED: f"infeasible before training: {missed}", "device": str(device)}
-    loss = build_loss(task, student, arch, data, plan.loss, plan.budget.on_policy, device, plan.others)
+        return {**size, NOT_TRAINED: f"infeasible before training: {missed}", "device": str(device), **phases.record()}
+    with phases("loss"):
+        loss = build_loss(task, student, arch, data, plan.loss, plan.budget.on_policy, device, plan.others)
     lengths = task.lengths(data, "train")
     stops = plan_stops(plan)
     rungs: list[dict[str, Any]] = []
 
     def at_rung(step: int, total: int, loss_value: float) -> None:
         if step in stops[:-1]:
-            rungs.append({"step": step, **scores_and_text(task.evaluate(student, data, "eval", device))[0]})
+            with phases("rungs"):
+                rungs.append({"step": step, **scores_and_text(task.evaluate(student, data, "eval", device))[0]})
             student.train()
             if report is not None:
                 report(len(rungs) - 1, {**rungs[-1], **size, RUNGS: list(rungs)})
@@ -141,8 +147,10 @@ def _run_trial(
     start = time.perf_counter()
     result = train(student, plan.budget, loss, lengths, seed=plan.seed, device=device, on_step=at_rung)
     train_seconds = time.perf_counter() - start
+    phases.add("train", train_seconds - phases.seconds.get("rungs", 0.0))
     stride = max(1, len(result.losses) // CURVE_POINTS)
-    quality, sets, texts = held_out_scores(task, student, data, plan.evals, device)
+    with phases("evaluate"):
+        quality, sets, texts = held_out_scores(task, student, data, plan.evals, device)
     return {
         **quality,
         **({EVAL_SETS: sets} if plan.evals else {}),
@@ -154,4 +162,36 @@ def _run_trial(
         TRAIN_STEPS: len(result.losses),
         LOSS_CURVE: result.losses[::stride],
         "device": str(device),
+        **phases.record(),
     }
+
+
+class Phases:
+    """Where a trial's time goes (seconds per phase) and the peak memory of its process."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(name, time.perf_counter() - start)
+
+    def add(self, name: str, seconds: float) -> None:
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+
+    def record(self) -> dict[str, Any]:
+        return {PHASE_SECONDS: {k: round(v, 4) for k, v in self.seconds.items()}, PEAK_RSS: peak_rss_mb()}
+
+
+def peak_rss_mb() -> float:
+    """The highest resident memory of this process so far, MiB (a worker Ray reuses: over every
+    trial it ran)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return round(peak / 2**20 if sys.platform == "darwin" else peak / 2**10, 1)

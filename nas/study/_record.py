@@ -27,10 +27,12 @@ EVAL_SETS = "eval_sets"  # {extra evaluation set: quality metrics} (`[[eval]]`);
 LOSS_CURVE = "loss_curve"  # training losses, about 50 points
 TRAIN_STEPS = "train_steps"  # the optimizer steps it trained for
 RAY_NODE = "ray_node"  # the Ray node that ran it
+PHASE_SECONDS = "phase_seconds"  # {build, size, loss, train, rungs, evaluate}: where its time went
+PEAK_RSS = "peak_rss_mb"  # the highest resident memory of the worker process that ran it, so far
 # PRECISION: what it trained and was measured in ("bf16" or "fp32"; `distill.precision`)
 TRIAL_ATTRS = (
     ARCH, ARCH_SHORT, DUPLICATE_OF, "train_loss", "train_seconds", TRAIN_STEPS, LOSS_CURVE, "device",
-    PRECISION, RUNGS, PRUNED_AT, NOT_TRAINED, EVAL_SETS, RAY_NODE,
+    PRECISION, RUNGS, PRUNED_AT, NOT_TRAINED, EVAL_SETS, RAY_NODE, PHASE_SECONDS, PEAK_RSS,
 )  # fmt: skip
 """every attribute a trial stores from what its worker reported, besides its task's metrics"""
 

@@ -99,3 +99,25 @@ def test_each_precision_has_its_own_cache_of_teacher_outputs(tmp_path, teacher_d
     assert fp32.dtype == bf16.dtype  # stored alike either way
     assert not np.array_equal(fp32, bf16) and np.allclose(fp32, bf16, atol=0.1)
     assert made["bf16"].teacher_metrics["perplexity"] == pytest.approx(made["fp32"].teacher_metrics["perplexity"], rel=0.02)
+
+
+def test_teacher_outputs_of_a_large_vocabulary_are_computed_a_few_rows_at_a_time(monkeypatch, tmp_path, teacher_dirs):
+    """At a 151,936-token vocabulary one 128-token row's logits take 78 MiB in fp32: the
+    teacher's forward passes take as many rows as fit `LOGITS_BUDGET`, with the same outputs."""
+    from distill.tasks import text
+    from distill.tasks.base import Batch
+
+    task = get_task("causal-lm")
+    teacher = task.load_teacher(teacher_source(TeacherConfig(model=str(teacher_dirs["llama"])), tmp_path))
+    ids = torch.randint(0, teacher.model.config.vocab_size, (5, 16))
+    groups, params = {"topk", "confidence", "hidden_states"}, {"temperature": 2.0, "top_k": 8}
+    whole = task.teacher_outputs(teacher, Batch({"input_ids": ids}), groups, params)
+    calls = []
+    forward = teacher.model.forward
+    monkeypatch.setattr(teacher.model, "forward", lambda *a, **k: calls.append(k["input_ids"].shape[0]) or forward(*a, **k))
+    monkeypatch.setattr(text, "LOGITS_BUDGET", 2 * 3 * 4 * 16 * teacher.model.config.vocab_size)  # two rows
+    rows = task.teacher_outputs(teacher, Batch({"input_ids": ids}), groups, params)
+    assert calls == [2, 2, 1]
+    assert rows.keys() == whole.keys()
+    for name in whole:
+        torch.testing.assert_close(rows[name], whole[name], rtol=1e-5, atol=1e-5)

@@ -19,7 +19,7 @@ from nas.spec import load_spec
 from tests.conftest import write_embedding_spec, write_spec
 
 GOLDEN = json.loads((Path(__file__).parents[1] / "data" / "golden_studies.json").read_text())
-TIMINGS = {"latency_ms", "latency_ms_b32", "train_seconds"}
+TIMINGS = {"latency_ms", "latency_ms_b32", "train_seconds", "phase_seconds", "peak_rss_mb"}
 REL_TOL = 1e-4
 SLICED = ["study.trials=3", "space.families=['llama']", "space.head_dim=[8]", "space.heads=[2, 4]"]
 SLICED += ["space.init=['random', 'teacher']", "space.layer_pick=['even', 'first', 'every_other']", "brief.steps=6"]

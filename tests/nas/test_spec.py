@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from distill.errors import InputError
 from nas.spec import SpecError, load_spec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,6 +53,12 @@ BAD = {
         r"objectives\.quality: 'bleu' is not a metric of task causal-lm; allowed: perplexity, kl, top1_agreement",
     ),
     "bad gpus": ("[teacher]\nmodel='x'\n[resources]\ngpus=1.5\n", r"resources\.gpus: must be a fraction"),
+    "bad precision": ("[teacher]\nmodel='x'\n[resources]\nprecision='fp16'\n", r"resources\.precision: must be one of 'auto', 'bf16', 'fp32'"),
+    "workers of a brief run": ("[teacher]\nmodel='x'\n[brief]\nworkers=2\n", r"brief\.workers: each trial's brief run is one process"),
+    "workers that split no batch": (
+        "[teacher]\nmodel='x'\n[full]\nbatch_size=6\ngrad_accum=2\nworkers=2\n",
+        r"full\.workers: must be >= 1 and workers x grad_accum \(2\) must divide batch_size \(6\), got 2",
+    ),
     "nested": (
         "[teacher]\nmodel='./t'\n[teacher.train]\nhidden=100\nheads=3\n",
         r"teacher\.train\.hidden: must be a multiple of heads",
@@ -205,3 +212,14 @@ def test_several_teachers_are_teacher_tables_with_their_combination(tmp_path):
     path.write_text(two.replace("[[teacher]]\n", "[[teacher]]\nlayers = 2\n", 1))
     with pytest.raises(SpecError, match=r"^teacher\[0\]\.layers: unknown key"):
         load_spec(path)
+
+
+def test_workers_that_ray_cannot_place_at_once_are_refused(tmp_path):
+    from nas.parallel import check_workers
+
+    path = tmp_path / "workers.toml"
+    path.write_text("[teacher]\nmodel='x'\n[full]\nworkers=3\nbatch_size=12\n[resources]\ncpus=2\n")
+    spec = load_spec(path)
+    check_workers(spec, [{"CPU": 4.0}, {"CPU": 2.0}])  # 2 + 1 fit
+    with pytest.raises(InputError, match=r"^full\.workers: 3 workers of 2 CPU\(s\) each .*the 2 node\(s\) of this Ray hold 2$"):
+        check_workers(spec, [{"CPU": 4.0}, {"CPU": 1.0}])

@@ -114,10 +114,13 @@ def test_the_best_trial_distilled_ships_a_translator_that_scores_as_its_card_say
     chrf_row = next(line for line in card.splitlines() if line.startswith("| chrF against"))
     assert chrf_row.count("|") == 5  # student, student after the brief run, teacher
     # In a process of its own, with transformers alone: translate the held-out sources as the card's
-    # usage does (the saved generation config), and score them with sacrebleu.
+    # usage does (the saved generation config), in the precision the card names, and score them
+    # with sacrebleu.
+    assert f"- Precision: {record['precision']}" in card
     code = """
 import sys
 from pathlib import Path
+import torch
 from sacrebleu.metrics import CHRF
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 folder = Path(sys.argv[1])
@@ -126,12 +129,15 @@ model = AutoModelForSeq2SeqLM.from_pretrained(folder).eval()
 sources = (folder / "texts" / "sources.eval.txt").read_text().splitlines()
 references = (folder / "texts" / "references.eval.txt").read_text().splitlines()
 batch = tokenizer(sources, return_tensors="pt", padding=True)
-out = model.generate(**batch)
+with torch.autocast("cpu", dtype=torch.bfloat16, enabled=sys.argv[2] == "bf16"):
+    out = model.generate(**batch)
 hypotheses = [" ".join(h.split()) for h in tokenizer.batch_decode(out, skip_special_tokens=True)]
 assert "nas" not in sys.modules and "distill" not in sys.modules
 print(repr(CHRF().corpus_score(hypotheses, [references]).score))
 """
-    run = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    run = subprocess.run(
+        [sys.executable, "-c", code, str(folder), record["precision"]], capture_output=True, text=True, cwd=tmp_path, timeout=300
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     assert float(run.stdout.strip()) == pytest.approx(record["metrics"]["chrf"], abs=1e-6)
     assert f"| {record['metrics']['chrf']:.2f} |" in chrf_row
