@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -62,8 +63,10 @@ def main() -> None:
     print(f"{name}, {torch.cuda.device_count()} GPU(s); bf16 matrix products: {measured:.0f} TFLOP/s measured"
           + (f", {peak:.0f} datasheet" if peak else ""))  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
-        common = [f"study.name=gpu-{int(time.time())}", f"brief.steps={args.steps}", "brief.batch_size=32", "resources.cpus=2"]
-        spec = load_spec(ROOT / "studies" / "demo-lm.toml", [*common, "resources.gpus=1", f"study.storage='sqlite:///{tmp}/gpu.db'"])
+        demo = Path(tmp) / "demo-lm.toml"  # the demo's spec in a folder of its own: its teacher, caches and studies go there
+        shutil.copy(ROOT / "studies" / "demo-lm.toml", demo)
+        common = [f"brief.steps={args.steps}", "brief.batch_size=32", "resources.cpus=2"]
+        spec = load_spec(demo, [*common, "study.name=one", "resources.gpus=1"])
         data = prepare_study(spec)
         result = run_trial(STUDENT, trial_plan(spec, data))
         tokens = result["train_steps"] * 32 * spec.data.block_length
@@ -71,22 +74,22 @@ def main() -> None:
         flops = 6 * result["params"] * rate / 1e12
         print(f"brief trial: {result['device']}, {result['precision']}, {rate:,.0f} tokens/s, {flops:.1f} TFLOP/s of the model: "
               f"MFU {flops / measured:.1%} of measured" + (f", {flops / peak:.1%} of datasheet" if peak else ""))  # fmt: skip
-        packed = load_spec(
-            ROOT / "studies" / "demo-lm.toml",
-            [*common, "resources.gpus=0.5", "study.trials=2", "study.concurrency=2", f"study.storage='sqlite:///{tmp}/packed.db'"],
-        )
+        packed_args = [*common, "study.name=packed", "resources.gpus=0.5", "study.trials=2", "study.concurrency=2"]
+        packed = load_spec(demo, packed_args)
         study = run_search(packed)
         done = distinct_complete(study)
         spans = sorted((t.datetime_start, t.datetime_complete) for t in done)
         overlap = len(spans) == 2 and spans[1][0] < spans[0][1]
         devices = {t.user_attrs["device"] for t in done}
         print(f"two trials at gpus = 0.5: {len(done)} complete on {devices}; ran side by side: {overlap}")
+        if not done:
+            raise SystemExit("no packed trial completed: see the study's fail_reason")
         if torch.cuda.device_count() >= 2:
             number = done[0].number
             start = time.perf_counter()
             subprocess.run(
-                [sys.executable, "-m", "nas", "distill", str(packed.path), "--trial", str(number), "--workers", "2",
-                 "full.steps=200", "full.batch_size=64", "resources.gpus=1", *common, f"study.storage='sqlite:///{tmp}/packed.db'"],
+                [sys.executable, "-m", "nas", "distill", str(demo), "--trial", str(number), "--workers", "2",
+                 *packed_args, "full.steps=200", "full.batch_size=64", "resources.gpus=1"],
                 check=True,
             )  # fmt: skip
             seconds = time.perf_counter() - start

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import statistics
 from pathlib import Path
 
 import torch
+from paired import fmt, interval
 
 from distill.precision import native_bf16
 from nas.prepare import prepare_study
@@ -31,19 +31,6 @@ from nas.spec import load_spec
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = ROOT / "studies" / "demo-lm.toml"
 PRECISIONS = ("fp32", "bf16")
-T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
-"""Student's t, two-sided 95 %, by degrees of freedom (beyond 9: 1.96 + 2.5/df, within 0.01)"""
-
-
-def interval(diffs: list[float]) -> tuple[float, float]:
-    """Mean of paired differences and the half-width of its 95 % interval."""
-    n = len(diffs)
-    if n < 2:
-        return diffs[0], math.inf
-    t = T_975.get(n - 1, 1.96 + 2.5 / (n - 1))
-    return statistics.mean(diffs), t * statistics.stdev(diffs) / math.sqrt(n)
-
-
 def arch(width: int, layers: int) -> dict:
     heads = width // 64
     return {
@@ -95,7 +82,7 @@ def main() -> None:
         d_kl, h_kl = interval([b["kl"] - f["kl"] for f, b in zip(fp32, bf16)])
         print(
             f"| {width} | {fp32[0]['params']:,} | {rate['fp32']:.2f} | {rate['bf16']:.2f} | {rate['bf16'] / rate['fp32']:.2f}x | "
-            f"{ppl['fp32']:.2f} | {ppl['bf16']:.2f} | {d_ppl:+.2f} ± {h_ppl:.2f} | {d_kl:+.4f} ± {h_kl:.4f} |"
+            f"{ppl['fp32']:.2f} | {ppl['bf16']:.2f} | {fmt(d_ppl, h_ppl)} | {fmt(d_kl, h_kl, 4)} |"
         )
 
 

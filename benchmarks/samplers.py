@@ -182,9 +182,10 @@ def replay_one(spec: StudySpec, brief: dict[str, dict], sampler: str, mf: bool, 
     """One search answered from the table: (distinct architectures, steps, hypervolume of the
     COMPLETE trials) after each new architecture. Without multi-fidelity it ends after `trials`
     architectures; with it, once it has spent as many steps as those would (or the table is
-    exhausted), so that both are compared on the same compute too. Either way it makes at most
-    as many proposals as the search's rounds allow (`MAX_ROUNDS` x `trials`): a sampler that
-    keeps proposing what it has tried ends short, as it would in a real search."""
+    exhausted), so that both are compared on the same compute too. Either way it proposes in
+    the search's rounds (each of as many proposals as architectures are missing) and ends, as
+    the search does, after `MAX_ROUNDS` rounds in a row that add no architecture: a sampler
+    that keeps proposing what it has tried ends short, as it would in a real search."""
     import optuna
 
     from nas.search import MAX_ROUNDS
@@ -206,9 +207,16 @@ def replay_one(spec: StudySpec, brief: dict[str, dict], sampler: str, mf: bool, 
     history: list[tuple[int, int, float]] = []
     steps = 0
     per_trial = next(iter(brief.values()))["rungs"][-1]["step"]
-    for _ in range(trials * MAX_ROUNDS):
+    idle, left, before = 0, 0, None  # rounds in a row that added nothing; proposals left in this round
+    while True:
         if (len(told) >= trials and not mf) or steps >= trials * per_trial or len(told) == len(brief):
             break
+        if left == 0:  # the round is over: a new one of as many proposals as architectures are missing
+            idle = 0 if before is None or len(told) > before else idle + 1
+            if idle >= MAX_ROUNDS:
+                break
+            left, before = max(1, trials - len(told)), len(told)
+        left -= 1
         trial = study.ask()
         arch = spec.space.sample(trial)
         k = key(arch)

@@ -61,7 +61,7 @@ def make_teacher(folder: Path) -> None:
 
 SPEC = """
 [study]
-name = "scale"
+name = "{name}"
 trials = {trials}
 seed = 0
 concurrency = 1
@@ -143,7 +143,7 @@ class Watch:
         while self.proc.poll() is None:
             try:
                 s = self._status()
-            except (OSError, ValueError):
+            except (OSError, ValueError, KeyError):  # ended between the poll and the read
                 break
             self.peak, self.written = max(self.peak, s["VmHWM"]), s.get("write_bytes", self.written)
             if self.marked_at is None and mark():
@@ -167,13 +167,14 @@ def run_size(work: Path, teacher: Path, blocks: int, args: argparse.Namespace) -
     from nas.study import distinct_evaluated
 
     spec = work / f"scale-{blocks}.toml"
-    spec.write_text(SPEC.format(trials=args.trials, teacher=teacher, block=BLOCK, blocks=blocks, steps=args.steps, half=max(1, args.steps // 2)))
-    out = work / f"scale-{blocks}"
+    name = f"scale-{blocks}"
+    spec.write_text(SPEC.format(name=name, trials=args.trials, teacher=teacher, block=BLOCK, blocks=blocks, steps=args.steps, half=max(1, args.steps // 2)))
+    out = work / name
     cached = lambda: any((out / "cache").glob("*/meta.json"))  # noqa: E731
     nas = [sys.executable, "-m", "nas"]
     search = Watch([*nas, "search", str(spec), "--no-report"], work)
     search_s = search.wait(mark=cached)
-    study = optuna.load_study(study_name="scale", storage=f"sqlite:///{out / 'study.db'}")
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{out / 'optuna.db'}")
     trials = distinct_evaluated(study)
     first = min(t.number for t in trials)
     distill = Watch([*nas, "distill", str(spec), "--trial", str(first)], work)

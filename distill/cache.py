@@ -210,7 +210,10 @@ def prepare(
     }
     plan = {split: plan[split] for split in splits}
     params = {split: split_params(task, loss, split) for split in splits}
-    keyed = params | ({PRECISION: precision} if precision != "fp32" else {})  # fp32: the key of caches made before the setting
+    # fp32 on a CPU keeps the key caches made before the setting had (they were fp32 there; on a
+    # GPU they were made under bf16 autocast, so no cache of a GPU is reused under a new key)
+    old = precision == "fp32" and torch.device(device).type == "cpu"
+    keyed = params | ({} if old else {PRECISION: precision})
     final = cache_root / cache_key(task.name, source, data_cfg, plan, keyed, seed, base_dir)
     with contextlib.ExitStack() as stack:
         stack.enter_context(computing_in(precision))

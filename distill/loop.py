@@ -171,20 +171,36 @@ def _optimizer(student: torch.nn.Module, budget: Budget) -> torch.optim.Optimize
 class Workers:
     """The data-parallel workers of one run, as `torch.distributed` knows them (Ray Train sets
     the process group up): every worker draws the same global batch and trains on its own
-    contiguous share of it; `model`, the `DistributedDataParallel` module the loss runs in,
+    contiguous share of each of its micro-batches (the micro-batches of one process); `model`,
+    the `DistributedDataParallel` module the loss runs in,
     averages the gradients. Worker 0 validates (the others take its score), calls `on_step`
     and writes the checkpoints, which hold every worker's random state. One process: `SOLO`."""
 
-    def __init__(self, rank: int = 0, world: int = 1, model: Any = None) -> None:
+    def __init__(self, rank: int = 0, world: int = 1, model: Any = None, device: torch.device | str = "cpu") -> None:
         self.rank, self.world, self.model = rank, world, model
+        self.device = torch.device(device)  # where this worker's collectives put their tensors (NCCL: the GPU)
 
     @property
     def main(self) -> bool:
         return self.rank == 0
 
-    def share(self, batch: np.ndarray) -> np.ndarray:
-        n = len(batch) // self.world
-        return batch[self.rank * n : (self.rank + 1) * n]
+    def loss(self, loss_fn: Callable[..., torch.Tensor], micro_batch: np.ndarray) -> torch.Tensor:
+        """The loss of this worker's contiguous share of a (sorted) micro-batch of the whole
+        run; with several workers `loss_fn` also gets the whole micro-batch, whose indices
+        decide what every worker must decide alike (whether it is on-policy)."""
+        if self.world == 1:
+            return loss_fn(micro_batch)
+        n = len(micro_batch) // self.world
+        return loss_fn(micro_batch[self.rank * n : (self.rank + 1) * n], micro_batch)
+
+    def all_finite(self, loss: torch.Tensor) -> bool:
+        """Whether every worker's loss is finite (so that all stop together when one is not)."""
+        finite = bool(torch.isfinite(loss))
+        if self.world == 1:
+            return finite
+        flag = torch.tensor([float(finite)], device=self.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+        return bool(flag.item())
 
     def accumulating(self, last: bool) -> Any:
         """The context of a micro-batch's backward pass: gradients are averaged after the last."""
@@ -193,7 +209,7 @@ class Workers:
     def mean(self, value: float) -> float:
         if self.world == 1:
             return value
-        t = torch.tensor([value], dtype=torch.float64)
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)
         torch.distributed.all_reduce(t)
         return t.item() / self.world
 
@@ -233,7 +249,7 @@ def save_whole(obj: Any, path: Path) -> None:
 def train(
     student: torch.nn.Module,
     budget: Budget,
-    loss_fn: Callable[[np.ndarray], torch.Tensor],
+    loss_fn: Callable[..., torch.Tensor],
     lengths: np.ndarray,
     *,
     seed: int = 0,
@@ -328,17 +344,17 @@ class _Run:
     device: torch.device
     workers: Workers = SOLO
 
-    def step(self, loss_fn: Callable[[np.ndarray], torch.Tensor], budget: Budget, step: int) -> float:
-        """One optimizer step over `budget.grad_accum` micro-batches (of this worker's share of
-        the batch); returns its loss (over the whole batch)."""
+    def step(self, loss_fn: Callable[..., torch.Tensor], budget: Budget, step: int) -> float:
+        """One optimizer step over `budget.grad_accum` micro-batches (this worker's share of
+        each); returns its loss (over the whole batch)."""
         self.opt.zero_grad(set_to_none=True)
-        batch = self.workers.share(self.sampler.next(budget.batch_size))
-        micro = len(batch) // budget.grad_accum
+        batch = self.sampler.next(budget.batch_size)
+        micro = budget.batch_size // budget.grad_accum
         step_loss = 0.0
         for m in range(budget.grad_accum):  # gradient accumulation over micro-batches
             with self.workers.accumulating(last=m == budget.grad_accum - 1):
-                loss = loss_fn(np.sort(batch[m * micro : (m + 1) * micro]))
-                if not torch.isfinite(loss):
+                loss = self.workers.loss(loss_fn, np.sort(batch[m * micro : (m + 1) * micro]))
+                if not self.workers.all_finite(loss):
                     raise FloatingPointError(f"loss is {loss.item()} at step {step}")
                 (loss / budget.grad_accum).backward()
             step_loss += loss.item() / budget.grad_accum

@@ -148,7 +148,7 @@ def make_loss(
     on_policy: float = 0.0,
     live: WeightedTeacher | None = None,
     arch: dict[str, Any] | None = None,
-) -> Callable[[np.ndarray], torch.Tensor]:
+) -> Callable[..., torch.Tensor]:
     """The loss of the training items at `idx`: the weighted sum of the active terms, terms
     that need a teacher summed once per teacher and weighted by that teacher's weight.
 
@@ -172,9 +172,11 @@ def make_loss(
         values = {**loss.params, **task.forward(student, batch, wanted, outputs), **outputs}
         return inter.add_pairs(values, wanted) if inter is not None else values
 
-    def loss_fn(idx: np.ndarray) -> torch.Tensor:
+    def loss_fn(idx: np.ndarray, whole: np.ndarray | None = None) -> torch.Tensor:
+        """`whole`: the micro-batch `idx` is a worker's share of (`distill.loop.Workers`),
+        whose draw decides on-policy batches alike on every worker."""
         batch = task.batch(data, "train", idx, device)
-        if live is not None and on_policy_step(idx, on_policy):
+        if live is not None and on_policy_step(idx if whole is None else whole, on_policy):
             sampled = task.on_policy_batch(student, batch)
             outputs = live.provider.outputs("train", idx, sampled)
             values = {**loss.params, **task.forward(student, sampled, on_policy_wanted, outputs), **outputs}

@@ -33,8 +33,9 @@ _CURRENT: contextvars.ContextVar[str] = contextvars.ContextVar("precision", defa
 
 def native_bf16(device: torch.device) -> bool:
     """Whether `device` computes bfloat16 matrix products natively."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+    if device.type == "cuda":  # Ampere and later; older GPUs emulate it, slowly
+        with torch.cuda.device(device):
+            return torch.cuda.is_bf16_supported(including_emulation=False)
     if device.type == "cpu":
         capabilities = torch.cpu.get_capabilities()
         return any(bool(capabilities.get(flag, False)) for flag in CPU_BF16)

@@ -7,7 +7,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 
 from distill.objective import LossConfig, make_loss
@@ -33,7 +32,7 @@ def build_loss(
     on_policy: float,
     device: torch.device,
     others: tuple[PreparedData, ...] = (),
-) -> Callable[[np.ndarray], torch.Tensor]:
+) -> Callable[..., torch.Tensor]:
     """The loss of `student` on training items: the study's teachers (`data`'s, then `others`'),
     and on an `on_policy` share of batches a live teacher scoring the student's samples."""
     teachers = study_teachers(task, data, loss, device, others)

@@ -118,10 +118,15 @@ class TeacherSource:
         from search_spaces import SafetensorsWeights, safetensors_files
 
         folder = Path(self.path)
-        if not self.local:  # the hub's copy: in its local cache since the study's teacher ran
+        if not self.local:  # the hub's copy: in the local cache since the study's teacher ran (else fetched)
             from huggingface_hub import snapshot_download
+            from huggingface_hub.errors import LocalEntryNotFoundError
 
-            folder = Path(snapshot_download(self.path, revision=self.revision, allow_patterns=["*.safetensors", "*.json"]))
+            get = dict(revision=self.revision, allow_patterns=["model*.safetensors", "model.safetensors.index.json", "config.json"])
+            try:
+                folder = Path(snapshot_download(self.path, local_files_only=True, **get))
+            except LocalEntryNotFoundError:
+                folder = Path(snapshot_download(self.path, **get))
         files = safetensors_files(folder)
         if not files:
             return self.load_model(auto_class)

@@ -122,6 +122,8 @@ def distill(
     from nas.full import full_distill, select_trial
     from nas.study import StudyRecord, load_existing_study
 
+    if address is not None and spec.full.workers < 2:
+        raise InputError(f"--address: a full run goes to a Ray cluster as workers: give --workers 2 or more (full.workers is {spec.full.workers})")
     study = load_existing_study(spec)
     picked = select_trial(study, number=trial, best=best, max_params=max_params, metrics=quality_metrics(spec.task))
     record = full_distill(

@@ -232,6 +232,7 @@ def run_settings(spec: StudySpec, arch: dict[str, Any]) -> dict[str, Any]:
         "loss": dataclasses.asdict(spec.loss),
         "study.seed": spec.study.seed,
         PRECISION: resolve(spec.resources.precision, full_device(spec)),
+        "device": full_device(spec).type,  # not compared: it tells how older runs computed
     }
     return json.loads(json.dumps(settings, default=_plain))
 
@@ -245,7 +246,8 @@ def _check_fingerprint(ckpt: Path, fingerprint: dict[str, Any], write: bool = Tr
         try:
             stored = json.loads((ckpt / FINGERPRINT).read_text())
             stored.setdefault("loss", stored.pop("distill.loss", "(none)"))  # as runs made before [loss] named it
-            stored.setdefault(PRECISION, "fp32")  # runs made before the setting were fp32 on a CPU
+            # runs made before the setting: bf16 autocast on a GPU, fp32 on a CPU (as this run's device)
+            stored.setdefault(PRECISION, "bf16" if fingerprint.get("device") == "cuda" else "fp32")
             if isinstance(stored.get("full"), dict):
                 stored["full"].setdefault("workers", 1)  # runs made before [full] workers were one process
         except (OSError, ValueError):
@@ -253,7 +255,7 @@ def _check_fingerprint(ckpt: Path, fingerprint: dict[str, Any], write: bool = Tr
                 f"--resume: the checkpoint in {ckpt} has no fingerprint of its settings (an earlier version made it); "
                 "pass --restart to discard it"
             ) from None
-        changed = _first_difference({k: stored.get(k, "(none)") for k in fingerprint}, fingerprint)
+        changed = _first_difference({k: stored.get(k, "(none)") for k in fingerprint if k != "device"}, without(fingerprint, "device"))
         if changed is not None:
             key, then, now = changed
             if key.startswith("teacher outputs"):
@@ -272,6 +274,10 @@ def _check_fingerprint(ckpt: Path, fingerprint: dict[str, Any], write: bool = Tr
     with file_written_whole(ckpt / FINGERPRINT) as tmp:
         tmp.write_text(json.dumps(fingerprint, indent=2))
     return False
+
+
+def without(d: dict[str, Any], key: str) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if k != key}
 
 
 def _first_difference(old: Any, new: Any, key: str = "") -> tuple[str, Any, Any] | None:
@@ -325,7 +331,7 @@ def distill_arch(
 
             if checkpoint_dir is None:
                 raise ValueError("a run on several workers needs a checkpoint folder (where worker 0 leaves the weights)")
-            student, result = train_on_workers(spec, arch, data, others, on_step, checkpoint_dir, address, device)
+            student, result = train_on_workers(spec, arch, data, others, on_step, checkpoint_dir, address, device, precision)
         else:
             student, result = train_full(spec, arch, data, device, others, on_step, checkpoint_dir, resume)
         seconds = time.perf_counter() - start

@@ -70,6 +70,12 @@ the student's and the teacher's outputs, one line per item):
 """
 
 
+def _teacher_size_note(meta: dict[str, Any]) -> str:
+    if meta.get(PRECISION, "fp32") != "bf16":
+        return ""
+    return "\nThe teacher's latency and memory were measured with its weights in bfloat16 (as the study ran it), the student's with fp32 weights.\n"
+
+
 def _precision(run: str, teacher: str) -> str:
     """The card's line on what the run and the teacher's cached outputs computed in."""
     how = {
@@ -127,7 +133,7 @@ parameters{tokenizer}. Load it with:
 | | student | teacher | student / teacher |
 |---|---|---|---|
 {size}
-
+{_teacher_size_note(meta)}
 ## Quality on held-out data ({meta["eval_items"]} {items} never trained on)
 
 | metric | student | student after the brief search run | teacher |

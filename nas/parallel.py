@@ -36,7 +36,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from distill.errors import InputError
 from distill.loop import LAST_CHECKPOINT, TrainResult, Workers, save_whole
-from distill.precision import computing_in, resolve
+from distill.precision import computing_in
 from distill.run import build_student
 from nas.spec import StudySpec
 
@@ -48,6 +48,8 @@ MAX_FAILURES = 3
 """times Ray Train starts the workers again after one fails, each time from the last checkpoint"""
 RESTARTED = ("restarted",)
 """what worker 0 tells the calling process when Ray Train has started the workers again"""
+FAILED = "failed"
+"""worker 0's word for a run that cannot go on (a non-finite loss, bad input), with the error"""
 
 
 class LossModule(torch.nn.Module):
@@ -59,8 +61,8 @@ class LossModule(torch.nn.Module):
         self.student = student
         self.loss_fn = loss_fn
 
-    def forward(self, idx: Any) -> torch.Tensor:
-        return self.loss_fn(idx)
+    def forward(self, *batch: Any) -> torch.Tensor:
+        return self.loss_fn(*batch)
 
 
 def worker_loop(config: dict[str, Any]) -> None:
@@ -82,7 +84,7 @@ def worker_loop(config: dict[str, Any]) -> None:
             device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=True,
         )
-        return ddp, Workers(rank, world, ddp)
+        return ddp, Workers(rank, world, ddp, device)
 
     def on_step(step: int, total: int, loss: float) -> None:
         queue.put((step, total, loss))
@@ -90,8 +92,13 @@ def worker_loop(config: dict[str, Any]) -> None:
     last = ckpt / LAST_CHECKPOINT
     if rank == 0 and last.exists() and last.stat().st_mtime > config["started"]:  # written by this job: a restart
         queue.put(RESTARTED)
-    with computing_in(resolve(spec.resources.precision, device)):
-        student, result = train_full(spec, config["arch"], config["data"], device, config["others"], on_step, ckpt, last.exists(), parallel)
+    try:
+        with computing_in(config["precision"]):
+            student, result = train_full(spec, config["arch"], config["data"], device, config["others"], on_step, ckpt, last.exists(), parallel)
+    except (FloatingPointError, InputError) as exc:  # the same again on a restart: told, not retried
+        if rank == 0:
+            queue.put((FAILED, type(exc).__name__, str(exc)))
+        return
     if rank == 0:
         save_whole({"weights": student.state_dict(), "result": dataclasses.asdict(result)}, ckpt / FINAL)
 
@@ -105,8 +112,10 @@ def train_on_workers(
     checkpoint_dir: Path,
     address: str | None,
     device: torch.device,
+    precision: str,
 ) -> tuple[torch.nn.Module, TrainResult]:
-    """Train on `spec.full.workers` Ray Train workers (each with the spec's `[resources]`);
+    """Train on `spec.full.workers` Ray Train workers (each with the spec's `[resources]`) in
+    `precision` (as this process resolved it, so that every worker and the record agree);
     the student (built here on `device`, with worker 0's final weights) and the loop's result."""
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -122,7 +131,7 @@ def train_on_workers(
         worker_loop,
         train_loop_config={
             "spec": spec, "arch": arch, "data": data, "others": others, "checkpoint_dir": checkpoint_dir.resolve(),
-            "progress": progress, "started": time.time(),
+            "progress": progress, "started": time.time(), "precision": precision,
         },  # fmt: skip
         torch_config=TorchConfig(backend="nccl" if gpus > 0 else "gloo"),
         scaling_config=ray.train.ScalingConfig(
@@ -136,8 +145,8 @@ def train_on_workers(
             failure_config=ray.train.FailureConfig(max_failures=MAX_FAILURES),
         ),
     )
-    done = threading.Event()
-    relay = threading.Thread(target=_relay, args=(progress, on_step, done), daemon=True)
+    done, failed = threading.Event(), []
+    relay = threading.Thread(target=_relay, args=(progress, on_step, done, failed.append), daemon=True)
     relay.start()
     logger.info("training on %d workers (Ray Train)", spec.full.workers)
     try:
@@ -145,6 +154,10 @@ def train_on_workers(
     finally:
         done.set()
         relay.join()
+        progress.shutdown()
+    if failed:
+        kind, message = failed[0]
+        raise (FloatingPointError if kind == "FloatingPointError" else InputError)(message)
     final = torch.load(checkpoint_dir / FINAL, map_location="cpu", weights_only=True)
     student = build_student(spec.task, arch, data, device, spec.study.seed)
     student.load_state_dict(final["weights"])
@@ -156,6 +169,8 @@ def check_workers(spec: StudySpec, nodes: list[dict[str, float]]) -> None:
     """Refuse workers that Ray cannot place all at once (`nodes`: each node's resources): it
     would wait for them forever."""
     r, workers = spec.resources, spec.full.workers
+    if r.gpus > 0 and r.gpus != int(r.gpus):
+        raise InputError(f"resources.gpus: each of the {workers} workers needs whole GPUs (NCCL takes one GPU a worker), got {r.gpus:g}")
     fit = sum(int(min(n.get("CPU", 0) // r.cpus, n.get("GPU", 0) // r.gpus if r.gpus > 0 else math.inf)) for n in nodes)
     if fit < workers:
         each = f"{r.cpus:g} CPU(s)" + (f" and {r.gpus:g} GPU(s)" if r.gpus > 0 else "")
@@ -165,17 +180,22 @@ def check_workers(spec: StudySpec, nodes: list[dict[str, float]]) -> None:
         )
 
 
-def _relay(queue: Queue, on_step: Callable[[int, int, float], None] | None, done: threading.Event) -> None:
-    """Hand worker 0's steps to `on_step` in this process until the run ends."""
+def _relay(
+    queue: Queue, on_step: Callable[[int, int, float], None] | None, done: threading.Event, fail: Callable[[Any], None]
+) -> None:
+    """Hand worker 0's steps to `on_step` in this process, and its failure to `fail`, until
+    the run ends."""
     while not done.is_set() or not queue.empty():
         try:
-            step = queue.get(timeout=0.5)
+            said = queue.get(timeout=0.5)
         except Empty:
             continue
-        if step == RESTARTED:
+        if said == RESTARTED:
             logger.warning("a worker failed: Ray Train started the workers again, from the run's last checkpoint")
+        elif said[0] == FAILED:
+            fail(said[1:])
         elif on_step is not None:
-            on_step(*step)
+            on_step(*said)
 
 
 __all__ = ["FINAL", "MAX_FAILURES", "LossModule", "check_workers", "train_on_workers", "worker_loop"]

@@ -44,6 +44,7 @@ from distill.tasks.text import (
     layer_groups,
     layer_outputs,
     logit_outputs,
+    rows_within,
     slice_teacher,
     student_layers,
     topk_arrays,
@@ -266,6 +267,7 @@ def evaluate_lm(
     device = torch.device(device)
     model.to(device).eval()
     blocks = data.array(f"{split}_blocks")
+    batch_size = rows_within(blocks.shape[1], model.config.vocab_size, batch_size)  # a large vocabulary: fewer rows
     t_logp_all, t_idx_all = data.array(f"{split}_teacher_logprobs"), data.array(f"{split}_teacher_indices")
     nll = kl = agree = 0.0
     count = 0

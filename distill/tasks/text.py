@@ -74,15 +74,25 @@ LOGITS_BUDGET = 256 * 2**20
 """bytes a teacher's forward pass may spend on next-token logits and the copies made of them"""
 
 
+def rows_within(length: int, vocab: int, most: int) -> int:
+    """How many rows of `length` positions (at most `most`) a forward pass takes at once so that
+    their next-token logits over `vocab` stay within `LOGITS_BUDGET` (see `by_rows`)."""
+    return max(1, min(most, LOGITS_BUDGET // (3 * 4 * length * vocab)))
+
+
 def by_rows(
-    run: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]], inputs: dict[str, torch.Tensor], vocab: int
+    run: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]],
+    inputs: dict[str, torch.Tensor],
+    vocab: int,
+    positions: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """`run(inputs)`, a teacher's outputs on a batch, computed a few rows at a time where the
     batch's next-token logits (fp32, three copies: the logits, their log-softmax, what is
     taken of it) would pass `LOGITS_BUDGET`: at a 151,936-token vocabulary, 128-token rows
-    take 230 MiB each. The outputs are the same, concatenated along the batch."""
+    take 230 MiB each. The outputs are the same, concatenated along the batch. `positions`:
+    those with logits in a row (default: the inputs' second axis)."""
     n, length = next(iter(inputs.values())).shape[:2]
-    rows = max(1, LOGITS_BUDGET // (3 * 4 * length * vocab))
+    rows = rows_within(positions or length, vocab, n)
     if rows >= n:
         return run(inputs)
     parts = [run({k: v[i : i + rows] for k, v in inputs.items()}) for i in range(0, n, rows)]

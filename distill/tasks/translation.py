@@ -39,6 +39,7 @@ from distill.tasks.text import (
     LAYER_GROUPS,
     LAYER_VALUES,
     TopKLossParams,
+    by_rows,
     check_positions,
     check_space_fits,
     confidence_arrays,
@@ -248,8 +249,13 @@ class Translation(Task):
     ) -> dict[str, torch.Tensor]:
         out = {}
         if groups & {"topk", "logits", "confidence", *LAYER_GROUPS}:
-            forced = _forced(teacher.model, batch, groups)
-            out = logit_outputs(forced.logits, groups, params, batch.inputs["labels"]) | layer_outputs(forced, STACKS, groups)
+
+            def run(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+                forced = _forced(teacher.model, Batch(inputs, batch.lengths), groups)
+                return logit_outputs(forced.logits, groups, params, inputs["labels"]) | layer_outputs(forced, STACKS, groups)
+
+            labels = batch.inputs["labels"]
+            out = by_rows(run, batch.inputs, teacher.model.config.vocab_size, labels.shape[1])
         if "sequences" in groups:
             out |= translations(teacher.model, batch, params["sequence_beams"])
         return out

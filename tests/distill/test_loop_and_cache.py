@@ -229,3 +229,24 @@ def test_teacher_outputs_larger_than_the_free_disk_are_refused_with_the_live_alt
     with pytest.raises(InputError, match=r'^loss\.teacher_outputs: .*attentions, hidden_states, topk.* "live"'):
         prepare(get_task("causal-lm"), TeacherConfig(model=str(teacher_dirs["qwen2"])), data, layers, base_dir=tmp_path, cache_root=tmp_path / "cache")
     assert not any((tmp_path / "cache").glob("*/meta.json"))  # nothing published
+
+
+def test_a_student_is_sliced_from_the_teacher_files_or_else_from_the_loaded_teacher(tmp_path, teacher_dirs, monkeypatch):
+    """Slicing reads the teacher's safetensors a tensor at a time; where a weight is not under
+    a name its model class gives, the whole teacher is loaded instead, with the same student."""
+    from search_spaces import SafetensorsWeights
+
+    write_spec(tmp_path, teacher_dirs["llama"])
+    data = DataConfig(source="json", files=("docs.jsonl",), text_column="body", block_length=32, train_blocks=8, eval_blocks=4)
+    cached = prepare(get_task("causal-lm"), TeacherConfig(model=str(teacher_dirs["llama"])), data, CAUSAL_LOSS, base_dir=tmp_path, cache_root=tmp_path / "cache")
+    arch = {"family": "llama", "layers": 1, "heads": 2, "kv_heads": 1, "head_dim": 8, "ffn_ratio": 2.0,
+            "tie_embeddings": False, "init": "teacher", "layer_pick": "even"}  # fmt: skip
+    lazy = get_task("causal-lm").build_student(arch, cached, CPU)
+
+    def missing(self, name):
+        raise KeyError(f"{name}: not in the teacher's safetensors files")
+
+    monkeypatch.setattr(SafetensorsWeights, "param", missing)
+    whole = get_task("causal-lm").build_student(arch, cached, CPU)
+    for (name, a), (_, b) in zip(lazy.state_dict().items(), whole.state_dict().items()):
+        assert torch.equal(a, b), name
