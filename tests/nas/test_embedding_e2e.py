@@ -40,9 +40,10 @@ def test_embedding_search_end_to_end(tmp_path, sentence_teacher):
         assert t.values == [t.user_attrs[k] for k in ("cosine", "spearman", "non_embedding_params", "latency_ms_b32")]
         assert t.user_attrs["arch"]["family"] == "bert"
     teacher = study.user_attrs["teacher_metrics"]
-    # the teacher scored against its own cached embeddings (in bf16 where the CPU computes it,
-    # batches of other sizes round alike only to about 1e-5)
-    assert teacher["cosine"] == pytest.approx(1.0, abs=1e-5) and teacher["spearman"] == pytest.approx(1.0, abs=1e-5)
+    # the teacher scored against its own cached embeddings: in bf16 (where the CPU computes it)
+    # batches of other sizes round alike only to about 1e-5, which moves the ranks of nearly
+    # equal pairwise similarities (Spearman 0.99994 here)
+    assert teacher["cosine"] == pytest.approx(1.0, abs=1e-5) and teacher["spearman"] == pytest.approx(1.0, abs=1e-3)
     # teacher outputs computed once: embeddings, every layer's hidden states and Q/K/V for the asked losses
     data = PreparedData(next((spec.out_dir / "cache").iterdir()))
     for name in ("embedding", "encoder_hidden", "query", "key", "value"):
