@@ -195,7 +195,7 @@ def run_size(work: Path, teacher: Path, blocks: int, args: argparse.Namespace) -
         "distill_s": distill_s,
         "distill_peak": distill.peak,
         "distill_written": distill.written,
-        "export_bytes": folder_bytes(out / "exports"),
+        "export_bytes": folder_bytes(out / "students"),
         "trials": [
             {
                 "arch": t.user_attrs["arch_short"],
