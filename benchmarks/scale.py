@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -117,14 +118,14 @@ cpus = 2
 
 class Watch:
     """A command run in its own process, its resident memory sampled from /proc while it runs:
-    the peak (the kernel's high-water mark), the resident memory after `mark()` returns true,
-    the bytes it wrote."""
+    the peak (the kernel's high-water mark), the median resident memory after `mark()` returns
+    true, the bytes it wrote."""
 
     def __init__(self, args: list[str], cwd: Path) -> None:
         self.start = time.perf_counter()
         self.proc = subprocess.Popen(args, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self.peak = self.after = 0
-        self.written = 0
+        self.peak = self.written = 0
+        self.samples: list[int] = []  # resident memory after `mark()`
         self.marked_at: float | None = None
 
     def _status(self) -> dict[str, int]:
@@ -149,8 +150,9 @@ class Watch:
             if self.marked_at is None and mark():
                 self.marked_at = time.perf_counter() - self.start
             if self.marked_at is not None:
-                self.after = max(self.after, s["VmRSS"])
+                self.samples.append(s["VmRSS"])
             time.sleep(every)
+        self.after = int(statistics.median(self.samples)) if self.samples else 0
         out = self.proc.communicate()[0]
         if self.proc.returncode != 0:
             raise SystemExit(f"{self.proc.args} exited with {self.proc.returncode}:\n{out[-3000:]}")
@@ -224,7 +226,7 @@ def report(runs: list[dict], teacher_params: int, teacher_bytes: int) -> None:
             f"| {r['blocks']} | teacher cache (driver) | {r['prepare_s']:.0f} | {tokens / r['prepare_s']:,.0f} | "
             f"{r['driver_peak'] / gib:.2f} ({r['driver_peak'] / teacher_bytes:.2f}x the teacher) | "
             f"{tokens:,} tokens cached, {r['cache_bytes'] / tokens:,.0f} bytes/token; the driver holds "
-            f"{r['driver_after'] / gib:.2f} GiB while trials run |"
+            f"{r['driver_after'] / gib:.2f} GiB (median) while trials run |"
         )
         worker = max(t["peak_rss_mb"] for t in r["trials"]) * 2**20
         print(
