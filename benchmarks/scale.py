@@ -14,7 +14,8 @@ as a user runs them:
  2. `nas distill` of the search's first trial from the cached outputs (24 steps) and its export.
 
 Prints, per stage: wall time, tokens/s, the peak resident memory of the process (the driver's,
-and the trial workers' as they record it), the driver's memory once the trials run, the
+and the trial workers' as they record it; the driver's also less what importing its libraries
+alone takes, which no teacher changes), the driver's memory once the trials run, the
 cache's bytes per token, bytes written to disk, and per trial where its time went.
 
     python benchmarks/scale.py [--blocks 48] [--trials 3] [--steps 24] [--keep DIR]
@@ -159,6 +160,10 @@ class Watch:
         return time.perf_counter() - self.start
 
 
+IMPORTS = "import datasets, optuna, transformers, transformers.models.qwen2.modeling_qwen2, nas.cli, nas.prepare"
+"""what the driver imports beside the teacher: its peak memory less this is the teacher's part"""
+
+
 def folder_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
@@ -174,6 +179,8 @@ def run_size(work: Path, teacher: Path, blocks: int, args: argparse.Namespace) -
     out = work / name
     cached = lambda: any((out / "cache").glob("*/meta.json"))  # noqa: E731
     nas = [sys.executable, "-m", "nas"]
+    imports = Watch([sys.executable, "-c", IMPORTS], work)
+    imports.wait()
     search = Watch([*nas, "search", str(spec), "--no-report"], work)
     search_s = search.wait(mark=cached)
     study = optuna.load_study(study_name=name, storage=f"sqlite:///{out / 'optuna.db'}")
@@ -190,6 +197,7 @@ def run_size(work: Path, teacher: Path, blocks: int, args: argparse.Namespace) -
         "search_s": search_s,
         "trials_s": search_s - search.marked_at,
         "driver_peak": search.peak,
+        "imports_peak": imports.peak,
         "driver_after": search.after,
         "search_written": search.written,
         "cache_bytes": folder_bytes(cache),
@@ -224,7 +232,8 @@ def report(runs: list[dict], teacher_params: int, teacher_bytes: int) -> None:
         trained = sum(t["train_steps"] for t in r["trials"]) * r["batch"] * BLOCK
         print(
             f"| {r['blocks']} | teacher cache (driver) | {r['prepare_s']:.0f} | {tokens / r['prepare_s']:,.0f} | "
-            f"{r['driver_peak'] / gib:.2f} ({r['driver_peak'] / teacher_bytes:.2f}x the teacher) | "
+            f"{r['driver_peak'] / gib:.2f} ({r['driver_peak'] / teacher_bytes:.2f}x the teacher; "
+            f"{(r['driver_peak'] - r['imports_peak']) / teacher_bytes:.2f}x beyond its libraries' {r['imports_peak'] / gib:.2f}) | "
             f"{tokens:,} tokens cached, {r['cache_bytes'] / tokens:,.0f} bytes/token; the driver holds "
             f"{r['driver_after'] / gib:.2f} GiB (median) while trials run |"
         )

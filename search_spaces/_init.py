@@ -11,6 +11,7 @@ architecture gets the teacher's weights unchanged.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -223,18 +224,23 @@ def decoder_importance(teacher: Any, batch: dict[str, torch.Tensor]) -> dict[str
         "context": [b.attn.c_proj if gpt2 else b.self_attn.o_proj for b in blocks],
         "ffn": [b.mlp.c_proj if gpt2 else b.mlp.down_proj for b in blocks],
     }
-    # no next-token logits but the last position's: at a 151,936-token vocabulary those of 16
-    # blocks of 128 tokens would take 0.6 GB, and importance reads none of them
-    scores = activation_scores(teacher, {**batch, "logits_to_keep": 1}, teacher.config.hidden_size, units)
+    # A row at a time (rows of equal length: the mean of their means is the batch's), with no
+    # next-token logits but the last position's: at a 151,936-token vocabulary those of 16
+    # blocks of 128 tokens would take 0.6 GB, and importance reads none of them.
+    rows = ({**{k: v[i : i + 1] for k, v in batch.items()}, "logits_to_keep": 1} for i in range(len(batch["input_ids"])))
+    scores = activation_scores(teacher, rows, teacher.config.hidden_size, units)
     heads = teacher.config.n_head if gpt2 else teacher.config.num_attention_heads
     return {**scores, "context": [c.view(heads, -1) for c in scores["context"]]}
 
 
-def activation_scores(model: Any, batch: dict[str, torch.Tensor], width: int, units: dict[str, list[Any]]) -> dict[str, Any]:
-    """Mean |activation| over the positions of `batch`: per hidden channel (summed over every
-    norm's output, `hidden`), and per input unit of each module in `units` (role -> one module
-    per layer: an output projection's input is its attention context, an FFN's down
-    projection's input its neurons)."""
+def activation_scores(
+    model: Any, batches: Iterable[dict[str, torch.Tensor]], width: int, units: dict[str, list[Any]]
+) -> dict[str, Any]:
+    """Mean |activation| over the positions of each of `batches`, averaged over the batches:
+    per hidden channel (summed over every norm's output, `hidden`), and per input unit of each
+    module in `units` (role -> one module per layer: an output projection's input is its
+    attention context, an FFN's down projection's input its neurons). The sums are kept in
+    place: a batch leaves nothing behind for the next to work around."""
     hidden = torch.zeros(width)
     found: dict[str, dict[Any, torch.Tensor]] = {role: {} for role in units}
     hooks = []
@@ -247,19 +253,29 @@ def activation_scores(model: Any, batch: dict[str, torch.Tensor], width: int, un
         hidden.add_(mean_abs(out))
 
     def keep(role: str, layer: int) -> Any:
-        return lambda _m, i: found[role].__setitem__(layer, mean_abs(i))
+        def add(_m: Any, i: Any) -> None:
+            if layer in found[role]:
+                found[role][layer].add_(mean_abs(i))
+            else:
+                found[role][layer] = mean_abs(i)
+
+        return add
 
     for _name, module in model.named_modules():
         if type(module).__name__.endswith(("LayerNorm", "RMSNorm")):
             hooks.append(module.register_forward_hook(add_hidden))
     for role, modules in units.items():
         hooks += [m.register_forward_pre_hook(keep(role, j)) for j, m in enumerate(modules)]
+    n = 0
     try:
-        model.eval()(**batch)
+        model.eval()
+        for batch in batches:
+            model(**batch)
+            n += 1
     finally:
         for h in hooks:
             h.remove()
-    return {"hidden": hidden, **{role: [found[role][j] for j in range(len(units[role]))] for role in units}}
+    return {"hidden": hidden / n, **{role: [found[role][j] / n for j in range(len(units[role]))] for role in units}}
 
 
 def _gqa_index(context: torch.Tensor, kv_teacher: int, heads: int, kv_heads: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -422,13 +438,6 @@ def _seq2seq_units(model: Any) -> dict[str, dict[str, list[Any]]]:
     }
 
 
-def _mean(values: list[Any]) -> Any:
-    """The element-wise mean of equally shaped tensors, or of lists of them."""
-    if isinstance(values[0], list):
-        return [_mean([v[j] for v in values]) for j in range(len(values[0]))]
-    return torch.stack(values).mean(0)
-
-
 @torch.no_grad()
 def seq2seq_importance(teacher: Any, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
     """Mean |activation| on a teacher-forced `batch` (input_ids, attention_mask,
@@ -441,12 +450,13 @@ def seq2seq_importance(teacher: Any, batch: dict[str, torch.Tensor]) -> dict[str
     shape = teacher_shape(teacher.config)
     units = _seq2seq_units(teacher)
     flat = {f"{stack}/{role}": modules for stack, roles in units.items() for role, modules in roles.items()}
-    each = []
-    for i in range(len(batch["input_ids"])):
-        src, tgt = int(batch["attention_mask"][i].sum()), int(batch["decoder_attention_mask"][i].sum())
-        one = {k: v[i : i + 1, : src if k in ("input_ids", "attention_mask") else tgt] for k, v in batch.items()}
-        each.append(activation_scores(teacher, one, shape["hidden"], flat))
-    scores = {key: _mean([s[key] for s in each]) for key in each[0]}
+
+    def pairs() -> Iterator[dict[str, torch.Tensor]]:
+        for i in range(len(batch["input_ids"])):
+            src, tgt = int(batch["attention_mask"][i].sum()), int(batch["decoder_attention_mask"][i].sum())
+            yield {k: v[i : i + 1, : src if k in ("input_ids", "attention_mask") else tgt] for k, v in batch.items()}
+
+    scores = activation_scores(teacher, pairs(), shape["hidden"], flat)
     per_head = ("context", "cross")
     return {
         "hidden": scores["hidden"],

@@ -44,6 +44,7 @@ from distill.tasks.text import (
     layer_groups,
     layer_outputs,
     logit_outputs,
+    next_token_chunks,
     rows_within,
     slice_teacher,
     student_layers,
@@ -154,10 +155,19 @@ class CausalLM(Task):
         return arrays | layer_arrays(groups, {"decoder": stack})
 
     def teacher_outputs(self, teacher: Teacher, batch: Batch, groups: set[str], params: dict[str, Any]) -> dict[str, torch.Tensor]:
+        layers = groups & set(LAYER_GROUPS)
+
         def run(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-            out = run_with_layers(teacher.model, groups & set(LAYER_GROUPS), input_ids=inputs["input_ids"])
-            labels = inputs["input_ids"][:, 1:]
-            return logit_outputs(out.logits[:, :-1].float(), groups, params, labels) | layer_outputs(out, ("decoder",), groups)
+            tokens = inputs["input_ids"]
+            if "logits" in groups:  # a live teacher's whole logits, for divergences over the vocabulary
+                out = run_with_layers(teacher.model, layers, input_ids=tokens)
+                kept = logit_outputs(out.logits[:, :-1].float(), groups, params, tokens[:, 1:])
+            else:  # what is kept of them, taken a slice of positions at a time
+                out, chunks = next_token_chunks(teacher.model, layers, tokens)
+                labels = tokens[:, 1:].flatten()
+                taken = [logit_outputs(logits[None], groups, params, labels[pos][None]) for pos, logits in chunks]
+                kept = {name: torch.cat([t[name][0] for t in taken]).unflatten(0, (len(tokens), -1)) for name in taken[0]}
+            return kept | layer_outputs(out, ("decoder",), groups)
 
         return by_rows(run, {"input_ids": batch.inputs["input_ids"]}, teacher.model.config.vocab_size)
 
@@ -273,15 +283,14 @@ def evaluate_lm(
     count = 0
     for start in range(0, len(blocks), batch_size):
         tokens = torch.from_numpy(blocks[start : start + batch_size].astype(np.int64)).to(device)
-        with autocast(device):
-            logits = model(input_ids=tokens).logits[:, :-1].float()  # (B, L-1, V)
-        n = tokens[:, 1:].numel()
-        nll += F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten(), reduction="sum").item()
-        t_logp = torch.from_numpy(np.array(t_logp_all[start : start + batch_size])).to(device)
-        t_idx = torch.from_numpy(np.array(t_idx_all[start : start + batch_size])).to(device)
-        kl += topk_kd_loss(logits, t_logp, t_idx, 1.0).item() * n
-        agree += (logits.argmax(-1) == t_idx[..., 0].long()).sum().item()
-        count += n
+        labels = tokens[:, 1:].flatten()
+        t_logp = torch.from_numpy(np.array(t_logp_all[start : start + batch_size])).to(device).flatten(0, 1)
+        t_idx = torch.from_numpy(np.array(t_idx_all[start : start + batch_size])).to(device).flatten(0, 1)
+        for pos, logits in next_token_chunks(model, set(), tokens)[1]:  # (n, V) at a time
+            nll += F.cross_entropy(logits, labels[pos], reduction="sum").item()
+            kl += topk_kd_loss(logits[None], t_logp[pos][None], t_idx[pos][None], 1.0).item() * len(logits)
+            agree += (logits.argmax(-1) == t_idx[pos, 0].long()).sum().item()
+        count += len(labels)
     return {"perplexity": math.exp(nll / count), "kl": kl / count, "top1_agreement": agree / count}
 
 

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from distill.intermediate import check_layer_map
+from distill.intermediate import check_layer_map, run_with_layers
+from distill.precision import autocast
 from distill.tasks.base import OutputArray
 
 if TYPE_CHECKING:
@@ -97,6 +99,75 @@ def by_rows(
         return run(inputs)
     parts = [run({k: v[i : i + rows] for k, v in inputs.items()}) for i in range(0, n, rows)]
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+
+HEAD_BUDGET = 128 * 2**20
+"""bytes of fp32 next-token logits and the copies made of them (scaled, log-softmax, its
+exponent) that a pass over a model's output head holds at once (`next_token_chunks`): 56
+positions at a 151,936-token vocabulary, each copy 34 MB, just over the 32 MiB from which
+glibc's malloc always maps a block afresh and unmaps it when freed. Smaller blocks come from
+its heap, which fragments: with 16 MB slices the cache's process of a Qwen2.5-0.5B-shaped
+teacher peaked 0.3-0.5 GiB higher, from run to run."""
+
+_SPLIT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> whether its head splits off
+
+
+@torch.no_grad()
+def split_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module] | None:
+    """(its base model, its output head) where a causal LM's logits are its output head applied
+    to its base model's last hidden state, as for GPT-2, Llama, Qwen2 and Mistral: shown once
+    per model on a short input, in eval mode and the run's precision. None where they are not,
+    as for a model that soft-caps its logits (Gemma 2), scales them or adds a bias after the
+    head: its logits are then taken whole."""
+    base, head = getattr(model, "base_model", None), model.get_output_embeddings()
+    if base is None or base is model or head is None:
+        return None
+    if model not in _SPLIT:
+        _SPLIT[model] = _same_logits(model, base, head)
+    return (base, head) if _SPLIT[model] else None
+
+
+def _same_logits(model: torch.nn.Module, base: torch.nn.Module, head: torch.nn.Module) -> bool:
+    device = next(model.parameters()).device
+    probe = torch.arange(1, 9, device=device).unsqueeze(0) % model.config.vocab_size
+    training = model.training
+    model.eval()
+    try:
+        with autocast(device):
+            want = model(input_ids=probe).logits.float()
+            got = head(base(input_ids=probe).last_hidden_state).float()
+    except (TypeError, ValueError, RuntimeError, AttributeError) as e:  # a base that takes other inputs
+        logger.debug("%s: logits taken whole (%s)", type(model).__name__, e)
+        return False
+    finally:
+        model.train(training)
+    return got.shape == want.shape and (got - want).abs().max().item() <= 1e-3 * max(1.0, want.abs().max().item())
+
+
+def next_token_chunks(
+    model: torch.nn.Module, layers: set[str], input_ids: torch.Tensor
+) -> tuple[Any, Iterator[tuple[slice, torch.Tensor]]]:
+    """A causal LM run on `input_ids` (B, L) (under the device's autocast, with the hidden
+    states and attention maps the intermediate-layer groups `layers` ask for), and its
+    next-token logits at the B x (L - 1) positions, flattened: a generator of (positions,
+    fp32 logits (n, V)) over slices of `HEAD_BUDGET`. Where the model's head can be split off
+    (`split_head`), the output head runs a slice at a time, so that the (B, L - 1, V) logits
+    are never held: at a 151,936-token vocabulary, 127 positions of them are 74 MiB in fp32.
+    Returns the model's output (its base model's, when split) and the generator."""
+    parts = split_head(model)
+    out = run_with_layers(parts[0] if parts else model, layers, input_ids=input_ids)
+    flat = (out.last_hidden_state if parts else out.logits)[:, :-1].flatten(0, 1)
+    step = -(-HEAD_BUDGET // (4 * 4 * model.config.vocab_size))
+
+    def chunks() -> Iterator[tuple[slice, torch.Tensor]]:
+        for start in range(0, len(flat), step):
+            part = flat[start : start + step]
+            if parts:
+                with autocast(part.device):
+                    part = parts[1](part)
+            yield slice(start, start + len(part)), part.float()
+
+    return out, chunks()
 
 
 def layer_outputs(out: Any, stacks: tuple[str, ...], groups: set[str]) -> dict[str, torch.Tensor]:

@@ -163,8 +163,6 @@ def _search(
     # Ctrl-C (or a stop from the service) ends the search: Tune's own handler would end only
     # the current round, and the next round would start sampling again.
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
-    import ray
-
     stamp_study(study, spec)  # only the holder of the study's search gets here
     stale = mark_interrupted(study)
     if stale:
@@ -174,10 +172,14 @@ def _search(
         logger.info("study %s already holds %d/%d architectures", spec.name, done, target)
         return study
     if address is not None:  # the cluster's nodes, checked before the teacher runs
+        import ray
+
         if not ray.is_initialized():
             start_ray(address)
         check_resources(spec, [n["Resources"] for n in ray.nodes() if n["Alive"]])
-    plan = _prepare_search(spec, study)
+    plan = _prepare_search(spec, study)  # before Ray is imported: what the driver holds beyond it is the teacher
+    import ray
+
     if not ray.is_initialized():  # after the data and teachers: bad input is one line, before Ray prints
         start_ray(address)
     scheduler = _scheduler(spec, study, plan)  # one for every round: it keeps what each rung saw

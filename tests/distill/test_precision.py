@@ -96,23 +96,59 @@ def test_each_precision_has_its_own_cache_of_teacher_outputs(tmp_path, teacher_d
     assert made["bf16"].teacher_metrics["perplexity"] == pytest.approx(made["fp32"].teacher_metrics["perplexity"], rel=0.02)
 
 
-def test_teacher_outputs_of_a_large_vocabulary_are_computed_a_few_rows_at_a_time(monkeypatch, tmp_path, teacher_dirs):
-    """At a 151,936-token vocabulary one 128-token row's logits take 78 MiB in fp32: the
-    teacher's forward passes take as many rows as fit `LOGITS_BUDGET`, with the same outputs."""
+def test_a_large_vocabulary_logits_are_taken_a_slice_of_positions_at_a_time(monkeypatch, tmp_path, teacher_dirs):
+    """At a 151,936-token vocabulary one 128-token row's logits take 74 MiB in fp32: the
+    teacher's output head runs on a slice of positions at a time (`HEAD_BUDGET`), never on
+    the whole batch, and what is kept of its logits equals what the whole logits give. A
+    model whose head cannot be split off runs as many rows as fit `LOGITS_BUDGET` instead,
+    with the same outputs."""
     from distill.tasks import text
     from distill.tasks.base import Batch
 
     task = get_task("causal-lm")
     teacher = task.load_teacher(teacher_source(TeacherConfig(model=str(teacher_dirs["llama"])), tmp_path))
-    ids = torch.randint(0, teacher.model.config.vocab_size, (5, 16))
+    vocab = teacher.model.config.vocab_size
+    ids = torch.randint(0, vocab, (5, 16))
     groups, params = {"topk", "confidence", "hidden_states"}, {"temperature": 2.0, "top_k": 8}
-    whole = task.teacher_outputs(teacher, Batch({"input_ids": ids}), groups, params)
+    assert text.split_head(teacher.model) is not None
+    monkeypatch.setattr(text, "split_head", lambda model: None)
+    whole = task.teacher_outputs(teacher, Batch({"input_ids": ids}), groups, params)  # the model's own logits
+    monkeypatch.undo()
+
+    head = teacher.model.get_output_embeddings()
+    seen = []
+    handle = head.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[:-1]))
+    monkeypatch.setattr(text, "HEAD_BUDGET", 16 * vocab * 7)  # 7 positions at a time
+    sliced = task.teacher_outputs(teacher, Batch({"input_ids": ids}), groups, params)
+    handle.remove()
+    assert seen == [(7,)] * 10 + [(5,)]  # 5 rows x 15 positions, never the (5, 15, V) logits
+    assert sliced.keys() == whole.keys()
+    for name in whole:
+        torch.testing.assert_close(sliced[name], whole[name], rtol=1e-4, atol=1e-4)
+
     calls = []
     forward = teacher.model.forward
+    monkeypatch.setattr(text, "split_head", lambda model: None)
     monkeypatch.setattr(teacher.model, "forward", lambda *a, **k: calls.append(k["input_ids"].shape[0]) or forward(*a, **k))
-    monkeypatch.setattr(text, "LOGITS_BUDGET", 2 * 3 * 4 * 16 * teacher.model.config.vocab_size)  # two rows
+    monkeypatch.setattr(text, "LOGITS_BUDGET", 2 * 3 * 4 * 16 * vocab)  # two rows
     rows = task.teacher_outputs(teacher, Batch({"input_ids": ids}), groups, params)
     assert calls == [2, 2, 1]
-    assert rows.keys() == whole.keys()
     for name in whole:
         torch.testing.assert_close(rows[name], whole[name], rtol=1e-5, atol=1e-5)
+
+
+def test_a_head_is_split_off_only_where_the_logits_are_the_head_of_the_last_hidden_state():
+    """GPT-2 and Llama give their head's output as their logits; Gemma 2 soft-caps it, so its
+    logits are taken whole."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from distill.tasks.text import split_head
+
+    small = {"vocab_size": 64, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+             "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 8}  # fmt: skip
+    gpt2 = AutoModelForCausalLM.from_config(AutoConfig.for_model("gpt2", vocab_size=64, n_embd=16, n_layer=1, n_head=2))
+    llama = AutoModelForCausalLM.from_config(AutoConfig.for_model("llama", **small))
+    gemma2 = AutoModelForCausalLM.from_config(AutoConfig.for_model("gemma2", **small, final_logit_softcapping=0.5))
+    assert split_head(gpt2) == (gpt2.transformer, gpt2.lm_head)
+    assert split_head(llama) == (llama.model, llama.lm_head)
+    assert split_head(gemma2) is None
