@@ -19,6 +19,7 @@ alone takes, which no teacher changes), the driver's memory once the trials run,
 cache's bytes per token, bytes written to disk, and per trial where its time went.
 
     python benchmarks/scale.py [--blocks 48] [--trials 3] [--steps 24] [--keep DIR]
+    python benchmarks/scale.py --teacher 1.5b --cache-only   # the driver's memory at Qwen2.5-1.5B's shape
 """
 
 from __future__ import annotations
@@ -41,11 +42,14 @@ QWEN25_05B = {
     "rope_theta": 1000000.0, "rms_norm_eps": 1e-6, "tie_word_embeddings": True,
 }  # fmt: skip
 """Qwen2.5-0.5B's config.json, the parts that give its shape"""
+QWEN25_15B = QWEN25_05B | {"hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28, "num_attention_heads": 12}
+"""Qwen2.5-1.5B's (`--teacher 1.5b --cache-only`: the driver's memory at a larger teacher)"""
+SHAPES = {"0.5b": QWEN25_05B, "1.5b": QWEN25_15B}
 BLOCK = 128
 
 
-def make_teacher(folder: Path) -> None:
-    """The teacher of Qwen2.5-0.5B's shape with random weights, saved in bf16."""
+def make_teacher(folder: Path, shape: dict = QWEN25_05B) -> None:
+    """The teacher of Qwen2.5-0.5B's shape (or `shape`) with random weights, saved in bf16."""
     from pydoc_data.topics import topics
 
     import torch
@@ -54,7 +58,7 @@ def make_teacher(folder: Path) -> None:
     from distill.teachers import train_tokenizer
 
     tok = train_tokenizer([topics[k] for k in sorted(topics)], 8192)
-    config = AutoConfig.for_model("qwen2", **QWEN25_05B, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    config = AutoConfig.for_model("qwen2", **shape, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     model.save_pretrained(folder)
@@ -141,8 +145,12 @@ class Watch:
                 fields[key] = int(value)
         return fields
 
-    def wait(self, mark=lambda: False, every: float = 0.2) -> float:
+    def wait(self, mark=lambda: False, every: float = 0.2, stop_at_mark: bool = False) -> float:
         while self.proc.poll() is None:
+            if stop_at_mark and self.marked_at is not None:
+                self.proc.terminate()  # the search stops where it is; nothing of it is read
+                self.proc.wait()
+                return time.perf_counter() - self.start
             try:
                 s = self._status()
             except (OSError, ValueError, KeyError):  # ended between the poll and the read
@@ -221,6 +229,22 @@ def run_size(work: Path, teacher: Path, blocks: int, args: argparse.Namespace) -
     }
 
 
+def cache_only(work: Path, teacher: Path, teacher_bytes: int, args: argparse.Namespace) -> None:
+    """The driver's peak memory while it caches the teacher's outputs, and its libraries' alone."""
+    spec = work / "cache-only.toml"
+    spec.write_text(SPEC.format(name="cache-only", trials=1, teacher=teacher, block=BLOCK, blocks=args.blocks, steps=1, half=1))
+    shutil.rmtree(work / "cache-only", ignore_errors=True)
+    imports = Watch([sys.executable, "-c", IMPORTS], work)
+    imports.wait()
+    search = Watch([sys.executable, "-m", "nas", "search", str(spec), "--no-report"], work)
+    search.wait(mark=lambda: any((work / "cache-only" / "cache").glob("*/meta.json")), stop_at_mark=True)
+    gib = 2**30
+    print(f"teacher: qwen2 at Qwen2.5-{args.teacher.upper()}'s shape, {teacher_bytes / 2 / 1e6:.0f}M parameters, {teacher_bytes / gib:.2f} GiB in bf16")
+    print(f"teacher cache of {args.blocks} training blocks: {search.marked_at:.0f} s; the driver's peak {search.peak / gib:.2f} GiB "
+          f"({search.peak / teacher_bytes:.2f}x the teacher; {(search.peak - imports.peak) / teacher_bytes:.2f}x beyond its "
+          f"libraries' {imports.peak / gib:.2f} GiB)")  # fmt: skip
+
+
 def report(runs: list[dict], teacher_params: int, teacher_bytes: int) -> None:
     gib = 2**30
     print(f"teacher: qwen2 at Qwen2.5-0.5B's shape, {teacher_params / 1e6:.0f}M parameters, {teacher_bytes / gib:.2f} GiB in bf16")
@@ -272,16 +296,20 @@ def main() -> None:
     p.add_argument("--trials", type=int, default=3)
     p.add_argument("--steps", type=int, default=24)
     p.add_argument("--keep", type=Path, help="work in this folder and keep it (default: a temporary one)")
+    p.add_argument("--teacher", choices=sorted(SHAPES), default="0.5b", help="Qwen2.5's shape of this size")
+    p.add_argument("--cache-only", action="store_true", help="only the driver caching the teacher's outputs, at --blocks")
     args = p.parse_args()
     work = args.keep or Path(tempfile.mkdtemp(prefix="scale-"))
     work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     try:
-        teacher = work / "teacher"
-        if not (teacher / "model.safetensors").exists():
-            make_teacher(teacher)
+        teacher = work / ("teacher" if args.teacher == "0.5b" else f"teacher-{args.teacher}")
+        if not (teacher / "config.json").exists():
+            make_teacher(teacher, SHAPES[args.teacher])
         teacher_bytes = sum(f.stat().st_size for f in teacher.glob("*.safetensors"))
         params = teacher_bytes // 2  # bf16
+        if args.cache_only:
+            return cache_only(work, teacher, teacher_bytes, args)
         runs = [run_size(work, teacher, blocks, args) for blocks in (args.blocks, 2 * args.blocks)]
         print(json.dumps(runs, indent=1), file=sys.stderr)
         report(runs, params, teacher_bytes)

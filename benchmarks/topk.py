@@ -11,7 +11,8 @@ the teacher at temperature 1 over its top 128 tokens and the tail bucket. Beside
 bytes the cache keeps per training token.
 
 With `--shape qwen`, the same at Qwen2.5-0.5B's shape (`benchmarks/scale.py`'s random-weight
-teacher, a 151,936-row vocabulary) with a qwen2 L2 d256 student, fewer blocks and steps.
+teacher, a 151,936-row vocabulary) with a qwen2 L2 d256 student, 32 training blocks, batches
+of 4 blocks and fewer steps (`--steps 12`).
 
 Prints, per k: bytes per token, mean perplexity and KL, and the paired difference from the
 live full distribution (mean and 95 % interval over the seeds).
@@ -55,7 +56,7 @@ def spec_of(shape: str, work: Path, extra: list[str]) -> StudySpec:
         make_teacher(teacher)
     path = work / "topk.toml"
     path.write_text(SPEC.format(name="topk", trials=1, teacher=teacher, block=128, blocks=32, steps=1, half=1))
-    return load_spec(path, ["space.init=['random']", *extra])
+    return load_spec(path, ["space.init=['random']", "brief.batch_size=4", *extra])
 
 
 def cache_bytes(data, task) -> float:
