@@ -232,7 +232,9 @@ def run_size(work: Path, teacher: Path, blocks: int, args: argparse.Namespace) -
 def cache_only(work: Path, teacher: Path, teacher_bytes: int, args: argparse.Namespace) -> None:
     """The driver's peak memory while it caches the teacher's outputs, and its libraries' alone."""
     spec = work / "cache-only.toml"
-    spec.write_text(SPEC.format(name="cache-only", trials=1, teacher=teacher, block=BLOCK, blocks=args.blocks, steps=1, half=1))
+    shape = SHAPES[args.teacher]
+    text = SPEC.format(name="cache-only", trials=1, teacher=teacher, block=BLOCK, blocks=args.blocks, steps=1, half=1)
+    spec.write_text(text.replace("head_dim = [64]", f"head_dim = [{shape['hidden_size'] // shape['num_attention_heads']}]"))
     shutil.rmtree(work / "cache-only", ignore_errors=True)
     imports = Watch([sys.executable, "-c", IMPORTS], work)
     imports.wait()
