@@ -172,6 +172,13 @@ IMPORTS = "import datasets, optuna, transformers, transformers.models.qwen2.mode
 """what the driver imports beside the teacher: its peak memory less this is the teacher's part"""
 
 
+def libraries(work: Path) -> Watch:
+    """A process that imports the driver's libraries and nothing else, run to its end."""
+    imports = Watch([sys.executable, "-c", IMPORTS], work)
+    imports.wait()
+    return imports
+
+
 def folder_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
@@ -187,8 +194,7 @@ def run_size(work: Path, teacher: Path, blocks: int, args: argparse.Namespace) -
     out = work / name
     cached = lambda: any((out / "cache").glob("*/meta.json"))  # noqa: E731
     nas = [sys.executable, "-m", "nas"]
-    imports = Watch([sys.executable, "-c", IMPORTS], work)
-    imports.wait()
+    imports = libraries(work)
     search = Watch([*nas, "search", str(spec), "--no-report"], work)
     search_s = search.wait(mark=cached)
     study = optuna.load_study(study_name=name, storage=f"sqlite:///{out / 'optuna.db'}")
@@ -236,8 +242,7 @@ def cache_only(work: Path, teacher: Path, teacher_bytes: int, args: argparse.Nam
     text = SPEC.format(name="cache-only", trials=1, teacher=teacher, block=BLOCK, blocks=args.blocks, steps=1, half=1)
     spec.write_text(text.replace("head_dim = [64]", f"head_dim = [{shape['hidden_size'] // shape['num_attention_heads']}]"))
     shutil.rmtree(work / "cache-only", ignore_errors=True)
-    imports = Watch([sys.executable, "-c", IMPORTS], work)
-    imports.wait()
+    imports = libraries(work)
     search = Watch([sys.executable, "-m", "nas", "search", str(spec), "--no-report"], work)
     search.wait(mark=lambda: any((work / "cache-only" / "cache").glob("*/meta.json")), stop_at_mark=True)
     gib = 2**30

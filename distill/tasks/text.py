@@ -106,8 +106,7 @@ HEAD_BUDGET = 128 * 2**20
 exponent) that a pass over a model's output head holds at once (`next_token_chunks`): 56
 positions at a 151,936-token vocabulary, each copy 34 MB, just over the 32 MiB from which
 glibc's malloc always maps a block afresh and unmaps it when freed. Smaller blocks come from
-its heap, which fragments: with 16 MB slices the cache's process of a Qwen2.5-0.5B-shaped
-teacher peaked 0.3-0.5 GiB higher, from run to run."""
+its heap, which fragments under PyTorch's transient blocks and is not given back."""
 
 _SPLIT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> whether its head splits off
 
