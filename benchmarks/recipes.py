@@ -14,6 +14,15 @@ order is the seed's), and is scored on the study's held-out split:
 Prints one table (mean and spread over the seeds) and writes it, with every run, to --out.
 
     python benchmarks/recipes.py [--tasks causal-lm translation] [--seeds 3] [--lm-steps 300] [--mt-steps 1200]
+
+`--paired` is the fair test of a method against word-level KD (forward KL + CE): a student
+that is competent from the start (sliced from the teacher, whose quality it nearly has
+after a few hundred steps), a longer budget, at least 10 seeds with the same data order per
+seed across arms, each run's checkpoint chosen on the validation split every `--eval-every`
+steps and scored on the held-out split; it prints each arm's mean difference to its
+baseline with a 95 % interval (Student's t over the paired seeds):
+
+    python benchmarks/recipes.py --paired [--seeds 10] [--lm-steps 800] [--mt-steps 3000] [--shard 0/2]
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ from pathlib import Path
 import torch
 
 from distill import LossConfig, make_loss, study_teachers, train
+from distill import losses as loss_registry
 from distill.tasks.base import scores_and_text
 from nas.prepare import prepare_other_teachers, prepare_study
 from nas.spec import StudySpec, load_spec
@@ -69,6 +79,74 @@ METHODS = {
 }
 
 
+# The paired comparison: name -> (term weights, teachers' settings, the arm it is compared with).
+# "second": the demo's second teacher, a smaller model with the same tokenizer; "other": a teacher
+# of another tokenizer (and, for the causal LM, another family: Llama), trained on the same text.
+BASELINE = "word-level KD"
+PAIRED = {
+    BASELINE: ({"forward_kl": 1.0, "ce": 0.5}, {}, None),
+    "self-evolution KD": ({"self_evolution_kd": 1.0, "ce": 0.5}, {}, BASELINE),
+    "self-evolution KD, proxy form": ({"self_evolution_proxy": 1.0, "ce": 0.5}, {}, BASELINE),
+    "two teachers chosen per token, word-level KD": (
+        {"forward_kl": 1.0, "ce": 0.5}, {"second": "second", "combine": "lowest_loss"}, BASELINE
+    ),
+    "two teachers chosen per token, self-evolution KD": (
+        {"self_evolution_kd": 1.0, "ce": 0.5}, {"second": "second", "combine": "lowest_loss"},
+        "two teachers chosen per token, word-level KD",
+    ),
+    "two teachers of one tokenizer, word-level KD": ({"forward_kl": 1.0, "ce": 0.5}, {"second": "second"}, BASELINE),
+    "second teacher of another tokenizer, ULD": (
+        {"forward_kl": 1.0, "ce": 0.5, "uld": 1.0}, {"second": "other"}, "two teachers of one tokenizer, word-level KD"
+    ),
+}  # fmt: skip
+
+OTHER_TEACHER = {  # the teacher of another tokenizer: [teacher.train] settings beside the demo's
+    "causal-lm": {"family": "llama", "vocab_size": 3072},
+    "translation": {"vocab_size": 640},
+}
+
+# Students that are competent from the start: sliced from the teacher, layers spread evenly.
+COMPETENT = {
+    "causal-lm": {
+        "family": "gpt2", "layers": 2, "heads": 4, "kv_heads": 4, "head_dim": 48, "ffn_ratio": 4.0,
+        "tie_embeddings": True, "init": "teacher", "layer_pick": "even",
+    },
+    "translation": {
+        "family": "marian", "encoder_layers": 2, "decoder_layers": 1, "heads": 4, "head_dim": 32,
+        "ffn_ratio": 2.0, "share_embeddings": True, "init": "teacher", "layer_pick": "even",
+    },
+}  # fmt: skip
+
+
+def _proxy_form(
+    student_logits, labels, teacher_logprobs=None, teacher_indices=None, temperature=1.0, mask=None,
+    teacher_logits=None,
+):  # fmt: skip
+    """The earlier form of self-evolution KD, for the comparison: the hardest half of each
+    micro-batch's tokens (by KL(R || Q), R = (onehot(y) + P) / 2) against the proxy
+    0.5 R + 0.5 Q on the student's side, KL(P || proxy); the others as forward KL."""
+    import math
+
+    ls = loss_registry
+    teacher = (teacher_logprobs, teacher_indices, teacher_logits)
+    counted = torch.ones_like(labels, dtype=torch.bool) if mask is None else mask.bool()
+    with torch.no_grad():
+        hardness = ls.positionwise(ls._self_evolution_difficulty, student_logits.detach(), *teacher, temperature, extras=(labels,))
+    k = math.ceil(0.5 * int(counted.sum()))
+    hard = counted & (hardness >= hardness[counted].topk(k).values[-1]) if k else torch.zeros_like(counted)
+
+    def kind(sup, params, labels, hard):
+        proxy = ls._mixture(ls._self_evolution_prior(sup, labels), sup.student, 0.5)
+        return torch.where(hard, ls._kl(sup, sup.teacher, proxy), ls._kl(sup, sup.teacher, sup.student))
+
+    return ls.divergence(kind, student_logits, *teacher, temperature, mask, extras=(labels, hard))
+
+
+loss_registry.LOSSES.setdefault(
+    "self_evolution_proxy", loss_registry.LossTerm(_proxy_form, ("topk",), "self-evolution KD, the earlier proxy form")
+)
+
+
 def studies(task: str) -> tuple[StudySpec, object, tuple]:
     """The demo's spec with a second teacher (trained on first use like the first), and both
     teachers' outputs cached with everything the methods need."""
@@ -104,6 +182,116 @@ def run(task: str, spec: StudySpec, data, others, method: str, seed: int, steps:
     return {"task": task, "method": method, "seed": seed, "steps": steps, "seconds": seconds, **quality}
 
 
+def paired_studies(task: str) -> tuple[StudySpec, object, dict]:
+    """The demo with its second teacher and a teacher of another tokenizer, cached for the
+    paired arms (the first two: top k and each teacher's confidence per token; the other:
+    its outputs aligned with the student's tokens)."""
+    spec, _, _ = studies(task)  # trains the second teacher where it does not exist yet
+    loss = dataclasses.replace(
+        spec.loss, weights=dict(PAIRED[BASELINE][0]), teacher_weights=(1.0, 1.0), combine="lowest_loss"
+    )
+    first, second = spec.teacher, spec.other_teachers[0]
+    spec = dataclasses.replace(spec, loss=loss)
+    data = prepare_study(spec)
+    (same,) = prepare_other_teachers(spec, data)
+    other = dataclasses.replace(
+        first, model=first.model.rstrip("/") + "-other", train=dataclasses.replace(first.train, **OTHER_TEACHER[task])
+    )
+    aligned = dataclasses.replace(spec, other_teachers=(other,), loss=dataclasses.replace(
+        loss, weights={"uld": 1.0, "ce": 0.5}, combine="weights"))  # fmt: skip
+    (foreign,) = prepare_other_teachers(aligned, data)
+    assert second.model != other.model and foreign.aligned
+    return spec, data, {"second": same, "other": foreign}
+
+
+def warm_student(task: str, spec: StudySpec, data, seed: int, steps: int) -> torch.nn.Module:
+    """The competent student of `task` for `seed`: sliced from the teacher, then `steps` of
+    cross-entropy on the references (no teacher), the same for every arm of the seed (kept
+    in the study's folder, so that every arm and shard starts from one copy)."""
+    cpu = torch.device("cpu")
+    torch.manual_seed(seed)
+    student = spec.task.build_student(COMPETENT[task], data, cpu)
+    if steps <= 0:
+        return student
+    path = spec.out_dir / "benchmark-warm" / f"{data.path.name}-{seed}-{steps}.pt"
+    if path.exists():
+        student.load_state_dict(torch.load(path, weights_only=True))
+        return student
+    loss = make_loss(spec.task, student, data, LossConfig({"ce": 1.0}, spec.loss.params), [], cpu, arch=COMPETENT[task])
+    train(student, dataclasses.replace(spec.brief, steps=steps), loss, spec.task.lengths(data, "train"), seed=seed + 1000)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(student.state_dict(), path.with_suffix(".partial"))
+    path.with_suffix(".partial").rename(path)
+    return student
+
+
+def paired_run(
+    task: str, spec: StudySpec, data, others: dict, arm: str, seed: int, steps: int, eval_every: int, warmup: int
+) -> dict:
+    """One arm on one seed: the competent student, its checkpoint chosen on the validation
+    split, scored on the held-out split; with what its loss terms noted of themselves."""
+    weights, teachers, _ = PAIRED[arm]
+    arch = COMPETENT[task]
+    teachers = dict(teachers)
+    second = (others[teachers.pop("second")],) if "second" in teachers else ()
+    loss = LossConfig(weights, spec.loss.params, teacher_weights=(1.0, 1.0) if second else (), **teachers)
+    budget = dataclasses.replace(spec.brief, steps=steps, eval_every=eval_every)
+    metric = DEMOS[task]["metrics"][0]
+    sign = 1.0 if metric == "perplexity" else -1.0
+    cpu = torch.device("cpu")
+    student = warm_student(task, spec, data, seed, warmup)
+    start_quality, _ = scores_and_text(spec.task.evaluate(student, data, "eval", cpu))
+    loss_fn = make_loss(spec.task, student, data, loss, study_teachers(spec.task, data, loss, cpu, second), cpu, arch=arch)
+
+    def validate(model):
+        return sign * scores_and_text(spec.task.evaluate(model, data, "valid", cpu))[0][metric]
+
+    start = time.perf_counter()
+    result = train(student, budget, loss_fn, spec.task.lengths(data, "train"), seed=seed, validate=validate)
+    seconds = time.perf_counter() - start
+    quality, _ = scores_and_text(spec.task.evaluate(student, data, "eval", cpu))
+    notes = {}
+    for _, taken in result.diagnostics:
+        for term, sums in taken.items():
+            for key, value in sums.items():
+                notes.setdefault(term, {}).setdefault(key, 0.0)
+                notes[term][key] += value
+    return {
+        "task": task, "arm": arm, "seed": seed, "steps": steps, "warmup": warmup, "seconds": seconds,
+        "best_step": result.best_step, "start": start_quality, **quality, "notes": notes,
+        "teacher": data.teacher_metrics, "teachers": [d.teacher_name for d in (data, *second)],
+    }  # fmt: skip
+
+
+def paired_table(rows: list[dict], tasks: list[str]) -> str:
+    """Markdown: per task and arm, the mean of each metric, and its paired difference to the
+    arm's baseline with a 95 % interval and the number of pairs."""
+    from paired import fmt, interval
+
+    lines = []
+    for task in tasks:
+        metrics = DEMOS[task]["metrics"][:2] if task == "translation" else ("perplexity",)
+        lines += [f"\n{task}\n", "| arm | " + " | ".join(f"{m} | vs baseline" for m in metrics) + " | pairs | hard tokens | their gradient |"]
+        lines.append("|---" * (2 * len(metrics) + 4) + "|")
+        of = {(r["arm"], r["seed"]): r for r in rows if r["task"] == task}
+        for arm, (_, _, base) in PAIRED.items():
+            mine = {seed: r for (a, seed), r in of.items() if a == arm}
+            if not mine:
+                continue
+            cells, pairs = [], [s for s in mine if (base, s) in of] if base else []
+            for m in metrics:
+                cells.append(f"{statistics.mean(r[m] for r in mine.values()):.2f}")
+                if base and len(pairs) >= 2:
+                    cells.append(fmt(*interval([mine[s][m] - of[(base, s)][m] for s in pairs])))
+                else:
+                    cells.append("-")
+            se = [r["notes"].get("self_evolution_kd") for r in mine.values() if r["notes"].get("self_evolution_kd")]
+            hard = f"{sum(n['hard_tokens'] for n in se) / sum(n['tokens'] for n in se):.1%}" if se else "-"
+            grad = f"{sum(n['hard_gradient'] for n in se) / sum(n['gradient'] for n in se):.1%}" if se else "-"
+            lines.append(f"| {arm} | " + " | ".join(cells) + f" | {len(pairs) if base else len(mine)} | {hard} | {grad} |")
+    return "\n".join(lines)
+
+
 def table(rows: list[dict], tasks: list[str]) -> str:
     """Markdown: a row per method, `mean ± spread` (sample standard deviation) per task metric."""
     columns = [(t, m) for t in tasks for m in DEMOS[t]["metrics"]]
@@ -131,10 +319,21 @@ def main() -> None:
     p.add_argument("--mt-steps", type=int, default=1200, help="steps of each translation run (the demo's brief budget)")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "recipes_runs.jsonl")
+    p.add_argument("--out", type=Path, default=None, help="default: benchmarks/recipes_runs.jsonl (--paired: paired_runs.jsonl)")
+    p.add_argument("--paired", action="store_true", help="the fair test against word-level KD (see above)")
+    p.add_argument("--arms", nargs="+", default=list(PAIRED), choices=list(PAIRED))
+    p.add_argument("--eval-every", type=int, default=0, help="--paired: validate every this many steps (default: steps / 6)")
+    p.add_argument("--lm-warmup", type=int, default=0, help="--paired: cross-entropy steps before distilling (causal LM)")
+    p.add_argument("--mt-warmup", type=int, default=300, help="--paired: cross-entropy steps before distilling (translation)")
+    p.add_argument("--shard", default="0/1", help="--paired: run the seeds s with s %% N == i of i/N (several processes)")
+    p.add_argument("--table", action="store_true", help="print the table of the runs in --out and run nothing")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
+    if args.paired:
+        paired_main(args)
+        return
+    args.out = args.out or ROOT / "benchmarks" / "recipes_runs.jsonl"
     rows = [json.loads(line) for line in args.out.read_text().splitlines()] if args.out.exists() else []
     done = {(r["task"], r["method"], r["seed"], r["steps"]) for r in rows}
     for task in args.tasks:
@@ -152,6 +351,30 @@ def main() -> None:
     steps = {t: (args.lm_steps if t == "causal-lm" else args.mt_steps) for t in args.tasks}
     rows = [r for r in rows if r["task"] in args.tasks and r["steps"] == steps[r["task"]] and r["seed"] < args.seeds]
     print(table(rows, args.tasks))
+
+
+def paired_main(args: argparse.Namespace) -> None:
+    out = args.out or ROOT / "benchmarks" / "paired_runs.jsonl"
+    rows = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
+    if not args.table:
+        index, count = (int(x) for x in args.shard.split("/"))
+        done = {(r["task"], r["arm"], r["seed"], r["steps"]) for r in rows}
+        for task in args.tasks:
+            spec, data, others = paired_studies(task)
+            steps = args.lm_steps if task == "causal-lm" else args.mt_steps
+            warmup = args.lm_warmup if task == "causal-lm" else args.mt_warmup
+            for seed in range(index, args.seeds, count):  # seeds outermost: every arm's pairs grow together
+                for arm in args.arms:
+                    if (task, arm, seed, steps) in done:
+                        continue
+                    every = args.eval_every or max(1, steps // 6)
+                    row = paired_run(task, spec, data, others, arm, seed, steps, every, warmup)
+                    print(json.dumps(row), flush=True)
+                    rows.append(row)
+                    with out.open("a") as f:
+                        f.write(json.dumps(row) + "\n")
+    steps = {t: (args.lm_steps if t == "causal-lm" else args.mt_steps) for t in args.tasks}
+    print(paired_table([r for r in rows if r["task"] in args.tasks and r["steps"] == steps[r["task"]]], args.tasks))
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from distill.data import BUILTIN_CORPORA, SPLITS, DataSplits
 from distill.errors import InputError
 from distill.files import held, written_whole
 from distill.precision import computing_in, current
-from distill.teacher_outputs import split_params
+from distill.teacher_outputs import ALIGNED_GROUPS, split_params
 from distill.teachers import TeacherConfig, TeacherSource, teacher_source
 
 if TYPE_CHECKING:
@@ -43,6 +43,7 @@ TEACHER_METRICS = "teacher_metrics"  # meta: the teacher measured as a student (
 DATA_INFO = "data_info"  # meta: what reading the data found (skipped examples, counts)
 SCORING = "scoring"  # meta: how quality is computed (e.g. sacrebleu's signatures)
 PRECISION = "precision"  # meta: what the teacher ran in ("bf16" or "fp32"), a part of the key
+ALIGNED_TO = "aligned_to"  # meta: the cache whose training items a teacher of another tokenizer ran on
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +93,12 @@ class PreparedData:
     def precision(self) -> str:
         """What the teacher ran in when its outputs were cached (fp32 in caches made before the setting)."""
         return self.meta.get(PRECISION, "fp32")
+
+    @property
+    def aligned(self) -> bool:
+        """Whether this is a teacher of another tokenizer than the study's first, whose
+        training outputs are on the first teacher's items (see `prepare`'s `align_to`)."""
+        return ALIGNED_TO in self.meta
 
     @property
     def teacher_source(self) -> TeacherSource:
@@ -187,6 +194,7 @@ def prepare(
     precision: str = "fp32",
     check: Callable[[Any], None] | None = None,
     held_out_only: bool = False,
+    align_to: PreparedData | None = None,
 ) -> PreparedData:
     """Load the teacher and data once and fill the cache; reuse a finished one. `check(config)`
     sees the teacher's config before any teacher output is computed (and on reuse).
@@ -197,14 +205,22 @@ def prepare(
 
     `precision` ("bf16" or "fp32", resolved for `device`): the teacher is loaded and run in it
     (`distill.precision`); the outputs are stored in the same dtypes either way, and a cache
-    is kept per precision."""
+    is kept per precision.
+
+    `align_to`: the cache of the study's first teacher, where this teacher's tokenizer is
+    another: the training split's items are the first teacher's (the student's tokens), and
+    this teacher's outputs on them (the "ranked" group only) come from its own tokens of the
+    same text, aligned (`Teacher.student_tokenizer`); the held-out splits are its own, to
+    measure it."""
     source = teacher_source(teacher_cfg, base_dir)
     # How quality is scored, first: a metric this machine cannot compute fails before anything runs.
     scoring = task.scoring(data_cfg)
     splits = ("eval",) if held_out_only else SPLITS
     docs = None if held_out_only else _train_teacher(task, teacher_cfg, source, data_cfg, base_dir, seed)
+    # a teacher of the student's tokenizer gives every group but the aligned ones, one of another only those
+    needs = loss.needs() & ALIGNED_GROUPS if align_to is not None else loss.needs() - ALIGNED_GROUPS
     plan = {
-        "train": sorted(loss.needs()) if loss.teacher_outputs == "cached" else [],
+        "train": sorted(needs) if loss.teacher_outputs == "cached" else [],
         "valid": sorted(task.eval_outputs),
         "eval": sorted(task.eval_outputs),
     }
@@ -213,7 +229,7 @@ def prepare(
     # fp32 on a CPU keeps the key caches made before the setting had (they were fp32 there; on a
     # GPU they were made under bf16 autocast, so no cache of a GPU is reused under a new key)
     old = precision == "fp32" and torch.device(device).type == "cpu"
-    keyed = params | ({} if old else {PRECISION: precision})
+    keyed = params | ({} if old else {PRECISION: precision}) | ({ALIGNED_TO: align_to.path.name} if align_to else {})
     final = cache_root / cache_key(task.name, source, data_cfg, plan, keyed, seed, base_dir)
     with contextlib.ExitStack() as stack:
         stack.enter_context(computing_in(precision))
@@ -236,9 +252,17 @@ def prepare(
         dev = torch.device(device)
         teacher.model.to(dev)
         with written_whole(final) as tmp:
-            _fill(tmp, task, teacher, source, docs, data_cfg, plan, params, scoring, dev, held_out_only)
+            _fill(tmp, task, teacher, source, docs, data_cfg, plan, params, scoring, dev, held_out_only, align_to)
         logger.info("teacher outputs cached in %s", final)
     return PreparedData(final)
+
+
+def ensure_teacher(task: Task, cfg: TeacherConfig, data_cfg: Any, *, base_dir: Path, seed: int = 0) -> TeacherSource:
+    """The teacher's source, trained first where `[teacher.train]` asks for one that does not
+    exist yet (as `prepare` would)."""
+    source = teacher_source(cfg, base_dir)
+    _train_teacher(task, cfg, source, data_cfg, base_dir, seed)
+    return source
 
 
 def _train_teacher(task: Task, cfg: TeacherConfig, source: TeacherSource, data_cfg: Any, base_dir: Path, seed: int) -> Any:
@@ -269,13 +293,19 @@ def _fill(
     scoring: dict[str, str],
     dev: torch.device,
     held_out_only: bool,
+    align_to: PreparedData | None = None,
 ) -> None:
     """Write a cache into `tmp`: each split's items, the teacher's config, tokenizer and outputs,
     the importance of its units, and the teacher measured as a student."""
     splits = list(plan)
     counts = {}
     for split in splits:
-        arrays = task.encode(docs[split], teacher, data_cfg, split)
+        if split == "train" and align_to is not None:  # the student's items
+            outputs = set(align_to.meta["outputs"].get("train", {}))
+            names = [p.stem[len("train_"):] for p in sorted(align_to.path.glob("train_*.npy"))]
+            arrays = {name: np.asarray(align_to.array(f"train_{name}")) for name in names if name not in outputs}
+        else:
+            arrays = task.encode(docs[split], teacher, data_cfg, split)
         for name, arr in arrays.items():
             np.save(tmp / f"{split}_{name}.npy", arr)
         counts[split] = len(next(iter(arrays.values())))
@@ -301,11 +331,18 @@ def _fill(
         "params": params,
         PRECISION: current(),
     }
-    meta["outputs"] = {
-        split: _write_outputs(task, teacher, PreparedData(tmp), data_cfg, split, set(plan[split]), params[split], dev)
-        for split in splits
-    }
-    scores = None if held_out_only else task.importance(teacher, PreparedData(tmp), dev)
+    if align_to is not None:
+        meta[ALIGNED_TO] = align_to.path.name
+    meta["outputs"] = {}
+    for split in splits:
+        aligned = split == "train" and align_to is not None
+        teacher.student_tokenizer = align_to.teacher_tokenizer() if aligned else None
+        meta["outputs"][split] = _write_outputs(
+            task, teacher, PreparedData(tmp), data_cfg, split, set(plan[split]), params[split], dev
+        )
+    teacher.student_tokenizer = None
+    # students are sliced from the first teacher alone (and the training items here are not this one's tokens)
+    scores = None if held_out_only or align_to is not None else task.importance(teacher, PreparedData(tmp), dev)
     if scores is not None:  # for students sliced from the teacher
         torch.save(scores, tmp / "importance.pt")
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
@@ -365,4 +402,4 @@ def _write_outputs(
     }
 
 
-__all__ = ["PreparedData", "cache_key", "prepare"]
+__all__ = ["PreparedData", "cache_key", "ensure_teacher", "prepare"]

@@ -23,6 +23,7 @@ import torch
 
 from distill.errors import InputError
 from distill.files import file_written_whole
+from distill.losses import describe_diagnostics, take_diagnostics
 
 logger = logging.getLogger(__name__)
 
@@ -149,13 +150,16 @@ def lr_lambda(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
 
 @dataclasses.dataclass
 class TrainResult:
-    """What a run did: per-step losses, (step, validation score) pairs, the best step."""
+    """What a run did: per-step losses, (step, validation score) pairs, the best step, and
+    what its loss terms noted of themselves (`distill.losses.take_diagnostics`) from one
+    validation to the next and at the end, as (step, notes) pairs."""
 
     losses: list[float]
     evals: list[tuple[int, float]]
     best_step: int | None
     steps: int
     stopped_early: bool
+    diagnostics: list[tuple[int, dict[str, dict[str, float]]]] = dataclasses.field(default_factory=list)
 
 
 def _optimizer(student: torch.nn.Module, budget: Budget) -> torch.optim.Optimizer:
@@ -292,6 +296,16 @@ def train(
         state = run.load(last)
         logger.info("resuming at step %d/%d from %s", state["step"], total, last)
     stopped_early = False
+    diagnostics: list[tuple[int, dict[str, dict[str, float]]]] = []
+    take_diagnostics()  # what earlier runs in this process noted is theirs
+
+    def diagnose(step: int) -> None:
+        notes = take_diagnostics()
+        if notes:
+            diagnostics.append((step, notes))
+            if workers.main and describe_diagnostics(notes):
+                logger.info("step %d: %s", step, describe_diagnostics(notes))
+
     while state["step"] < total and not stopped_early:
         step_loss = run.step(loss_fn, budget, state["step"])
         state["step"] += 1
@@ -300,6 +314,7 @@ def train(
         if on_step is not None and workers.main:
             on_step(step, total, step_loss)
         if validate is not None and budget.eval_every and (step % budget.eval_every == 0 or step == total):
+            diagnose(step)
             improved = _judge(state, step, workers.agree(lambda: float(validate(student))), budget.patience)
             student.train()
             if improved:
@@ -311,6 +326,8 @@ def train(
             checkpoint = run.checkpoint(state)  # every worker: their random states are gathered
             if workers.main:
                 save_whole(checkpoint, last)
+    if not diagnostics or diagnostics[-1][0] != state["step"]:
+        diagnose(state["step"])
     if state["best_step"] is not None:
         if best_weights is None and checkpoint_dir is not None:  # resumed after the best was saved
             best_weights = torch.load(checkpoint_dir / "best.pt", map_location=device, weights_only=True)
@@ -318,7 +335,7 @@ def train(
     if hasattr(student, TRAINING_STATE):  # training-only modules (projections) end with the run
         delattr(student, TRAINING_STATE)
     student.eval()
-    return TrainResult(state["losses"], state["evals"], state["best_step"], state["step"], stopped_early)
+    return TrainResult(state["losses"], state["evals"], state["best_step"], state["step"], stopped_early, diagnostics)
 
 
 def _judge(state: dict[str, Any], step: int, score: float, patience: int) -> bool:

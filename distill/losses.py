@@ -29,6 +29,7 @@ import dataclasses
 import inspect
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -132,8 +133,8 @@ def _total_variation(sup: Support, params: dict[str, float]) -> torch.Tensor:
 
 
 def _self_evolution_prior(sup: Support, labels: torch.Tensor) -> torch.Tensor:
-    """Self-evolution KD's prior: the reference one-hot and the teacher's distribution, half
-    and half."""
+    """Self-evolution KD's prior knowledge R: the reference one-hot and the teacher's
+    distribution, half and half."""
     return _mixture(sup.one_hot(labels), sup.teacher, 0.5)
 
 
@@ -141,10 +142,75 @@ def _self_evolution_difficulty(sup: Support, params: dict[str, float], labels: t
     return _kl(sup, _self_evolution_prior(sup, labels), sup.student)
 
 
-def _self_evolution(sup: Support, params: dict[str, float], labels: torch.Tensor, hard: torch.Tensor) -> torch.Tensor:
-    easy = _kl(sup, sup.teacher, sup.student)
-    proxy = _mixture(_self_evolution_prior(sup, labels), sup.student, params["self_evolution_prior"])
-    return torch.where(hard, _kl(sup, sup.teacher, proxy), easy)
+def self_evolution_shares(
+    student_logits: torch.Tensor,
+    labels: torch.Tensor,
+    teacher: tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None],
+    temperature: float,
+    counted: torch.Tensor,
+    prior: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Self-evolution KD's first stage, without gradient: which counted positions (B, T) are
+    hard (difficulty KL(R || Q) above the micro-batch's mean d̄) and each one's prior share
+    a = `prior` x (1 - d̄ / d), 0 elsewhere. `teacher`: (teacher_logprobs, teacher_indices,
+    teacher_logits) as `support` takes them."""
+    with torch.no_grad():
+        hardness = positionwise(_self_evolution_difficulty, student_logits.detach(), *teacher, temperature, extras=(labels,))
+        mean = hardness[counted].mean() if counted.any() else hardness.new_zeros(())
+        hard = counted & (hardness > mean)
+        share = torch.where(hard, prior * (1 - mean / hardness.clamp(min=1e-12)), 0.0).clamp(0.0, 1.0)
+    return hard, share
+
+
+_DIAGNOSTICS: dict[str, dict[str, float]] = {}
+
+
+def note(term: str, **sums: float) -> None:
+    """Add to what a term reports of itself (sums over the micro-batches since the last
+    `take_diagnostics`)."""
+    kept = _DIAGNOSTICS.setdefault(term, {})
+    for key, value in sums.items():
+        kept[key] = kept.get(key, 0.0) + value
+
+
+def take_diagnostics() -> dict[str, dict[str, float]]:
+    """What the terms reported since the last call (sums by term), and start afresh. The
+    training loop logs it at every validation and at the end of a run."""
+    taken = {term: dict(sums) for term, sums in _DIAGNOSTICS.items()}
+    _DIAGNOSTICS.clear()
+    return taken
+
+
+def describe_diagnostics(taken: dict[str, dict[str, float]]) -> str:
+    """`take_diagnostics()` in words, for the log."""
+    parts = []
+    for term, sums in taken.items():
+        if term == "self_evolution_kd" and sums.get("tokens"):
+            gradient = sums["hard_gradient"] / sums["gradient"] if sums.get("gradient") else float("nan")
+            parts.append(
+                f"self-evolution KD: {sums['hard_tokens'] / sums['tokens']:.1%} of tokens hard "
+                f"(mean prior share {sums['prior'] / max(sums['hard_tokens'], 1.0):.2f}), "
+                f"carrying {gradient:.1%} of its gradient"
+            )
+    return "; ".join(parts)
+
+
+class _GradientShare(torch.autograd.Function):
+    """The identity, which notes in the backward pass how much of the gradient on the logits
+    (L1 over the vocabulary, summed over positions) falls on the `hard` positions."""
+
+    @staticmethod
+    def forward(ctx: Any, logits: torch.Tensor, hard: torch.Tensor, term: str) -> torch.Tensor:
+        ctx.save_for_backward(hard)
+        ctx.term = term
+        return logits.view_as(logits)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        (hard,) = ctx.saved_tensors
+        per = grad.detach().float().abs().sum(-1)  # (B, T)
+        note(ctx.term, gradient=float(per.sum()), hard_gradient=float(per[hard].sum()))
+        return grad, None, None
 
 
 def divergence(
@@ -188,16 +254,26 @@ def positionwise(
 ) -> torch.Tensor:
     """`kind` at each position (B, T), in chunks as `divergence` takes them."""
     params = params or {}
-    width = student_logits.shape[-1]
-    chunk = chunk or max(1, CHUNK_ELEMENTS // width)
-    lead = student_logits.shape[:-1]
-    given = (teacher_logprobs, teacher_indices, teacher_logits, *extras)
-    rest = [None if x is None else x.flatten(0, len(lead) - 1) for x in given]
-    flat = student_logits.flatten(0, len(lead) - 1)
 
     def per_position(s: torch.Tensor, *t: torch.Tensor | None) -> torch.Tensor:
         return kind(support(s, temperature, *t[:3]), params, *t[3:])
 
+    return chunked(per_position, student_logits, (teacher_logprobs, teacher_indices, teacher_logits, *extras), chunk)
+
+
+def chunked(
+    per_position: Callable[..., torch.Tensor],
+    student_logits: torch.Tensor,
+    given: tuple[torch.Tensor | None, ...],
+    chunk: int | None = None,
+) -> torch.Tensor:
+    """`per_position(logits (n, V), *given (n, ...))` at each position (B, T), over positions
+    `chunk` at a time (default: as many as `CHUNK_ELEMENTS` allows for the vocabulary), each
+    chunk recomputed in the backward pass rather than kept."""
+    chunk = chunk or max(1, CHUNK_ELEMENTS // student_logits.shape[-1])
+    lead = student_logits.shape[:-1]
+    rest = [None if x is None else x.flatten(0, len(lead) - 1) for x in given]
+    flat = student_logits.flatten(0, len(lead) - 1)
     n = flat.shape[0]
     if n <= chunk:
         values = per_position(flat, *rest)
@@ -211,6 +287,16 @@ def positionwise(
             parts.append(checkpoint(per_position, *rows, use_reentrant=False) if grad else per_position(*rows))
         values = torch.cat(parts)
     return values.view(lead)
+
+
+def _sorted_l1(student_logits: torch.Tensor, teacher_ranked: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Per position (n,): the L1 distance between the teacher's k largest probabilities and
+    the student's, rank by rank, plus the difference of the masses outside them."""
+    k = teacher_ranked.shape[-1]
+    s_top = torch.softmax(student_logits.float() / temperature, dim=-1).topk(k, dim=-1).values  # (n, k), sorted
+    t_top = teacher_ranked.float().exp()
+    tails = (1 - s_top.sum(-1)).clamp(min=0) - (1 - t_top.sum(-1)).clamp(min=0)
+    return (s_top - t_top).abs().sum(-1) + tails.abs()
 
 
 def topk_kd_loss(
@@ -326,45 +412,99 @@ def self_evolution_kd_loss(
     temperature: float = 1.0,
     mask: torch.Tensor | None = None,
     teacher_logits: torch.Tensor | None = None,
-    self_evolution_share: float = 0.5,
-    self_evolution_prior: float = 0.5,
+    self_evolution_prior: float = 1.0,
 ) -> torch.Tensor:
     """Self-evolution KD (Song et al., COLING 2025, "Self-Evolution Knowledge Distillation for
-    LLM-based Machine Translation", arXiv 2412.15303): the forward KL, with the tokens that
-    are hard for the student learned through a proxy distribution that holds prior knowledge.
+    LLM-based Machine Translation", arXiv 2412.15303): word-level KD whose tokens that are hard
+    for the student learn from the teacher's distribution blended with prior knowledge, by a
+    share that grows with the token's difficulty.
 
-    The rule implemented, with P the teacher, Q the student (both at `temperature`, on the
-    support of `topk_kd_loss`) and y the reference token (`labels`):
-    1. prior R = (onehot(y) + P) / 2, the reference and the teacher half and half (on the top k,
-       a reference outside it is the tail bucket);
-    2. difficulty d = KL(R || Q) at every counted position, without gradient;
-    3. the ceil(`self_evolution_share` x n) positions of the micro-batch with the largest d
-       (of its n counted ones) are hard, the others easy;
-    4. loss = KL(P || Q) at easy positions and KL(P || Q~) at hard ones, where the proxy
-       Q~ = a R + (1 - a) Q with a = `self_evolution_prior`; mean over counted positions,
-       scaled by temperature**2.
-    With a share of 0 no token is hard and this is `topk_kd_loss`.
+    With P the teacher, Q the student (both at `temperature`, on the support of
+    `topk_kd_loss`) and y the reference token (`labels`), at every counted position i:
+    1. prior R = (onehot(y) + P) / 2 (on the top k, a reference outside it is the tail bucket);
+    2. difficulty d_i = KL(R || Q), without gradient, and d̄ its mean over the micro-batch's
+       counted positions;
+    3. a token is hard where d_i > d̄; its prior share is a_i = `self_evolution_prior` x
+       (1 - d̄ / d_i), which is 0 at the mean and grows towards the parameter with the
+       difficulty; easy tokens have a_i = 0;
+    4. the target is T_i = (1 - a_i) P + a_i R = (1 - a_i / 2) P + (a_i / 2) onehot(y), and the
+       loss (1 - a_i / 2) temperature**2 KL(P || Q) + (a_i / 2) CE(y, Q at temperature 1): the
+       cross-entropy to T_i up to a constant, with the reference's part taken at temperature
+       1 as the cross-entropy term takes it (a one-hot target at a higher temperature would
+       ask for ever larger logits); mean over counted positions.
+    Easy tokens learn as in `topk_kd_loss`. At temperature 1 the gradient on the logits is
+    Q - T_i: on a hard token it differs from forward KL's Q - P by a_i (onehot(y) - P) / 2, at
+    most a_i (1 - P(y)) in L1, and pulls the reference up at least as hard, so hard tokens
+    learn at full strength.
 
-    Where it follows the paper: the two stages (a difficulty per token from the KL between a
-    blend of the reference one-hot and the teacher's distribution and the student's; hard
-    tokens learned through a proxy that mixes that prior into the student's distribution, easy
-    tokens as in plain word-level KD). Where it is ours: the method section's constants were
-    not available to us, so the half-and-half blend, the split of each micro-batch by a share
-    of its tokens (default: the harder half) and one fixed prior weight a for every hard token
-    (default 0.5) are our choices, exposed as parameters; the paper sets the ratio of prior
-    knowledge by the token's difficulty, here it is a for hard tokens and 0 for easy ones.
+    Where each part comes from. The paper (its abstract and a summary of its method; its
+    method section was not available to us): two stages, a per-token difficulty from the KL
+    between a blend of the reference one-hot and the teacher's distribution and the
+    student's; prior knowledge (teacher and reference) mixed in for hard tokens only, by a
+    ratio that depends on the token's difficulty. The related work (Peng et al., ACL 2023,
+    token-level self-evolution training; Zhong et al., 2023, its code): hard tokens chosen
+    afresh from the model's current per-token losses at every step, and the prior put into
+    the target, with nothing of it differentiated. Our choices: the half-and-half blend R,
+    the micro-batch's mean difficulty as the threshold (so the hard set follows the
+    student's progress, and no constant sets its size), the share 1 - d̄ / d_i, and the target
+    form, which replaces the paper's proxy a R + (1 - a) Q on the student's side: KL(P || a R
+    + (1 - a) Q) scales the gradient on a logit j by (1 - a) Q_j / M_j (M the proxy), which
+    all but vanishes where the student is worst (0.2 % of forward KL's on a reference the
+    student gives 0.002, the teacher 0.82; `benchmarks/recipes.py` measures both forms).
+
+    The share of hard tokens, their mean prior share and the share of this term's gradient
+    they carry are noted (`take_diagnostics`) and logged at every validation.
     """
     teacher = (teacher_logprobs, teacher_indices, teacher_logits)
-    params = {"self_evolution_prior": self_evolution_prior}
     counted = torch.ones_like(labels, dtype=torch.bool) if mask is None else mask.bool()
-    with torch.no_grad():
-        hardness = positionwise(_self_evolution_difficulty, student_logits.detach(), *teacher, temperature, extras=(labels,))
-    k = math.ceil(self_evolution_share * int(counted.sum()))
-    hard = torch.zeros_like(counted)
-    if k > 0:
-        kth = hardness[counted].topk(k).values[-1]
-        hard = counted & (hardness >= kth)
-    return divergence(_self_evolution, student_logits, *teacher, temperature, mask, params, extras=(labels, hard))
+    hard, share = self_evolution_shares(student_logits, labels, teacher, temperature, counted, self_evolution_prior)
+    note("self_evolution_kd", tokens=float(counted.sum()), hard_tokens=float(hard.sum()), prior=float(share.sum()))
+    if student_logits.requires_grad and torch.is_grad_enabled():
+        student_logits = _GradientShare.apply(student_logits, hard, "self_evolution_kd")
+    kl = positionwise(_forward_kl, student_logits, *teacher, temperature) * temperature**2  # (B, T)
+    ce = F.cross_entropy(
+        student_logits.float().flatten(0, -2), labels.flatten().long(), ignore_index=-100, reduction="none"
+    ).view_as(kl)
+    half = share / 2  # the reference's part of the target: a / 2 (R holds it half and half with P)
+    values = (1 - half) * kl + torch.where(hard, half * ce, 0.0)
+    weight = counted.to(values.dtype)
+    return (values * weight).sum() / weight.sum().clamp(min=1.0)
+
+
+def uld_loss(
+    student_logits: torch.Tensor,
+    teacher_ranked: torch.Tensor,
+    temperature: float = 1.0,
+    mask: torch.Tensor | None = None,
+    teacher_aligned: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Universal logit distillation (Boizard et al., 2024, "Towards Cross-Tokenizer
+    Distillation: the Universal Logit Distillation Loss for LLMs", arXiv 2402.12030): the
+    Wasserstein-1 distance between the teacher's and the student's next-token distributions
+    where their vocabularies differ, in closed form the L1 distance between the two
+    probability vectors sorted in decreasing order (the smaller one padded with zeros). It
+    asks nothing of the vocabularies, so a teacher of another family and tokenizer can teach.
+
+    Shapes: student_logits (B, T, V); teacher_ranked (B, T, K), the teacher's K largest
+    log-probabilities at `temperature`, sorted in decreasing order, at the teacher position
+    aligned with each student position (`distill.tasks.text.align_to_teacher`); teacher_aligned
+    (B, T), 1 where a teacher position is aligned (None: all); mask (B, T), 1 where a position
+    counts. Ranks past K enter as one bucket (the difference of the masses outside the top K),
+    which makes this a lower bound of the whole sorted L1 distance, equal to it when either
+    tail holds no mass. Where ULD pairs the two sequences position by position up to the
+    shorter one, we pair the positions whose next tokens start at the same character of the
+    text. Not scaled by temperature**2 (the distance is bounded by 2 at any temperature).
+    Returns the mean over counted, aligned positions, a scalar.
+    """
+
+    def per_position(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return _sorted_l1(s, t, temperature)
+
+    values = chunked(per_position, student_logits, (teacher_ranked,))
+    counted = torch.ones_like(values) if mask is None else mask.to(values.dtype)
+    if teacher_aligned is not None:
+        counted = counted * teacher_aligned.to(values.dtype)
+    return (values * counted).sum() / counted.sum().clamp(min=1.0)
 
 
 def next_token_ce(student_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -554,8 +694,15 @@ LOSSES: dict[str, LossTerm] = {
     "self_evolution_kd": LossTerm(
         self_evolution_kd_loss,
         ("topk",),
-        "self-evolution KD (forward KL at temperature {temperature} over {support}; the hardest "
-        "{self_evolution_share:g} of each batch's tokens against a proxy mixing in the prior, weight {self_evolution_prior:g})",
+        "self-evolution KD (forward KL at temperature {temperature} over {support}; on tokens harder than the "
+        "batch's mean, a target blending in the reference by difficulty, at most {self_evolution_prior:g} of the prior)",
+    ),
+    "uld": LossTerm(
+        uld_loss,
+        ("ranked",),
+        "universal logit distillation against the teachers of another tokenizer (the L1 distance of the sorted "
+        "next-token probabilities, their top {top_k} at temperature {temperature}, at the positions where both "
+        "tokenizers start a token)",
     ),
     "sequence_kd": LossTerm(
         sequence_kd_loss,

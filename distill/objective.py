@@ -168,9 +168,10 @@ def make_loss(
     divergences = [(term, w) for _, term, w in on_policy_terms(loss)]
     on_policy_wanted = {name for term, _ in divergences for name in term.inputs}
 
-    def values_of(batch: Any, outputs: dict[str, torch.Tensor]) -> dict[str, Any]:
+    def values_of(batch: Any, outputs: dict[str, torch.Tensor], gives: frozenset[str] | None = None) -> dict[str, Any]:
         values = {**loss.params, **task.forward(student, batch, wanted, outputs), **outputs}
-        return inter.add_pairs(values, wanted) if inter is not None else values
+        layers = gives is None or bool(gives & {"hidden_states", "attentions"})
+        return inter.add_pairs(values, wanted) if inter is not None and layers else values
 
     def loss_fn(idx: np.ndarray, whole: np.ndarray | None = None) -> torch.Tensor:
         """`whole`: the micro-batch `idx` is a worker's share of (`distill.loop.Workers`),
@@ -184,11 +185,12 @@ def make_loss(
         total: Any = 0
         for i, teacher in enumerate(teachers if taught else [None]):
             outputs = teacher.provider.outputs("train", idx, batch) if teacher is not None else {}
-            values = values_of(batch, outputs)
+            values = values_of(batch, outputs, teacher.gives if teacher is not None else None)
             if i == 0:  # terms without a teacher count once
                 total = sum(w * term(values) for term, w in free)
             if teacher is not None:
-                total = total + teacher.weight * sum(w * term(values) for term, w in taught)
+                mine = [(t, w) for t, w in taught if teacher.teaches(t.needs)]
+                total = total + teacher.weight * sum(w * term(values) for term, w in mine)
         return total
 
     return loss_fn

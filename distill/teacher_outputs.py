@@ -62,10 +62,26 @@ class LiveTeacher:
             return self.task.teacher_outputs(self.teacher, batch, self.groups, split_params(self.task, self.loss, split))
 
 
+ALIGNED_GROUPS = frozenset({"ranked"})
+"""What a teacher of another tokenizer than the student's gives (`distill.cache.prepare`'s
+`align_to`), and only such a teacher: next-token distributions without their tokens, at
+aligned positions. The terms that need them (`uld`) count against such teachers alone, the
+others against the teachers that share the student's tokenizer."""
+
+
 @dataclasses.dataclass(frozen=True)
 class WeightedTeacher:
     provider: TeacherOutputs
     weight: float = 1.0
+    gives: frozenset[str] | None = None
+    """`ALIGNED_GROUPS` for a teacher of another tokenizer, None for one of the student's
+    (every group but those): the terms that need a group it does not give skip it"""
+
+    def teaches(self, needs: tuple[str, ...]) -> bool:
+        """Whether a term that needs the groups `needs` counts against this teacher."""
+        if self.gives is None:
+            return not set(needs) & ALIGNED_GROUPS
+        return set(needs) <= self.gives
 
 
 CONFIDENCE = {"lowest_entropy": "teacher_entropy", "lowest_loss": "teacher_nll"}
@@ -121,15 +137,18 @@ def study_teachers(
     when the spec asks for live outputs (`[loss] teacher_outputs = "live"`). `data` is
     the first teacher's study, `others` those of the spec's other teachers, in order; they
     weigh `loss.teacher_weights` (normalized), or, with a per-token `loss.combine`, are one
-    `ChosenTeacher`."""
+    `ChosenTeacher`. A teacher of another tokenizer gives only `ALIGNED_GROUPS`."""
     if not loss.needs():
         return []  # no term asks the teacher anything
     providers: list[TeacherOutputs] = []
     for each in (data, *others):
+        groups = loss.needs() & ALIGNED_GROUPS if each.aligned else loss.needs() - ALIGNED_GROUPS
         if loss.teacher_outputs == "live":
-            providers.append(LiveTeacher(task, _live_teacher(task, each, device), loss.needs(), loss))
+            providers.append(LiveTeacher(task, _live_teacher(task, each, device), groups, loss))
         else:
-            providers.append(CachedTeacher(each, loss.needs(), device))
+            providers.append(CachedTeacher(each, groups, device))
     if loss.combine != "weights":
         return [WeightedTeacher(ChosenTeacher(providers, loss.combine))]
-    return [WeightedTeacher(p, w) for p, w in zip(providers, loss.weights_of_teachers(len(providers)))]
+    weights = loss.weights_of_teachers(len(providers))
+    gives = [ALIGNED_GROUPS if each.aligned else None for each in (data, *others)]
+    return [WeightedTeacher(p, w, g) for p, w, g in zip(providers, weights, gives)]

@@ -32,8 +32,13 @@ class TeacherTraining:
     steps: int = 600
     batch_size: int = 16
     lr: float = 2e-3
+    family: str = ""
+    """the model family (causal LM: gpt2, the default, llama, qwen2 or mistral; translation:
+    marian)"""
 
     def __post_init__(self) -> None:
+        if self.family and self.family not in ("gpt2", "llama", "qwen2", "mistral", "marian"):
+            raise ValueError(f"family: must be one of gpt2, llama, qwen2, mistral, marian, got {self.family!r}")
         if self.vocab_size < 300:
             raise ValueError(f"vocab_size: must be >= 300 (256 bytes + merges), got {self.vocab_size}")
         for key in ("layers", "hidden", "heads", "steps", "batch_size"):
@@ -97,8 +102,7 @@ class TeacherSource:
     def load(self, auto_class: str) -> tuple[Any, Any]:
         """The frozen model (eval mode) through `transformers.<auto_class>`, in the dtype of
         the enclosing precision (`distill.precision.teacher_dtype`), and its tokenizer."""
-        self.config()  # one clear error for a folder that is not there
-        tokenizer = self._pretrained("AutoTokenizer")
+        tokenizer = self.tokenizer()
         return self.load_model(auto_class, teacher_dtype()).eval(), tokenizer
 
     def config(self) -> Any:
@@ -109,6 +113,11 @@ class TeacherSource:
                 "give an existing folder, a hub id, or a [teacher.train] section where the task trains its teacher"
             )
         return self._pretrained("AutoConfig")
+
+    def tokenizer(self) -> Any:
+        """The teacher's tokenizer alone."""
+        self.config()  # one clear error for a folder that is not there
+        return self._pretrained("AutoTokenizer")
 
     def weights(self, auto_class: str) -> Any:
         """The teacher's weights as students are sliced from them, read one tensor at a time

@@ -12,8 +12,10 @@ import numpy as np
 import torch
 
 from distill import LossConfig, PreparedData, prepare
+from distill.cache import ensure_teacher
 from distill.errors import InputError
 from distill.precision import resolve
+from distill.teacher_outputs import ALIGNED_GROUPS
 from nas.recipe import INTERMEDIATE
 from nas.spec import StudySpec
 
@@ -48,12 +50,14 @@ def cache_loss(spec: StudySpec, temperature: float | None = None) -> LossConfig:
     return dataclasses.replace(spec.loss, weights=weights, params=params)
 
 
-def _prepare(spec: StudySpec, data: Any, teacher: Any = None, temperature: float | None = None, **kwargs: Any) -> PreparedData:
+def _prepare(
+    spec: StudySpec, data: Any, teacher: Any = None, temperature: float | None = None, loss: LossConfig | None = None, **kwargs: Any
+) -> PreparedData:
     return prepare(
         spec.task,
         teacher or spec.teacher,
         data,
-        cache_loss(spec, temperature),
+        loss or cache_loss(spec, temperature),
         base_dir=spec.base_dir,
         cache_root=spec.out_dir / "cache",
         seed=spec.study.seed,
@@ -67,19 +71,59 @@ def prepare_other_teachers(
     spec: StudySpec, data: PreparedData, temperature: float | None = None
 ) -> tuple[PreparedData, ...]:
     """The spec's other teachers (`[[teacher]]` after the first) on the study's data, cached
-    like the first: each must cut the data into the same items with the same tokens (the
-    student's tokenizer is the first teacher's) and give outputs of the same shapes."""
+    like the first. One with the first teacher's tokenizer must cut the data into the same
+    items with the same tokens (the student's tokenizer is the first teacher's) and give
+    outputs of the same shapes; one with another tokenizer (another family) runs on its own
+    tokens of the same text, aligned with the student's, and teaches through the terms that
+    need no shared vocabulary (`uld`)."""
     out = []
     for i, teacher in enumerate(spec.other_teachers, start=1):
         key = f"teacher[{i}]"
         try:
-            other = _prepare(spec, spec.data, teacher, temperature)  # students are built from the first
+            source = ensure_teacher(spec.task, teacher, spec.data, base_dir=spec.base_dir, seed=spec.study.seed)
+            if _same_vocabulary(data, source):
+                other = _prepare(spec, spec.data, teacher, temperature)  # students are built from the first
+            else:
+                loss = _aligned_loss(spec, key, source.name, temperature)
+                other = _prepare(spec, spec.data, teacher, temperature, loss, align_to=data)
         except InputError as e:
             text = str(e)
             raise InputError(f"{key}.{text[8:]}" if text.startswith("teacher.") else f"{key} ({teacher.model or teacher.package}): {text}") from None
-        check_same_items(data, other, key)
+        if not other.aligned:
+            check_same_items(data, other, key)
         out.append(other)
+    aligned_terms = [n for n, term, _ in spec.loss.active() if term.needs and set(term.needs) <= ALIGNED_GROUPS]
+    if aligned_terms and not any(o.aligned for o in out):
+        raise InputError(
+            f"loss.{aligned_terms[0]}: teaches from teachers whose tokenizer is not the student's, and every teacher "
+            "of the spec shares it; use the terms over the shared vocabulary (forward_kl, ...) or add such a [[teacher]]"
+        )
     return tuple(out)
+
+
+def _same_vocabulary(first: PreparedData, source: Any) -> bool:
+    """Whether the teacher at `source` has the first teacher's vocabulary (token for token)."""
+    return first.teacher_tokenizer().get_vocab() == source.tokenizer().get_vocab()
+
+
+def _aligned_loss(spec: StudySpec, key: str, name: str, temperature: float | None) -> LossConfig:
+    """The loss a teacher of another tokenizer is cached for: the terms that need no shared
+    vocabulary (`uld`), or one error naming `key` where the spec has none or combines
+    teachers in a way that needs one."""
+    loss = cache_loss(spec, temperature)
+    if loss.combine != "weights" or loss.teacher_outputs != "cached":
+        setting = f'combine = "{loss.combine}"' if loss.combine != "weights" else 'teacher_outputs = "live"'
+        raise InputError(
+            f"{key}.model: {name!r} has another tokenizer than the first teacher; its outputs are cached on the "
+            f"student's tokens, so [loss] {setting} cannot take it (use the defaults: combine = \"weights\", cached outputs)"
+        )
+    terms = {n: w for n, term, w in loss.active() if term.needs and set(term.needs) <= {"ranked"}}
+    if not terms:
+        raise InputError(
+            f"{key}.model: {name!r} has another tokenizer than the first teacher (the student's); it can teach only "
+            "through terms that need no shared vocabulary: add [loss] uld = 1.0 (universal logit distillation)"
+        )
+    return dataclasses.replace(loss, weights=terms)
 
 
 def check_same_items(first: PreparedData, other: PreparedData, key: str) -> None:

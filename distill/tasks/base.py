@@ -62,6 +62,11 @@ class Teacher:
     tokenizer: Any
     source: TeacherSource
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
+    student_tokenizer: Any = None
+    """the student's tokenizer where it is not this teacher's (a teacher of another family,
+    beside the first teacher of a study): `Task.teacher_outputs` then gives only the "ranked"
+    group, the teacher's run on its own tokens of the same text, at the positions aligned with
+    the student's (`distill.tasks.text.align_to_teacher`)"""
 
 
 @dataclasses.dataclass

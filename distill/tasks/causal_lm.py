@@ -36,6 +36,7 @@ from distill.tasks.text import (
     LAYER_GROUPS,
     LAYER_VALUES,
     TopKLossParams,
+    align_to_teacher,
     by_rows,
     check_positions,
     check_space_fits,
@@ -45,6 +46,8 @@ from distill.tasks.text import (
     layer_outputs,
     logit_outputs,
     next_token_chunks,
+    ranked_arrays,
+    ranked_at,
     rows_within,
     slice_teacher,
     student_layers,
@@ -96,6 +99,7 @@ class CausalLM(Task):
         "topk": ("teacher_logprobs", "teacher_indices"),
         "logits": ("teacher_logits",),
         "confidence": ("teacher_entropy", "teacher_nll"),
+        "ranked": ("teacher_ranked", "teacher_aligned"),
         "hidden_states": ("teacher_decoder_hidden",),
         "attentions": ("teacher_decoder_attentions",),
     }
@@ -128,7 +132,9 @@ class CausalLM(Task):
         return Teacher(model, tokenizer, source)
 
     def train_teacher(self, cfg: TeacherTraining, texts: list[str], out: Path, data: DataConfig) -> None:
-        """Train a tokenizer and a small GPT-2 on `texts` and `save_pretrained` both into `out`."""
+        """Train a tokenizer and a small decoder on `texts` and `save_pretrained` both into `out`."""
+        if cfg.family == "marian":
+            raise InputError("teacher.train.family: a causal-LM teacher is a decoder: gpt2, llama, qwen2 or mistral; got 'marian'")
         train_teacher(cfg, texts, out, data.block_length)
 
     def check_space(self, space: DecoderSpace, teacher_config: Any) -> None:
@@ -151,10 +157,13 @@ class CausalLM(Task):
         c = teacher.model.config
         arrays = topk_arrays(c.vocab_size, params, data.block_length - 1, {}) if "topk" in groups else {}
         arrays |= confidence_arrays(groups, data.block_length - 1, {})
+        arrays |= ranked_arrays(groups, params, data.block_length - 1, {})
         stack = (c.num_hidden_layers, c.num_attention_heads, c.hidden_size, data.block_length, None)
         return arrays | layer_arrays(groups, {"decoder": stack})
 
     def teacher_outputs(self, teacher: Teacher, batch: Batch, groups: set[str], params: dict[str, Any]) -> dict[str, torch.Tensor]:
+        if teacher.student_tokenizer is not None:
+            return _aligned_outputs(teacher, batch.inputs["input_ids"], params)
         layers = groups & set(LAYER_GROUPS)
 
         def run(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -322,14 +331,40 @@ def lm_loss(model: torch.nn.Module, blocks: np.ndarray, device: torch.device) ->
     return loss
 
 
+def _aligned_outputs(teacher: Teacher, tokens: torch.Tensor, params: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The "ranked" group of a teacher of another tokenizer on student blocks (B, L): each
+    block's text in the teacher's own tokens, and at each student position (predicting the
+    block's next token) the teacher's distribution before the teacher token that starts there."""
+    most = getattr(teacher.model.config, "max_position_embeddings", None)
+    runs, where = [], []
+    for row in tokens.tolist():
+        ids, index = align_to_teacher(teacher.student_tokenizer, row, teacher.tokenizer, most)
+        runs.append(ids or [teacher.tokenizer.eos_token_id or 0])
+        # student position p predicts token p + 1: the teacher's position before the token aligned with it
+        where.append([k - 1 if k >= 1 else -1 for k in index[1:]])
+    width = max(len(r) for r in runs)
+    pad = teacher.tokenizer.pad_token_id if teacher.tokenizer.pad_token_id is not None else runs[0][0]
+    ids = torch.tensor([r + [pad] * (width - len(r)) for r in runs], device=tokens.device)
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in runs], device=tokens.device)
+    positions = torch.tensor(where, device=tokens.device)
+
+    def run(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        logits = teacher.model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
+        return ranked_at(logits, inputs["positions"], params)
+
+    inputs = {"input_ids": ids, "attention_mask": mask, "positions": positions}
+    return by_rows(run, inputs, teacher.model.config.vocab_size, width)
+
+
 def train_teacher(cfg: TeacherTraining, texts: list[str], out: Path, block_length: int = 128, seed: int = 0) -> None:
-    """Train a tokenizer and a GPT-2 on `texts` and `save_pretrained` both into `out`."""
+    """Train a tokenizer and a decoder (GPT-2 unless `cfg.family` names another of
+    `search_spaces.FAMILIES`) on `texts` and `save_pretrained` both into `out`."""
     from transformers import PretrainedConfig
 
     logger.info("training the teacher into %s (%d steps); later runs reuse it", out, cfg.steps)
     tokenizer = train_tokenizer(texts, cfg.vocab_size)
     blocks = pack(texts, tokenizer, block_length)
-    arch = DecoderArch("gpt2", cfg.layers, cfg.heads, cfg.heads, cfg.hidden // cfg.heads, 4.0, True)
+    arch = DecoderArch(cfg.family or "gpt2", cfg.layers, cfg.heads, cfg.heads, cfg.hidden // cfg.heads, 4.0, True)
     vocab = PretrainedConfig(
         vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id
     )

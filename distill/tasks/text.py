@@ -37,11 +37,10 @@ class TopKLossParams:
     """the generalized JSD's beta (`jsd`), strictly between 0 and 1"""
     skew_alpha: float = 0.1
     """the skew of DistiLLM's skew KL and skew reverse KL, strictly between 0 and 1"""
-    self_evolution_share: float = 0.5
-    """self-evolution KD: the share of each batch's tokens, the hardest for the student, that
-    learn through the proxy distribution (0: none, plain forward KL)"""
-    self_evolution_prior: float = 0.5
-    """self-evolution KD: the weight of the prior (reference and teacher) in the proxy"""
+    self_evolution_prior: float = 1.0
+    """self-evolution KD: the largest share of the prior (reference and teacher, half and half)
+    in a hard token's target, reached as its difficulty grows far above the batch's mean (0:
+    plain forward KL)"""
     full_vocabulary: bool = False
     """divergences over the whole vocabulary from a live teacher's full logits (needs
     `teacher_outputs = "live"`) instead of its cached top k and a tail bucket"""
@@ -58,10 +57,8 @@ class TopKLossParams:
         for key in ("jsd_beta", "skew_alpha"):
             if not 0.0 < getattr(self, key) < 1.0:
                 raise ValueError(f"{key}: must be strictly between 0 and 1, got {getattr(self, key)}")
-        if not 0.0 <= self.self_evolution_share <= 1.0:
-            raise ValueError(f"self_evolution_share: must be between 0 and 1, got {self.self_evolution_share}")
-        if not 0.0 <= self.self_evolution_prior < 1.0:  # at 1 the proxy holds nothing of the student
-            raise ValueError(f"self_evolution_prior: must be in [0, 1), got {self.self_evolution_prior}")
+        if not 0.0 <= self.self_evolution_prior <= 1.0:
+            raise ValueError(f"self_evolution_prior: must be between 0 and 1, got {self.self_evolution_prior}")
 
 
 def stack_outputs(out: Any, stack: str) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...] | None]:
@@ -256,6 +253,16 @@ def logit_outputs(
     return out
 
 
+def ranked_arrays(groups: set[str], params: dict[str, Any], positions: int, cut: dict[int, str]) -> dict[str, OutputArray]:
+    """The cached arrays of the "ranked" group of a teacher of another tokenizer (`ranked_at`)."""
+    if "ranked" not in groups:
+        return {}
+    return {
+        "teacher_ranked": OutputArray((positions, params["top_k"]), "float16", cut),
+        "teacher_aligned": OutputArray((positions,), "int8", cut),
+    }
+
+
 def confidence_arrays(groups: set[str], positions: int, cut: dict[int, str]) -> dict[str, OutputArray]:
     """The cached arrays of the "confidence" group (see `logit_outputs`)."""
     if "confidence" not in groups:
@@ -268,6 +275,73 @@ def topk_outputs(logits: torch.Tensor, params: dict[str, Any]) -> dict[str, torc
     temperature, and indices, of its `top_k` tokens, each (B, T, k)."""
     top = torch.log_softmax(logits.float() / params["temperature"], dim=-1).topk(params["top_k"], dim=-1)
     return {"teacher_logprobs": top.values, "teacher_indices": top.indices.int()}
+
+
+def char_starts(tokenizer: Any, ids: list[int]) -> tuple[str, list[int]]:
+    """The text that token `ids` decode to (special tokens left out) and where each token's
+    text starts in it, -1 for a token that starts nowhere on its own (a special token, part of
+    a character split across tokens, or a decoding that is not a prefix of the whole)."""
+    def text(n: int) -> str:
+        return tokenizer.decode(ids[:n], skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+    whole, special = text(len(ids)), set(tokenizer.all_special_ids)
+    starts, before = [], ""
+    for i, token in enumerate(ids):
+        after = text(i + 1)
+        ok = token not in special and whole.startswith(before) and len(after) > len(before) and whole.startswith(after)
+        starts.append(len(before) if ok and "\ufffd" not in after[len(before):] else -1)
+        before = after
+    return whole, starts
+
+
+def _content_start(text: str, start: int, end: int) -> int:
+    """The first character of `text[start:end]` that is not white space; -1 where there is none."""
+    for i in range(max(start, 0), min(end, len(text))):
+        if not text[i].isspace():
+            return i
+    return -1
+
+
+def align_to_teacher(
+    student_tokenizer: Any, student_ids: list[int], teacher_tokenizer: Any, most: int | None = None
+) -> tuple[list[int], list[int]]:
+    """A teacher whose tokenizer differs from the student's, on the student's tokens: the
+    teacher's tokens of the same text (at most `most`), and for each student token the index
+    of the teacher token that starts at the same character (white space before a word
+    aside: one tokenizer puts it in the word's token, another in a token of its own), or -1
+    where no teacher token does. The teacher's prediction of that token is then its
+    distribution over the next token at the position before it, as the student's is.
+
+    Universal logit distillation (Boizard et al., 2024) pairs the two sequences position by
+    position; tokens of different lengths drift apart from the first difference, so here a
+    position counts only where both tokenizers start a token at the same character."""
+    text, starts = char_starts(student_tokenizer, student_ids)
+    enc = teacher_tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    teacher_ids, offsets = enc["input_ids"][:most], enc["offset_mapping"][:most]
+    where = {}
+    for k, (a, b) in enumerate(offsets):
+        c = _content_start(text, a, b)
+        if c >= 0:
+            where.setdefault(c, k)
+    ends = [*(s for s in starts[1:]), len(text)]
+    out = []
+    for start, end in zip(starts, ends):
+        c = _content_start(text, start, end if end >= 0 else len(text)) if start >= 0 else -1
+        out.append(where.get(c, -1) if c >= 0 else -1)
+    return teacher_ids, out
+
+
+def ranked_at(
+    logits: torch.Tensor, positions: torch.Tensor, params: dict[str, Any]
+) -> dict[str, torch.Tensor]:
+    """The "ranked" group of a teacher of another tokenizer: `logits` (B, Tt, Vt) its
+    next-token logits, `positions` (B, T) the teacher position aligned with each student
+    position (-1: none). `teacher_ranked` (B, T, k), its top-k log-probabilities at the
+    temperature there (0 where unaligned), and `teacher_aligned` (B, T)."""
+    logp = torch.log_softmax(logits.float() / params["temperature"], dim=-1).topk(params["top_k"], dim=-1).values
+    aligned = positions >= 0
+    picked = logp.gather(1, positions.clamp(min=0).unsqueeze(-1).expand(-1, -1, logp.shape[-1]))  # (B, T, k)
+    return {"teacher_ranked": picked * aligned.unsqueeze(-1), "teacher_aligned": aligned.to(torch.int8)}
 
 
 def slice_teacher(student: torch.nn.Module, data: PreparedData, auto_class: str, init: Any, layer_pick: str) -> dict[str, Any]:
@@ -315,11 +389,15 @@ __all__ = [
     "TopKLossParams",
     "check_positions",
     "check_space_fits",
+    "align_to_teacher",
+    "char_starts",
     "confidence_arrays",
     "layer_arrays",
     "layer_groups",
     "layer_outputs",
     "logit_outputs",
+    "ranked_arrays",
+    "ranked_at",
     "slice_teacher",
     "stack_outputs",
     "student_layers",

@@ -39,6 +39,7 @@ from distill.tasks.text import (
     LAYER_GROUPS,
     LAYER_VALUES,
     TopKLossParams,
+    align_to_teacher,
     by_rows,
     check_positions,
     check_space_fits,
@@ -47,6 +48,8 @@ from distill.tasks.text import (
     layer_groups,
     layer_outputs,
     logit_outputs,
+    ranked_arrays,
+    ranked_at,
     slice_teacher,
     student_layers,
     topk_arrays,
@@ -141,6 +144,7 @@ class Translation(Task):
         "topk": ("teacher_logprobs", "teacher_indices"),
         "logits": ("teacher_logits",),
         "confidence": ("teacher_entropy", "teacher_nll"),
+        "ranked": ("teacher_ranked", "teacher_aligned"),
         "sequences": ("teacher_sequence", "teacher_sequence_mask"),
         "hidden_states": ("teacher_encoder_hidden", "teacher_decoder_hidden"),
         "attentions": ("teacher_encoder_attentions", "teacher_decoder_attentions"),
@@ -192,6 +196,8 @@ class Translation(Task):
         self, cfg: TeacherTraining, pairs: list[tuple[str, str]], out: Path, data: PairDataConfig
     ) -> None:
         """Train a tokenizer and a small Marian model on `pairs` and `save_pretrained` both into `out`."""
+        if cfg.family not in ("", "marian"):
+            raise InputError(f"teacher.train.family: translation teachers trained here are Marian models; got {cfg.family!r}")
         train_teacher(cfg, pairs, out, data.max_length)
 
     def check_space(self, space: Seq2SeqSpace, teacher_config: Any) -> None:
@@ -233,6 +239,7 @@ class Translation(Task):
         if "topk" in groups:  # per target position of the reference
             arrays |= topk_arrays(target_vocab(teacher.model.config), params, data.max_length, {0: "tokens"})
         arrays |= confidence_arrays(groups, data.max_length, {0: "tokens"})
+        arrays |= ranked_arrays(groups, params, data.max_length, {0: "tokens"})
         if "sequences" in groups:  # the teacher's translation, whole (its length is not the reference's)
             arrays["teacher_sequence"] = OutputArray((data.max_length,), "int32")
             arrays["teacher_sequence_mask"] = OutputArray((data.max_length,), "int8")
@@ -247,6 +254,8 @@ class Translation(Task):
     def teacher_outputs(
         self, teacher: Teacher, batch: Batch, groups: set[str], params: dict[str, Any]
     ) -> dict[str, torch.Tensor]:
+        if teacher.student_tokenizer is not None:
+            return _aligned_outputs(teacher, batch, params)
         out = {}
         if groups & {"topk", "logits", "confidence", *LAYER_GROUPS}:
 
@@ -428,6 +437,49 @@ def translations(model: Any, batch: Batch, beams: int, sample: bool = False) -> 
     ended = torch.isin(seq, torch.tensor(eos, device=seq.device)).int()
     after_eos = (ended.cumsum(1) - ended) > 0  # positions behind the first EOS
     return {"teacher_sequence": seq.int(), "teacher_sequence_mask": (~after_eos).to(torch.int8)}
+
+
+def _aligned_outputs(teacher: Teacher, batch: Batch, params: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The "ranked" group of a teacher of another tokenizer on student pairs: each source and
+    reference in the teacher's own tokens (each ending with its EOS, cut to its positions), the teacher
+    teacher-forced on its reference, and at each student target position the teacher's
+    distribution at the position of the teacher token that starts at the same character (the
+    two EOS aligned with each other)."""
+    student_tok, tok = teacher.student_tokenizer, teacher.tokenizer
+    inputs, device = batch.inputs, batch.inputs["input_ids"].device
+    eos = tok.eos_token_id
+    most = getattr(teacher.model.config, "max_position_embeddings", None) or 10**9  # the teacher's positions
+    sources, targets, where = [], [], []
+    for src, src_mask, tgt, tgt_mask in zip(
+        inputs["input_ids"].tolist(), inputs["attention_mask"].tolist(), inputs["labels"].tolist(), inputs["decoder_attention_mask"].tolist()
+    ):
+        text = student_tok.decode([t for t, m in zip(src, src_mask) if m], skip_special_tokens=True)
+        ids = [t for t in tok(text)["input_ids"] if t != eos][: most - 1]
+        sources.append([*ids, eos])
+        real = [t for t, m in zip(tgt, tgt_mask) if m]
+        ids, index = align_to_teacher(student_tok, real, tok, most - 1)  # its tokens past its positions: unaligned
+        index = [len(ids) if t == student_tok.eos_token_id else k for t, k in zip(real, index)]
+        targets.append([*ids, eos])
+        where.append(index + [-1] * (len(tgt) - len(real)))
+    pad = tok.pad_token_id if tok.pad_token_id is not None else eos
+
+    def padded(rows: list[list[int]], value: int) -> torch.Tensor:
+        width = max(len(r) for r in rows)
+        return torch.tensor([r + [value] * (width - len(r)) for r in rows], device=device)
+
+    forced = {
+        "input_ids": padded(sources, pad),
+        "attention_mask": padded([[1] * len(r) for r in sources], 0),
+        "labels": padded(targets, pad),
+        "decoder_attention_mask": padded([[1] * len(r) for r in targets], 0),
+    }
+
+    def run(part: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        positions = part.pop("positions")
+        logits = _forced(teacher.model, Batch(part)).logits
+        return ranked_at(logits, positions, params)
+
+    return by_rows(run, {**forced, "positions": torch.tensor(where, device=device)}, teacher.model.config.vocab_size)
 
 
 def _forced_inputs(model: Any, batch: Batch) -> dict[str, torch.Tensor]:

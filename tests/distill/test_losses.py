@@ -289,9 +289,9 @@ def test_full_vocabulary_asks_a_live_teacher_for_its_logits():
     assert cached.needs() == {"topk"} and "top 8 tokens" in cached.describe() and "beta 0.5" in cached.describe()
 
 
-def test_self_evolution_kd_is_plain_kd_when_no_token_is_hard_and_hardens_the_hardest_share():
+def test_self_evolution_kd_is_plain_kd_without_a_prior_and_blends_it_in_above_the_mean_difficulty():
     from distill import losses
-    from distill.losses import self_evolution_kd_loss, topk_kd_loss
+    from distill.losses import self_evolution_kd_loss, take_diagnostics, topk_kd_loss
 
     torch.manual_seed(0)
     teacher, student = torch.randn(3, 6, 40) * 2, torch.randn(3, 6, 40, requires_grad=True)
@@ -301,29 +301,40 @@ def test_self_evolution_kd_is_plain_kd_when_no_token_is_hard_and_hardens_the_har
     for t in (1.0, 2.0):
         top = _topk(teacher, 8, t)
         plain = topk_kd_loss(student, *top, t, mask)
-        assert self_evolution_kd_loss(student, labels, *top, t, mask, self_evolution_share=0.0).item() == pytest.approx(plain.item(), rel=1e-6)
-        # a proxy without prior is the student itself: every token hard changes nothing either
-        none = self_evolution_kd_loss(student, labels, *top, t, mask, self_evolution_share=1.0, self_evolution_prior=0.0)
-        assert none.item() == pytest.approx(plain.item(), rel=1e-6)
-        full = self_evolution_kd_loss(student, labels, None, None, t, mask, teacher, self_evolution_share=0.0)
+        assert self_evolution_kd_loss(student, labels, *top, t, mask, self_evolution_prior=0.0).item() == pytest.approx(plain.item(), rel=1e-6)
+        full = self_evolution_kd_loss(student, labels, None, None, t, mask, teacher, self_evolution_prior=0.0)
         assert full.item() == pytest.approx(topk_kd_loss(student, None, None, t, mask, teacher).item(), rel=1e-6)
-    # the hardest half of the counted tokens, by KL(prior || student), learn through the proxy
-    seen = {}
-    original = losses._self_evolution
-
-    def spy(sup, params, labels, hard):
-        seen["hard"] = hard.clone()
-        return original(sup, params, labels, hard)
-
-    losses._self_evolution = spy
-    try:
-        loss = self_evolution_kd_loss(student, labels, *_topk(teacher, 8), 1.0, mask)
-    finally:
-        losses._self_evolution = original
-    hard = seen["hard"].view(3, 6)
-    assert int(hard.sum()) == 8 and not hard[2, 3:].any()  # ceil(0.5 x 15) counted tokens; padding never
+    # a batch of tokens all equally hard has none above its mean: plain KD
+    same = student.detach()[:1, :1].expand(2, 4, 40).clone()
+    same_teacher = teacher[:1, :1].expand(2, 4, 40)
+    same_labels = labels[:1, :1].expand(2, 4)
+    top = _topk(same_teacher, 8)
+    assert self_evolution_kd_loss(same, same_labels, *top).item() == pytest.approx(topk_kd_loss(same, *top).item(), rel=1e-5)
+    # the loss: (1 - a/2) T^2 KL + (a/2) CE at temperature 1, position by position
+    for t in (1.0, 2.0):
+        _, a = losses.self_evolution_shares(student, labels, (*_topk(teacher, 8, t), None), t, mask.bool(), 1.0)
+        kl = losses.positionwise(losses._forward_kl, student.detach(), *_topk(teacher, 8, t), None, t) * t**2
+        ce = F.cross_entropy(student.detach().flatten(0, 1), labels.flatten(), reduction="none").view(3, 6)
+        want = (((1 - a / 2) * kl + a / 2 * ce) * mask).sum() / mask.sum()
+        got = self_evolution_kd_loss(student.detach(), labels, *_topk(teacher, 8, t), t, mask)
+        assert got.item() == pytest.approx(want.item(), rel=1e-5)
+    # tokens above the batch's mean difficulty KL(prior || student) take a prior share that grows with it
+    take_diagnostics()
+    loss = self_evolution_kd_loss(student, labels, *_topk(teacher, 8), 1.0, mask)
+    _, share = losses.self_evolution_shares(student, labels, (*_topk(teacher, 8), None), 1.0, mask.bool(), 1.0)
+    difficulty = losses.positionwise(losses._self_evolution_difficulty, student.detach(), *_topk(teacher, 8), None, 1.0, extras=(labels,))
+    mean = difficulty[mask.bool()].mean()
+    hard = mask.bool() & (difficulty > mean)
+    assert 0 < int(hard.sum()) < 15 and not share[2, 3:].any() and not share[~hard].any()
+    torch.testing.assert_close(share[hard], 1 - mean / difficulty[hard])
+    order = difficulty[hard].argsort()
+    assert (share[hard][order].diff() >= 0).all()  # harder, more prior
     loss.backward()
     assert torch.isfinite(loss) and loss.item() >= 0 and torch.isfinite(student.grad).all()
+    noted = take_diagnostics()["self_evolution_kd"]
+    assert noted["tokens"] == 15 and noted["hard_tokens"] == int(hard.sum())
+    assert 0 < noted["hard_gradient"] < noted["gradient"]
+    assert "of tokens hard" in losses.describe_diagnostics({"self_evolution_kd": noted})
     # padding changes nothing, and very peaked teachers stay finite
     changed = student.detach().clone()
     changed[2, 3:] = torch.randn(3, 40) * 50
@@ -331,3 +342,58 @@ def test_self_evolution_kd_is_plain_kd_when_no_token_is_hard_and_hardens_the_har
     assert again.item() == pytest.approx(loss.item(), rel=1e-6)
     peaked = self_evolution_kd_loss(student.detach().bfloat16(), labels, *_topk(teacher * 100, 8), 1.0, mask)
     assert torch.isfinite(peaked)
+
+
+def _proxy_self_evolution(student_logits, labels, teacher_logits, hard, prior=0.5):
+    """The earlier form of self-evolution KD on hard tokens: KL(P || a R + (1 - a) Q), per position."""
+    from distill import losses
+
+    def kind(sup, params, labels, hard):
+        proxy = losses._mixture(losses._self_evolution_prior(sup, labels), sup.student, prior)
+        return torch.where(hard, losses._kl(sup, sup.teacher, proxy), losses._kl(sup, sup.teacher, sup.student))
+
+    return losses.positionwise(kind, student_logits, None, None, teacher_logits, 1.0, extras=(labels, hard)).mean()
+
+
+@pytest.mark.parametrize("student_on_reference", [0.002, 0.24])
+def test_self_evolution_kd_teaches_a_hard_token_with_at_least_forward_kls_pull(student_on_reference):
+    """A vocabulary of 800, the teacher at 0.82 on the reference: where the student is worst, the
+    gradient on a hard token keeps forward KL's strength (the earlier proxy form kept 0.2 % of it
+    on the reference logit at a student's 0.002, and fails these checks)."""
+    from distill.losses import self_evolution_kd_loss, topk_kd_loss
+
+    vocab, y = 800, 7
+
+    def logits_with(p_ref: float, rest: torch.Tensor) -> torch.Tensor:
+        probs = torch.softmax(rest, -1) * (1 - p_ref)
+        probs[..., y] = p_ref
+        return probs.log()
+
+    torch.manual_seed(1)
+    rest = torch.randn(2, vocab)
+    rest[:, y] = -1e4
+    teacher = logits_with(0.82, rest[0]).repeat(4, 1)  # (4, V): one row per position
+    student = logits_with(0.9, rest[1]).repeat(4, 1)  # easy rows: the student already sure of y
+    student[0] = logits_with(student_on_reference, rest[1])  # row 0: the hard one
+    student = student.view(1, 4, vocab).requires_grad_(True)
+    teacher, labels = teacher.view(1, 4, vocab), torch.full((1, 4), y)
+
+    def grad_of(fn) -> torch.Tensor:
+        (g,) = torch.autograd.grad(fn(student), student)
+        return g[0, 0]  # the hard position's gradient on the logits
+
+    ours = grad_of(lambda s: self_evolution_kd_loss(s, labels, None, None, 1.0, None, teacher))
+    forward = grad_of(lambda s: topk_kd_loss(s, None, None, 1.0, None, teacher))
+    hard = torch.tensor([[True, False, False, False]])
+    proxy = grad_of(lambda s: _proxy_self_evolution(s, labels, teacher, hard))
+
+    def keeps_its_pull(g: torch.Tensor) -> bool:
+        return bool(g[y] <= forward[y] < 0 and g.abs().sum() >= 0.5 * forward.abs().sum())
+
+    assert keeps_its_pull(ours) and ours[y] < forward[y]  # hard: the reference pulled up harder
+    assert not keeps_its_pull(proxy)
+    # the target leans to the reference by a (1 - P(y)) / 2 (a <= 1): the gradient moves at
+    # most a (1 - P(y)) in L1, over the batch's 4 positions
+    assert (ours - forward).abs().sum() <= 0.18 / 4 + 1e-6
+    if student_on_reference == 0.002:
+        assert proxy[y] / forward[y] < 0.01  # the earlier form all but starved it

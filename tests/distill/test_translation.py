@@ -56,7 +56,7 @@ def test_the_pair_tokenizer_ends_every_sentence_with_eos_and_padding_changes_no_
 
 class _Teacher:
     def __init__(self, model):
-        self.model = model
+        self.model, self.student_tokenizer = model, None
 
 
 def _vocab(tokenizer):
