@@ -29,7 +29,7 @@ from distill.data import BUILTIN_CORPORA, SPLITS, DataSplits
 from distill.errors import InputError
 from distill.files import held, written_whole
 from distill.precision import computing_in, current
-from distill.teacher_outputs import ALIGNED_GROUPS, split_params
+from distill.teacher_outputs import groups_for, split_params
 from distill.teachers import TeacherConfig, TeacherSource, teacher_source
 
 if TYPE_CHECKING:
@@ -44,6 +44,7 @@ DATA_INFO = "data_info"  # meta: what reading the data found (skipped examples, 
 SCORING = "scoring"  # meta: how quality is computed (e.g. sacrebleu's signatures)
 PRECISION = "precision"  # meta: what the teacher ran in ("bf16" or "fp32"), a part of the key
 ALIGNED_TO = "aligned_to"  # meta: the cache whose training items a teacher of another tokenizer ran on
+ALIGNED_SHARE = "aligned_share"  # meta: the share of the student's training tokens aligned with one of that teacher's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +94,12 @@ class PreparedData:
     def precision(self) -> str:
         """What the teacher ran in when its outputs were cached (fp32 in caches made before the setting)."""
         return self.meta.get(PRECISION, "fp32")
+
+    def items(self, split: str) -> list[str]:
+        """The names of the arrays that hold `split`'s items (token ids, masks), not the teacher's outputs on them."""
+        outputs = set(self.meta["outputs"].get(split, {}))
+        names = [p.stem[len(split) + 1 :] for p in sorted(self.path.glob(f"{split}_*.npy"))]
+        return [name for name in names if name not in outputs]
 
     @property
     def aligned(self) -> bool:
@@ -218,7 +225,7 @@ def prepare(
     splits = ("eval",) if held_out_only else SPLITS
     docs = None if held_out_only else _train_teacher(task, teacher_cfg, source, data_cfg, base_dir, seed)
     # a teacher of the student's tokenizer gives every group but the aligned ones, one of another only those
-    needs = loss.needs() & ALIGNED_GROUPS if align_to is not None else loss.needs() - ALIGNED_GROUPS
+    needs = groups_for(loss.needs(), aligned=align_to is not None)
     plan = {
         "train": sorted(needs) if loss.teacher_outputs == "cached" else [],
         "valid": sorted(task.eval_outputs),
@@ -301,9 +308,7 @@ def _fill(
     counts = {}
     for split in splits:
         if split == "train" and align_to is not None:  # the student's items
-            outputs = set(align_to.meta["outputs"].get("train", {}))
-            names = [p.stem[len("train_"):] for p in sorted(align_to.path.glob("train_*.npy"))]
-            arrays = {name: np.asarray(align_to.array(f"train_{name}")) for name in names if name not in outputs}
+            arrays = {name: np.asarray(align_to.array(f"train_{name}")) for name in align_to.items("train")}
         else:
             arrays = task.encode(docs[split], teacher, data_cfg, split)
         for name, arr in arrays.items():
@@ -341,6 +346,10 @@ def _fill(
             task, teacher, PreparedData(tmp), data_cfg, split, set(plan[split]), params[split], dev
         )
     teacher.student_tokenizer = None
+    if align_to is not None and "teacher_aligned" in meta["outputs"].get("train", {}):
+        aligned = float(np.asarray(PreparedData(tmp).array("train_teacher_aligned"), dtype=np.float64).sum())
+        meta[ALIGNED_SHARE] = aligned / max(1.0, float(task.lengths(PreparedData(tmp), "train").sum()))
+        logger.info("%.1f%% of the student's training tokens have a teacher token starting where they do", 100 * meta[ALIGNED_SHARE])
     # students are sliced from the first teacher alone (and the training items here are not this one's tokens)
     scores = None if held_out_only or align_to is not None else task.importance(teacher, PreparedData(tmp), dev)
     if scores is not None:  # for students sliced from the teacher

@@ -152,7 +152,9 @@ def lr_lambda(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
 class TrainResult:
     """What a run did: per-step losses, (step, validation score) pairs, the best step, and
     what its loss terms noted of themselves (`distill.losses.take_diagnostics`) from one
-    validation to the next and at the end, as (step, notes) pairs."""
+    validation to the next and at the end, as (step, notes) pairs: of this process's share of
+    the batches (worker 0's, with several), and since the resume for a resumed run (checkpoints
+    do not keep them)."""
 
     losses: list[float]
     evals: list[tuple[int, float]]
@@ -298,14 +300,6 @@ def train(
     stopped_early = False
     diagnostics: list[tuple[int, dict[str, dict[str, float]]]] = []
     take_diagnostics()  # what earlier runs in this process noted is theirs
-
-    def diagnose(step: int) -> None:
-        notes = take_diagnostics()
-        if notes:
-            diagnostics.append((step, notes))
-            if workers.main and describe_diagnostics(notes):
-                logger.info("step %d: %s", step, describe_diagnostics(notes))
-
     while state["step"] < total and not stopped_early:
         step_loss = run.step(loss_fn, budget, state["step"])
         state["step"] += 1
@@ -314,7 +308,7 @@ def train(
         if on_step is not None and workers.main:
             on_step(step, total, step_loss)
         if validate is not None and budget.eval_every and (step % budget.eval_every == 0 or step == total):
-            diagnose(step)
+            _diagnose(diagnostics, step, workers.main)
             improved = _judge(state, step, workers.agree(lambda: float(validate(student))), budget.patience)
             student.train()
             if improved:
@@ -327,7 +321,7 @@ def train(
             if workers.main:
                 save_whole(checkpoint, last)
     if not diagnostics or diagnostics[-1][0] != state["step"]:
-        diagnose(state["step"])
+        _diagnose(diagnostics, state["step"], workers.main)
     if state["best_step"] is not None:
         if best_weights is None and checkpoint_dir is not None:  # resumed after the best was saved
             best_weights = torch.load(checkpoint_dir / "best.pt", map_location=device, weights_only=True)
@@ -336,6 +330,15 @@ def train(
         delattr(student, TRAINING_STATE)
     student.eval()
     return TrainResult(state["losses"], state["evals"], state["best_step"], state["step"], stopped_early, diagnostics)
+
+
+def _diagnose(diagnostics: list[tuple[int, dict[str, dict[str, float]]]], step: int, main: bool) -> None:
+    """Keep what the loss terms noted since the last call, and log it (on worker 0)."""
+    notes = take_diagnostics()
+    if notes:
+        diagnostics.append((step, notes))
+        if main and describe_diagnostics(notes):
+            logger.info("step %d: %s", step, describe_diagnostics(notes))
 
 
 def _judge(state: dict[str, Any], step: int, score: float, patience: int) -> bool:

@@ -162,21 +162,22 @@ def self_evolution_shares(
     return hard, share
 
 
-_DIAGNOSTICS: dict[str, dict[str, float]] = {}
+_DIAGNOSTICS: dict[str, dict[str, torch.Tensor | float]] = {}
 
 
-def note(term: str, **sums: float) -> None:
+def note(term: str, **sums: torch.Tensor | float) -> None:
     """Add to what a term reports of itself (sums over the micro-batches since the last
-    `take_diagnostics`)."""
+    `take_diagnostics`; tensors are kept on their device, so that noting never waits for it)."""
     kept = _DIAGNOSTICS.setdefault(term, {})
     for key, value in sums.items():
-        kept[key] = kept.get(key, 0.0) + value
+        value = value.detach() if isinstance(value, torch.Tensor) else value
+        kept[key] = kept[key] + value if key in kept else value
 
 
 def take_diagnostics() -> dict[str, dict[str, float]]:
     """What the terms reported since the last call (sums by term), and start afresh. The
     training loop logs it at every validation and at the end of a run."""
-    taken = {term: dict(sums) for term, sums in _DIAGNOSTICS.items()}
+    taken = {term: {key: float(value) for key, value in sums.items()} for term, sums in _DIAGNOSTICS.items()}
     _DIAGNOSTICS.clear()
     return taken
 
@@ -208,8 +209,8 @@ class _GradientShare(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         (hard,) = ctx.saved_tensors
-        per = grad.detach().float().abs().sum(-1)  # (B, T)
-        note(ctx.term, gradient=float(per.sum()), hard_gradient=float(per[hard].sum()))
+        per = torch.linalg.vector_norm(grad.detach(), 1, dim=-1, dtype=torch.float32)  # (B, T)
+        note(ctx.term, gradient=per.sum(), hard_gradient=(per * hard).sum())
         return grad, None, None
 
 
@@ -458,17 +459,20 @@ def self_evolution_kd_loss(
     teacher = (teacher_logprobs, teacher_indices, teacher_logits)
     counted = torch.ones_like(labels, dtype=torch.bool) if mask is None else mask.bool()
     hard, share = self_evolution_shares(student_logits, labels, teacher, temperature, counted, self_evolution_prior)
-    note("self_evolution_kd", tokens=float(counted.sum()), hard_tokens=float(hard.sum()), prior=float(share.sum()))
+    note("self_evolution_kd", tokens=counted.sum(), hard_tokens=hard.sum(), prior=share.sum())
     if student_logits.requires_grad and torch.is_grad_enabled():
         student_logits = _GradientShare.apply(student_logits, hard, "self_evolution_kd")
-    kl = positionwise(_forward_kl, student_logits, *teacher, temperature) * temperature**2  # (B, T)
-    ce = F.cross_entropy(
-        student_logits.float().flatten(0, -2), labels.flatten().long(), ignore_index=-100, reduction="none"
-    ).view_as(kl)
-    half = share / 2  # the reference's part of the target: a / 2 (R holds it half and half with P)
-    values = (1 - half) * kl + torch.where(hard, half * ce, 0.0)
-    weight = counted.to(values.dtype)
-    return (values * weight).sum() / weight.sum().clamp(min=1.0)
+
+    def per_position(s: torch.Tensor, *t: torch.Tensor | None) -> torch.Tensor:
+        y, a, h = t[3:]
+        sup = support(s, temperature, *t[:3])
+        kl = _kl(sup, sup.teacher, sup.student) * temperature**2
+        ce = F.cross_entropy(s.float(), y.long(), ignore_index=-100, reduction="none")  # the reference at T = 1
+        half = a / 2  # the reference's part of the target (R holds it half and half with P)
+        return (1 - half) * kl + torch.where(h, half * ce, 0.0)
+
+    values = chunked(per_position, student_logits, (*teacher, labels, share, hard))
+    return torch.where(counted, values, 0.0).sum() / counted.sum().clamp(min=1)
 
 
 def uld_loss(
@@ -501,10 +505,10 @@ def uld_loss(
         return _sorted_l1(s, t, temperature)
 
     values = chunked(per_position, student_logits, (teacher_ranked,))
-    counted = torch.ones_like(values) if mask is None else mask.to(values.dtype)
+    counted = torch.ones_like(values, dtype=torch.bool) if mask is None else mask.bool()
     if teacher_aligned is not None:
-        counted = counted * teacher_aligned.to(values.dtype)
-    return (values * counted).sum() / counted.sum().clamp(min=1.0)
+        counted = counted & teacher_aligned.bool()
+    return torch.where(counted, values, 0.0).sum() / counted.sum().clamp(min=1)
 
 
 def next_token_ce(student_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -170,8 +170,8 @@ def make_loss(
 
     def values_of(batch: Any, outputs: dict[str, torch.Tensor], gives: frozenset[str] | None = None) -> dict[str, Any]:
         values = {**loss.params, **task.forward(student, batch, wanted, outputs), **outputs}
-        layers = gives is None or bool(gives & {"hidden_states", "attentions"})
-        return inter.add_pairs(values, wanted) if inter is not None and layers else values
+        # a teacher of another tokenizer gives no layers to pair
+        return inter.add_pairs(values, wanted) if inter is not None and gives is None else values
 
     def loss_fn(idx: np.ndarray, whole: np.ndarray | None = None) -> torch.Tensor:
         """`whole`: the micro-batch `idx` is a worker's share of (`distill.loop.Workers`),

@@ -69,6 +69,17 @@ aligned positions. The terms that need them (`uld`) count against such teachers 
 others against the teachers that share the student's tokenizer."""
 
 
+def aligned_only(needs: tuple[str, ...] | set[str]) -> bool:
+    """Whether a term that needs the groups `needs` learns from teachers of another tokenizer."""
+    return bool(needs) and set(needs) <= ALIGNED_GROUPS
+
+
+def groups_for(needs: set[str], aligned: bool) -> set[str]:
+    """The groups of `needs` a teacher gives: of another tokenizer (`aligned`), the aligned
+    ones; of the student's, every other."""
+    return needs & ALIGNED_GROUPS if aligned else needs - ALIGNED_GROUPS
+
+
 @dataclasses.dataclass(frozen=True)
 class WeightedTeacher:
     provider: TeacherOutputs
@@ -79,9 +90,7 @@ class WeightedTeacher:
 
     def teaches(self, needs: tuple[str, ...]) -> bool:
         """Whether a term that needs the groups `needs` counts against this teacher."""
-        if self.gives is None:
-            return not set(needs) & ALIGNED_GROUPS
-        return set(needs) <= self.gives
+        return set(needs) <= groups_for(set(needs), aligned=self.gives is not None)
 
 
 CONFIDENCE = {"lowest_entropy": "teacher_entropy", "lowest_loss": "teacher_nll"}
@@ -142,7 +151,7 @@ def study_teachers(
         return []  # no term asks the teacher anything
     providers: list[TeacherOutputs] = []
     for each in (data, *others):
-        groups = loss.needs() & ALIGNED_GROUPS if each.aligned else loss.needs() - ALIGNED_GROUPS
+        groups = groups_for(loss.needs(), each.aligned)
         if loss.teacher_outputs == "live":
             providers.append(LiveTeacher(task, _live_teacher(task, each, device), groups, loss))
         else:

@@ -37,8 +37,11 @@ class TeacherTraining:
     marian)"""
 
     def __post_init__(self) -> None:
-        if self.family and self.family not in ("gpt2", "llama", "qwen2", "mistral", "marian"):
-            raise ValueError(f"family: must be one of gpt2, llama, qwen2, mistral, marian, got {self.family!r}")
+        from search_spaces import FAMILIES
+
+        trainable = (*FAMILIES, "marian")  # the decoders a causal LM trains, the Marian models translation trains
+        if self.family and self.family not in trainable:
+            raise ValueError(f"family: must be one of {', '.join(trainable)}, got {self.family!r}")
         if self.vocab_size < 300:
             raise ValueError(f"vocab_size: must be >= 300 (256 bytes + merges), got {self.vocab_size}")
         for key in ("layers", "hidden", "heads", "steps", "batch_size"):

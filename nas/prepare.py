@@ -15,7 +15,7 @@ from distill import LossConfig, PreparedData, prepare
 from distill.cache import ensure_teacher
 from distill.errors import InputError
 from distill.precision import resolve
-from distill.teacher_outputs import ALIGNED_GROUPS
+from distill.teacher_outputs import aligned_only
 from nas.recipe import INTERMEDIATE
 from nas.spec import StudySpec
 
@@ -84,7 +84,7 @@ def prepare_other_teachers(
             if _same_vocabulary(data, source):
                 other = _prepare(spec, spec.data, teacher, temperature)  # students are built from the first
             else:
-                loss = _aligned_loss(spec, key, source.name, temperature)
+                loss = _aligned_loss(spec, source.name, temperature)
                 other = _prepare(spec, spec.data, teacher, temperature, loss, align_to=data)
         except InputError as e:
             text = str(e)
@@ -92,7 +92,7 @@ def prepare_other_teachers(
         if not other.aligned:
             check_same_items(data, other, key)
         out.append(other)
-    aligned_terms = [n for n, term, _ in spec.loss.active() if term.needs and set(term.needs) <= ALIGNED_GROUPS]
+    aligned_terms = [n for n, term, _ in spec.loss.active() if aligned_only(term.needs)]
     if aligned_terms and not any(o.aligned for o in out):
         raise InputError(
             f"loss.{aligned_terms[0]}: teaches from teachers whose tokenizer is not the student's, and every teacher "
@@ -106,21 +106,21 @@ def _same_vocabulary(first: PreparedData, source: Any) -> bool:
     return first.teacher_tokenizer().get_vocab() == source.tokenizer().get_vocab()
 
 
-def _aligned_loss(spec: StudySpec, key: str, name: str, temperature: float | None) -> LossConfig:
+def _aligned_loss(spec: StudySpec, name: str, temperature: float | None) -> LossConfig:
     """The loss a teacher of another tokenizer is cached for: the terms that need no shared
-    vocabulary (`uld`), or one error naming `key` where the spec has none or combines
-    teachers in a way that needs one."""
+    vocabulary (`uld`), or one error (on `teacher.model`, which the caller names) where the
+    spec has none or combines teachers in a way that needs one."""
     loss = cache_loss(spec, temperature)
     if loss.combine != "weights" or loss.teacher_outputs != "cached":
         setting = f'combine = "{loss.combine}"' if loss.combine != "weights" else 'teacher_outputs = "live"'
         raise InputError(
-            f"{key}.model: {name!r} has another tokenizer than the first teacher; its outputs are cached on the "
+            f"teacher.model: {name!r} has another tokenizer than the first teacher; its outputs are cached on the "
             f"student's tokens, so [loss] {setting} cannot take it (use the defaults: combine = \"weights\", cached outputs)"
         )
-    terms = {n: w for n, term, w in loss.active() if term.needs and set(term.needs) <= {"ranked"}}
+    terms = {n: w for n, term, w in loss.active() if aligned_only(term.needs)}
     if not terms:
         raise InputError(
-            f"{key}.model: {name!r} has another tokenizer than the first teacher (the student's); it can teach only "
+            f"teacher.model: {name!r} has another tokenizer than the first teacher (the student's); it can teach only "
             "through terms that need no shared vocabulary: add [loss] uld = 1.0 (universal logit distillation)"
         )
     return dataclasses.replace(loss, weights=terms)
@@ -129,13 +129,12 @@ def _aligned_loss(spec: StudySpec, key: str, name: str, temperature: float | Non
 def check_same_items(first: PreparedData, other: PreparedData, key: str) -> None:
     """Raise `InputError` naming `key` unless `other` holds the first teacher's training items
     token for token and outputs of the same shapes."""
-    outputs = set(first.meta["outputs"].get("train", {})) | set(other.meta["outputs"].get("train", {}))
-    items = sorted(p.name for p in first.path.glob("train_*.npy") if p.name[6:-4] not in outputs)
-    for name in items:
-        if not (other.path / name).exists() or not np.array_equal(first.array(name[:-4]), other.array(name[:-4])):
+    for name in first.items("train"):
+        if not (other.path / f"train_{name}.npy").exists() or not np.array_equal(first.array(f"train_{name}"), other.array(f"train_{name}")):
             raise InputError(
-                f"{key}.model: {other.meta['teacher_name']!r} tokenizes the data unlike the first teacher "
-                f"({first.meta['teacher_name']!r}); several teachers must share the student's tokenizer"
+                f"{key}.model: {other.meta['teacher_name']!r} has the first teacher's vocabulary "
+                f"({first.meta['teacher_name']!r}) but cuts the data into other tokens; a teacher of the student's "
+                "vocabulary must tokenize as the first does"
             )
     for split, arrays in first.meta["outputs"].items():
         theirs = other.meta["outputs"].get(split, {})

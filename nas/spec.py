@@ -20,9 +20,11 @@ from typing import Any
 
 from distill.errors import InputError
 from distill.loop import FULL_RUN, Budget
+from distill.losses import LOSSES
 from distill.objective import LossConfig, allowed_terms, on_policy_terms
 from distill.precision import PRECISIONS
 from distill.tasks import DEFAULT_TASK, TASKS, Task, get_task
+from distill.teacher_outputs import aligned_only
 from distill.teachers import TeacherConfig, TeacherTraining
 from nas.recipe import RecipeSpace, apply_recipe, describe_recipe
 from nas.search.sampling import SAMPLERS
@@ -420,6 +422,12 @@ def _build_loss(task: Task, raw: Any, key: str, teachers: int = 1) -> LossConfig
             raise SpecError(f"{key}.{name}: not a loss term or parameter of task {task.name}; allowed: {allowed}")
     if not any(w > 0 for w in weights.values()):
         raise SpecError(f"{key}: at least one term needs a weight > 0; terms: {', '.join(terms)}")
+    aligned = [n for n, w in weights.items() if w > 0 and aligned_only(LOSSES[n].needs)]
+    if aligned and teachers == 1:
+        raise SpecError(
+            f"{key}.{aligned[0]}: teaches from a [[teacher]] whose tokenizer is not the student's, beside the first; "
+            "the spec has one teacher (use forward_kl or another term over the shared vocabulary)"
+        )
     if teachers > 1:
         where.setdefault("teacher_weights", (1.0,) * teachers)
     loss_params = _construct(task.loss_params, params, key)

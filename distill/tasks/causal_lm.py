@@ -333,12 +333,13 @@ def lm_loss(model: torch.nn.Module, blocks: np.ndarray, device: torch.device) ->
 
 def _aligned_outputs(teacher: Teacher, tokens: torch.Tensor, params: dict[str, Any]) -> dict[str, torch.Tensor]:
     """The "ranked" group of a teacher of another tokenizer on student blocks (B, L): each
-    block's text in the teacher's own tokens, and at each student position (predicting the
-    block's next token) the teacher's distribution before the teacher token that starts there."""
+    block's text in the teacher's own tokens (its documents joined by the teacher's EOS, after
+    its BOS where it puts one), and at each student position (predicting the block's next
+    token) the teacher's distribution before the teacher token that starts there."""
     most = getattr(teacher.model.config, "max_position_embeddings", None)
     runs, where = [], []
     for row in tokens.tolist():
-        ids, index = align_to_teacher(teacher.student_tokenizer, row, teacher.tokenizer, most)
+        ids, index = align_to_teacher(teacher.student_tokenizer, row, teacher.tokenizer, most, bos=True)
         runs.append(ids or [teacher.tokenizer.eos_token_id or 0])
         # student position p predicts token p + 1: the teacher's position before the token aligned with it
         where.append([k - 1 if k >= 1 else -1 for k in index[1:]])

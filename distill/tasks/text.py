@@ -277,21 +277,22 @@ def topk_outputs(logits: torch.Tensor, params: dict[str, Any]) -> dict[str, torc
     return {"teacher_logprobs": top.values, "teacher_indices": top.indices.int()}
 
 
-def char_starts(tokenizer: Any, ids: list[int]) -> tuple[str, list[int]]:
-    """The text that token `ids` decode to (special tokens left out) and where each token's
-    text starts in it, -1 for a token that starts nowhere on its own (a special token, part of
-    a character split across tokens, or a decoding that is not a prefix of the whole)."""
-    def text(n: int) -> str:
-        return tokenizer.decode(ids[:n], skip_special_tokens=True, clean_up_tokenization_spaces=False)
-
-    whole, special = text(len(ids)), set(tokenizer.all_special_ids)
-    starts, before = [], ""
-    for i, token in enumerate(ids):
-        after = text(i + 1)
-        ok = token not in special and whole.startswith(before) and len(after) > len(before) and whole.startswith(after)
-        starts.append(len(before) if ok and "\ufffd" not in after[len(before):] else -1)
+def token_spans(tokenizer: Any, ids: list[int]) -> tuple[str, list[tuple[int, int]]]:
+    """The text that token `ids` (none of them special) decode to, and each token's (start,
+    end) in it; (-1, -1) for a token that has none of its own (part of a character split
+    across tokens, or a decoding that is not a prefix of the whole). Where the text encodes
+    back to the same tokens, its offsets; otherwise each prefix decoded in turn."""
+    text = tokenizer.decode(ids, clean_up_tokenization_spaces=False)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    if enc["input_ids"] == list(ids):
+        return text, [(int(a), int(b)) for a, b in enc["offset_mapping"]]
+    spans, before = [], ""
+    for i in range(len(ids)):
+        after = tokenizer.decode(ids[: i + 1], clean_up_tokenization_spaces=False)
+        ok = text.startswith(after) and len(after) > len(before) and "\ufffd" not in after[len(before) :]
+        spans.append((len(before), len(after)) if ok and text.startswith(before) else (-1, -1))
         before = after
-    return whole, starts
+    return text, spans
 
 
 def _content_start(text: str, start: int, end: int) -> int:
@@ -303,32 +304,53 @@ def _content_start(text: str, start: int, end: int) -> int:
 
 
 def align_to_teacher(
-    student_tokenizer: Any, student_ids: list[int], teacher_tokenizer: Any, most: int | None = None
+    student_tokenizer: Any, student_ids: list[int], teacher_tokenizer: Any, most: int | None = None, bos: bool = False
 ) -> tuple[list[int], list[int]]:
     """A teacher whose tokenizer differs from the student's, on the student's tokens: the
-    teacher's tokens of the same text (at most `most`), and for each student token the index
-    of the teacher token that starts at the same character (white space before a word
-    aside: one tokenizer puts it in the word's token, another in a token of its own), or -1
-    where no teacher token does. The teacher's prediction of that token is then its
-    distribution over the next token at the position before it, as the student's is.
+    teacher's tokens of the same text (at most `most`; after its BOS where `bos` and its
+    tokenizer puts one first), and for each student token the index of the teacher token
+    that starts at the same character (white space before a word aside: one tokenizer puts
+    it in the word's token, another in a token of its own), or -1 where none does. The
+    student's special tokens cut the text: its EOS (between packed documents, or ending a
+    sentence) becomes the teacher's EOS, and the two are aligned. The teacher's prediction of a
+    token is then its distribution over the next token at the position before it, as the
+    student's is.
 
     Universal logit distillation (Boizard et al., 2024) pairs the two sequences position by
     position; tokens of different lengths drift apart from the first difference, so here a
     position counts only where both tokenizers start a token at the same character."""
-    text, starts = char_starts(student_tokenizer, student_ids)
-    enc = teacher_tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    teacher_ids, offsets = enc["input_ids"][:most], enc["offset_mapping"][:most]
-    where = {}
-    for k, (a, b) in enumerate(offsets):
-        c = _content_start(text, a, b)
-        if c >= 0:
-            where.setdefault(c, k)
-    ends = [*(s for s in starts[1:]), len(text)]
-    out = []
-    for start, end in zip(starts, ends):
-        c = _content_start(text, start, end if end >= 0 else len(text)) if start >= 0 else -1
-        out.append(where.get(c, -1) if c >= 0 else -1)
-    return teacher_ids, out
+    special, eos = set(student_tokenizer.all_special_ids), teacher_tokenizer.eos_token_id
+    teacher_ids: list[int] = []
+    first = teacher_tokenizer("x")["input_ids"][:1]
+    if bos and first and first[0] == teacher_tokenizer.bos_token_id:
+        teacher_ids.append(first[0])
+    index = [-1] * len(student_ids)
+    i = 0
+    while i < len(student_ids):
+        if student_ids[i] in special:
+            if student_ids[i] == student_tokenizer.eos_token_id and eos is not None:
+                index[i] = len(teacher_ids)
+                teacher_ids.append(eos)
+            i += 1
+            continue
+        j = i
+        while j < len(student_ids) and student_ids[j] not in special:
+            j += 1
+        text, spans = token_spans(student_tokenizer, student_ids[i:j])
+        enc = teacher_tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        # the token whose content starts at each character: where two claim one (a prefix
+        # space added before the text, with an offset over its first character), the last
+        where = {c: k for k, (a, b) in enumerate(enc["offset_mapping"]) if (c := _content_start(text, a, b)) >= 0}
+        mine = {c: n for n, (a, b) in enumerate(spans) if (c := _content_start(text, a, b)) >= 0}
+        for c, n in mine.items():
+            if c in where:
+                index[i + n] = len(teacher_ids) + where[c]
+        teacher_ids.extend(enc["input_ids"])
+        i = j
+    if most is not None and len(teacher_ids) > most:
+        teacher_ids = teacher_ids[:most]
+        index = [k if k < most else -1 for k in index]
+    return teacher_ids, index
 
 
 def ranked_at(
@@ -341,7 +363,7 @@ def ranked_at(
     logp = torch.log_softmax(logits.float() / params["temperature"], dim=-1).topk(params["top_k"], dim=-1).values
     aligned = positions >= 0
     picked = logp.gather(1, positions.clamp(min=0).unsqueeze(-1).expand(-1, -1, logp.shape[-1]))  # (B, T, k)
-    return {"teacher_ranked": picked * aligned.unsqueeze(-1), "teacher_aligned": aligned.to(torch.int8)}
+    return {"teacher_ranked": torch.where(aligned.unsqueeze(-1), picked, 0.0), "teacher_aligned": aligned.to(torch.int8)}
 
 
 def slice_teacher(student: torch.nn.Module, data: PreparedData, auto_class: str, init: Any, layer_pick: str) -> dict[str, Any]:
@@ -390,7 +412,6 @@ __all__ = [
     "check_positions",
     "check_space_fits",
     "align_to_teacher",
-    "char_starts",
     "confidence_arrays",
     "layer_arrays",
     "layer_groups",
@@ -402,6 +423,7 @@ __all__ = [
     "stack_outputs",
     "student_layers",
     "topk_arrays",
+    "token_spans",
     "topk_outputs",
     "trimmed",
 ]

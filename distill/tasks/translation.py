@@ -456,10 +456,9 @@ def _aligned_outputs(teacher: Teacher, batch: Batch, params: dict[str, Any]) -> 
         text = student_tok.decode([t for t, m in zip(src, src_mask) if m], skip_special_tokens=True)
         ids = [t for t in tok(text)["input_ids"] if t != eos][: most - 1]
         sources.append([*ids, eos])
-        real = [t for t, m in zip(tgt, tgt_mask) if m]
-        ids, index = align_to_teacher(student_tok, real, tok, most - 1)  # its tokens past its positions: unaligned
-        index = [len(ids) if t == student_tok.eos_token_id else k for t, k in zip(real, index)]
-        targets.append([*ids, eos])
+        real = [t for t, m in zip(tgt, tgt_mask) if m]  # ending with the student's EOS: the teacher's, aligned
+        ids, index = align_to_teacher(student_tok, real, tok, most)  # its tokens past its positions: unaligned
+        targets.append(ids)
         where.append(index + [-1] * (len(tgt) - len(real)))
     pad = tok.pad_token_id if tok.pad_token_id is not None else eos
 
@@ -479,7 +478,8 @@ def _aligned_outputs(teacher: Teacher, batch: Batch, params: dict[str, Any]) -> 
         logits = _forced(teacher.model, Batch(part)).logits
         return ranked_at(logits, positions, params)
 
-    return by_rows(run, {**forced, "positions": torch.tensor(where, device=device)}, teacher.model.config.vocab_size)
+    inputs = {**forced, "positions": torch.tensor(where, device=device)}
+    return by_rows(run, inputs, teacher.model.config.vocab_size, forced["labels"].shape[1])
 
 
 def _forced_inputs(model: Any, batch: Batch) -> dict[str, torch.Tensor]:

@@ -15,13 +15,13 @@ def two_tokenizers():
 
 
 def test_tokens_of_two_tokenizers_are_paired_where_both_start_at_the_same_character(two_tokenizers):
-    from distill.tasks.text import align_to_teacher, char_starts
+    from distill.tasks.text import align_to_teacher, token_spans
 
     student, teacher = two_tokenizers
     text = corpus()[3][:600]
     ids = student(text)["input_ids"]
-    decoded, starts = char_starts(student, ids)
-    assert decoded == student.decode(ids) and starts[0] == 0 and all(b > a for a, b in zip(starts, starts[1:]))
+    decoded, spans = token_spans(student, ids)
+    assert decoded == student.decode(ids) and spans[0][0] == 0 and all(b[0] >= a[1] for a, b in zip(spans, spans[1:]))
     teacher_ids, index = align_to_teacher(student, ids, teacher)
     assert teacher_ids == teacher(decoded, add_special_tokens=False)["input_ids"] and len(index) == len(ids)
     offsets = teacher(decoded, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
@@ -37,10 +37,17 @@ def test_tokens_of_two_tokenizers_are_paired_where_both_start_at_the_same_charac
     same_ids, same = align_to_teacher(student, ids, student)
     blank = [student.decode([t]).isspace() for t in ids]
     assert same_ids == ids and same == [-1 if b else j for j, b in enumerate(blank)] and sum(blank) < 0.1 * len(ids)
-    # a block cut in the middle of a character leaves its pieces unpaired, never misplaced
+    # packed documents: the student's EOS between them is the teacher's, aligned with it
+    eos = student.eos_token_id
+    a, b = student("first part", add_special_tokens=False)["input_ids"], student("second", add_special_tokens=False)["input_ids"]
+    joined, where = align_to_teacher(student, [*a, eos, *b], teacher)
+    assert joined[where[len(a)]] == teacher.eos_token_id and where[len(a) + 1] == where[len(a)] + 1
+    # a token holding part of a character is never paired, the decodings that go on are
     cut = student("naïve café ü", add_special_tokens=False)["input_ids"]
-    _, starts = char_starts(student, cut)
-    assert starts[0] == 0 and all(s == -1 or s >= 0 for s in starts)
+    _, spans = token_spans(student, cut[1:])  # begins inside a character where "ï" takes two tokens
+    assert all(a == -1 or a >= 0 for a, _ in spans)
+    _, where = align_to_teacher(student, cut, teacher)
+    assert len(where) == len(cut)
 
 
 def test_the_teachers_distribution_is_taken_at_the_aligned_position():
@@ -89,3 +96,67 @@ def test_universal_logit_distillation_compares_sorted_probabilities_whatever_the
     whole = (s - full_t.exp().sort(-1, descending=True).values).abs().sum(-1).mean()
     top = uld_loss(student.detach(), full_t.topk(10, -1).values, 1.0)
     assert top.item() <= whole.item() + 1e-6 and uld_loss(student.detach(), full_t.topk(50, -1).values, 1.0).item() == pytest.approx(whole.item(), rel=1e-5)
+
+
+def _teacher_on_itself(folder, auto_class: str):
+    """A teacher loaded as one of another tokenizer whose 'other' tokenizer is its own."""
+    import transformers
+
+    from distill.tasks.base import Teacher
+    from distill.teachers import TeacherSource
+
+    model = getattr(transformers, auto_class).from_pretrained(folder).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    source = TeacherSource(str(folder), None, False, "self")
+    return Teacher(model, tokenizer, source, student_tokenizer=tokenizer), model, tokenizer
+
+
+def test_a_causal_teacher_aligned_with_its_own_tokens_gives_its_own_distribution_at_each_position(teacher_dirs):
+    """Position by position, no shift: student position p predicts token p + 1, and so does the
+    teacher position before the teacher token aligned with it (here, the same one)."""
+    from distill.tasks import get_task
+    from distill.tasks.base import Batch
+
+    teacher, model, tokenizer = _teacher_on_itself(teacher_dirs["gpt2"], "AutoModelForCausalLM")
+    text = corpus()[5][:400]
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"][:30]
+    tokens = torch.tensor([ids, [*ids[:10], tokenizer.eos_token_id, *ids[11:]]])
+    params = {"temperature": 2.0, "top_k": 5}
+    out = get_task("causal-lm").teacher_outputs(teacher, Batch({"input_ids": tokens}), {"ranked"}, params)
+    assert out["teacher_ranked"].shape == (2, 29, 5)
+    with torch.no_grad():
+        own = torch.log_softmax(model(input_ids=tokens).logits[:, :-1] / 2.0, -1).topk(5, -1).values
+    aligned = out["teacher_aligned"].bool()
+    blank = torch.tensor([[tokenizer.decode([t]).isspace() for t in row[1:]] for row in tokens.tolist()])
+    assert torch.equal(aligned, ~blank)  # every position whose next token holds a character, the EOS included
+    torch.testing.assert_close(out["teacher_ranked"][aligned], own[aligned], rtol=1e-4, atol=1e-4)
+
+
+def test_a_translation_teacher_aligned_with_its_own_tokens_gives_its_own_distribution_at_each_position(translation_teacher):
+    """Decoder position j predicts label j on both sides; the two EOS are aligned."""
+    import numpy as np
+
+    from distill.tasks import get_task
+    from distill.tasks.base import Batch
+    from distill.tasks.translation import _forced
+
+    teacher, model, tokenizer = _teacher_on_itself(translation_teacher, "AutoModelForSeq2SeqLM")
+    task = get_task("translation")
+    pairs = [("the republic of france", "die französische republik"), ("germany", "deutschland")]
+    src = tokenizer([s for s, _ in pairs], padding=True, return_tensors="pt")
+    tgt = tokenizer(text_target=[t for _, t in pairs], padding=True, return_tensors="pt")
+    batch = Batch({"input_ids": src["input_ids"], "attention_mask": src["attention_mask"], "labels": tgt["input_ids"],
+                   "decoder_attention_mask": tgt["attention_mask"]})  # fmt: skip
+    params = {"temperature": 1.0, "top_k": 4}
+    out = task.teacher_outputs(teacher, batch, {"ranked"}, params)
+    with torch.no_grad():
+        own = torch.log_softmax(_forced(model, batch).logits, -1).topk(4, -1).values
+    aligned = out["teacher_aligned"].bool()
+    real = tgt["attention_mask"].bool()
+    assert not (aligned & ~real).any() and aligned[0, int(real[0].sum()) - 1]  # the EOS is aligned
+    # every token but those of white space alone (and the space this tokenizer puts first)
+    blank = np.array([[not tokenizer.decode([t]).strip() and t != tokenizer.eos_token_id for t in row] for row in tgt["input_ids"].tolist()])
+    assert torch.equal(aligned, real & ~torch.from_numpy(blank))
+    torch.testing.assert_close(out["teacher_ranked"][aligned], own[aligned], rtol=1e-4, atol=1e-4)

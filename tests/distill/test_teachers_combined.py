@@ -39,6 +39,9 @@ def test_combining_rules_are_checked():
     assert two.weights_of_teachers(2) == [0.75, 0.25] and "weighted 0.75 / 0.25" in two.describe()
     chosen = LossConfig({"forward_kl": 1.0, "ce": 1.0}, params, teacher_weights=(1.0, 1.0), combine="lowest_loss")
     assert chosen.needs() == {"topk", "confidence"} and "lowest loss on the reference" in chosen.describe()
+    # self-evolution KD whose prior is the combined teachers' (the chosen one at each token)
+    evolving = LossConfig({"self_evolution_kd": 1.0, "ce": 0.5}, {**params, "self_evolution_prior": 1.0}, teacher_weights=(1.0, 1.0), combine="lowest_loss")
+    assert evolving.needs() == {"topk", "confidence"} and "self-evolution KD" in evolving.describe()
     for kwargs, message in (
         ({"combine": "lowest_entropy"}, "^combine: lowest_entropy chooses among several teachers"),
         ({"combine": "vote", "teacher_weights": (1.0, 1.0)}, "^combine: must be one of weights, lowest_entropy, lowest_loss"),

@@ -99,6 +99,7 @@ CASES = [
     pytest.param(Bad("constraints.flops", r"^not a metric of task causal-lm; allowed: perplexity", args=("constraints.flops=1e9",)), id="constraint-unknown-metric"),
     pytest.param(Bad("loss.cosine", r"^not a loss term or parameter of task causal-lm; allowed: ce, forward_kl", args=("loss.cosine=1.0",)), id="loss-term-not-of-task"),
     pytest.param(Bad("loss.temperature", r"^must be > 0, got 0\.0$", args=("loss.temperature=0",)), id="temperature-0"),
+    pytest.param(Bad("loss.uld", r"^teaches from a \[\[teacher\]\] whose tokenizer is not the student's, beside the first; the spec has one teacher", args=("loss.uld=1.0",)), id="uld-with-one-teacher"),
     pytest.param(Bad("resources.cpus", r"^must be a number > 0, got nan$", args=("resources.cpus=nan",)), id="cpus-nan"),
     pytest.param(Bad("resources.gpus", r"^each trial asks for 1 GPU\(s\); this machine has 0; set resources\.gpus = 0", args=("resources.gpus=1",)), id="gpus-without-a-gpu", marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")),
     pytest.param(Bad("resources.cpus", r"^each trial asks for 4096 CPUs; this machine has \d+$", args=("resources.cpus=4096",)), id="cpus-beyond-the-machine"),

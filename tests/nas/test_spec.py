@@ -166,7 +166,7 @@ def test_the_loss_has_its_own_section_checked_against_the_task(tmp_path):
     assert "mapped by the list [0, 2, 4]" in layers.loss.describe()
     assert load_spec(ROOT / "studies/demo-lm.toml", ["loss.layer_map='last-2'"]).loss.params["layer_map"] == "last-2"
     refused = {
-        "loss.cosine=1.0": r"^loss\.cosine: not a loss term or parameter of task causal-lm; allowed: ce, forward_kl, reverse_kl, jsd, skew_kl, skew_reverse_kl, tv, self_evolution_kd, hidden, hidden_cosine, attention, temperature, top_k, jsd_beta, skew_alpha, self_evolution_prior, full_vocabulary, layer_map",
+        "loss.cosine=1.0": r"^loss\.cosine: not a loss term or parameter of task causal-lm; allowed: ce, forward_kl, reverse_kl, jsd, skew_kl, skew_reverse_kl, tv, self_evolution_kd, uld, hidden, hidden_cosine, attention, temperature, top_k, jsd_beta, skew_alpha, self_evolution_prior, full_vocabulary, layer_map",
         "loss.self_evolution_prior=1.5": r"^loss\.self_evolution_prior: must be between 0 and 1, got 1\.5",
         "loss.layer_map='middle'": r"^loss\.layer_map: must be one of init, uniform, last-K or a list of teacher states, got 'middle'$",
         "loss.layer_map=1.5": r"^loss\.layer_map: must be str or a list, got 1\.5$",
