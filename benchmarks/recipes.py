@@ -103,9 +103,9 @@ PAIRED = {
     ),
 }  # fmt: skip
 
-OTHER_TEACHER = {  # the teacher of another tokenizer: [teacher.train] settings beside the demo's
-    "causal-lm": {"family": "llama", "vocab_size": 3072},
-    "translation": {"vocab_size": 640},
+OTHER_TEACHER = {  # the teacher of another tokenizer: its folder's suffix, [teacher.train] settings beside the demo's
+    "causal-lm": ("-llama", {"family": "llama", "vocab_size": 3072}),  # as studies/demo-lm-experts.toml's
+    "translation": ("-other", {"vocab_size": 640}),
 }
 
 # Students that are competent from the start (sliced from the teacher, layers spread evenly; the
@@ -202,9 +202,8 @@ def paired_studies(task: str) -> tuple[StudySpec, object, dict]:
     spec = dataclasses.replace(spec, loss=loss)
     data = prepare_study(spec)
     (same,) = prepare_other_teachers(spec, data)
-    other = dataclasses.replace(
-        first, model=first.model.rstrip("/") + "-other", train=dataclasses.replace(first.train, **OTHER_TEACHER[task])
-    )
+    suffix, settings = OTHER_TEACHER[task]
+    other = dataclasses.replace(first, model=first.model.rstrip("/") + suffix, train=dataclasses.replace(first.train, **settings))
     aligned = dataclasses.replace(spec, other_teachers=(other,), loss=dataclasses.replace(
         loss, weights={"uld": 1.0, "ce": 0.5}, combine="weights"))  # fmt: skip
     (foreign,) = prepare_other_teachers(aligned, data)

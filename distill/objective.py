@@ -13,6 +13,7 @@ import torch
 
 from distill.intermediate import attach, paired_values, student_side
 from distill.losses import LOSSES, LossTerm
+from distill.teacher_outputs import aligned_only
 
 if TYPE_CHECKING:
     from distill.cache import PreparedData
@@ -100,6 +101,8 @@ class LossConfig:
         if len(self.teacher_weights) > 1 and self.combine == "weights":
             shares = " / ".join(f"{w:.3g}" for w in self.weights_of_teachers(len(self.teacher_weights)))
             text += f"; the terms that need a teacher against each of {len(self.teacher_weights)} teachers, weighted {shares}"
+            if any(aligned_only(term.needs) for _, term, _ in self.active()):
+                text += " (uld against those of another tokenizer, the others against those of the student's)"
         elif self.combine != "weights":
             how = {"lowest_entropy": "the lowest entropy", "lowest_loss": "the lowest loss on the reference"}[self.combine]
             text += f"; at each token, the targets of the one of {len(self.teacher_weights)} teachers with {how}"
