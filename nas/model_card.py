@@ -101,8 +101,10 @@ def model_card(spec: StudySpec, meta: dict[str, Any], number: int, arch: dict[st
     extra = _eval_sets(task, record)
     data = ", ".join(f"{k} = {json.dumps(v)}" for k, v in meta.get("data", {}).items())
     items = task.card.items
-    tokenizer = f" and uses {task.card.tokenizer}" if task.card.tokenizer else ""
-    teacher_name = " + ".join(record.get("teachers") or [meta["teacher_name"]])
+    teachers = record.get("teachers") or [meta["teacher_name"]]
+    own = task.card.tokenizer.replace("the teacher's", "the first teacher's") if len(teachers) > 1 else task.card.tokenizer
+    tokenizer = f" and uses {own}" if own else ""
+    teacher_name = " + ".join(teachers)
     best = (
         f"exported weights are those of step {record['best_step']}"
         + (" (stopped early)" if record["stopped_early"] else "")

@@ -233,4 +233,4 @@ def test_a_search_and_a_full_run_learn_from_a_teacher_of_another_family_and_toke
     code = "import sys\nfrom transformers import AutoModelForCausalLM\nAutoModelForCausalLM.from_pretrained(sys.argv[1])"
     assert subprocess.run([sys.executable, "-c", code, str(export_dir(spec, number))], timeout=300).returncode == 0
     card = (export_dir(spec, number) / "README.md").read_text()
-    assert "universal logit distillation" in card and str(other.name) in card
+    assert "universal logit distillation" in card and str(other.name) in card and "the first teacher's tokenizer" in card
