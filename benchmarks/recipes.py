@@ -155,18 +155,22 @@ loss_registry.LOSSES.setdefault(
 )
 
 
-def studies(task: str) -> tuple[StudySpec, object, tuple]:
-    """The demo's spec with a second teacher (trained on first use like the first), and both
-    teachers' outputs cached with everything the methods need."""
+def two_teachers(task: str) -> StudySpec:
+    """The demo's spec in fp32 (the tables were recorded in it) with its second teacher, a
+    smaller one trained on first use on the same text with the same tokenizer."""
     demo = DEMOS[task]
-    spec = load_spec(ROOT / demo["spec"], ["resources.precision='fp32'"])  # the table was recorded in fp32
+    spec = load_spec(ROOT / demo["spec"], ["resources.precision='fp32'"])
     first = spec.teacher
     train = dataclasses.replace(first.train, **demo["second_teacher"])
     second = dataclasses.replace(first, model=first.model.rstrip("/") + "-2", train=train)
+    return dataclasses.replace(spec, other_teachers=(second,), loss=dataclasses.replace(spec.loss, teacher_weights=(1.0, 1.0)))
+
+
+def studies(task: str) -> tuple[StudySpec, object, tuple]:
+    """`two_teachers`, both teachers' outputs cached with everything the methods need."""
+    spec = two_teachers(task)
     weights = {**spec.loss.weights, "hidden": 1.0}  # the cache holds the hidden states too
-    spec = dataclasses.replace(
-        spec, other_teachers=(second,), loss=dataclasses.replace(spec.loss, weights=weights, teacher_weights=(1.0, 1.0))
-    )
+    spec = dataclasses.replace(spec, loss=dataclasses.replace(spec.loss, weights=weights))
     data = prepare_study(spec)
     # the second teacher is smaller: its next-token outputs alone (its hidden states have another shape)
     plain = dataclasses.replace(spec.loss, weights=dict(spec.loss.weights) | {"hidden": 0.0})
@@ -194,7 +198,7 @@ def paired_studies(task: str) -> tuple[StudySpec, object, dict]:
     """The demo with its second teacher and a teacher of another tokenizer, cached for the
     paired arms (the first two: top k and each teacher's confidence per token; the other:
     its outputs aligned with the student's tokens)."""
-    spec, _, _ = studies(task)  # trains the second teacher where it does not exist yet
+    spec = two_teachers(task)
     loss = dataclasses.replace(
         spec.loss, weights=dict(PAIRED[BASELINE][0]), teacher_weights=(1.0, 1.0), combine="lowest_loss"
     )
@@ -272,33 +276,39 @@ def paired_run(
     }  # fmt: skip
 
 
+PAIRED_METRICS = {"translation": ("bleu", "chrf"), "causal-lm": ("perplexity",)}
+
+
 def paired_table(rows: list[dict], tasks: list[str]) -> str:
-    """Markdown: per task and arm, the mean of each metric, and its paired difference to the
-    arm's baseline with a 95 % interval and the number of pairs."""
+    """Markdown, as the README shows it: per arm its baseline and, per task metric, the mean
+    over the seeds it shares with the baseline and the paired difference with a 95 %
+    interval; then the pairs per task, and what self-evolution KD noted of itself."""
     from paired import fmt, interval
 
-    lines = []
-    for task in tasks:
-        metrics = DEMOS[task]["metrics"][:2] if task == "translation" else ("perplexity",)
-        lines += [f"\n{task}\n", "| arm | " + " | ".join(f"{m} | vs baseline" for m in metrics) + " | pairs | hard tokens | their gradient |"]
-        lines.append("|---" * (2 * len(metrics) + 4) + "|")
-        of = {(r["arm"], r["seed"]): r for r in rows if r["task"] == task}
-        for arm, (_, _, base) in PAIRED.items():
-            mine = {seed: r for (a, seed), r in of.items() if a == arm}
-            if not mine:
-                continue
-            cells, pairs = [], [s for s in mine if (base, s) in of] if base else []
-            for m in metrics:
-                cells.append(f"{statistics.mean(r[m] for r in mine.values()):.2f}")
-                if base and len(pairs) >= 2:
-                    cells.append(fmt(*interval([mine[s][m] - of[(base, s)][m] for s in pairs])))
-                else:
-                    cells.append("-")
-            se = [r["notes"].get("self_evolution_kd") for r in mine.values() if r["notes"].get("self_evolution_kd")]
-            hard = f"{sum(n['hard_tokens'] for n in se) / sum(n['tokens'] for n in se):.1%}" if se else "-"
-            grad = f"{sum(n['hard_gradient'] for n in se) / sum(n['gradient'] for n in se):.1%}" if se else "-"
-            lines.append(f"| {arm} | " + " | ".join(cells) + f" | {len(pairs) if base else len(mine)} | {hard} | {grad} |")
-    return "\n".join(lines)
+    of = {t: {(r["arm"], r["seed"]): r for r in rows if r["task"] == t} for t in tasks}
+    names = {"translation": "MT", "causal-lm": "LM"}
+    head = [f"{names[t]} {m} | vs baseline" for t in tasks for m in PAIRED_METRICS[t]]
+    lines = ["| arm | baseline | " + " | ".join(head) + f" | pairs ({' / '.join(names[t] for t in tasks)}) |"]
+    lines.append("|---" * (3 + 2 * len(head)) + "|")
+    notes = []
+    for arm, (_, _, base) in PAIRED.items():
+        cells, counts = [], []
+        for t in tasks:
+            seeds = sorted(s for (a, s) in of[t] if a == arm and (base is None or (base, s) in of[t]))
+            counts.append(str(len(seeds)))
+            for m in PAIRED_METRICS[t]:
+                cells.append(f"{statistics.mean(of[t][(arm, s)][m] for s in seeds):.2f}" if seeds else "-")
+                paired = [of[t][(arm, s)][m] - of[t][(base, s)][m] for s in seeds] if base else []
+                cells.append(fmt(*interval(paired)).replace("-", "−") if len(paired) > 1 else "")
+            se = [of[t][(arm, s)]["notes"]["self_evolution_kd"] for s in seeds if "self_evolution_kd" in of[t][(arm, s)]["notes"]]
+            if se:
+                total = {k: sum(n[k] for n in se) for k in se[0]}
+                notes.append(
+                    f"{names[t]}, {arm}: {total['hard_tokens'] / total['tokens']:.1%} of tokens hard (mean prior share "
+                    f"{total['prior'] / total['hard_tokens']:.2f}), carrying {total['hard_gradient'] / total['gradient']:.1%} of its gradient"
+                )
+        lines.append(f"| {arm} | {base or ''} | " + " | ".join(cells) + f" | {' / '.join(counts)} |")
+    return "\n".join(lines + [""] + notes)
 
 
 def table(rows: list[dict], tasks: list[str]) -> str:
@@ -388,7 +398,9 @@ def paired_main(args: argparse.Namespace) -> None:
                     with out.open("a") as f:
                         f.write(json.dumps(row) + "\n")
     steps = {t: (args.lm_steps if t == "causal-lm" else args.mt_steps) for t in args.tasks}
-    print(paired_table([r for r in rows if r["task"] in args.tasks and r["steps"] == steps[r["task"]]], args.tasks))
+    warmup = {"causal-lm": args.lm_warmup, "translation": args.mt_warmup}
+    kept = [r for r in rows if r["task"] in args.tasks and r["steps"] == steps[r["task"]] and r["warmup"] == warmup[r["task"]]]
+    print(paired_table(kept, args.tasks))
 
 
 if __name__ == "__main__":

@@ -235,11 +235,16 @@ def divergence(
     values = positionwise(
         kind, student_logits, teacher_logprobs, teacher_indices, teacher_logits, temperature, params, chunk, extras
     )
-    values = values * temperature**2
-    if mask is None:
+    return _mean_over(values * temperature**2, mask)
+
+
+def _mean_over(values: torch.Tensor, counted: torch.Tensor | None) -> torch.Tensor:
+    """The mean of per-position `values` (B, T) over the positions `counted` (B, T) marks
+    (None: all of them); what the others hold, even a NaN, counts nothing."""
+    if counted is None:
         return values.mean()
-    mask = mask.to(values.dtype)
-    return (values * mask).sum() / mask.sum().clamp(min=1.0)
+    counted = counted.bool()
+    return torch.where(counted, values, 0.0).sum() / counted.sum().clamp(min=1)
 
 
 def positionwise(
@@ -471,8 +476,7 @@ def self_evolution_kd_loss(
         half = a / 2  # the reference's part of the target (R holds it half and half with P)
         return (1 - half) * kl + torch.where(h, half * ce, 0.0)
 
-    values = chunked(per_position, student_logits, (*teacher, labels, share, hard))
-    return torch.where(counted, values, 0.0).sum() / counted.sum().clamp(min=1)
+    return _mean_over(chunked(per_position, student_logits, (*teacher, labels, share, hard)), counted)
 
 
 def uld_loss(
@@ -504,11 +508,10 @@ def uld_loss(
     def per_position(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return _sorted_l1(s, t, temperature)
 
-    values = chunked(per_position, student_logits, (teacher_ranked,))
-    counted = torch.ones_like(values, dtype=torch.bool) if mask is None else mask.bool()
+    counted = mask.bool() if mask is not None else None
     if teacher_aligned is not None:
-        counted = counted & teacher_aligned.bool()
-    return torch.where(counted, values, 0.0).sum() / counted.sum().clamp(min=1)
+        counted = teacher_aligned.bool() if counted is None else counted & teacher_aligned.bool()
+    return _mean_over(chunked(per_position, student_logits, (teacher_ranked,)), counted)
 
 
 def next_token_ce(student_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

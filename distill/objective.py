@@ -171,10 +171,10 @@ def make_loss(
     divergences = [(term, w) for _, term, w in on_policy_terms(loss)]
     on_policy_wanted = {name for term, _ in divergences for name in term.inputs}
 
-    def values_of(batch: Any, outputs: dict[str, torch.Tensor], gives: frozenset[str] | None = None) -> dict[str, Any]:
+    def values_of(batch: Any, outputs: dict[str, torch.Tensor], aligned: bool = False) -> dict[str, Any]:
         values = {**loss.params, **task.forward(student, batch, wanted, outputs), **outputs}
         # a teacher of another tokenizer gives no layers to pair
-        return inter.add_pairs(values, wanted) if inter is not None and gives is None else values
+        return inter.add_pairs(values, wanted) if inter is not None and not aligned else values
 
     def loss_fn(idx: np.ndarray, whole: np.ndarray | None = None) -> torch.Tensor:
         """`whole`: the micro-batch `idx` is a worker's share of (`distill.loop.Workers`),
@@ -188,7 +188,7 @@ def make_loss(
         total: Any = 0
         for i, teacher in enumerate(teachers if taught else [None]):
             outputs = teacher.provider.outputs("train", idx, batch) if teacher is not None else {}
-            values = values_of(batch, outputs, teacher.gives if teacher is not None else None)
+            values = values_of(batch, outputs, teacher is not None and teacher.aligned)
             if i == 0:  # terms without a teacher count once
                 total = sum(w * term(values) for term, w in free)
             if teacher is not None:

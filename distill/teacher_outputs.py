@@ -84,13 +84,13 @@ def groups_for(needs: set[str], aligned: bool) -> set[str]:
 class WeightedTeacher:
     provider: TeacherOutputs
     weight: float = 1.0
-    gives: frozenset[str] | None = None
-    """`ALIGNED_GROUPS` for a teacher of another tokenizer, None for one of the student's
-    (every group but those): the terms that need a group it does not give skip it"""
+    aligned: bool = False
+    """a teacher of another tokenizer than the student's: it gives `ALIGNED_GROUPS` alone, one
+    of the student's every group but those (`groups_for`)"""
 
     def teaches(self, needs: tuple[str, ...]) -> bool:
         """Whether a term that needs the groups `needs` counts against this teacher."""
-        return set(needs) <= groups_for(set(needs), aligned=self.gives is not None)
+        return set(needs) <= groups_for(set(needs), self.aligned)
 
 
 CONFIDENCE = {"lowest_entropy": "teacher_entropy", "lowest_loss": "teacher_nll"}
@@ -159,5 +159,4 @@ def study_teachers(
     if loss.combine != "weights":
         return [WeightedTeacher(ChosenTeacher(providers, loss.combine))]
     weights = loss.weights_of_teachers(len(providers))
-    gives = [ALIGNED_GROUPS if each.aligned else None for each in (data, *others)]
-    return [WeightedTeacher(p, w, g) for p, w, g in zip(providers, weights, gives)]
+    return [WeightedTeacher(p, w, each.aligned) for p, w, each in zip(providers, weights, (data, *others))]

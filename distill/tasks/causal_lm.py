@@ -46,6 +46,7 @@ from distill.tasks.text import (
     layer_outputs,
     logit_outputs,
     next_token_chunks,
+    padded_rows,
     ranked_arrays,
     ranked_at,
     rows_within,
@@ -343,10 +344,7 @@ def _aligned_outputs(teacher: Teacher, tokens: torch.Tensor, params: dict[str, A
         runs.append(ids or [teacher.tokenizer.eos_token_id or 0])
         # student position p predicts token p + 1: the teacher's position before the token aligned with it
         where.append([k - 1 if k >= 1 else -1 for k in index[1:]])
-    width = max(len(r) for r in runs)
-    pad = teacher.tokenizer.pad_token_id if teacher.tokenizer.pad_token_id is not None else runs[0][0]
-    ids = torch.tensor([r + [pad] * (width - len(r)) for r in runs], device=tokens.device)
-    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in runs], device=tokens.device)
+    ids, mask = padded_rows(runs, teacher.tokenizer, tokens.device)
     positions = torch.tensor(where, device=tokens.device)
 
     def run(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -354,7 +352,7 @@ def _aligned_outputs(teacher: Teacher, tokens: torch.Tensor, params: dict[str, A
         return ranked_at(logits, inputs["positions"], params)
 
     inputs = {"input_ids": ids, "attention_mask": mask, "positions": positions}
-    return by_rows(run, inputs, teacher.model.config.vocab_size, width)
+    return by_rows(run, inputs, teacher.model.config.vocab_size, ids.shape[1])
 
 
 def train_teacher(cfg: TeacherTraining, texts: list[str], out: Path, block_length: int = 128, seed: int = 0) -> None:

@@ -7,6 +7,7 @@ another kind implements `distill.tasks.base.Task` without any of it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import weakref
 from collections.abc import Callable, Iterator
@@ -223,6 +224,15 @@ def trimmed(ids: np.ndarray, mask: np.ndarray, device: torch.device) -> tuple[to
     )
 
 
+def padded_rows(rows: list[list[int]], tokenizer: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id rows of different lengths as one batch (N, longest) padded with the tokenizer's
+    pad token (its EOS where it has none), and the mask of real tokens, int64 on `device`."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id or 0
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=device)
+    return ids, torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=device)
+
+
 def topk_arrays(vocab: int, params: dict[str, Any], positions: int, cut: dict[int, str]) -> dict[str, OutputArray]:
     """The cached arrays of the "topk" teacher output group: the teacher's `top_k` most likely
     tokens at each of `positions` and their log-probabilities. (Full logits, the "logits"
@@ -303,6 +313,20 @@ def _content_start(text: str, start: int, end: int) -> int:
     return -1
 
 
+def _starts(tokenizer: Any, ids: list[int], text: str, spans: Any) -> dict[int, int]:
+    """Which token's content starts at each character of `text`: the first one whose span
+    begins there. A token that decodes to white space alone starts nothing, even where its
+    span says otherwise (the space a tokenizer with `add_prefix_space` puts before the text
+    has an offset over its first character), and of the bytes of one character split across
+    tokens the first starts it."""
+    out: dict[int, int] = {}
+    for k, (a, b) in enumerate(spans):
+        c = _content_start(text, a, b)
+        if c >= 0 and c not in out and tokenizer.decode([ids[k]]).strip():
+            out[c] = k
+    return out
+
+
 def align_to_teacher(
     student_tokenizer: Any, student_ids: list[int], teacher_tokenizer: Any, most: int | None = None, bos: bool = False
 ) -> tuple[list[int], list[int]]:
@@ -320,10 +344,7 @@ def align_to_teacher(
     position; tokens of different lengths drift apart from the first difference, so here a
     position counts only where both tokenizers start a token at the same character."""
     special, eos = set(student_tokenizer.all_special_ids), teacher_tokenizer.eos_token_id
-    teacher_ids: list[int] = []
-    first = teacher_tokenizer("x")["input_ids"][:1]
-    if bos and first and first[0] == teacher_tokenizer.bos_token_id:
-        teacher_ids.append(first[0])
+    teacher_ids: list[int] = [teacher_tokenizer.bos_token_id] if bos and _puts_bos(teacher_tokenizer) else []
     index = [-1] * len(student_ids)
     i = 0
     while i < len(student_ids):
@@ -338,11 +359,8 @@ def align_to_teacher(
             j += 1
         text, spans = token_spans(student_tokenizer, student_ids[i:j])
         enc = teacher_tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        # the token whose content starts at each character: where two claim one (a prefix
-        # space added before the text, with an offset over its first character), the last
-        where = {c: k for k, (a, b) in enumerate(enc["offset_mapping"]) if (c := _content_start(text, a, b)) >= 0}
-        mine = {c: n for n, (a, b) in enumerate(spans) if (c := _content_start(text, a, b)) >= 0}
-        for c, n in mine.items():
+        where = _starts(teacher_tokenizer, enc["input_ids"], text, enc["offset_mapping"])
+        for c, n in _starts(student_tokenizer, student_ids[i:j], text, spans).items():
             if c in where:
                 index[i + n] = len(teacher_ids) + where[c]
         teacher_ids.extend(enc["input_ids"])
@@ -353,6 +371,13 @@ def align_to_teacher(
     return teacher_ids, index
 
 
+@functools.lru_cache(maxsize=16)
+def _puts_bos(tokenizer: Any) -> bool:
+    """Whether `tokenizer` starts the text it encodes with its BOS token (Llama's do)."""
+    first = tokenizer("x")["input_ids"][:1]
+    return bool(first) and first[0] == tokenizer.bos_token_id
+
+
 def ranked_at(
     logits: torch.Tensor, positions: torch.Tensor, params: dict[str, Any]
 ) -> dict[str, torch.Tensor]:
@@ -360,7 +385,7 @@ def ranked_at(
     next-token logits, `positions` (B, T) the teacher position aligned with each student
     position (-1: none). `teacher_ranked` (B, T, k), its top-k log-probabilities at the
     temperature there (0 where unaligned), and `teacher_aligned` (B, T)."""
-    logp = torch.log_softmax(logits.float() / params["temperature"], dim=-1).topk(params["top_k"], dim=-1).values
+    logp = topk_outputs(logits, params)["teacher_logprobs"]  # (B, Tt, k)
     aligned = positions >= 0
     picked = logp.gather(1, positions.clamp(min=0).unsqueeze(-1).expand(-1, -1, logp.shape[-1]))  # (B, T, k)
     return {"teacher_ranked": torch.where(aligned.unsqueeze(-1), picked, 0.0), "teacher_aligned": aligned.to(torch.int8)}
@@ -417,6 +442,7 @@ __all__ = [
     "layer_groups",
     "layer_outputs",
     "logit_outputs",
+    "padded_rows",
     "ranked_arrays",
     "ranked_at",
     "slice_teacher",

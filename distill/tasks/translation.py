@@ -48,6 +48,7 @@ from distill.tasks.text import (
     layer_groups,
     layer_outputs,
     logit_outputs,
+    padded_rows,
     ranked_arrays,
     ranked_at,
     slice_teacher,
@@ -460,18 +461,9 @@ def _aligned_outputs(teacher: Teacher, batch: Batch, params: dict[str, Any]) -> 
         ids, index = align_to_teacher(student_tok, real, tok, most)  # its tokens past its positions: unaligned
         targets.append(ids)
         where.append(index + [-1] * (len(tgt) - len(real)))
-    pad = tok.pad_token_id if tok.pad_token_id is not None else eos
-
-    def padded(rows: list[list[int]], value: int) -> torch.Tensor:
-        width = max(len(r) for r in rows)
-        return torch.tensor([r + [value] * (width - len(r)) for r in rows], device=device)
-
-    forced = {
-        "input_ids": padded(sources, pad),
-        "attention_mask": padded([[1] * len(r) for r in sources], 0),
-        "labels": padded(targets, pad),
-        "decoder_attention_mask": padded([[1] * len(r) for r in targets], 0),
-    }
+    src_ids, src_mask = padded_rows(sources, tok, device)
+    tgt_ids, tgt_mask = padded_rows(targets, tok, device)
+    forced = {"input_ids": src_ids, "attention_mask": src_mask, "labels": tgt_ids, "decoder_attention_mask": tgt_mask}
 
     def run(part: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         positions = part.pop("positions")
