@@ -277,6 +277,8 @@ def paired_run(
 
 
 PAIRED_METRICS = {"translation": ("bleu", "chrf"), "causal-lm": ("perplexity",)}
+CONTRASTS = [("self-evolution KD", "self-evolution KD, proxy form")]
+"""pairs of arms compared with each other beside their baselines"""
 
 
 def paired_table(rows: list[dict], tasks: list[str]) -> str:
@@ -308,6 +310,14 @@ def paired_table(rows: list[dict], tasks: list[str]) -> str:
                     f"{total['prior'] / total['hard_tokens']:.2f}), carrying {total['hard_gradient'] / total['gradient']:.1%} of its gradient"
                 )
         lines.append(f"| {arm} | {base or ''} | " + " | ".join(cells) + f" | {' / '.join(counts)} |")
+    for arm, other in CONTRASTS:
+        for t in tasks:
+            seeds = sorted(s for (a, s) in of[t] if a == arm and (other, s) in of[t])
+            if len(seeds) > 1:
+                diffs = ", ".join(
+                    f"{m} {fmt(*interval([of[t][(arm, s)][m] - of[t][(other, s)][m] for s in seeds]))}" for m in PAIRED_METRICS[t]
+                )
+                notes.append(f"{names[t]}, {arm} minus {other}: {diffs} ({len(seeds)} pairs)")
     return "\n".join(lines + [""] + notes)
 
 

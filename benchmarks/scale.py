@@ -252,9 +252,9 @@ def cache_only(work: Path, teacher: Path, teacher_bytes: int, args: argparse.Nam
           f"libraries' {imports.peak / gib:.2f} GiB)")  # fmt: skip
 
 
-def report(runs: list[dict], teacher_params: int, teacher_bytes: int) -> None:
+def report(runs: list[dict], teacher_params: int, teacher_bytes: int, size: str = "0.5b") -> None:
     gib = 2**30
-    print(f"teacher: qwen2 at Qwen2.5-0.5B's shape, {teacher_params / 1e6:.0f}M parameters, {teacher_bytes / gib:.2f} GiB in bf16")
+    print(f"teacher: qwen2 at Qwen2.5-{size.upper()}'s shape, {teacher_params / 1e6:.0f}M parameters, {teacher_bytes / gib:.2f} GiB in bf16")
     print()
     print("| training blocks | stage | wall s | tokens/s | peak memory GiB | notes |")
     print("|---|---|---|---|---|---|")
@@ -319,7 +319,7 @@ def main() -> None:
             return cache_only(work, teacher, teacher_bytes, args)
         runs = [run_size(work, teacher, blocks, args) for blocks in (args.blocks, 2 * args.blocks)]
         print(json.dumps(runs, indent=1), file=sys.stderr)
-        report(runs, params, teacher_bytes)
+        report(runs, params, teacher_bytes, args.teacher)
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)
