@@ -277,7 +277,10 @@ def paired_run(
 
 
 PAIRED_METRICS = {"translation": ("bleu", "chrf"), "causal-lm": ("perplexity",)}
-CONTRASTS = [("self-evolution KD", "self-evolution KD, proxy form")]
+CONTRASTS = [
+    ("self-evolution KD", "self-evolution KD, proxy form"),
+    ("second teacher of another tokenizer, ULD", BASELINE),  # the foreign teacher against none
+]
 """pairs of arms compared with each other beside their baselines"""
 
 
