@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from distill.data import BUILTIN_CORPORA, SPLITS, DataSplits
+from distill.data import BUILTIN_CORPORA, SPLITS, DataSplits, load_examples, mixture
 from distill.errors import InputError
 from distill.files import held, written_whole
 from distill.precision import computing_in, current
@@ -40,6 +40,9 @@ logger = logging.getLogger(__name__)
 
 
 TEACHER_METRICS = "teacher_metrics"  # meta: the teacher measured as a student (quality and size)
+ADDED_DATA = {"mix": (), "stopping_strategy": "first_exhausted", "sentences": 0.0}
+"""data settings added after caches were first keyed: at these values (what the data was
+before them) they stay out of the key, so that those caches stay valid"""
 DATA_INFO = "data_info"  # meta: what reading the data found (skipped examples, counts)
 SCORING = "scoring"  # meta: how quality is computed (e.g. sacrebleu's signatures)
 PRECISION = "precision"  # meta: what the teacher ran in ("bf16" or "fp32"), a part of the key
@@ -152,8 +155,9 @@ def cache_key(
     modification time of each file of a local teacher and of the data (a file replaced or
     edited in place makes another key)."""
     teacher = files_stamp(Path(source.path)) if source.local else []
+    fields = {k: v for k, v in dataclasses.asdict(data).items() if not (k in ADDED_DATA and v == ADDED_DATA[k])}
     blob = json.dumps(
-        [CACHE_FORMAT, task, source.path, source.revision, teacher, dataclasses.asdict(data), data_stamp(data, base_dir)]
+        [CACHE_FORMAT, task, source.path, source.revision, teacher, fields, data_stamp(data, base_dir)]
         + [plan, params, seed],
         sort_keys=True,
         default=str,
@@ -175,6 +179,8 @@ def data_stamp(data: Any, base_dir: Path) -> list[Any]:
     dataset folder given as its source), the version of a package it reads, Python's (whose
     documentation the built-in corpora are). Its files are stamped by size and modification
     time, leaving out dot-files and caches."""
+    if data.mix:
+        return [data_stamp(part, base_dir) for _, part in mixture(data)]
     fields = dataclasses.asdict(data)
     local = [p for p in (*fields.get("files", ()), fields.get("source", "")) if p and (base_dir / p).exists()]
     stamp: list[Any] = [files_stamp((base_dir / p).resolve()) for p in local]
@@ -253,7 +259,7 @@ def prepare(
         teacher = task.load_teacher(source)  # a teacher of the wrong kind is refused before the data is read
         if check is not None:
             check(teacher.model.config)
-        docs = docs or task.load_data(data_cfg, base_dir, seed)
+        docs = docs or load_examples(task, data_cfg, base_dir, seed)
         if held_out_only:  # the whole source is held out
             docs = DataSplits({"eval": [example for split in SPLITS for example in docs[split]]}, getattr(docs, "info", {}))
         dev = torch.device(device)
@@ -281,7 +287,7 @@ def _train_teacher(task: Task, cfg: TeacherConfig, source: TeacherSource, data_c
     with held(folder.parent / "locks" / f"teacher-{folder.name}.lock", what=f"the teacher {source.name} being trained"):
         if source.exists():
             return None
-        docs = task.load_data(data_cfg, base_dir, seed)
+        docs = load_examples(task, data_cfg, base_dir, seed)
         # A teacher trained here may see the validation documents (they only choose the
         # students' checkpoints); the held-out evaluation documents stay unseen by teacher and students.
         task.train_teacher(cfg.train, docs["train"] + docs["valid"], folder, data_cfg)

@@ -18,6 +18,96 @@ logger = logging.getLogger(__name__)
 
 FILE_BUILDERS = ("text", "json", "csv", "parquet")
 BUILTIN_CORPORA = ("pydoc-topics", "stdlib-docstrings")
+STOPPING = ("first_exhausted", "all_exhausted", "all_exhausted_without_replacement")
+"""how a mixture's training split ends, as `datasets.interleave_datasets` names it"""
+MIX_KEYS = ("mix", "stopping_strategy")
+"""the keys of a data section that make it a mixture (every task's data section has them)"""
+
+
+@dataclasses.dataclass(frozen=True)
+class Part:
+    """One source of a mixture (a `[[data.mix]]` table): where its examples come from (the keys
+    an `[[eval]]` table may set, such as source, files, config, split) and its weight, the
+    share of each split's examples drawn from it (weights are normalized to sum to 1)."""
+
+    weight: float
+    settings: dict[str, Any]
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.weight, (int, float)) and math.isfinite(self.weight) and self.weight > 0):
+            raise ValueError(f"weight: must be a number above 0, got {self.weight!r}")
+
+
+def check_mix(mix: tuple[Any, ...], stopping_strategy: str) -> tuple[Part, ...]:
+    """A data section's `mix` as parts (tables become `Part`s), checked."""
+    parts = tuple(p if isinstance(p, Part) else Part(**p) for p in mix)
+    if stopping_strategy not in STOPPING:
+        raise ValueError(f"stopping_strategy: must be one of {', '.join(STOPPING)}, got {stopping_strategy!r}")
+    if not parts and stopping_strategy != STOPPING[0]:
+        raise ValueError("stopping_strategy: only for a mixture of sources ([[data.mix]] tables)")
+    return parts
+
+
+def mixture(cfg: Any) -> list[tuple[float, Any]]:
+    """The parts of a data section with a `mix`: (share, the section with the part's source),
+    shares summing to 1; one part of share 1 (the section itself) without."""
+    if not cfg.mix:
+        return [(1.0, cfg)]
+    total = sum(p.weight for p in cfg.mix)
+    alone = {"mix": (), "stopping_strategy": STOPPING[0]}
+    return [(p.weight / total, dataclasses.replace(cfg, **alone, **p.settings)) for p in cfg.mix]
+
+
+def part_name(cfg: Any) -> str:
+    """How reports name a part of a mixture: its source, and its files or configuration."""
+    fields = dataclasses.asdict(cfg)
+    what = ", ".join(fields.get("files", ())) or fields.get("config") or fields.get("package") or ""
+    return f"{fields['source']} ({what})" if what else fields["source"]
+
+
+def load_examples(task: Any, cfg: Any, base_dir: Path, seed: int) -> DataSplits:
+    """The task's examples of the data section `cfg` by split (`task.load_data`); of a mixture,
+    each part's read on its own (its examples split as that part alone would be, so no
+    example is in two splits) and interleaved with `datasets.interleave_datasets`, which
+    draws each next example from a part picked by the weights (the study's seed): the
+    training split until `stopping_strategy` says, the held-out splits until every part has
+    given each of its examples once (all_exhausted_without_replacement: all of them are
+    scored, none twice, and a limit such as eval_blocks keeps the weights' mix). An error in
+    a part names its table."""
+    import datasets
+
+    if not cfg.mix:
+        return _splits(task.load_data(cfg, base_dir, seed))
+    parts, info = [], {}
+    for i, (share, part) in enumerate(mixture(cfg)):
+        try:
+            loaded = _splits(task.load_data(part, base_dir, seed))
+        except InputError as e:
+            text = str(e)
+            raise InputError(f"data.mix[{i}].{text[5:]}" if text.startswith("data.") else f"data.mix[{i}]: {text}") from None
+        parts.append(loaded)
+        name = f"mix {i}: {part_name(part)}, weight {share:.3g}"
+        info |= {f"{name}, {what}": counts for what, counts in loaded.info.items()}
+    shares = [share for share, _ in mixture(cfg)]
+    out: dict[str, list[Any]] = {}
+    taken: list[dict[str, int]] = [{} for _ in parts]
+    for split in SPLITS:
+        index = [datasets.Dataset.from_dict({"part": [i] * len(p[split]), "at": list(range(len(p[split])))}) for i, p in enumerate(parts)]
+        usable = [(d, s) for d, s in zip(index, shares) if len(d)]
+        stop = cfg.stopping_strategy if split == "train" else "all_exhausted_without_replacement"
+        drawn = datasets.interleave_datasets(
+            [d for d, _ in usable], probabilities=[s / sum(s for _, s in usable) for _, s in usable], seed=seed, stopping_strategy=stop
+        )
+        out[split] = [parts[i][split][at] for i, at in zip(drawn["part"], drawn["at"])]
+        for i in range(len(parts)):
+            taken[i][split] = drawn["part"].count(i)
+    for i, (share, part) in enumerate(mixture(cfg)):
+        info[f"mix {i}: {part_name(part)}, weight {share:.3g}"] = taken[i]
+    return DataSplits(out, info)
+
+
+def _splits(loaded: Any) -> DataSplits:
+    return loaded if isinstance(loaded, DataSplits) else DataSplits(dict(loaded), {})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,9 +145,19 @@ class DataConfig:
     """at most this many held-out blocks (0: all)"""
     valid_blocks: int = 32
     """at most this many validation blocks (0: all)"""
+    mix: tuple[Part, ...] = ()
+    """several sources with weights (`[[data.mix]]` tables, each with the source keys of an
+    `[[eval]]` table and a weight), in place of `source` and its keys"""
+    stopping_strategy: str = "first_exhausted"
+    """with `mix`: when the training split ends (`datasets.interleave_datasets`):
+    first_exhausted (when a part runs out: the weights hold, no example repeated),
+    all_exhausted (when every part has given all its examples: the smaller parts repeated
+    to keep the weights) or all_exhausted_without_replacement (every example once: the
+    weights set the order, and hold only until a part runs out)"""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "files", tuple(self.files))
+        object.__setattr__(self, "mix", check_mix(tuple(self.mix), self.stopping_strategy))
         if self.source in FILE_BUILDERS and not self.files:
             raise ValueError(f"files: source {self.source!r} needs at least one file")
         if self.files and self.source not in FILE_BUILDERS:

@@ -18,6 +18,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from distill.data import MIX_KEYS, Part
 from distill.errors import InputError
 from distill.loop import FULL_RUN, Budget
 from distill.losses import LOSSES
@@ -370,6 +371,11 @@ def _construct(cls: Any, kwargs: dict[str, Any], key: str) -> Any:
 
 
 def _build(cls: type, raw: Any, key: str, defaults: dict[str, Any] | None = None) -> Any:
+    return _construct(cls, _fields(cls, raw, key, defaults), key)
+
+
+def _fields(cls: type, raw: Any, key: str, defaults: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A table's values checked against the dataclass `cls`'s fields (nested tables built)."""
     if not isinstance(raw, dict):
         raise SpecError(f"{key}: must be a table")
     hints = typing.get_type_hints(cls)
@@ -385,7 +391,40 @@ def _build(cls: type, raw: Any, key: str, defaults: dict[str, Any] | None = None
             kwargs[name] = _build(NESTED[(section, name)], value, f"{key}.{name}")
         else:
             kwargs[name] = _check_type(f"{key}.{name}", value, hints[name])
-    return _construct(cls, kwargs, key)
+    return kwargs
+
+
+def _build_data(task: Task, raw: Any) -> Any:
+    """`[data]`; with `[[data.mix]]` tables, a mixture: each table has the source keys an
+    `[[eval]]` table may set and a weight, and the rest (how examples are cut and how many)
+    is `[data]`'s. Each part must be a valid `[data]` on its own."""
+    if not isinstance(raw, dict) or "mix" not in raw:
+        return _build(task.data_config, raw, "data")
+    raw = dict(raw)
+    tables = raw.pop("mix")
+    if not isinstance(tables, list) or not tables or not all(isinstance(t, dict) for t in tables):
+        raise SpecError("data.mix: must be tables, each written [[data.mix]] with a source and a weight")
+    source_keys = [k for k in task.eval_keys if k != task.eval_limit]
+    clash = [k for k in raw if k in source_keys]
+    if clash:
+        raise SpecError(f"data.{clash[0]}: with [[data.mix]] each part names its own source; move it into a [[data.mix]] table")
+    common = _fields(task.data_config, raw, "data")
+    hints = typing.get_type_hints(task.data_config)
+    unset = {f.name: f.default for f in dataclasses.fields(task.data_config) if f.name in source_keys}
+    parts = []
+    for i, table in enumerate(tables):
+        key = f"data.mix[{i}]"
+        for k in table:
+            if k != "weight" and k not in source_keys:
+                raise SpecError(f"{key}.{k}: unknown key; allowed: weight, {', '.join(source_keys)} (the rest is [data]'s)")
+        for k, what in (("source", "where the part's examples come from, as in [data]"), ("weight", "its share of the examples")):
+            if k not in table:
+                raise SpecError(f"{key}.{k}: required ({what})")
+        settings = unset | {k: _check_type(f"{key}.{k}", v, hints[k]) for k, v in table.items() if k != "weight"}
+        alone = {k: v for k, v in common.items() if k not in MIX_KEYS}
+        _construct(task.data_config, alone | settings, key)  # the part alone is a valid [data]
+        parts.append(_construct(Part, {"weight": _check_type(f"{key}.weight", table["weight"], float), "settings": settings}, key))
+    return _construct(task.data_config, common | parts[0].settings | {"mix": tuple(parts)}, "data")
 
 
 def _build_brief(raw: Any) -> Budget:
@@ -529,7 +568,7 @@ def _build_evals(task: Task, raw: Any, data: Any) -> tuple[EvalSet, ...]:
         if "source" not in fields:
             raise SpecError(f"{key}.source: required (where the set's examples come from, as in [data])")
         # The source and how much of it are the table's (default: all of it); the cut is [data]'s.
-        inherited = {k: v for k, v in dataclasses.asdict(data).items() if k not in task.eval_keys}
+        inherited = {k: v for k, v in dataclasses.asdict(data).items() if k not in (*task.eval_keys, *MIX_KEYS)}
         inherited |= {task.eval_limit: 0} if task.eval_limit else {}
         sets.append(EvalSet(name, _construct(task.data_config, inherited | fields, key)))
     return tuple(sets)
@@ -621,7 +660,7 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
         objectives = objectives.resolve(task)
     except ValueError as exc:
         raise SpecError(f"objectives.{exc}") from None
-    data = _build(task.data_config, raw.get("data", {}), "data")
+    data = _build_data(task, raw.get("data", {}))
     brief_budget = _build_brief(brief)
     full_budget = _build(Budget, raw.get("full", {}), "full", defaults=FULL_RUN)
     loss = _build_loss(task, loss_raw, "loss", len(teachers))

@@ -8,7 +8,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import tempfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -76,6 +78,39 @@ model = SentenceTransformer("{path}")
 embeddings = model.encode(["A sentence to embed.", "Another one."])"""
 
 QKV = ("query", "key", "value")
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbeddingDataConfig(DataConfig):
+    """The `[data]` section of an embedding study: text cut into the items it embeds."""
+
+    sentences: float = 0.0
+    """the share of paragraphs embedded as their sentences rather than whole (0: paragraphs
+    only; 1: sentences only), so that items are as long as what the model will embed: queries
+    and titles are a sentence, passages a paragraph. Which paragraphs are cut depends on their
+    text alone, the same in every split and run."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 <= self.sentences <= 1.0:
+            raise ValueError(f"sentences: must be between 0 and 1 (a share of the paragraphs), got {self.sentences}")
+
+
+def items(texts: list[str], sentences: float) -> list[str]:
+    """Documents cut into paragraphs (`distill.data.paragraphs`), a `sentences` share of them
+    (picked by a hash of their text) cut further into sentences of at least 20 characters."""
+    out = []
+    for para in paragraphs(texts):
+        if zlib.crc32(para.encode()) % 10_000 < sentences * 10_000:
+            out += [s for s in SENTENCE_END.split(para) if len(s) >= 20]
+        else:
+            out.append(para)
+    return out
+
+
+SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]?\s+(?=[A-Z0-9\"'(\[])")
+"""where a sentence ends: after . ! or ? (and a closing quote or bracket), before white space
+and a capital, digit or opening quote (abbreviations such as "e.g. The" are cut too)"""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,7 +218,7 @@ class LastLayerQKV:
 
 class Embedding(Task):
     name = "embedding"
-    data_config = DataConfig
+    data_config = EmbeddingDataConfig
     space = EncoderSpace
     metrics = METRICS
     loss_params = EmbeddingLossParams
@@ -204,7 +239,7 @@ class Embedding(Task):
     eval_keys, eval_limit = DataConfig.EVAL_KEYS, DataConfig.EVAL_LIMIT
 
     # -- the teacher and the data, once per study
-    def load_data(self, data: DataConfig, base_dir: Path, seed: int) -> dict[str, list[str]]:
+    def load_data(self, data: EmbeddingDataConfig, base_dir: Path, seed: int) -> dict[str, list[str]]:
         return load_documents(data, base_dir, seed)
 
     def load_teacher(self, source: TeacherSource) -> Teacher:
@@ -218,9 +253,9 @@ class Embedding(Task):
     def check_space(self, space: EncoderSpace, teacher_config: Any) -> None:
         check_space_fits(space, teacher_config)
 
-    def encode(self, texts: list[str], teacher: Teacher, data: DataConfig, split: str) -> dict[str, np.ndarray]:
+    def encode(self, texts: list[str], teacher: Teacher, data: EmbeddingDataConfig, split: str) -> dict[str, np.ndarray]:
         check_positions(teacher.model.config, data.block_length, "data.block_length")
-        cut = paragraphs(texts)
+        cut = items(texts, data.sentences)
         if len(cut) < 2:
             raise InputError(
                 f"data.source: the {split} split holds {len(cut)} paragraph(s) of 40 characters or more, "

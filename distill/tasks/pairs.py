@@ -17,7 +17,7 @@ from collections import Counter
 from pathlib import Path
 from typing import ClassVar
 
-from distill.data import check_fractions, open_dataset
+from distill.data import Part, check_fractions, check_mix, open_dataset
 from distill.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -82,9 +82,19 @@ class PairDataConfig:
     """at most this many held-out pairs (0: all)"""
     valid_pairs: int = 100
     """at most this many validation pairs (0: all)"""
+    mix: tuple[Part, ...] = ()
+    """several sources with weights (`[[data.mix]]` tables, each with the source keys of an
+    `[[eval]]` table and a weight), in place of `source` and its keys"""
+    stopping_strategy: str = "first_exhausted"
+    """with `mix`: when the training split ends (`datasets.interleave_datasets`):
+    first_exhausted (when a part runs out: the weights hold, no pair repeated),
+    all_exhausted (when every part has given all its pairs: the smaller parts repeated to
+    keep the weights) or all_exhausted_without_replacement (every pair once: the weights set
+    the order, and hold only until a part runs out)"""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "files", tuple(self.files))
+        object.__setattr__(self, "mix", check_mix(tuple(self.mix), self.stopping_strategy))
         object.__setattr__(self, "pair", tuple(self.pair))
         object.__setattr__(self, "lang_codes", tuple(self.lang_codes))
         if self.lang_codes and (len(self.lang_codes) != 2 or not all(isinstance(c, str) and c for c in self.lang_codes)):

@@ -54,6 +54,10 @@ class Bad:
 
 
 BRIEF = "[brief]\nsteps = 4"  # lm's brief budget, an anchor for edits
+DATA = 'source = "json"\nfiles = ["docs.jsonl"]\ntext_column = "body"\nblock_length = 32\ntrain_blocks = 64\neval_blocks = 8\n'
+CUT = DATA.split('text_column = "body"\n')[1]
+MIX = '[[data.mix]]\nsource = "json"\nfiles = ["docs.jsonl"]\ntext_column = "body"\nweight = 3\n[[data.mix]]\nsource = "text"\nfiles = ["more.txt"]\nweight = 1\n'
+"""lm's [data] (an anchor), the same without its source (the cut alone), and a mixture of two parts"""
 
 # fmt: off
 CASES = [
@@ -128,6 +132,15 @@ CASES = [
     pytest.param(Bad("data.valid_fraction", r"^3 documents leave none for training \(2 held out for evaluation .*, 1 for validation", args=("data.files=['three.jsonl']", "data.eval_fraction=0.5", "data.valid_fraction=0.5")), id="too-few-documents-for-fractions"),
     pytest.param(Bad("data.files", r"^cannot read them as json: JSON parse error: Invalid value\. in row 1$", args=("data.files=['broken.jsonl']",)), id="malformed-data-file"),
     pytest.param(Bad("data.source", r"^needs at least 3 non-empty documents, found 2$", args=("data.files=['two.jsonl']",)), id="too-few-documents"),
+    pytest.param(Bad("data.source", r"^with \[\[data\.mix\]\] each part names its own source; move it into a \[\[data\.mix\]\] table$", edit=(DATA, DATA + MIX)), id="mix-beside-a-source"),
+    pytest.param(Bad("data.mix[1].block_length", r"^unknown key; allowed: weight, source, config, files, text_column, split \(the rest is \[data\]'s\)$", edit=(DATA, CUT + MIX + "block_length = 8\n")), id="mix-part-unknown-key"),
+    pytest.param(Bad("data.mix[1].weight", r"^required \(its share of the examples\)$", edit=(DATA, CUT + MIX.replace("weight = 1\n", ""))), id="mix-part-without-weight"),
+    pytest.param(Bad("data.mix[0].weight", r"^must be a number above 0, got 0\.0$", edit=(DATA, CUT + MIX.replace("weight = 3", "weight = 0"))), id="mix-weight-zero"),
+    pytest.param(Bad("data.mix[1].files", r"^source 'text' needs at least one file$", edit=(DATA, CUT + MIX.replace('files = ["more.txt"]\n', ""))), id="mix-part-invalid"),
+    pytest.param(Bad("data.mix[1].files", r"^'nope\.txt' does not exist$", edit=(DATA, CUT + MIX.replace("more.txt", "nope.txt"))), id="mix-part-file-missing"),
+    pytest.param(Bad("data.stopping_strategy", r"^must be one of first_exhausted, all_exhausted, all_exhausted_without_replacement, got 'longest'$", edit=(DATA, CUT + "stopping_strategy = 'longest'\n" + MIX)), id="mix-stopping-unknown"),
+    pytest.param(Bad("data.stopping_strategy", r"^only for a mixture of sources \(\[\[data\.mix\]\] tables\)$", args=("data.stopping_strategy='all_exhausted'",)), id="stopping-without-mix"),
+    pytest.param(Bad("data.sentences", r"^must be between 0 and 1 \(a share of the paragraphs\), got 1\.5$", spec="emb", args=("data.sentences=1.5",)), id="sentence-share-out-of-range"),
     pytest.param(Bad("data.files", r"^'nope\.jsonl' does not exist$", args=("data.files=['nope.jsonl']",)), id="data-file-missing"),
     pytest.param(Bad("data.source", r"^folder './no-such-folder' does not exist", args=("data.source='./no-such-folder'", "data.files=[]")), id="dataset-folder-missing"),
     pytest.param(Bad("data.source", r"^cannot read 'no-such-user/no-such-dataset': ", args=("data.source='no-such-user/no-such-dataset'", "data.files=[]")), id="hub-dataset-unreachable"),
@@ -195,6 +208,7 @@ def study_dir(tmp_path_factory, teacher_dirs, sentence_teacher) -> Path:
         "---\nconfigs:\n- config_name: first\n  data_files: a/*.jsonl\n- config_name: second\n  data_files: b/*.jsonl\n---\n"
     )
     (folder / "numbers.jsonl").write_text("\n".join(json.dumps({"body": t, "n": i}) for i, t in enumerate(corpus())))
+    (folder / "more.txt").write_text("\n".join(reversed(corpus())))  # a second part of a mixture
     (folder / "broken.jsonl").write_text(json.dumps({"body": corpus()[0]}) + '\n{"body": unquoted}\n')
     for name, count in (("three", 3), ("two", 2)):
         (folder / f"{name}.jsonl").write_text("\n".join(json.dumps({"body": t}) for t in corpus()[:count]))

@@ -106,3 +106,27 @@ def test_full_distillation_exports_a_sentence_transformer(tmp_path, sentence_tea
     cos = (student * teacher).sum(1) / (np.linalg.norm(student, axis=1) * np.linalg.norm(teacher, axis=1))
     assert cos.mean() == pytest.approx(record["metrics"]["cosine"], abs=2e-3)
     assert f"{record['metrics']['cosine']:.4f}" in (out / "README.md").read_text()
+
+
+def test_a_search_on_a_mixture_of_sources_reports_what_each_gave(tmp_path, sentence_teacher):
+    """Two sources by weight (the study's paragraphs and Python's documentation topics), half
+    of the paragraphs embedded as their sentences: the search runs on the mixture, and the
+    study, its report and `nas pareto --json` say what each part gave."""
+    path = write_embedding_spec(tmp_path, sentence_teacher, name="mixemb")
+    mix = (
+        'sentences = 0.5\n[[data.mix]]\nsource = "json"\nfiles = ["docs.jsonl"]\ntext_column = "body"\nweight = 1\n'
+        '[[data.mix]]\nsource = "pydoc-topics"\nweight = 2\n'
+    )
+    text = path.read_text().replace('source = "json"\nfiles = ["docs.jsonl"]\ntext_column = "body"\n', "")
+    path.write_text(text.replace("eval_blocks = 24\n", "eval_blocks = 24\n" + mix))
+    spec = load_spec(path)
+    assert [p.weight for p in spec.data.mix] == [1.0, 2.0] and spec.evals == ()
+    study = run_search(spec, trials=2)
+    assert len(distinct_complete(study)) == 2
+    info = study.user_attrs["data_info"]
+    parts = ["mix 0: json (docs.jsonl), weight 0.333", "mix 1: pydoc-topics, weight 0.667"]
+    assert list(info) == parts and all(info[p]["train"] > 0 and info[p]["eval"] > 0 for p in parts)
+    assert parts[1] in write_report(study, spec.out_dir / "report.html").read_text()
+    data = PreparedData(next((spec.out_dir / "cache").iterdir()))
+    lengths = data.array("train_mask").sum(1)
+    assert lengths.min() < 20 <= lengths.max()  # sentences beside whole paragraphs
