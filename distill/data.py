@@ -17,7 +17,7 @@ from distill.errors import InputError
 logger = logging.getLogger(__name__)
 
 FILE_BUILDERS = ("text", "json", "csv", "parquet")
-BUILTIN_CORPORA = ("pydoc-topics", "stdlib-docstrings")
+BUILTIN_CORPORA = ("pydoc-topics", "stdlib-docstrings", "package-docstrings")
 STOPPING = ("first_exhausted", "all_exhausted", "all_exhausted_without_replacement")
 """how a mixture's training split ends, as `datasets.interleave_datasets` names it"""
 MIX_KEYS = ("mix", "stopping_strategy")
@@ -124,7 +124,8 @@ class DataConfig:
     hub, a local `datasets` folder (a path that exists, or starts with ./ ../ or /, relative to
     the spec's folder), `pydoc-topics` (Python's documentation topics, shipped with Python) or
     `stdlib-docstrings` (the docstrings of the standard library's modules, read from their
-    sources: API reference prose, another register than the topics)"""
+    sources: API reference prose, another register than the topics) or `package-docstrings`
+    (the prose of the installed third-party packages' docstrings)"""
     config: str = ""
     """the dataset's configuration (subset), for a hub dataset or local folder that has several"""
     files: tuple[str, ...] = ()
@@ -320,6 +321,8 @@ def load_documents(cfg: DataConfig, base_dir: Path, seed: int) -> dict[str, list
         ds = datasets.Dataset.from_dict({cfg.text_column: [topics[k] for k in sorted(topics)]})
     elif cfg.source == "stdlib-docstrings":
         ds = datasets.Dataset.from_dict({cfg.text_column: stdlib_docstrings()})
+    elif cfg.source == "package-docstrings":
+        ds = datasets.Dataset.from_dict({cfg.text_column: package_docstrings()})
     else:
         ds = open_dataset(cfg.source, cfg.files, cfg.split, base_dir, cfg.config)
     check_text_column(ds, cfg.text_column)
@@ -364,19 +367,59 @@ def unique_paragraphs(splits: dict[str, list[str]], min_chars: int = 40) -> dict
 def stdlib_docstrings(min_chars: int = 200) -> list[str]:
     """Module, class and function docstrings of the standard library's top-level modules,
     parsed from their sources (nothing is imported), in a fixed order."""
-    import ast
     import sysconfig
 
-    root = Path(sysconfig.get_paths()["stdlib"])
+    return _docstrings(sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py")), min_chars)
+
+
+def package_docstrings(min_chars: int = 200) -> list[str]:
+    """The prose of the docstrings of the installed third-party packages (the folders of
+    site-packages that hold a package, their tests left out; not the standard library, whose
+    docstrings are `stdlib-docstrings`), parsed from their sources (nothing is imported):
+    each docstring's paragraphs that read as sentences (`prose`), in a fixed order. What it
+    holds depends on what is installed (the cache is keyed by the installed distributions)."""
+    import sysconfig
+
+    roots = sorted({Path(sysconfig.get_paths()[k]) for k in ("purelib", "platlib")})
+    packages = sorted(p for root in roots if root.is_dir() for p in root.iterdir() if (p / "__init__.py").is_file())
+    paths = [f for p in packages for f in sorted(p.rglob("*.py")) if not {"test", "tests"} & set(f.relative_to(p).parts)]
+    docs = ("\n\n".join(prose(d)) for d in _docstrings(paths, min_chars))
+    return list(dict.fromkeys(d for d in docs if len(d) >= min_chars))  # templated docstrings once
+
+
+def _docstrings(paths: list[Path], min_chars: int) -> list[str]:
+    """Module, class and function docstrings of at least `min_chars` characters in the files `paths`."""
+    import ast
+
     docs = []
-    for path in sorted(root.glob("*.py")):
+    for path in paths:
         try:
             tree = ast.parse(path.read_text(encoding="utf-8"))
-        except (SyntaxError, UnicodeDecodeError, OSError):
+        except (SyntaxError, UnicodeDecodeError, OSError, ValueError):
             continue
-        nodes = [tree, *(n for n in ast.walk(tree) if isinstance(n, (ast.ClassDef, ast.FunctionDef)))]
+        nodes = [tree, *(n for n in ast.walk(tree) if isinstance(n, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)))]
         docs.extend(d for n in nodes if (d := ast.get_docstring(n)) and len(d) >= min_chars)
     return docs
+
+
+def prose(doc: str) -> list[str]:
+    """The paragraphs of a docstring that read as sentences: at least 40 characters, four in
+    five of them letters or spaces, ending like a sentence, not code (`>>>`), a literal
+    block (`::`), a table or a list of parameters (an indented line)."""
+    out = []
+    for para in doc.split("\n\n"):
+        text = " ".join(para.split())
+        if (
+            len(text) >= 40
+            and text.endswith((".", "!", "?", '."', ".)"))
+            and sum(c.isalpha() or c == " " for c in text) >= 0.8 * len(text)
+            and ">>>" not in text
+            and "::" not in text
+            and not any(line.startswith((" ", "\t")) for line in para.strip("\n").splitlines()[1:])
+            and not set(text) <= set("-=~*_ ")
+        ):
+            out.append(text)
+    return out
 
 
 def pack(texts: list[str], tokenizer: Any, block_length: int, max_blocks: int = 0) -> np.ndarray:

@@ -207,8 +207,11 @@ class MultiFidelity:
     rungs: tuple[float, ...] = (0.25, 0.5, 1.0)
     """shares of the brief budget at which a trial reports; the last is 1"""
     reduction: float = 2.0
-    """at each rung at least 1/reduction of the trials go on, and every trial no other
-    trial at that rung dominates"""
+    """a trial goes on from a rung if no trial that reached it before dominates it there, or if
+    it is among the best ceil(n/reduction) of the n trials there so far (Pareto order). It is
+    judged when it arrives, against those before it: how many go on depends on the order (of
+    8 trials that arrive best first and dominate each other in turn, only the first goes on;
+    arriving worst first, all do)"""
 
     def __post_init__(self) -> None:
         rungs = tuple(self.rungs)

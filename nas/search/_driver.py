@@ -297,7 +297,8 @@ def _round(
     inner = OptunaSearch(
         space=_define(spec, study, plan), metric=metrics, mode=modes, sampler=sampler, study_name=spec.name, storage=storage_of(study)
     )
-    searcher = StudySearcher(inner, study, metrics, recorded(spec.study.task), spec.constraints, spec.out_dir / TEXTS)
+    stopped = getattr(scheduler, "stopped", {})  # without multi-fidelity no trial stops at a rung
+    searcher = StudySearcher(inner, study, metrics, recorded(spec.study.task), spec.constraints, spec.out_dir / TEXTS, stopped)
     resources = {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus}
     tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(trainable, plan=plan), resources),

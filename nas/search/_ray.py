@@ -26,7 +26,17 @@ from nas.search.scheduler import FINAL, RUNG
 from nas.search.trial import TrialPlan, recorded, run_trial, with_recipe
 from nas.spec import Constraints
 from nas.study import distinct_evaluated, fail_trial, front_trials, open_storage, set_trial_attrs
-from nas.study._record import ARCH, ARCH_SHORT, DUPLICATE_OF, FAIL_REASON, NOT_TRAINED, PRUNED_AT, RAY_NODE, RECIPE
+from nas.study._record import (
+    ARCH,
+    ARCH_SHORT,
+    DUPLICATE_OF,
+    FAIL_REASON,
+    INTERRUPTED,
+    NOT_TRAINED,
+    PRUNED_AT,
+    RAY_NODE,
+    RECIPE,
+)
 from nas.texts import save_generated
 
 logger = logging.getLogger(__name__)
@@ -49,10 +59,12 @@ class StudySearcher(Searcher):
         keep: tuple[str, ...],
         constraints: Constraints,
         texts: Path,
+        stopped: dict[str, int] | None = None,
     ) -> None:
         super().__init__(metric=inner.metric, mode=inner.mode)
         self.inner, self.study, self.metrics, self.keep = inner, study, metrics, keep
         self.constraints, self.texts = constraints, texts
+        self.stopped = stopped if stopped is not None else {}  # the scheduler's: trial id -> the rung it stopped at
         self.numbers: dict[str, int] = {}
 
     def set_search_properties(self, metric: Any, mode: Any, config: dict, **spec: Any) -> bool:
@@ -86,6 +98,8 @@ class StudySearcher(Searcher):
             reason = "the trial's worker failed (see the Ray logs of this run)"
         elif FAIL_REASON in result:
             reason = result[FAIL_REASON]
+        elif not result.get(FINAL, True) and trial_id not in self.stopped:
+            reason = INTERRUPTED  # ended between rungs by anything but the scheduler: not stopped at a rung
         elif trained:
             bad = [m for m in self.metrics if not math.isfinite(float(result.get(m, math.nan)))]
             if bad:
@@ -95,7 +109,7 @@ class StudySearcher(Searcher):
             self.inner.on_trial_complete(trial_id, None, error=True)
             return
         attrs = {k: _decoded(result[k]) for k in self.keep if k in result}
-        if RUNG in result:  # stopped by the scheduler at this rung
+        if trial_id in self.stopped:  # stopped by the scheduler at this rung
             attrs[PRUNED_AT] = {"rung": result[RUNG], "step": result["step"]}
         if self.constraints.bounds:  # every bound, every trial: samplers need the same count
             violations = self.constraints.violations(result)

@@ -175,3 +175,31 @@ def test_a_size_bound_measured_in_the_trial_stops_it_before_training(tmp_path, t
     assert front_trials(study) == []
     with pytest.raises(InputError, match="constraints: the stored study 'slow' was searched with"):
         run_search(load_spec(path, ["study.trials=3", "constraints.latency_ms=5", *WIDE]))
+
+
+def test_only_the_schedulers_stops_are_stored_as_stopped_at_a_rung(tmp_path):
+    """A trial that ends after a rung's report because the scheduler stopped it is PRUNED with
+    its rung; one that ends there for any other reason (the search stopped, its actor died)
+    is FAIL as interrupted, not a trial the scheduler judged."""
+    from nas.search._ray import StudySearcher
+    from nas.spec import Constraints
+    from nas.study import INTERRUPTED
+
+    class Inner:  # the part of OptunaSearch the searcher calls
+        metric, mode, told = ["perplexity"], ["min"], []
+
+        def on_trial_complete(self, trial_id, result=None, error=False):
+            self.told.append((trial_id, result, error))
+
+    study = optuna.create_study(directions=["minimize"])
+    for _ in range(2):
+        study.ask()
+    stopped = {"a": 0}  # the scheduler's record: trial a stopped at rung 0
+    searcher = StudySearcher(Inner(), study, ["perplexity"], ("perplexity",), Constraints(()), tmp_path, stopped)
+    searcher.numbers = {"a": 0, "b": 1}
+    rung_report = {"perplexity": 400.0, "rung": 0, "final": False, "step": 2}
+    searcher.on_trial_complete("a", rung_report)
+    searcher.on_trial_complete("b", rung_report)
+    assert study.trials[0].user_attrs["pruned_at"] == {"rung": 0, "step": 2}
+    assert "pruned_at" not in study.trials[1].user_attrs and study.trials[1].user_attrs["fail_reason"] == INTERRUPTED
+    assert Inner.told == [("a", None, False), ("b", None, True)]
