@@ -95,6 +95,13 @@ def _parser() -> argparse.ArgumentParser:
         "--trials", type=int, default=8, help="how many trials to compare (default 8; full runs that exist count)"
     )
     f.add_argument(
+        "--stopped",
+        type=int,
+        default=None,
+        help="also fully distill this many trials the multi-fidelity scheduler stopped at a rung, to measure "
+        "how often it stopped a better student (default: half of --trials; 0: none)",
+    )
+    f.add_argument(
         "--overwrite", action="store_true", help="redistill picked trials whose full run had another [full] budget"
     )
     f.add_argument(
@@ -269,6 +276,7 @@ def _rank_check(args: argparse.Namespace, spec: Any, progress: Progress | None) 
     measured = commands.rank_check(
         spec,
         trials=args.trials,
+        stopped=args.trials // 2 if args.stopped is None else args.stopped,
         overwrite=args.overwrite,
         restart=args.restart,
         command=lambda n: shlex.join(["nas", "distill", *args.spec, "--trial", str(n), *storage]),
@@ -281,6 +289,7 @@ def _rank_check(args: argparse.Namespace, spec: Any, progress: Progress | None) 
 def rank_check_table(task: Any, name: str, result: dict[str, Any]) -> str:
     """The trials compared and, per quality metric, the rank correlations with full quality."""
     from nas.pareto import text_table
+    from nas.rank_check import MIN_FOR_INTERVAL
 
     rows = result["trials"]
     quality = sorted(result["metrics"], key=lambda m: m != result.get("objective"))  # the front's metric first
@@ -305,19 +314,44 @@ def rank_check_table(task: Any, name: str, result: dict[str, Any]) -> str:
     lines += text_table(head, body, rule=False)
     level = f"{result['level']:.0%}"
     lines.append("")
-    lines.append(
-        f"{'metric':<16}{'predictor of full quality':<30}{'Kendall tau [' + level + ']':>26}{'Spearman [' + level + ']':>26}"
-    )
+    lines.append(f"{'metric':<16}{'predictor of full quality':<26}{'n':>4}{'Kendall tau':>34}{'Spearman':>34}")
 
     def cell(c: dict[str, Any], name: str) -> str:
-        low, high = c[f"{name}_interval"]
-        value = c[name]
-        interval = f"[{low:+.2f}, {high:+.2f}]" if low is not None and high is not None else "[-]"
-        return f"{value:+.2f} {interval}" if value is not None else "-"
+        value, interval, p = c[name], c.get(f"{name}_interval"), c.get(f"{name}_p")
+        if value is None:
+            return "-"
+        low, high = interval if interval else (None, None)
+        bounds = f" [{low:+.2f}, {high:+.2f}]" if low is not None and high is not None else ""
+        return f"{value:+.2f}{bounds}" + (f" p={p:.3f}" if p is not None else "")
 
+    few = False
     for m, c in result["metrics"].items():
         for label, key in (("brief run", "brief"), ("non-embedding params", "proxy")):
-            lines.append(f"{m:<16}{label:<30}{cell(c[key], 'kendall_tau'):>26}{cell(c[key], 'spearman'):>26}")
+            n = c[key].get("n", len(rows))
+            few = few or n < MIN_FOR_INTERVAL
+            lines.append(f"{m:<16}{label:<26}{n:>4}{cell(c[key], 'kendall_tau'):>34}{cell(c[key], 'spearman'):>34}")
+    lines.append(
+        f"[ ]: {level} bootstrap interval over the trials, from {MIN_FOR_INTERVAL} trials"
+        + (f" (with fewer, none means much: run with --trials {MIN_FOR_INTERVAL} or more)" if few else "")
+        + "; p: the chance that a random order of the trials agrees at least as well (permutation test)"
+    )
+    regret = result.get("regret")
+    if regret and regret["stopped"]:
+        m = regret["metric"]
+        lines.append("")
+        lines.append(f"Trials the scheduler stopped at a rung, fully distilled ({m}, full):")
+        for r in result["stopped"]:
+            beats = regret["beats"].get(str(r["trial"]), [])
+            rung = (r.get("stopped_at") or {}).get("step", "?")
+            what = f"beats completed trial(s) {', '.join(map(str, beats))}, at least as large" if beats else "beats no completed trial at least as large"
+            lines.append(
+                f"  trial {r['trial']} ({r[ARCH_SHORT]}, {r['non_embedding_params']:,} params, stopped at step {rung}): "
+                f"{format_metric(task, m, r['full'][m])}: {what}"
+            )
+        lines.append(
+            f"Scheduler's regret: {regret['regretted']} of {regret['stopped']} stopped trials would have beaten a completed "
+            "trial of at least their size after the full run."
+        )
     pick = result.get("pick")
     if pick:
         m = pick["metric"]

@@ -143,13 +143,15 @@ def rank_check(
     spec: StudySpec,
     *,
     trials: int = 8,
+    stopped: int = 0,
     overwrite: bool = False,
     restart: bool = False,
     command: Callable[[int], str] = lambda number: "",
     steps: Callable[[int], Any] | None = None,
 ) -> RankCheckResult:
-    """Fully distill `trials` trials across the brief-quality range (a killed run of one is
-    continued unless `restart`) and measure how well brief runs rank full runs. `command(n)`:
+    """Fully distill `trials` trials across the brief-quality range and `stopped` trials the
+    scheduler stopped at a rung (a killed run of one is continued unless `restart`) and
+    measure how well brief runs rank full runs, and what stopping cost. `command(n)`:
     what reproduces trial n's export; `steps(n)`: a step sink for trial n's run (closed after
     it, where it has `close`)."""
     from nas.full import full_distill, has_checkpoint
@@ -170,7 +172,7 @@ def rank_check(
         finally:
             getattr(sink, "close", lambda: None)()
 
-    return RankCheckResult(spec.name, measure(spec, study, trials, distill_one=distill_one, overwrite=overwrite))
+    return RankCheckResult(spec.name, measure(spec, study, trials, distill_one=distill_one, overwrite=overwrite, stopped=stopped))
 
 
 def pareto(spec: StudySpec) -> FrontResult:

@@ -61,7 +61,9 @@ def select_trial(
         if not 0 <= number < len(study.trials):
             raise InputError(f"--trial: no trial {number} in study {study.study_name!r} (0-{len(study.trials) - 1})")
         trial = study.trials[number]
-        if trial.state != optuna.trial.TrialState.COMPLETE:
+        # A trial the scheduler stopped at a rung is a whole architecture: it can be fully
+        # distilled (`nas rank-check` does, to judge the scheduler); one never trained cannot.
+        if trial.state != optuna.trial.TrialState.COMPLETE and TrialRecord(trial).outcome != "stopped at a rung":
             reason = TrialRecord(trial).fail_reason or ""
             raise InputError(f"--trial: trial {number} is {trial.state.name}, not COMPLETE {reason}".rstrip())
         twin = TrialRecord(trial).duplicate_of

@@ -21,14 +21,27 @@ from distill.errors import InputError
 from distill.tasks import quality_metrics
 from nas.recipe import apply_recipe
 from nas.spec import StudySpec
-from nas.study import StudyRecord, TrialRecord, distilled_records, distinct_complete, front_trials, is_feasible
-from nas.study._record import ARCH_SHORT, RECIPE, TRAIN_STEPS
+from nas.study import (
+    StudyRecord,
+    TrialRecord,
+    distilled_records,
+    distinct_complete,
+    distinct_evaluated,
+    front_trials,
+    is_feasible,
+)
+from nas.study._record import ARCH_SHORT, PRUNED_AT, RECIPE, TRAIN_STEPS
 
 logger = logging.getLogger(__name__)
 
 PROXY = "non_embedding_params"
 RESAMPLES = 2000
 LEVEL = 0.95
+MIN_FOR_INTERVAL = 10
+"""the fewest trials a bootstrap interval is given for: resampling a handful of trials gives
+intervals that mean little (a perfectly ordered sample resamples into perfectly ordered ones
+only: [1, 1] whatever its size), so below it only the permutation test's p speaks"""
+PERMUTATIONS = 9999
 
 
 def reusable(study: optuna.Study, spec: StudySpec) -> set[str]:
@@ -43,13 +56,12 @@ def _budget(spec: StudySpec, record: dict) -> dict:
     return dataclasses.asdict(apply_recipe(spec.loss, spec.full, record.get(RECIPE))[1])
 
 
-def pick_trials(
-    study: optuna.Study, metric: str, direction: str, k: int, seed: int, distilled: set[str] | None = None
-) -> list[optuna.trial.FrozenTrial]:
+def pick_trials(study: optuna.Study, metric: str, direction: str, k: int, seed: int) -> list[optuna.trial.FrozenTrial]:
     """`k` feasible complete trials spanning the brief range of `metric`: the candidates sorted
-    by it and cut into `k` strata of neighbours, one trial from each (one already fully
-    distilled where a stratum has one, else drawn with `seed`); the front's best at `metric` is
-    always among them, so the pick users would make is checked."""
+    by it and cut into `k` strata of neighbours, one trial drawn from each with `seed`; the
+    front's best at `metric` (the best brief value, in the first stratum) takes the first
+    stratum's draw, so the pick users would make is checked. The plan depends on the seed and
+    the study's trials alone, not on which trials earlier runs distilled (those are reused)."""
     candidates = [t for t in distinct_complete(study) if is_feasible(t) and metric in t.user_attrs]
     if len(candidates) < 3:
         raise InputError(
@@ -58,34 +70,78 @@ def pick_trials(
     k = min(k, len(candidates))
     sign = 1.0 if direction == "min" else -1.0
     ordered = sorted(candidates, key=lambda t: (sign * t.user_attrs[metric], t.number))
-    distilled = distilled if distilled is not None else set(distilled_records(study))
     rng = np.random.default_rng(seed)
-    picks = []
-    for stratum in np.array_split(np.arange(len(ordered)), k):
-        done = [i for i in stratum if str(ordered[i].number) in distilled]
-        picks.append(ordered[done[0] if done else int(rng.choice(stratum))])
+    picks = [ordered[int(rng.choice(stratum))] for stratum in np.array_split(np.arange(len(ordered)), k)]
     front = [t for t in front_trials(study) if metric in t.user_attrs]
     if front:
         best = min(front, key=lambda t: sign * t.user_attrs[metric])
         if best.number not in {t.number for t in picks}:
-            # It lies in the first stratum (the best brief values): it takes that stratum's
-            # place, unless that one has a full run already.
-            if str(picks[0].number) in distilled:
-                picks.append(best)
-            else:
-                picks[0] = best
+            picks[0] = best
     return sorted(picks, key=lambda t: t.number)
 
 
+def pick_stopped(study: optuna.Study, k: int, seed: int) -> list[optuna.trial.FrozenTrial]:
+    """`k` trials the multi-fidelity scheduler stopped at a rung, spanning their sizes: sorted
+    by non-embedding parameters, cut into `k` strata, one drawn from each with `seed` (a stream
+    of its own: the complete trials' plan does not move)."""
+    stopped = sorted(
+        (t for t in distinct_evaluated(study) if TrialRecord(t).outcome == "stopped at a rung" and PROXY in t.user_attrs),
+        key=lambda t: (t.user_attrs[PROXY], t.number),
+    )
+    k = min(k, len(stopped))
+    if k == 0:
+        return []
+    rng = np.random.default_rng([seed, 1])
+    return sorted((stopped[int(rng.choice(s))] for s in np.array_split(np.arange(len(stopped)), k)), key=lambda t: t.number)
+
+
+def scheduler_regret(stopped: list[dict[str, Any]], complete: list[dict[str, Any]], metric: str, direction: str) -> dict[str, Any]:
+    """What stopping trials at rungs cost, judged by full runs: for each stopped trial fully
+    distilled, the completed trials (fully distilled) at least as large that it beats at
+    `metric` (rows: {"trial", "full": {metric: value}, PROXY: size}). A stopped trial that beats
+    one would have dominated it on a front of full runs: the scheduler stopped a better
+    student. `share`: the stopped trials that beat at least one."""
+    sign = 1.0 if direction == "min" else -1.0
+    beaten = {}
+    for s in stopped:
+        if s["full"][metric] is None:
+            continue
+        beaten[str(s["trial"])] = [  # keys as the study stores them (JSON)
+            c["trial"]
+            for c in complete
+            if c["full"][metric] is not None and c[PROXY] >= s[PROXY] and sign * s["full"][metric] < sign * c["full"][metric]
+        ]
+    judged = len(beaten)
+    worse = sum(bool(v) for v in beaten.values())
+    return {"metric": metric, "stopped": judged, "regretted": worse, "share": worse / judged if judged else None, "beats": beaten}
+
+
 def correlations(predictor: list[float], target: list[float], seed: int) -> dict[str, Any]:
-    """Kendall's tau and Spearman's rho of `predictor` against `target`, each with a percentile
-    bootstrap interval over resampled trials (pairs kept together; `LEVEL`, `RESAMPLES`, `seed`)."""
+    """Kendall's tau and Spearman's rho of `predictor` against `target` over n trials, each with
+    the one-sided p of a permutation test (the chance that a random order of the trials agrees
+    at least as well; exact where n! <= `PERMUTATIONS`) and, from `MIN_FOR_INTERVAL` trials, a
+    percentile bootstrap interval over resampled trials (pairs kept together; `LEVEL`,
+    `RESAMPLES`, `seed`); below it the interval is None."""
     from scipy import stats
 
     x, y = np.asarray(predictor, dtype=float), np.asarray(target, dtype=float)
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {"n": len(x)}
     for name, fn in (("kendall_tau", stats.kendalltau), ("spearman", stats.spearmanr)):
         out[name] = _finite(fn(x, y).statistic)
+        with warnings.catch_warnings():  # a constant predictor gives NaN
+            warnings.simplefilter("ignore")
+            test = stats.permutation_test(
+                (x,),
+                lambda a, fn=fn: fn(a, y).statistic,
+                permutation_type="pairings",
+                alternative="greater",
+                n_resamples=PERMUTATIONS,
+                rng=np.random.default_rng(seed),
+            )
+        out[f"{name}_p"] = _finite(test.pvalue)
+        if len(x) < MIN_FOR_INTERVAL:
+            out[f"{name}_interval"], out[f"{name}_resamples"] = None, 0
+            continue
         with warnings.catch_warnings():  # resamples that repeat one trial only (few trials) give NaN
             warnings.simplefilter("ignore")
             boot = stats.bootstrap(
@@ -122,15 +178,20 @@ def measure(
     *,
     distill_one: Callable[[optuna.trial.FrozenTrial], dict[str, Any]],
     overwrite: bool = False,
+    stopped: int = 0,
 ) -> dict[str, Any]:
-    """Pick `k` trials, fully distill those without a full run (`distill_one`, which records it
-    on the study as `nas distill` does), correlate, store the result on the study, return it.
-    A picked trial whose full run had another `[full]` budget is redistilled, replacing its
-    export, only with `overwrite`; otherwise nothing runs."""
+    """Pick `k` complete trials and `stopped` trials the scheduler stopped at a rung, fully
+    distill those without a full run (`distill_one`, which records it on the study as `nas
+    distill` does), correlate brief with full quality over the complete ones, judge the
+    scheduler by the stopped ones (`scheduler_regret`), store the result on the study, return
+    it. A picked trial whose full run had another `[full]` budget is redistilled, replacing
+    its export, only with `overwrite`; otherwise nothing runs."""
     quality = quality_metrics(spec.task)
     metric, direction = spec.objectives.metrics[0]
     done = reusable(study, spec)
-    picks = pick_trials(study, metric, direction, k, spec.study.seed, done)
+    complete = pick_trials(study, metric, direction, k, spec.study.seed)
+    halted = pick_stopped(study, stopped, spec.study.seed)
+    picks = sorted(complete + halted, key=lambda t: t.number)
     other = [t.number for t in picks if str(t.number) in distilled_records(study) and str(t.number) not in done]
     if other and not overwrite:
         raise InputError(
@@ -156,6 +217,8 @@ def measure(
         }
         for t in picks
     ]
+    stopped_rows = [r for r in rows if r["trial"] in {t.number for t in halted}]
+    rows = [r for r in rows if r not in stopped_rows]
     result: dict[str, Any] = {
         "trials": rows,
         "seed": spec.study.seed,
@@ -179,6 +242,10 @@ def measure(
             "proxy": correlations(proxy, full, spec.study.seed),
         }
     result["pick"] = pick_gap(rows, {t.number for t in front_trials(study)}, metric, direction)
+    for r in stopped_rows:
+        r["stopped_at"] = TrialRecord(study.trials[r["trial"]]).attrs.get(PRUNED_AT)
+    result["stopped"] = stopped_rows
+    result["regret"] = scheduler_regret(stopped_rows, rows, metric, direction) if stopped_rows else None
     StudyRecord(study).record_rank_check(result)
     return result
 
@@ -209,4 +276,4 @@ def pick_gap(rows: list[dict[str, Any]], front: set[Any], metric: str, direction
     }
 
 
-__all__ = ["PROXY", "correlations", "measure", "pick_gap", "pick_trials"]
+__all__ = ["PROXY", "correlations", "measure", "pick_gap", "pick_stopped", "pick_trials", "scheduler_regret"]

@@ -77,3 +77,20 @@ def test_a_share_of_paragraphs_is_embedded_as_its_sentences(share):
     assert whole == round(40 * (1 - share)) if share in (0.0, 1.0) else 10 < whole < 30
     assert len(cut) == whole + 4 * (40 - whole)  # a cut paragraph gives its 4 sentences
     assert items(docs, share) == cut  # which paragraphs are cut depends on their text alone
+
+
+def test_prose_keeps_the_sentences_of_a_docstring_and_drops_its_code_and_tables():
+    from distill.data import prose
+
+    doc = (
+        "Return the sum of the two numbers, as a new number of the same kind.\n\n"
+        "Parameters\n----------\nx : int\n    The first number to add to the other one.\n\n"
+        ">>> add(1, 2)\n3\n\n"
+        "Example::\n\n    add(1, 2)\n\n"
+        "Short line.\n\n"
+        "The result does not overflow: Python's integers grow as needed, without limit."
+    )
+    assert prose(doc) == [
+        "Return the sum of the two numbers, as a new number of the same kind.",
+        "The result does not overflow: Python's integers grow as needed, without limit.",
+    ]

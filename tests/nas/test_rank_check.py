@@ -116,3 +116,39 @@ def test_rank_check_needs_three_complete_trials(tmp_path, teacher_dirs, ray_loca
     proc = _nas("rank-check", str(path), "--trials", "4")
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
     assert "at least 3" in proc.stderr
+
+
+def test_few_trials_get_a_permutation_p_and_no_interval_many_get_both():
+    from nas.rank_check import MIN_FOR_INTERVAL, correlations
+
+    four = correlations([1, 2, 3, 4], [10, 20, 30, 40], seed=0)
+    assert four["n"] == 4 and four["kendall_tau"] == 1.0 and four["kendall_tau_interval"] is None
+    assert four["kendall_tau_p"] == pytest.approx(1 / 24)  # exact: one order of 24 agrees as well
+    n = MIN_FOR_INTERVAL + 2
+    noisy = correlations(list(range(n)), [x + (3 if x % 4 == 0 else 0) for x in range(n)], seed=0)
+    low, high = noisy["spearman_interval"]
+    assert low < noisy["spearman"] <= high and noisy["spearman_p"] < 0.01
+
+
+def test_the_rank_checks_plan_depends_on_the_seed_not_on_earlier_full_runs(study_spec):
+    from nas.rank_check import pick_trials
+
+    _, spec, _ = study_spec
+    study = optuna.load_study(study_name=spec.name, storage=spec.storage_url)
+    plan = [t.number for t in pick_trials(study, "perplexity", "min", 3, seed=0)]
+    assert plan == [t.number for t in pick_trials(study, "perplexity", "min", 3, seed=0)]
+    best = min(distinct_complete(study), key=lambda t: t.user_attrs["perplexity"])
+    assert best.number in plan
+
+
+def test_the_schedulers_regret_counts_stopped_trials_that_beat_a_completed_one_at_least_as_large():
+    from nas.rank_check import scheduler_regret
+
+    def row(trial, ppl, size):
+        return {"trial": trial, "full": {"perplexity": ppl}, "non_embedding_params": size}
+
+    complete = [row(1, 300.0, 1000), row(2, 280.0, 5000), row(3, 320.0, 200)]
+    stopped = [row(7, 290.0, 800), row(8, 330.0, 900), row(9, None, 100)]
+    regret = scheduler_regret(stopped, complete, "perplexity", "min")
+    assert regret["beats"] == {"7": [1], "8": []}  # 7 beats 1 (larger, worse); 3 is smaller; 9 has no full run
+    assert (regret["stopped"], regret["regretted"], regret["share"]) == (2, 1, 0.5)

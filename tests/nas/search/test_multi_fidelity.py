@@ -47,8 +47,31 @@ def test_multi_fidelity_stops_dominated_trials_and_keeps_them_off_the_front(prun
         assert t.user_attrs["train_steps"] == 8
     best = select_trial(study, metrics={"perplexity": "min"}, best="perplexity")
     assert best.state == TrialState.COMPLETE
-    with pytest.raises(InputError, match="PRUNED"):
-        select_trial(study, metrics={"perplexity": "min"}, number=pruned[0].number)
+    # a trial stopped at a rung is a whole architecture: `nas distill --trial` takes it
+    assert select_trial(study, metrics={"perplexity": "min"}, number=pruned[0].number).number == pruned[0].number
+
+
+def test_rank_check_fully_distills_stopped_trials_and_measures_the_schedulers_regret(pruned_study):
+    import dataclasses
+
+    from nas.commands import rank_check
+    from nas.study import distilled_records
+
+    spec, study = pruned_study
+    full = dataclasses.replace(spec.full, steps=8, eval_every=4, checkpoint_every=4)
+    spec = dataclasses.replace(spec, full=full)
+    result = rank_check(spec, trials=3, stopped=2).measurement
+    regret = result["regret"]
+    stopped = [r["trial"] for r in result["stopped"]]
+    assert len(stopped) == 2 and regret["stopped"] == 2 and regret["metric"] == "perplexity"
+    assert all(study.trials[n].user_attrs["pruned_at"]["step"] in (2, 4) for n in stopped)
+    assert set(stopped) | {r["trial"] for r in result["trials"]} == {int(n) for n in distilled_records(study)}
+    complete = {r["trial"]: r for r in result["trials"]}
+    for s in result["stopped"]:  # what it beats: completed trials at least as large, worse after the full run
+        expected = [c for c, r in complete.items() if r["non_embedding_params"] >= s["non_embedding_params"]
+                    and s["full"]["perplexity"] < r["full"]["perplexity"]]  # fmt: skip
+        assert regret["beats"][str(s["trial"])] == expected
+    assert regret["regretted"] == sum(bool(v) for v in regret["beats"].values())
 
 
 def test_constraints_filter_the_front_and_best(tmp_path, teacher_dirs):
