@@ -176,6 +176,7 @@ def _full_distill(
         "teacher_eval_sets": eval_set_teacher_metrics(evals),
         EVAL_SETS_INFO: eval_set_info(evals),
         "brief": {k: v for k, v in TrialRecord(trial).metrics(task).items() if k in quality_metrics(task)},
+        "brief_eval_sets": TrialRecord(trial).eval_sets or {},
         "steps": result.steps,
         "best_step": result.best_step,
         "stopped_early": result.stopped_early,

@@ -24,13 +24,16 @@ def _eval_sets(task: Any, record: dict[str, Any]) -> str:
     sets = record.get(EVAL_SETS) or {}
     if not sets:
         return ""
-    teacher = record.get("teacher_eval_sets") or {}
+    teacher, brief = record.get("teacher_eval_sets") or {}, record.get("brief_eval_sets") or {}
     names = list(sets)
     quality = [m for m in task.metrics if m.kind == "quality"]
-    head = " | ".join(f"{n}: student | {n}: teacher" for n in names)
+    head = " | ".join(f"{n}: student | {n}: after the brief run | {n}: teacher" for n in names)
     rows = "\n".join(
         f"| {m.label} | "
-        + " | ".join(f"{m.format(sets[n].get(m.name))} | {m.format(teacher.get(n, {}).get(m.name))}" for n in names)
+        + " | ".join(
+            f"{m.format(sets[n].get(m.name))} | {m.format(brief.get(n, {}).get(m.name))} | {m.format(teacher.get(n, {}).get(m.name))}"
+            for n in names
+        )
         + " |"
         for m in quality
     )
@@ -38,7 +41,7 @@ def _eval_sets(task: Any, record: dict[str, Any]) -> str:
 ## Quality on other data (the spec's extra evaluation sets)
 
 | metric | {head} |
-|---|{"---|" * 2 * len(names)}
+|---|{"---|" * 3 * len(names)}
 {rows}
 """
 

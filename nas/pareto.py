@@ -82,14 +82,16 @@ def front_table(study: optuna.Study) -> str:
     header = (
         ["trial", what, *[f"{n} {arrows[n]}" for n in names]]
         + [f"{s} {quality}" for s in sets]
-        + ([f"full {quality}"] if full else [])
+        + ([f"full {quality}", *[f"full {s} {quality}" for s in sets]] if full else [])
     )
     body = []
     for r in rows:
         line = [str(r["trial"]), described(r), *[format_metric(task, n, r["objectives"][n]) for n in names]]
         line += [format_metric(task, quality, r[EVAL_SETS].get(s, {}).get(quality)) for s in sets]
-        if full:  # fully distilled front points: the full score next to the brief one
-            line.append(format_metric(task, quality, r["full"]["metrics"].get(quality)) if r["full"] else "-")
+        if full:  # fully distilled front points: the full scores next to the brief ones, on every set
+            done = r["full"] or {}
+            line.append(format_metric(task, quality, done["metrics"].get(quality)) if done else "-")
+            line += [format_metric(task, quality, (done.get(EVAL_SETS) or {}).get(s, {}).get(quality)) if done else "-" for s in sets]
         body.append(line)
     teacher = StudyRecord(study).teacher_metrics
     if teacher:
@@ -97,7 +99,7 @@ def front_table(study: optuna.Study) -> str:
         body.append(
             ["teacher", "", *[format_metric(task, n, teacher[n]) if n in teacher else "-" for n in names]]
             + [format_metric(task, quality, on_sets.get(s, {}).get(quality)) for s in sets]
-            + ([format_metric(task, quality, teacher.get(quality))] if full else [])
+            + ([format_metric(task, quality, teacher.get(quality)), *[format_metric(task, quality, on_sets.get(s, {}).get(quality)) for s in sets]] if full else [])
         )
     lines = text_table(header, body)
     return f"Pareto front of {study.study_name}: {len(rows)} architectures\n" + "\n".join(lines)

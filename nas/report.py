@@ -203,7 +203,7 @@ def write_report(study: optuna.Study, out: Path, color_by: str = "front") -> Pat
     quality = names[0]
     sets = eval_set_names(study)
     what = "architecture | recipe" if any(r[RECIPE] for r in rows) else "architecture"
-    columns = ["trial", what, *names, *[f"{s} {quality}" for s in sets], f"full {quality}", "export"]
+    columns = ["trial", what, *names, *[f"{s} {quality}" for s in sets], f"full {quality}", *[f"full {s} {quality}" for s in sets], "export"]
     head = "".join(f"<th>{html.escape(n)}</th>" for n in columns)
     body = "".join(
         "<tr>"
@@ -212,9 +212,10 @@ def write_report(study: optuna.Study, out: Path, color_by: str = "front") -> Pat
         + "".join(f"<td>{format_metric(task, quality, r[EVAL_SETS].get(s, {}).get(quality))}</td>" for s in sets)
         + (
             f"<td>{format_metric(task, quality, r['full']['metrics'].get(quality))}</td>"
-            f"<td>{html.escape(r['full']['export'])}</td>"
+            + "".join(f"<td>{format_metric(task, quality, (r['full'].get(EVAL_SETS) or {}).get(s, {}).get(quality))}</td>" for s in sets)
+            + f"<td>{html.escape(r['full']['export'])}</td>"
             if r["full"]
-            else "<td>-</td><td>-</td>"
+            else "<td>-</td>" * (len(sets) + 2)
         )
         + "</tr>"
         for r in rows

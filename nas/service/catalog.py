@@ -15,7 +15,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from distill.cache import TEACHER_METRICS
 from distill.errors import InputError
-from distill.tasks import Task, format_metric
+from distill.tasks import Task, format_metric, quality_metrics
 from nas._compat import storage_of
 from nas.dominance import hypervolume, to_minimize
 from nas.full import export_dir
@@ -269,12 +269,19 @@ def trial_json(spec: StudySpec, study: optuna.Study, number: int) -> dict[str, A
     r = TrialRecord(t)
     full = distilled.get(str(number))
     card = model_card(spec, number)
+    on_sets = StudyRecord(study).teacher_eval_sets
+    runs = {"brief": r.eval_sets or {}, "full": (full or {}).get(EVAL_SETS) or {}, "teacher": on_sets}
+    sets = {
+        name: {run: {m: format_metric(task, m, values.get(name, {}).get(m)) for m in quality_metrics(task)} for run, values in runs.items()}
+        for name in dict.fromkeys([*on_sets, *runs["brief"], *runs["full"]])
+    }
     return {
         **row,
         LOSS_CURVE: r.loss_curve,
         TRAIN_STEPS: r.metric(TRAIN_STEPS),
         RUNGS: r.rungs,
         EVAL_SETS: r.eval_sets or {},
+        "eval_sets_formatted": sets,
         TEACHER_METRICS: StudyRecord(study).teacher_metrics,
         "full": (
             {

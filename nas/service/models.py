@@ -152,6 +152,9 @@ class TrialDetail(TrialRow):
     train_steps: int | None
     rungs: list[dict[str, Any]] = Field(description="its quality at each rung of multi-fidelity")
     eval_sets: dict[str, dict[str, float]] = Field(description="its quality on each extra evaluation set")
+    eval_sets_formatted: dict[str, dict[str, dict[str, str]]] = Field(
+        default={}, description="per extra evaluation set, its brief run's, full run's and the teacher's quality, formatted"
+    )
     teacher_metrics: dict[str, Any]
     full: FullRun | None
 

@@ -108,6 +108,9 @@ def test_rank_check_measures_stores_and_never_distills_twice(study_spec):
     assert report.returncode == 0, report.stderr[-2000:]
     html = (spec.out_dir / "report.html").read_text()
     assert "Brief against full perplexity" in html and "modules perplexity" in html
+    # the front's distilled points: the full run's quality on the extra set beside the brief run's
+    assert "full modules perplexity" in html and "full modules perplexity" in front_table(study)
+    assert "modules: after the brief run" in card
 
 
 def test_rank_check_needs_three_complete_trials(tmp_path, teacher_dirs, ray_local):

@@ -23,11 +23,17 @@ steps = 40
 batch_size = 4
 eval_every = 20
 checkpoint_every = 20
+
+[[eval]]
+name = "topics"
+source = "pydoc-topics"
+eval_blocks = 4
 """
 
 
 def studies_folder(root: Path, tokenizer) -> Path:
-    """`root/studies/` with tiny.toml: a 2-layer GPT-2 teacher and 3 trials of 4 steps."""
+    """`root/studies/` with tiny.toml: a 2-layer GPT-2 teacher, 3 trials of 4 steps and an
+    extra evaluation set (Python's documentation topics)."""
     studies = root / "studies"
     studies.mkdir(parents=True)
     teacher = save_tiny_teacher(root / "teacher", "gpt2", tokenizer)

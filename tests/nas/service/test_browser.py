@@ -126,6 +126,8 @@ def test_launch_watch_compare_and_distill_in_a_browser(studies, tmp_path):
             page.locator("#compare thead a").first.click()
             page.wait_for_url(re.compile(r"/trials/\d+$"))
             accessible(page)
+            trial_page = page.url
+            expect(page.locator("table.eval-set")).to_contain_text("topics perplexity")  # brief run and teacher
             page.get_by_label("steps", exact=True).fill("60")
             page.screenshot(path=shots / "6-trial.png", full_page=True)
             page.get_by_role("button", name="Start the full distillation").click()
@@ -138,6 +140,11 @@ def test_launch_watch_compare_and_distill_in_a_browser(studies, tmp_path):
             expect(page.locator("#job-card")).to_contain_text("distill-nas")
             page.screenshot(path=shots / "7-distilled.png", full_page=True)
             accessible(page)
+            # the trial's page now puts the full run beside the brief run and the teacher, on every set
+            page.goto(trial_page)
+            expect(page.locator("table.eval-set thead")).to_contain_text("Full run")
+            cells = page.locator("table.eval-set tbody tr").first.locator("td").all_inner_texts()
+            assert len(cells) == 3 and all(c.strip() not in ("", "-") for c in cells), cells
 
             # the API's own page, served offline, documents the endpoints the pages use
             page.goto(server.url + "/docs")
