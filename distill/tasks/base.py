@@ -88,7 +88,7 @@ class CardParts:
     usage: str
     """Python that loads the export with the ecosystem's own loader; `{path}` is the folder"""
     items: str
-    """what one training item is called, plural ("blocks", "paragraphs")"""
+    """what one training item is called, plural ("blocks", "texts")"""
     rate: str
     """the progress bar's throughput unit ("tok_s", "sent_s")"""
     tokenizer: str = ""

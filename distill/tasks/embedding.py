@@ -234,7 +234,7 @@ class Embedding(Task):
     held_out_params: dict[str, Any] = {}
     teacher_batch = 32
     card = CardParts(
-        "sentence-transformers", "sentence-similarity", USAGE, "paragraphs", "sent_s", tokenizer="the teacher's tokenizer"
+        "sentence-transformers", "sentence-similarity", USAGE, "texts", "sent_s", tokenizer="the teacher's tokenizer"
     )
     eval_keys, eval_limit = DataConfig.EVAL_KEYS, DataConfig.EVAL_LIMIT
 
