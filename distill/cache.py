@@ -179,7 +179,7 @@ def data_stamp(data: Any, base_dir: Path) -> list[Any]:
     dataset folder given as its source), the version of a package it reads, Python's (whose
     documentation the built-in corpora are). Its files are stamped by size and modification
     time, leaving out dot-files and caches."""
-    if data.mix:
+    if getattr(data, "mix", ()):
         return [data_stamp(part, base_dir) for _, part in mixture(data)]
     fields = dataclasses.asdict(data)
     local = [p for p in (*fields.get("files", ()), fields.get("source", "")) if p and (base_dir / p).exists()]

@@ -51,7 +51,7 @@ def check_mix(mix: tuple[Any, ...], stopping_strategy: str) -> tuple[Part, ...]:
 def mixture(cfg: Any) -> list[tuple[float, Any]]:
     """The parts of a data section with a `mix`: (share, the section with the part's source),
     shares summing to 1; one part of share 1 (the section itself) without."""
-    if not cfg.mix:
+    if not getattr(cfg, "mix", ()):  # one source (or a task's data section that has no mixtures)
         return [(1.0, cfg)]
     total = sum(p.weight for p in cfg.mix)
     alone = {"mix": (), "stopping_strategy": STOPPING[0]}
@@ -76,7 +76,7 @@ def load_examples(task: Any, cfg: Any, base_dir: Path, seed: int) -> DataSplits:
     a part names its table."""
     import datasets
 
-    if not cfg.mix:
+    if not getattr(cfg, "mix", ()):
         return _splits(task.load_data(cfg, base_dir, seed))
     parts, info = [], {}
     for i, (share, part) in enumerate(mixture(cfg)):

@@ -401,8 +401,8 @@ def _build_data(task: Task, raw: Any) -> Any:
     """`[data]`; with `[[data.mix]]` tables, a mixture: each table has the source keys an
     `[[eval]]` table may set and a weight, and the rest (how examples are cut and how many)
     is `[data]`'s. Each part must be a valid `[data]` on its own."""
-    if not isinstance(raw, dict) or "mix" not in raw:
-        return _build(task.data_config, raw, "data")
+    if not isinstance(raw, dict) or "mix" not in raw or "mix" not in {f.name for f in dataclasses.fields(task.data_config)}:
+        return _build(task.data_config, raw, "data")  # (a task's data section without mixtures: mix is an unknown key)
     raw = dict(raw)
     tables = raw.pop("mix")
     if not isinstance(tables, list) or not tables or not all(isinstance(t, dict) for t in tables):

@@ -5,6 +5,7 @@ import pytest
 
 from distill import DataConfig
 from distill.tasks import TASKS
+from distill.tasks.embedding import EmbeddingDataConfig
 from distill.tasks.pairs import PairDataConfig
 from search_spaces import DecoderSpace, EncoderSpace, Seq2SeqSpace
 from tests.conftest import write_spec
@@ -24,7 +25,7 @@ SETUPS = {
     ),
     "embedding": (
         "sentence",
-        DataConfig(**DATA, block_length=48, train_blocks=32),
+        EmbeddingDataConfig(**DATA, block_length=48, train_blocks=32),
         EncoderSpace(layers=(1, 2), heads=(2, 4), head_dim=(8,), init=("teacher", "random")),
         EncoderSpace(layers=(1, 2), heads=(16,), head_dim=(8,), init=("teacher",)),
     ),

@@ -301,6 +301,7 @@ source = "skewed"
             "eval_sets": {"skewed": TOY.evaluate(student, skewed, "eval", cpu)},
             "teacher_eval_sets": {"skewed": skewed.meta["teacher_metrics"]},
             "brief": {},
+            "brief_eval_sets": {"skewed": {"agreement": 0.5}},
             "steps": 0,
             "best_step": None,
             "stopped_early": False,
@@ -311,4 +312,4 @@ source = "skewed"
         assert "pipeline_tag: text-classification" in card and TOY.card.usage.format(path="path/to/this/folder") in card
         assert "It has 100.0% of the teacher's\nparameters. Load it with:" in card and "tokenizer" not in card
         assert all(m.label in card for m in TOY.metrics)
-        assert "| agreement with the teacher's class | 1.000 | 1.000 |" in card  # the skewed set's row
+        assert "| agreement with the teacher's class | 1.000 | 0.500 | 1.000 |" in card  # the skewed set's row: full, brief, teacher
