@@ -313,7 +313,7 @@ def _round(
             name=f"search-{time.strftime('%Y%m%d-%H%M%S')}",
             storage_path=str((spec.out_dir / "ray").resolve()),
             verbose=0,
-            callbacks=[Progress(study, spec.task, remaining, target, started, on_progress)],
+            callbacks=[Progress(study, spec.task, remaining, target, started, on_progress, stopped)],
             failure_config=tune.FailureConfig(max_failures=0),
         ),
     )

@@ -216,9 +216,11 @@ class Progress(Callback):
         target: int,
         started: float,
         on_progress: Callable[[dict[str, Any]], None] | None = None,
+        stopped: dict[str, int] | None = None,
     ) -> None:
         self.study, self.task, self.total, self.target, self.started = study, task, total, target, started
         self.on_progress = on_progress
+        self.stopped = stopped if stopped is not None else {}  # the scheduler's: trial id -> the rung it stopped at
         self.done = 0
 
     def _log(self, trial: Any, what: str) -> None:
@@ -261,8 +263,10 @@ class Progress(Callback):
             self._log(trial, f"repeats trial {result[DUPLICATE_OF]}, not trained again")
         elif NOT_TRAINED in result:
             self._log(trial, f"{result.get(ARCH_SHORT, '')} not trained: {result[NOT_TRAINED]}")
-        elif RUNG in result and not result.get(FINAL, True):
+        elif trial.trial_id in self.stopped:
             self._log(trial, f"{result.get(ARCH_SHORT, '')} stopped at rung {result[RUNG]} (step {result['step']})")
+        elif RUNG in result and not result.get(FINAL, True):
+            self._log(trial, f"{result.get(ARCH_SHORT, '')} interrupted after step {result['step']}")
         else:
             self._log(trial, f"{result.get(ARCH_SHORT, '')}")
 
