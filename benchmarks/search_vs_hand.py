@@ -51,7 +51,7 @@ def teacher_shape(config: Any) -> dict[str, Any]:
 
 def candidates(design: str, pick: dict[str, Any], teacher: dict[str, Any]) -> list[dict[str, Any]]:
     """Every architecture of `design`'s kind, as variations of the pick's arch dict."""
-    ratios = [r for r in np.arange(0.25, teacher["ffn_ratio"] + 1e-9, 0.25)]
+    ratios = np.arange(0.25, teacher["ffn_ratio"] + 1e-9, 0.25)
     base = {**pick, "init": "teacher", "head_dim": teacher["head_dim"]}
     out = []
     if design in ("every other layer", "first layers"):

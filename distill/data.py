@@ -78,22 +78,21 @@ def load_examples(task: Any, cfg: Any, base_dir: Path, seed: int) -> DataSplits:
 
     if not getattr(cfg, "mix", ()):
         return _splits(task.load_data(cfg, base_dir, seed))
+    named = [(f"mix {i}: {part_name(part)}, weight {share:.3g}", share, part) for i, (share, part) in enumerate(mixture(cfg))]
     parts, info = [], {}
-    for i, (share, part) in enumerate(mixture(cfg)):
+    for i, (name, _, part) in enumerate(named):
         try:
             loaded = _splits(task.load_data(part, base_dir, seed))
         except InputError as e:
             text = str(e)
             raise InputError(f"data.mix[{i}].{text[5:]}" if text.startswith("data.") else f"data.mix[{i}]: {text}") from None
         parts.append(loaded)
-        name = f"mix {i}: {part_name(part)}, weight {share:.3g}"
         info |= {f"{name}, {what}": counts for what, counts in loaded.info.items()}
-    shares = [share for share, _ in mixture(cfg)]
     out: dict[str, list[Any]] = {}
     taken: list[dict[str, int]] = [{} for _ in parts]
     for split in SPLITS:
         index = [datasets.Dataset.from_dict({"part": [i] * len(p[split]), "at": list(range(len(p[split])))}) for i, p in enumerate(parts)]
-        usable = [(d, s) for d, s in zip(index, shares) if len(d)]
+        usable = [(d, share) for d, (_, share, _) in zip(index, named) if len(d)]
         stop = cfg.stopping_strategy if split == "train" else "all_exhausted_without_replacement"
         drawn = datasets.interleave_datasets(
             [d for d, _ in usable], probabilities=[s / sum(s for _, s in usable) for _, s in usable], seed=seed, stopping_strategy=stop
@@ -101,8 +100,7 @@ def load_examples(task: Any, cfg: Any, base_dir: Path, seed: int) -> DataSplits:
         out[split] = [parts[i][split][at] for i, at in zip(drawn["part"], drawn["at"])]
         for i in range(len(parts)):
             taken[i][split] = drawn["part"].count(i)
-    for i, (share, part) in enumerate(mixture(cfg)):
-        info[f"mix {i}: {part_name(part)}, weight {share:.3g}"] = taken[i]
+    info |= {name: taken[i] for i, (name, _, _) in enumerate(named)}
     return DataSplits(out, info)
 
 

@@ -137,11 +137,17 @@ def test_the_rank_checks_plan_depends_on_the_seed_not_on_earlier_full_runs(study
     from nas.rank_check import pick_trials
 
     _, spec, _ = study_spec
-    study = optuna.load_study(study_name=spec.name, storage=spec.storage_url)
+    memory = optuna.storages.InMemoryStorage()  # a copy to mark full runs in
+    optuna.copy_study(from_study_name=spec.name, from_storage=spec.storage_url, to_storage=memory, to_study_name="copy")
+    study = optuna.load_study(study_name="copy", storage=memory)
     plan = [t.number for t in pick_trials(study, "perplexity", "min", 3, seed=0)]
-    assert plan == [t.number for t in pick_trials(study, "perplexity", "min", 3, seed=0)]
     best = min(distinct_complete(study), key=lambda t: t.user_attrs["perplexity"])
     assert best.number in plan
+    # a full run of every other trial (earlier runs of another plan) moves nothing
+    for t in distinct_complete(study):
+        if t.number not in plan:
+            study.set_user_attr(f"distilled:{t.number}", {"metrics": {"perplexity": 1.0}, "steps": 1})
+    assert [t.number for t in pick_trials(study, "perplexity", "min", 3, seed=0)] == plan
 
 
 def test_the_schedulers_regret_counts_stopped_trials_that_beat_a_completed_one_at_least_as_large():
