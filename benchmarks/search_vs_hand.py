@@ -19,7 +19,7 @@ it holds), and the table gives per budget and design the mean quality and its pa
 difference from the pick with a 95 % interval (Student's t over the seeds), beside the
 search's own cost (its trials' wall time):
 
-    python benchmarks/search_vs_hand.py studies/demo.toml [--seeds 3] [--budgets 0.125 0.1875 0.25]
+    python benchmarks/search_vs_hand.py studies/demo.toml [--seeds 3] [--budgets 0.125 0.1875 0.25] [--shard 0/2]
     python benchmarks/search_vs_hand.py studies/demo-lm.toml --table
 """
 
@@ -41,18 +41,25 @@ DESIGNS = ("search's pick", "every other layer", "first layers", "teacher's dept
 
 
 def teacher_shape(config: Any) -> dict[str, Any]:
-    """Layers, heads, head width and FFN ratio of a BERT, GPT-2 or Llama-like teacher config."""
+    """Family, layers, heads, head width, FFN ratio and tied embeddings of a BERT, GPT-2 or
+    Llama-like teacher config."""
     hidden = getattr(config, "hidden_size", None) or config.n_embd
     heads = getattr(config, "num_attention_heads", None) or config.n_head
     layers = getattr(config, "num_hidden_layers", None) or config.n_layer
     inner = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * hidden
-    return {"layers": layers, "heads": heads, "head_dim": hidden // heads, "ffn_ratio": inner / hidden}
+    return {
+        "family": config.model_type, "layers": layers, "heads": heads, "head_dim": hidden // heads,
+        "ffn_ratio": inner / hidden, "tie_embeddings": bool(getattr(config, "tie_word_embeddings", True)),
+    }  # fmt: skip
 
 
 def candidates(design: str, pick: dict[str, Any], teacher: dict[str, Any]) -> list[dict[str, Any]]:
     """Every architecture of `design`'s kind, as variations of the pick's arch dict."""
     ratios = np.arange(0.25, teacher["ffn_ratio"] + 1e-9, 0.25)
-    base = {**pick, "init": "teacher", "head_dim": teacher["head_dim"]}
+    # sliced from the teacher, so of its family, with its embeddings tied as the teacher's are
+    base = {**pick, "family": teacher["family"], "init": "teacher", "head_dim": teacher["head_dim"]}
+    if "tie_embeddings" in pick:
+        base["tie_embeddings"] = teacher["tie_embeddings"]
     out = []
     if design in ("every other layer", "first layers"):
         pick_layers = "every_other" if design == "every other layer" else "first"
@@ -76,8 +83,8 @@ def hand_design(design: str, pick: dict[str, Any], size: int, teacher: dict[str,
     where nothing fits."""
     if design == "search's pick":
         return dict(pick)
-    if design == "pick's shape, random init":
-        return {**pick, "init": "random"}
+    if design == "pick's shape, random init":  # None where the pick is random-initialized itself
+        return {**pick, "init": "random"} if pick.get("init", "random") != "random" else None
     fits = [a for a in candidates(design, pick, teacher) if count(a) <= size]
     if not fits:
         return None
@@ -113,6 +120,8 @@ def run(args: argparse.Namespace) -> None:
     out = Path(args.out)
     done = {(r["spec"], r["budget"], r["design"], r["seed"]) for r in _rows(out)}
     front = [t for t in front_trials(study) if is_feasible(t) and metric in t.user_attrs]
+    shard, shards = (int(v) for v in args.shard.split("/"))
+    job = -1
     for share in args.budgets:
         limit = share * teacher_size
         within = [t for t in front if t.user_attrs["non_embedding_params"] <= limit]
@@ -124,11 +133,13 @@ def run(args: argparse.Namespace) -> None:
         for design in DESIGNS:
             chosen = hand_design(design, arch, int(limit), teacher, count)
             if chosen is None:
-                logging.warning("budget %.4g: no %s within %s parameters", share, design, f"{limit:,.0f}")
+                why = "the pick is random-initialized" if design == DESIGNS[-1] else f"none within {limit:,.0f} parameters"
+                logging.warning("budget %.4g: no %s: %s", share, design, why)
                 continue
             for seed in range(args.seeds):
                 key = (args.spec, share, design, seed)
-                if key in done:
+                job += 1
+                if key in done or job % shards != shard:
                     continue
                 seeded = dataclasses.replace(spec, study=dataclasses.replace(spec.study, seed=seed))
                 logging.info("budget %.4g, %s, seed %d: %s", share, design, seed, task.describe(chosen))
@@ -197,6 +208,7 @@ def main() -> None:
     )
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--out", default=str(HERE / "search_vs_hand_runs.jsonl"))
+    p.add_argument("--shard", default="0/1", help="i/n: run every n-th run from the i-th (several processes, one jsonl)")
     p.add_argument("--table", action="store_true", help="print the table of the runs kept, run nothing")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")

@@ -191,6 +191,8 @@ def data_stamp(data: Any, base_dir: Path) -> list[Any]:
             stamp.append(None)
     if fields.get("source") in BUILTIN_CORPORA:  # Python's own documentation
         stamp.append(platform.python_version())
+    if fields.get("source") == "english-prose":  # gensim's test data
+        stamp.append(importlib.metadata.version("gensim"))
     if fields.get("source") == "package-docstrings":  # and that of what is installed
         stamp.append(sorted((d.metadata["Name"] or "", d.version) for d in importlib.metadata.distributions()))
     return stamp

@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -17,7 +18,7 @@ from distill.errors import InputError
 logger = logging.getLogger(__name__)
 
 FILE_BUILDERS = ("text", "json", "csv", "parquet")
-BUILTIN_CORPORA = ("pydoc-topics", "stdlib-docstrings", "package-docstrings")
+BUILTIN_CORPORA = ("pydoc-topics", "stdlib-docstrings", "package-docstrings", "english-prose")
 STOPPING = ("first_exhausted", "all_exhausted", "all_exhausted_without_replacement")
 """how a mixture's training split ends, as `datasets.interleave_datasets` names it"""
 MIX_KEYS = ("mix", "stopping_strategy")
@@ -122,8 +123,10 @@ class DataConfig:
     hub, a local `datasets` folder (a path that exists, or starts with ./ ../ or /, relative to
     the spec's folder), `pydoc-topics` (Python's documentation topics, shipped with Python) or
     `stdlib-docstrings` (the docstrings of the standard library's modules, read from their
-    sources: API reference prose, another register than the topics) or `package-docstrings`
-    (the prose of the installed third-party packages' docstrings)"""
+    sources: API reference prose, another register than the topics), `package-docstrings`
+    (the prose of the installed third-party packages' docstrings) or `english-prose` (general
+    English that ships in the gensim package's test data: a sample of Wikipedia articles and
+    the Lee corpus of news articles)"""
     config: str = ""
     """the dataset's configuration (subset), for a hub dataset or local folder that has several"""
     files: tuple[str, ...] = ()
@@ -321,6 +324,8 @@ def load_documents(cfg: DataConfig, base_dir: Path, seed: int) -> dict[str, list
         ds = datasets.Dataset.from_dict({cfg.text_column: stdlib_docstrings()})
     elif cfg.source == "package-docstrings":
         ds = datasets.Dataset.from_dict({cfg.text_column: package_docstrings()})
+    elif cfg.source == "english-prose":
+        ds = datasets.Dataset.from_dict({cfg.text_column: english_prose()})
     else:
         ds = open_dataset(cfg.source, cfg.files, cfg.split, base_dir, cfg.config)
     check_text_column(ds, cfg.text_column)
@@ -383,6 +388,56 @@ def package_docstrings(min_chars: int = 200) -> list[str]:
     paths = [f for p in packages for f in sorted(p.rglob("*.py")) if not {"test", "tests"} & set(f.relative_to(p).parts)]
     docs = ("\n\n".join(prose(d)) for d in _docstrings(paths, min_chars))
     return list(dict.fromkeys(d for d in docs if len(d) >= min_chars))  # templated docstrings once
+
+
+ENGLISH_PROSE = (
+    "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2",
+    "lee_background.cor",
+)
+"""the files of gensim's test data that `english_prose` reads: Wikipedia articles (CC BY-SA)
+as a MediaWiki XML dump, and the Lee background corpus (Lee, Pincombe and Welsh, 2005), 300
+news articles, one per line"""
+
+
+def english_prose() -> list[str]:
+    """General English: the articles of the Wikipedia sample in gensim's test data as plain
+    paragraphs (markup, templates, tables, references and lists removed; redirects left out),
+    then the news articles of its Lee corpus, in a fixed order. The files are read from the
+    installed gensim distribution; gensim itself is not imported."""
+    import bz2
+    import importlib.metadata
+
+    try:
+        dist = importlib.metadata.distribution("gensim")
+    except importlib.metadata.PackageNotFoundError as exc:
+        raise InputError("data.source: english-prose reads the gensim package's test data; pip install gensim") from exc
+    folder = Path(dist.locate_file("gensim/test/test_data"))
+    dump = bz2.decompress((folder / ENGLISH_PROSE[0]).read_bytes()).decode("utf-8")
+    articles = [_wiki_text(m) for m in re.findall(r"<text[^>]*>(.*?)</text>", dump, re.S)]
+    docs = [a for a in articles if a]
+    news = (folder / ENGLISH_PROSE[1]).read_text(encoding="utf-8").splitlines()
+    return docs + [_norm(line) for line in news if line.strip()]
+
+
+def _wiki_text(markup: str) -> str:
+    """An article's MediaWiki markup as plain paragraphs of at least 80 characters ("" for a
+    redirect); a paragraph that keeps markup the patterns below do not undo is left out."""
+    import html
+
+    text = html.unescape(html.unescape(markup))  # the dump escapes its entities twice (&amp;nbsp;)
+    if text.lstrip().upper().startswith("#REDIRECT"):
+        return ""
+    for _ in range(4):  # nested templates and tables, innermost first
+        text = re.sub(r"\{\{[^{}]*\}\}|\{\|.*?\|\}", "", text, flags=re.S)
+    text = re.sub(r"<ref[^>]*/>|<ref.*?</ref>|<!--.*?-->", "", text, flags=re.S)
+    text = re.sub(r"<[^>]+>", "", text)
+    text = re.sub(r"\[\[(?:File|Image|Category):[^\[\]]*(?:\[\[[^\]]*\]\][^\[\]]*)*\]\]", "", text)
+    text = re.sub(r"\[\[(?:[^|\]]*\|)?([^\]]*)\]\]", r"\1", text)  # [[target|label]] -> label
+    text = re.sub(r"\[https?://\S+ ?([^\]]*)\]", r"\1", text)
+    text = re.sub(r"'{2,}", "", text)  # bold and italics
+    lines = (line.strip() for line in text.split("\n"))
+    kept = (line for line in lines if len(line) >= 80 and line[0] not in "{|!=*[#:;")
+    return "\n\n".join(line for line in kept if not any(m in line for m in ("{{", "}}", "[[", "]]", "|")))  # markup left
 
 
 def _docstrings(paths: list[Path], min_chars: int) -> list[str]:

@@ -538,6 +538,26 @@ def embedding_mse_loss(student_embedding: torch.Tensor, teacher_embedding: torch
     return F.mse_loss(student_embedding.float(), teacher_embedding.float())
 
 
+def similarity_kd_loss(
+    student_embedding: torch.Tensor, teacher_embedding: torch.Tensor, similarity_temperature: float = 0.05
+) -> torch.Tensor:
+    """KL(teacher || student) between each item's distributions over the batch's other items,
+    softmax(cosine / `similarity_temperature`): the student learns which items the teacher
+    puts nearest, not only where each embedding lies (relational KD, Park et al., 2019; in the
+    listwise form of Tung and Mori's similarity-preserving KD, 2019). A low temperature weighs
+    the nearest neighbours, what a search index returns. (B, D) each; mean over the B items;
+    0 for a batch of one."""
+    bsz = student_embedding.shape[0]
+    if bsz < 2:
+        return student_embedding.sum() * 0.0
+    s = F.normalize(student_embedding.float(), dim=-1)
+    t = F.normalize(teacher_embedding.float(), dim=-1)
+    off = ~torch.eye(bsz, dtype=torch.bool, device=s.device)
+    s_log = F.log_softmax((s @ s.T)[off].view(bsz, bsz - 1) / similarity_temperature, dim=-1)
+    t_log = F.log_softmax((t @ t.T)[off].view(bsz, bsz - 1) / similarity_temperature, dim=-1)
+    return (t_log.exp() * (t_log - s_log)).sum(-1).mean()
+
+
 def _token_mask(mask: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
     """The mask (B, T) of real tokens as fp32; every token of `like` (B, T, ...) when None."""
     return torch.ones(like.shape[:2], device=like.device) if mask is None else mask.float()
@@ -720,6 +740,12 @@ LOSSES: dict[str, LossTerm] = {
         embedding_cosine_loss, ("sentence_embedding",), "(1 - cosine) between student and teacher embeddings"
     ),
     "mse": LossTerm(embedding_mse_loss, ("sentence_embedding",), "MSE between student and teacher sentence embeddings"),
+    "similarity": LossTerm(
+        similarity_kd_loss,
+        ("sentence_embedding",),
+        "KL between teacher and student distributions of each text over the batch's others, softmax of cosine at "
+        "temperature {similarity_temperature}",
+    ),
     "hidden": LossTerm(
         mapped_hidden_loss,
         ("hidden_states",),

@@ -102,7 +102,10 @@ def model_card(spec: StudySpec, meta: dict[str, Any], number: int, arch: dict[st
     )
     quality = _rows([m for m in task.metrics if m.kind == "quality"], student, brief, teacher)
     extra = _eval_sets(task, record)
-    data = ", ".join(f"{k} = {json.dumps(v)}" for k, v in meta.get("data", {}).items())
+    settings = meta.get("data", {})
+    if settings.get("mix"):  # each part's source is on its own line below
+        settings = {k: v for k, v in settings.items() if k != "mix" and (k not in task.eval_keys or k == task.eval_limit)}
+    data = ", ".join(f"{k} = {json.dumps(v)}" for k, v in settings.items())
     items = task.card.items
     teachers = record.get("teachers") or [meta["teacher_name"]]
     own = task.card.tokenizer.replace("the teacher's", "the first teacher's") if len(teachers) > 1 else task.card.tokenizer

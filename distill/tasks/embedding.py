@@ -120,9 +120,13 @@ class EmbeddingLossParams:
     layer_map: str | tuple[int, ...] = "init"
     """which student layers the intermediate-layer terms match with which teacher layers:
     init, uniform, last-K, or a list of teacher states (`distill.intermediate.layer_pairs`)"""
+    similarity_temperature: float = 0.05
+    """the temperature of the `similarity` term's softmax over a batch's cosine similarities"""
 
     def __post_init__(self) -> None:
         check_layer_map(self.layer_map)
+        if not self.similarity_temperature > 0:
+            raise ValueError(f"similarity_temperature: must be > 0, got {self.similarity_temperature}")
 
 
 def read_pooling(folder: Path) -> dict[str, Any]:

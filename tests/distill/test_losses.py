@@ -122,6 +122,31 @@ def test_relation_loss_properties():
     assert sq.grad is not None and torch.isfinite(sq.grad).all() and sq.grad.abs().sum() > 0
 
 
+def test_similarity_kd_teaches_which_items_are_nearest_whatever_the_scale():
+    from distill.losses import similarity_kd_loss
+
+    torch.manual_seed(0)
+    t = torch.randn(8, 16)
+    assert similarity_kd_loss(t, t).item() == pytest.approx(0.0, abs=1e-6)
+    # it reads directions only: scaled and rotated embeddings keep every relation
+    rotated = 3 * t @ torch.linalg.qr(torch.randn(16, 16)).Q
+    assert similarity_kd_loss(rotated, t).item() == pytest.approx(0.0, abs=1e-5)
+    assert similarity_kd_loss(t[:1], t[:1]).item() == 0.0  # no other item in a batch of one
+    # a student whose item 0 sits nearest item 2, where the teacher has it nearest item 1
+    teacher = F.normalize(torch.randn(4, 16), dim=-1)
+    teacher[1] = F.normalize(teacher[0] + 0.2 * teacher[1], dim=-1)
+    student = teacher.clone()
+    student[0], student[1] = teacher[2] * 0.9 + 0.1 * teacher[0], teacher[1]
+    student.requires_grad_(True)
+    loss = similarity_kd_loss(student, teacher)
+    assert loss.item() > 0.1
+    loss.backward()
+    step = F.normalize(student.detach() - 0.1 * student.grad, dim=-1)
+    before = F.normalize(student.detach(), dim=-1)
+    # one step moves item 0 toward its teacher neighbour 1 and away from 2
+    assert (step[0] @ step[1]) > (before[0] @ before[1]) and (step[0] @ step[2]) < (before[0] @ before[2])
+
+
 def test_embedding_fidelity():
     from distill.tasks.embedding import embedding_fidelity
 

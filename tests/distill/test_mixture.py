@@ -94,3 +94,28 @@ def test_prose_keeps_the_sentences_of_a_docstring_and_drops_its_code_and_tables(
         "Return the sum of the two numbers, as a new number of the same kind.",
         "The result does not overflow: Python's integers grow as needed, without limit.",
     ]
+
+
+def test_english_prose_is_wikipedia_and_news_as_plain_paragraphs():
+    from distill.data import _wiki_text, english_prose
+
+    markup = (
+        "{{Infobox person|name=Ada {{nowrap|Lovelace}}}}\n"
+        "'''Ada Lovelace''' was an English [[mathematician]] and [[Writer|writer]], chiefly known for her work "
+        "on the proposed mechanical general-purpose computer.<ref name=\"a\">A book, p. 3.</ref>\n"
+        "== Life ==\n"
+        "* a list item that is long enough to be kept if lists were kept, which they are not here at all\n"
+        "[[File:Ada.jpg|thumb|A portrait of [[Ada Lovelace]]]]\n"
+        "She was the only legitimate child of the poet Lord Byron and the reformer Anne Isabella Milbanke&amp;nbsp;Byron.\n"
+    )
+    assert _wiki_text(markup) == (
+        "Ada Lovelace was an English mathematician and writer, chiefly known for her work on the proposed mechanical "
+        "general-purpose computer.\n\n"
+        "She was the only legitimate child of the poet Lord Byron and the reformer Anne Isabella Milbanke\xa0Byron."
+    )
+    assert _wiki_text("#REDIRECT [[Somewhere else]]") == ""
+    docs = english_prose()
+    assert len(docs) > 350 and english_prose() == docs  # 101 articles and 300 news articles, in a fixed order
+    text = "\n\n".join(docs)
+    assert not any(mark in text for mark in ("[[", "{{", "<ref", "&nbsp;", "'''"))
+    assert "Southern Highlands of New South Wales" in text  # the first news article

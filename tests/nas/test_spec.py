@@ -160,7 +160,7 @@ def test_the_loss_has_its_own_section_checked_against_the_task(tmp_path):
     assert [name for name, _, _ in spec.loss.active()] == ["forward_kl"] and spec.loss.needs() == {"topk"}
     assert spec.full.eval_every == 100 and spec.brief.eval_every == 0  # one budget type, two defaults
     emb = load_spec(ROOT / "studies/demo.toml", ["loss.hidden=0.5"])
-    assert emb.loss.needs() == {"sentence_embedding", "hidden_states"} and emb.loss.params == {"layer_map": "init"}
+    assert emb.loss.needs() == {"sentence_embedding", "hidden_states"} and emb.loss.params == {"layer_map": "init", "similarity_temperature": 0.05}
     layers = load_spec(ROOT / "studies/demo-lm.toml", ["loss.hidden=1", "loss.attention=0.5", "loss.layer_map=[0, 2, 4]"])
     assert layers.loss.params["layer_map"] == (0, 2, 4) and layers.loss.needs() == {"topk", "hidden_states", "attentions"}
     assert "mapped by the list [0, 2, 4]" in layers.loss.describe()
