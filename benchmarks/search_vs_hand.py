@@ -153,9 +153,13 @@ def run(args: argparse.Namespace) -> None:
                 }  # fmt: skip
                 with out.open("a") as f:
                     f.write(json.dumps(row, default=float) + "\n")
+    print(table(_rows(out), args.spec, metric, direction, search_seconds(study), len(study.trials)))
+
+
+def search_seconds(study: Any) -> float:
+    """The search's wall time: from its first trial's start to its last trial's end."""
     times = [(t.datetime_start, t.datetime_complete) for t in study.trials if t.datetime_start and t.datetime_complete]
-    search_s = (max(c for _, c in times) - min(s for s, _ in times)).total_seconds() if times else math.nan
-    print(table(_rows(out), args.spec, metric, direction, search_s, len(study.trials)))
+    return (max(c for _, c in times) - min(s for s, _ in times)).total_seconds() if times else math.nan
 
 
 def _rows(path: Path) -> list[dict[str, Any]]:
@@ -220,7 +224,7 @@ def main() -> None:
         spec = load_spec(Path(args.spec), args.overrides)
         study = optuna.load_study(study_name=spec.name, storage=spec.storage_url)
         metric, direction = spec.objectives.metrics[0]
-        print(table(_rows(Path(args.out)), args.spec, metric, direction, math.nan, len(study.trials)))
+        print(table(_rows(Path(args.out)), args.spec, metric, direction, search_seconds(study), len(study.trials)))
         return
     run(args)
 
