@@ -1,5 +1,5 @@
 """Search against hand design: at three size budgets, the front's pick and the designs people
-use without a search, each of the pick's size, fully distilled with the same `[full]` budget.
+use without a search, as large as the budget allows, fully distilled with the same `[full]` budget.
 
 For a study that has been searched (`nas search`), at each budget (a share of the teacher's
 non-embedding parameters) the pick is the front's best at the study's first quality
@@ -118,7 +118,9 @@ def run(args: argparse.Namespace) -> None:
         return task.param_counts(arch, data)["non_embedding_params"]
 
     out = Path(args.out)
-    done = {(r["spec"], r["budget"], r["design"], r["seed"]) for r in _rows(out)}
+    rows = [r for r in _rows(out) if r["steps"] == spec.full.steps]  # another budget's runs are not these
+    done = {(r["spec"], r["budget"], r["design"], r["seed"]) for r in rows}
+    made = {(r["spec"], r["arch"], r["seed"]): r for r in rows}  # a design that is the same student at two budgets runs once
     front = [t for t in front_trials(study) if is_feasible(t) and metric in t.user_attrs]
     shard, shards = (int(v) for v in args.shard.split("/"))
     job = -1
@@ -141,6 +143,12 @@ def run(args: argparse.Namespace) -> None:
                 job += 1
                 if key in done or job % shards != shard:
                     continue
+                same = made.get((args.spec, task.describe(chosen), seed))
+                if same is not None:
+                    row = {**same, "budget": share, "design": design, "trial": pick.number}
+                    with out.open("a") as f:
+                        f.write(json.dumps(row, default=float) + "\n")
+                    continue
                 seeded = dataclasses.replace(spec, study=dataclasses.replace(spec.study, seed=seed))
                 logging.info("budget %.4g, %s, seed %d: %s", share, design, seed, task.describe(chosen))
                 start = time.perf_counter()
@@ -153,7 +161,8 @@ def run(args: argparse.Namespace) -> None:
                 }  # fmt: skip
                 with out.open("a") as f:
                     f.write(json.dumps(row, default=float) + "\n")
-    print(table(_rows(out), args.spec, metric, direction, search_seconds(study), len(study.trials)))
+                made[(args.spec, row["arch"], seed)] = row
+    print(table(_rows(out), args.spec, spec.full.steps, metric, direction, search_seconds(study), len(study.trials)))
 
 
 def search_seconds(study: Any) -> float:
@@ -175,13 +184,15 @@ def interval(diffs: list[float]) -> tuple[float, float]:
     return float(np.mean(diffs)), float(stats.t.ppf(0.975, len(diffs) - 1) * stats.sem(diffs))
 
 
-def table(rows: list[dict[str, Any]], spec: str, metric: str, direction: str, search_s: float, trials: int) -> str:
+def table(
+    rows: list[dict[str, Any]], spec: str, steps: int, metric: str, direction: str, search_s: float, trials: int
+) -> str:
     """Markdown: per budget and design, its size, mean quality over the seeds and the paired
     difference from the pick (positive: better than the pick)."""
     sign = 1.0 if direction == "min" else -1.0
-    rows = [r for r in rows if r["spec"] == spec]
+    rows = [r for r in rows if r["spec"] == spec and r["steps"] == steps]
     lines = [
-        f"{spec}: full runs of {rows[0]['steps'] if rows else '?'} steps; the search's own cost: {trials} trials "
+        f"{spec}: full runs of {steps} steps; the search's own cost: {trials} trials "
         f"(repeats and never-trained ones included) in {search_s / 60:.1f} min of wall time",
         "",
         f"| budget | design | architecture | non-embedding params | {metric} | vs the pick (better: +) | seeds |",
@@ -224,7 +235,7 @@ def main() -> None:
         spec = load_spec(Path(args.spec), args.overrides)
         study = optuna.load_study(study_name=spec.name, storage=spec.storage_url)
         metric, direction = spec.objectives.metrics[0]
-        print(table(_rows(Path(args.out)), args.spec, metric, direction, search_seconds(study), len(study.trials)))
+        print(table(_rows(Path(args.out)), args.spec, spec.full.steps, metric, direction, search_seconds(study), len(study.trials)))
         return
     run(args)
 
