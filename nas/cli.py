@@ -256,7 +256,7 @@ def _distill(args: argparse.Namespace, spec: Any, progress: Progress | None) -> 
     finally:
         bar.close()
     m, b, teacher = done.metrics, done.brief, done.teacher_metrics
-    for key in quality_metrics(task):
+    for key in (k for k in quality_metrics(task) if k in m):
         print(
             f"{key:>15}: full {format_metric(task, key, m[key])}  brief {format_metric(task, key, b.get(key))}  "
             f"teacher {format_metric(task, key, teacher.get(key))}"

@@ -26,7 +26,7 @@ def _eval_sets(task: Any, record: dict[str, Any]) -> str:
         return ""
     teacher, brief = record.get("teacher_eval_sets") or {}, record.get("brief_eval_sets") or {}
     names = list(sets)
-    quality = [m for m in task.metrics if m.kind == "quality"]
+    quality = [m for m in task.metrics if m.kind == "quality" and not m.runtime]  # sets are scored in PyTorch
     head = " | ".join(f"{n}: student | {n}: after the brief run | {n}: teacher" for n in names)
     rows = "\n".join(
         f"| {m.label} | "

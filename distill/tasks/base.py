@@ -19,6 +19,7 @@ import torch
 if TYPE_CHECKING:
     from distill.cache import PreparedData
     from distill.intermediate import Stack
+    from distill.runtime import OnnxGraph
     from distill.teachers import TeacherSource, TeacherTraining
 
 
@@ -36,6 +37,9 @@ class Metric:
     """how to print a value, e.g. "{:.2f}" """
     label: str
     """what it is, in words, for tables and model cards"""
+    runtime: str = ""
+    """the precision of the edge runtime it is measured in ("fp32", "int8": `distill.runtime`,
+    only where a spec or command asks), "" for a metric of the PyTorch model"""
 
     def format(self, value: Any) -> str:
         return self.fmt.format(value) if isinstance(value, (int, float)) else "-"
@@ -94,6 +98,10 @@ class CardParts:
     tokenizer: str = ""
     """the tokenizer the export reads its inputs with, as the card names it ("the teacher's
     tokenizer"); "" for a student whose inputs are not text (the card says nothing of it)"""
+    runtime_usage: str = ""
+    """Python that runs the export's ONNX graphs (`distill.runtime`) with onnxruntime, numpy
+    and the tokenizer alone; `{path}` is the folder, `{file}` a graph's file without its
+    graph name (`.onnx`, `_int8.onnx`)"""
 
 
 class Task(abc.ABC):
@@ -272,6 +280,23 @@ class Task(abc.ABC):
     def export(self, student: torch.nn.Module, data: PreparedData, folder: Path) -> None:
         """Write a folder the ecosystem loads (`card.usage` shows how), without the model card."""
 
+    @abc.abstractmethod
+    def onnx_graphs(self, student: torch.nn.Module, data: PreparedData) -> dict[str, OnnxGraph]:
+        """The ONNX graphs of what ships (`distill.runtime.OnnxGraph` by file name: one for a
+        model run once per input, an encoder and a decoder for one that generates from a
+        source); `student` is a CPU copy in fp32 that may be wrapped. Called by
+        `distill.runtime.export` for a trial's runtime metrics and an export's runtime files."""
+
+    @abc.abstractmethod
+    def runtime_speed(self, sessions: dict[str, Any], data: PreparedData) -> dict[str, float]:
+        """The task's runtime speed metrics (`distill.runtime.with_runtime`'s `speed`, unprefixed) of the
+        graphs running in ONNX Runtime `sessions` (by graph name), as `size` times PyTorch."""
+
+    @abc.abstractmethod
+    def runtime_evaluate(self, sessions: dict[str, Any], data: PreparedData, split: str) -> dict[str, Any]:
+        """`evaluate` of the graphs running in ONNX Runtime `sessions`: every quality metric
+        on `split`, computed as `evaluate` computes it (text generation greedy)."""
+
     def rescore(self, references: str, outputs: str, data: dict[str, Any]) -> str | None:
         """For tasks that generate text: the shell command that recomputes the stored scores
         from the saved files `references` and `outputs` (model cards print it; `data` is the
@@ -297,7 +322,7 @@ PEAK_MEMORY = Metric("peak_memory_mb", "size", "min", "{:.2f}", "peak memory, Mi
 
 
 def quality_metrics(task: Task) -> dict[str, str]:
-    """Quality metric names and their directions."""
+    """Quality metric names and their directions (those measured in the runtime included)."""
     return {m.name: m.direction for m in task.metrics if m.kind == "quality"}
 
 

@@ -21,6 +21,7 @@ from distill.evaluate import median_ms, param_counts, peak_memory_mb
 from distill.intermediate import Stack, run_with_layers
 from distill.losses import next_token_ce, topk_kd_loss
 from distill.precision import autocast
+from distill.runtime import KvCache, OnnxGraph, cache_names, with_runtime
 from distill.tasks.base import (
     NON_EMBEDDING_PARAMS,
     PARAMS,
@@ -66,19 +67,58 @@ from search_spaces import (
 
 logger = logging.getLogger(__name__)
 
-METRICS = (
+QUALITY = (
     Metric("perplexity", "quality", "min", "{:.2f}", "perplexity (lower is better)"),
     Metric("kl", "quality", "min", "{:.4f}", "KL to the teacher, nats/token (lower is better)"),
     Metric("top1_agreement", "quality", "max", "{:.3f}", "top-1 agreement with the teacher"),
-    PARAMS,
-    NON_EMBEDDING_PARAMS,
-    Metric("latency_ms", "size", "min", "{:.4f}", "latency, ms/token (batch 1)"),
-    PEAK_MEMORY,
+)
+SPEED_BATCH = 8
+NEW_TOKENS = 16
+"""tokens generated after the prompt (half a block) when the runtime's speed is measured"""
+RUNTIME_SPEED = (
+    Metric("latency_ms", "size", "min", "{:.4f}", "ms per generated token (batch 1, with the KV cache)"),
+    Metric("first_token_ms", "size", "min", "{:.3f}", "ms to the first token after a prompt of half a block (batch 1)"),
+    Metric("tokens_per_s", "size", "max", "{:.1f}", f"generated tokens/s at batch {SPEED_BATCH}"),
+)
+METRICS = with_runtime(
+    (
+        *QUALITY,
+        PARAMS,
+        NON_EMBEDDING_PARAMS,
+        Metric("latency_ms", "size", "min", "{:.4f}", "latency, ms/token (batch 1)"),
+        PEAK_MEMORY,
+    ),
+    RUNTIME_SPEED,
 )
 
 USAGE = """from transformers import pipeline
 generate = pipeline("text-generation", model="{path}")
 print(generate("The", max_new_tokens=20)[0]["generated_text"])"""
+
+RUNTIME_USAGE = """import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+tokenizer = Tokenizer.from_file("{path}/tokenizer.json")
+session = ort.InferenceSession("{path}/onnx/model{file}")
+outputs = [o.name for o in session.get_outputs()]
+# the KV cache: empty at first, then what the last step returned
+past = {{i.name: np.zeros((1, i.shape[1], 0, i.shape[3]), np.float32)
+        for i in session.get_inputs() if i.name.startswith("past_key_values.")}}
+tokens = tokenizer.encode("The").ids
+step = tokens
+for _ in range(20):  # greedy
+    end = len(tokens)
+    feeds = {{
+        "input_ids": np.array([step], dtype=np.int64),
+        "attention_mask": np.ones((1, end), dtype=np.int64),
+        "position_ids": np.arange(end - len(step), end, dtype=np.int64)[None],
+    }}
+    values = dict(zip(outputs, session.run(None, {{**feeds, **past}})))
+    past = {{name: values[name.replace("past_key_values", "present")] for name in past}}
+    step = [int(values["logits"][0, -1].argmax())]
+    tokens += step
+print(tokenizer.decode(tokens))"""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,7 +148,15 @@ class CausalLM(Task):
     eval_outputs = ("topk",)
     held_out_params = {"temperature": 1.0}  # held-out KL and agreement against the plain distribution
     teacher_batch = 16
-    card = CardParts("transformers", "text-generation", USAGE, "blocks", "tok_s", tokenizer="the teacher's tokenizer")
+    card = CardParts(
+        "transformers",
+        "text-generation",
+        USAGE,
+        "blocks",
+        "tok_s",
+        tokenizer="the teacher's tokenizer",
+        runtime_usage=RUNTIME_USAGE,
+    )
     eval_keys, eval_limit = DataConfig.EVAL_KEYS, DataConfig.EVAL_LIMIT
     trains_teacher = True
     samples_on_policy = True
@@ -250,6 +298,65 @@ class CausalLM(Task):
     def describe(self, arch: dict[str, Any]) -> str:
         return DecoderArch.from_dict(arch).short()
 
+    # -- the runtime (`distill.runtime`)
+    def onnx_graphs(self, student: torch.nn.Module, data: PreparedData) -> dict[str, OnnxGraph]:
+        """One graph of the next-token logits with the KV cache in and out (a cache of
+        length 0 for the prompt)."""
+        model = WithCache(student)
+        ids = torch.ones(2, 3, dtype=torch.long)
+        past = tuple(torch.zeros(2, heads, 4, width) for heads, width in model.shapes for _ in range(2))
+        mask, positions = torch.ones(2, 7, dtype=torch.long), torch.arange(4, 7).expand(2, 3)
+        batch, tokens = torch.export.Dim("batch"), torch.export.Dim("tokens")
+        cached, total = torch.export.Dim("past"), torch.export.Dim("total")
+        names, presents = cache_names(len(model.shapes))
+        return {
+            "model": OnnxGraph(
+                model,
+                (ids, mask, positions, past),
+                ["input_ids", "attention_mask", "position_ids", *names],
+                ["logits", *presents],
+                ({0: batch, 1: tokens}, {0: batch, 1: total}, {0: batch, 1: tokens}, tuple({0: batch, 2: cached} for _ in past)),
+            )
+        }
+
+    def runtime_speed(self, sessions: dict[str, Any], data: PreparedData) -> dict[str, float]:
+        """Greedy generation with the KV cache after a prompt of half a block: the time to the
+        first token, per token after it at batch 1, and tokens/s at batch 8."""
+        session, block = sessions["model"], data.meta["data"]["block_length"]
+        prompt = max(1, block // 2)
+        new = max(1, min(NEW_TOKENS, block - prompt))
+        cpu = torch.device("cpu")
+
+        def generate(batch: int, steps: int) -> Any:
+            cache = KvCache(session, batch)
+            step = np.ones((batch, prompt), np.int64)
+            for _ in range(steps + 1):
+                end = cache.length + step.shape[1]
+                positions = np.arange(cache.length, end, dtype=np.int64)[None].repeat(batch, 0)
+                logits = cache.run({"input_ids": step, "attention_mask": np.ones((batch, end), np.int64), "position_ids": positions})
+                step = logits[:, -1:].argmax(-1).astype(np.int64)
+            return step
+
+        first = median_ms(lambda: generate(1, 0), cpu)
+        return {
+            "first_token_ms": first,
+            "latency_ms": (median_ms(lambda: generate(1, new), cpu, repeats=3) - first) / new,
+            "tokens_per_s": SPEED_BATCH * new / (median_ms(lambda: generate(SPEED_BATCH, new), cpu, repeats=3) / 1000.0),
+        }
+
+    def runtime_evaluate(self, sessions: dict[str, Any], data: PreparedData, split: str) -> dict[str, float]:
+        session = sessions["model"]
+        vocab = data.teacher_config().vocab_size
+
+        def chunks(tokens: torch.Tensor) -> Any:
+            b, n = tokens.shape
+            cache = KvCache(session, b)
+            positions = np.arange(n, dtype=np.int64)[None].repeat(b, 0)
+            logits = cache.run({"input_ids": tokens.numpy(), "attention_mask": np.ones((b, n), np.int64), "position_ids": positions})
+            return [(slice(0, b * (n - 1)), torch.from_numpy(logits[:, :-1]).flatten(0, 1))]
+
+        return lm_scores(chunks, data, split, rows_within(data.array(f"{split}_blocks").shape[1], vocab, 16), torch.device("cpu"))
+
     def export(self, student: torch.nn.Module, data: PreparedData, folder: Path) -> None:
         """save_pretrained (safetensors), the teacher's tokenizer and a generation config."""
         from transformers import AutoTokenizer, GenerationConfig
@@ -286,8 +393,14 @@ def evaluate_lm(
     (at temperature 1) and the top-1 agreement with the teacher."""
     device = torch.device(device)
     model.to(device).eval()
+    rows = rows_within(data.array(f"{split}_blocks").shape[1], model.config.vocab_size, batch_size)  # a large vocabulary: fewer rows
+    return lm_scores(lambda tokens: next_token_chunks(model, set(), tokens)[1], data, split, rows, device)
+
+
+def lm_scores(chunks: Any, data: PreparedData, split: str, batch_size: int, device: torch.device) -> dict[str, float]:
+    """`evaluate_lm`'s scores of a model whose next-token logits of blocks (B, L) are
+    `chunks(blocks)`: (positions of the B x (L - 1) flattened, fp32 logits (n, V)) pairs."""
     blocks = data.array(f"{split}_blocks")
-    batch_size = rows_within(blocks.shape[1], model.config.vocab_size, batch_size)  # a large vocabulary: fewer rows
     t_logp_all, t_idx_all = data.array(f"{split}_teacher_logprobs"), data.array(f"{split}_teacher_indices")
     nll = kl = agree = 0.0
     count = 0
@@ -296,12 +409,38 @@ def evaluate_lm(
         labels = tokens[:, 1:].flatten()
         t_logp = torch.from_numpy(np.array(t_logp_all[start : start + batch_size])).to(device).flatten(0, 1)
         t_idx = torch.from_numpy(np.array(t_idx_all[start : start + batch_size])).to(device).flatten(0, 1)
-        for pos, logits in next_token_chunks(model, set(), tokens)[1]:  # (n, V) at a time
+        for pos, logits in chunks(tokens):  # (n, V) at a time
             nll += F.cross_entropy(logits, labels[pos], reduction="sum").item()
             kl += topk_kd_loss(logits[None], t_logp[pos][None], t_idx[pos][None], 1.0).item() * len(logits)
             agree += (logits.argmax(-1) == t_idx[pos, 0].long()).sum().item()
         count += len(labels)
     return {"perplexity": math.exp(nll / count), "kl": kl / count, "top1_agreement": agree / count}
+
+
+class WithCache(torch.nn.Module):
+    """A causal LM as a graph of plain tensors: the KV cache comes in as a key and a value
+    (B, kv_heads, past, head_dim) per layer and goes out grown by the new tokens. `shapes`:
+    (kv_heads, head_dim) of each layer's cache."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        with torch.no_grad():
+            cache = model(input_ids=torch.ones(1, 2, dtype=torch.long), use_cache=True).past_key_values
+        self.shapes = [(layer.keys.shape[1], layer.keys.shape[3]) for layer in cache.layers]
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, past: tuple[torch.Tensor, ...]
+    ) -> tuple[torch.Tensor, ...]:
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.model.config)
+        for i in range(len(self.shapes)):
+            cache.update(past[2 * i], past[2 * i + 1], i)
+        out = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, past_key_values=cache, use_cache=True
+        )
+        return (out.logits, *(t for layer in out.past_key_values.layers for t in (layer.keys, layer.values)))
 
 
 def latency_ms_per_token(model: torch.nn.Module, seq_len: int, *, device: torch.device | str = "cpu") -> float:

@@ -26,8 +26,9 @@ from distill.errors import InputError
 from distill.evaluate import median_ms, param_counts, peak_memory_mb
 from distill.intermediate import Stack, check_layer_map, run_with_layers
 from distill.precision import autocast
+from distill.runtime import OnnxGraph, with_runtime
 from distill.tasks.base import (
-    NON_EMBEDDING_PARAMS,
+        NON_EMBEDDING_PARAMS,
     PARAMS,
     PEAK_MEMORY,
     Batch,
@@ -62,20 +63,46 @@ from search_spaces import (
 POOLING_MODES = ("mean", "cls", "max")
 CALIBRATION = 32
 
-METRICS = (
+QUALITY = (
     Metric("cosine", "quality", "max", "{:.4f}", "mean cosine to the teacher's embedding of the same sentence"),
     Metric("spearman", "quality", "max", "{:.4f}", "Spearman correlation of pairwise similarities with the teacher's"),
     Metric("retrieval", "quality", "max", "{:.3f}", "overlap of top-10 nearest neighbours with the teacher's"),
-    PARAMS,
-    NON_EMBEDDING_PARAMS,
+)
+SPEED_BATCH = 32
+RUNTIME_SPEED = (
     Metric("latency_ms", "size", "min", "{:.3f}", "latency, ms/sentence (batch 1)"),
-    Metric("latency_ms_b32", "size", "min", "{:.3f}", "latency, ms/sentence (batch 32)"),
-    PEAK_MEMORY,
+    Metric("sentences_per_s", "size", "max", "{:.1f}", f"sentences/s at batch {SPEED_BATCH}"),
+)
+METRICS = with_runtime(
+    (
+        *QUALITY,
+        PARAMS,
+        NON_EMBEDDING_PARAMS,
+        Metric("latency_ms", "size", "min", "{:.3f}", "latency, ms/sentence (batch 1)"),
+        Metric("latency_ms_b32", "size", "min", "{:.3f}", "latency, ms/sentence (batch 32)"),
+        PEAK_MEMORY,
+    ),
+    RUNTIME_SPEED,
 )
 
 USAGE = """from sentence_transformers import SentenceTransformer
 model = SentenceTransformer("{path}")
 embeddings = model.encode(["A sentence to embed.", "Another one."])"""
+
+RUNTIME_USAGE = """import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+tokenizer = Tokenizer.from_file("{path}/tokenizer.json")
+tokenizer.enable_padding()  # the attention mask hides the padding
+tokenizer.enable_truncation(max_length=512)
+session = ort.InferenceSession("{path}/onnx/model{file}")
+batch = tokenizer.encode_batch(["A sentence to embed.", "Another one."])
+feeds = {{
+    "input_ids": np.array([e.ids for e in batch], dtype=np.int64),
+    "attention_mask": np.array([e.attention_mask for e in batch], dtype=np.int64),
+}}
+embeddings = session.run(["sentence_embedding"], feeds)[0]  # (2, D), as the PyTorch model's"""
 
 QKV = ("query", "key", "value")
 
@@ -238,7 +265,13 @@ class Embedding(Task):
     held_out_params: dict[str, Any] = {}
     teacher_batch = 32
     card = CardParts(
-        "sentence-transformers", "sentence-similarity", USAGE, "texts", "sent_s", tokenizer="the teacher's tokenizer"
+        "sentence-transformers",
+        "sentence-similarity",
+        USAGE,
+        "texts",
+        "sent_s",
+        tokenizer="the teacher's tokenizer",
+        runtime_usage=RUNTIME_USAGE,
     )
     eval_keys, eval_limit = DataConfig.EVAL_KEYS, DataConfig.EVAL_LIMIT
 
@@ -413,6 +446,42 @@ class Embedding(Task):
             if student.pooling["normalize"]:
                 modules.append(models.Normalize())
             SentenceTransformer(modules=modules, device="cpu").save(str(folder))
+
+
+    # -- the runtime (`distill.runtime`)
+    def onnx_graphs(self, student: torch.nn.Module, data: PreparedData) -> dict[str, OnnxGraph]:
+        """One graph from token ids and attention mask to the sentence embedding (pooling,
+        projection and normalization inside)."""
+        ids = torch.ones(2, 8, dtype=torch.long)
+        axes = {0: torch.export.Dim("batch"), 1: torch.export.Dim("tokens")}
+        return {
+            "model": OnnxGraph(student, (ids, torch.ones_like(ids)), ["input_ids", "attention_mask"], ["sentence_embedding"], (axes, axes))
+        }
+
+    def runtime_speed(self, sessions: dict[str, Any], data: PreparedData) -> dict[str, float]:
+        """Per sentence at batch 1 and sentences/s at batch 32, of the study's item length (as `size`)."""
+        seq_len, session = data.meta["data"]["block_length"], sessions["model"]
+
+        def run(batch: int) -> Callable[[], Any]:
+            feeds = {"input_ids": np.ones((batch, seq_len), np.int64), "attention_mask": np.ones((batch, seq_len), np.int64)}
+            return lambda: session.run(None, feeds)
+
+        cpu = torch.device("cpu")
+        return {
+            "latency_ms": median_ms(run(1), cpu, repeats=5),
+            "sentences_per_s": SPEED_BATCH / (median_ms(run(SPEED_BATCH), cpu, repeats=3) / 1000.0),
+        }
+
+    def runtime_evaluate(self, sessions: dict[str, Any], data: PreparedData, split: str) -> dict[str, float]:
+        session = sessions["model"]
+
+        def embed(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            feeds = {"input_ids": input_ids.cpu().numpy(), "attention_mask": attention_mask.cpu().numpy()}
+            return torch.from_numpy(session.run(None, feeds)[0])
+
+        return evaluate_embeddings(
+            embed, data.array(f"{split}_ids"), data.array(f"{split}_mask"), data.array(f"{split}_teacher_embedding"), torch.device("cpu")
+        )
 
 
 @torch.no_grad()

@@ -22,6 +22,7 @@ from distill.evaluate import median_ms, param_counts, peak_memory_mb
 from distill.intermediate import Stack, run_with_layers
 from distill.losses import next_token_ce, topk_kd_loss
 from distill.precision import autocast
+from distill.runtime import KvCache, OnnxGraph, cache_names, with_runtime
 from distill.tasks.base import (
     GENERATED,
     NON_EMBEDDING_PARAMS,
@@ -72,15 +73,19 @@ logger = logging.getLogger(__name__)
 
 STACKS = ("encoder", "decoder")
 
-METRICS = (
+SPEED_BATCH = 32
+QUALITY = (
     Metric("bleu", "quality", "max", "{:.2f}", "BLEU against the references (sacrebleu)"),
     Metric("chrf", "quality", "max", "{:.2f}", "chrF against the references (sacrebleu)"),
     Metric("kl", "quality", "min", "{:.4f}", "KL to the teacher under teacher forcing, nats/token (lower is better)"),
-    PARAMS,
-    NON_EMBEDDING_PARAMS,
+)
+SPEED = (
     Metric("latency_ms", "size", "min", "{:.2f}", "generation latency, ms/sentence (batch 1)"),
-    Metric("sentences_per_s", "size", "max", "{:.1f}", "sentences/s generated at batch 32"),
-    PEAK_MEMORY,
+    Metric("sentences_per_s", "size", "max", "{:.1f}", f"sentences/s generated at batch {SPEED_BATCH}"),
+)
+METRICS = with_runtime(
+    (*QUALITY, PARAMS, NON_EMBEDDING_PARAMS, *SPEED, PEAK_MEMORY),
+    tuple(dataclasses.replace(m, label=m.label + ", greedy with the KV cache") for m in SPEED),
 )
 
 USAGE = """from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
@@ -90,7 +95,35 @@ batch = tokenizer(["Germany", "the Republic of Austria"], return_tensors="pt", p
 out = model.generate(**batch)  # the decoding the scores were measured with: generation_config.json
 print(tokenizer.batch_decode(out, skip_special_tokens=True))"""
 
-SPEED_BATCH = 32
+RUNTIME_USAGE = """import json
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+tokenizer = Tokenizer.from_file("{path}/tokenizer.json")
+settings = json.load(open("{path}/generation_config.json"))
+eos = settings["eos_token_id"] if isinstance(settings["eos_token_id"], list) else [settings["eos_token_id"]]
+encoder = ort.InferenceSession("{path}/onnx/encoder{file}")
+decoder = ort.InferenceSession("{path}/onnx/decoder{file}")
+outputs = [o.name for o in decoder.get_outputs()]
+source = np.array([tokenizer.encode("Germany").ids], dtype=np.int64)
+mask = np.ones_like(source)
+states = encoder.run(None, {{"input_ids": source, "attention_mask": mask}})[0]
+# the decoder's KV cache: empty at first, then what the last step returned
+past = {{i.name: np.zeros((1, i.shape[1], 0, i.shape[3]), np.float32)
+        for i in decoder.get_inputs() if i.name.startswith("past_key_values.")}}
+tokens = [settings["decoder_start_token_id"]]
+for _ in range(settings["max_new_tokens"]):  # greedy
+    feeds = {{"input_ids": np.array([tokens[-1:]], dtype=np.int64), "encoder_hidden_states": states, "encoder_attention_mask": mask}}
+    values = dict(zip(outputs, decoder.run(None, {{**feeds, **past}})))
+    past = {{name: values[name.replace("past_key_values", "present")] for name in past}}
+    logits = values["logits"][0, -1]
+    for banned in settings.get("bad_words_ids") or []:
+        logits[banned] = -np.inf
+    tokens.append(int(logits.argmax()))
+    if tokens[-1] in eos:
+        break
+print(tokenizer.decode(tokens, skip_special_tokens=True))"""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,7 +187,9 @@ class Translation(Task):
     eval_outputs = ("topk",)
     held_out_params = {"temperature": 1.0}  # held-out KL against the plain distribution
     teacher_batch = 32
-    card = CardParts("transformers", "translation", USAGE, "pairs", "sent_s", tokenizer="the teacher's tokenizer")
+    card = CardParts(
+        "transformers", "translation", USAGE, "pairs", "sent_s", tokenizer="the teacher's tokenizer", runtime_usage=RUNTIME_USAGE
+    )
     eval_keys, eval_limit = PairDataConfig.EVAL_KEYS, PairDataConfig.EVAL_LIMIT
     trains_teacher = True
     samples_on_policy = True
@@ -372,6 +407,70 @@ class Translation(Task):
     def describe(self, arch: dict[str, Any]) -> str:
         return Seq2SeqArch.from_dict(arch).short()
 
+    # -- the runtime (`distill.runtime`)
+    def onnx_graphs(self, student: torch.nn.Module, data: PreparedData) -> dict[str, OnnxGraph]:
+        """The encoder (sources to their states), and the decoder (the next-token logits from
+        the tokens so far, the encoder's states and the self-attention KV cache in and out;
+        cross-attention reads the states at every step)."""
+        decoder = DecoderWithCache(student)
+        ids, mask = torch.ones(2, 5, dtype=torch.long), torch.ones(2, 5, dtype=torch.long)
+        states = torch.zeros(2, 5, student.config.d_model)
+        past = tuple(torch.zeros(2, heads, 4, width) for heads, width in decoder.shapes for _ in range(2))
+        batch, source, tokens, cached = (torch.export.Dim(n) for n in ("batch", "source", "tokens", "past"))
+        names, presents = cache_names(len(decoder.shapes))
+        return {
+            "encoder": OnnxGraph(
+                Encoder(student), (ids, mask), ["input_ids", "attention_mask"], ["last_hidden_state"],
+                ({0: batch, 1: source}, {0: batch, 1: source}),
+            ),
+            "decoder": OnnxGraph(
+                decoder,
+                (ids[:, :3], states, mask, past),
+                ["input_ids", "encoder_hidden_states", "encoder_attention_mask", *names],
+                ["logits", *presents],
+                ({0: batch, 1: tokens}, {0: batch, 1: source}, {0: batch, 1: source}, tuple({0: batch, 2: cached} for _ in past)),
+            ),
+        }  # fmt: skip
+
+    def runtime_speed(self, sessions: dict[str, Any], data: PreparedData) -> dict[str, float]:
+        """As `size`: a fixed number of new tokens (the held-out references' median length)
+        from the held-out sources, greedy, per sentence at batch 1 and sentences/s at batch 32."""
+        new = max(1, int(statistics.median(self.lengths(data, "eval"))))
+        settings = study_decoding(data)
+        ids, mask = data.array("eval_src_ids")[:SPEED_BATCH], data.array("eval_src_mask")[:SPEED_BATCH]
+        reps = -(-SPEED_BATCH // len(ids))
+        ids, mask = np.tile(ids, (reps, 1))[:SPEED_BATCH], np.tile(mask, (reps, 1))[:SPEED_BATCH]
+        cpu = torch.device("cpu")
+
+        def run(n: int) -> Any:
+            src, src_mask = trimmed(ids[:n], mask[:n], cpu)
+            return lambda: runtime_greedy(sessions, src.numpy(), src_mask.numpy(), settings, new, exactly=True)
+
+        return {
+            "latency_ms": median_ms(run(1), cpu),
+            "sentences_per_s": SPEED_BATCH / (median_ms(run(SPEED_BATCH), cpu, repeats=3) / 1000.0),
+        }
+
+    def runtime_evaluate(self, sessions: dict[str, Any], data: PreparedData, split: str) -> dict[str, Any]:
+        settings = study_decoding(data)
+        cpu = torch.device("cpu")
+        ids, masks = data.array(f"{split}_src_ids"), data.array(f"{split}_src_mask")
+        tokenizer, generated = data.teacher_tokenizer(), []
+        for start in range(0, len(ids), SPEED_BATCH):
+            src, mask = trimmed(ids[start : start + SPEED_BATCH], masks[start : start + SPEED_BATCH], cpu)
+            out = runtime_greedy(sessions, src.numpy(), mask.numpy(), settings, data.meta["data"]["max_length"])
+            generated += tokenizer.batch_decode(out.tolist(), skip_special_tokens=True)
+
+        def forced_logits(batch: Batch) -> torch.Tensor:
+            i = batch.inputs
+            states = sessions["encoder"].run(None, {"input_ids": i["input_ids"].numpy(), "attention_mask": i["attention_mask"].numpy()})[0]
+            labels = i["labels"]
+            shifted = torch.cat([torch.full_like(labels[:, :1], settings.decoder_start_token_id), labels[:, :-1]], dim=1)
+            feeds = {"input_ids": shifted.numpy(), "encoder_hidden_states": states, "encoder_attention_mask": i["attention_mask"].numpy()}
+            return torch.from_numpy(KvCache(sessions["decoder"], len(labels)).run(feeds))
+
+        return translation_scores([" ".join(h.split()) for h in generated], forced_logits, data, split, cpu)
+
     def export(self, student: torch.nn.Module, data: PreparedData, folder: Path) -> None:
         """save_pretrained (safetensors), the teacher's tokenizer, and a generation config with
         the decoding the scores were measured with."""
@@ -543,14 +642,21 @@ def evaluate_translation(
 ) -> dict[str, Any]:
     """BLEU and chrF of the model's translations of `split`, and its KL to the teacher under
     teacher forcing (against the cached top-k, at temperature 1)."""
-    hypotheses = generate(model, data, split, device, batch_size)
+    return translation_scores(generate(model, data, split, device, batch_size), lambda b: _forced_logits(model, b), data, split, device, batch_size)
+
+
+def translation_scores(
+    hypotheses: list[str], forced_logits: Any, data: PreparedData, split: str, device: torch.device, batch_size: int = 32
+) -> dict[str, Any]:
+    """`evaluate_translation`'s scores of the `hypotheses` of a model whose teacher-forced
+    logits of a `Batch` are `forced_logits(batch)` (B, T, V)."""
     scores = score(hypotheses, [str(r) for r in data.array(f"{split}_references")], data.meta["data"]["pair"][1])
     kl = count = 0.0
     for start in range(0, len(hypotheses), batch_size):
         idx = np.arange(start, min(len(hypotheses), start + batch_size))
         batch = TASK.batch(data, split, idx, device)
         t = batch.lengths["tokens"]
-        logits = _forced_logits(model, batch).float()
+        logits = forced_logits(batch).float()
         t_logp = torch.from_numpy(np.array(data.array(f"{split}_teacher_logprobs")[idx, :t])).to(device)
         t_idx = torch.from_numpy(np.array(data.array(f"{split}_teacher_indices")[idx, :t])).to(device)
         mask = batch.inputs["decoder_attention_mask"]
@@ -558,6 +664,84 @@ def evaluate_translation(
         kl += topk_kd_loss(logits, t_logp, t_idx, 1.0, mask).item() * n
         count += n
     return {"bleu": scores["bleu"], "chrf": scores["chrf"], "kl": kl / count, GENERATED: hypotheses}
+
+
+class Encoder(torch.nn.Module):
+    """An encoder-decoder's encoder as a graph: sources to their states (B, S, D)."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.encoder = model.get_encoder()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+
+class DecoderWithCache(torch.nn.Module):
+    """An encoder-decoder's decoder and output head as a graph of plain tensors: the
+    self-attention cache comes in as a key and a value (B, heads, past, head_dim) per layer
+    and goes out grown by the new tokens; cross-attention is computed from the encoder's
+    states at each call. `shapes`: (heads, head_dim) of each layer's cache."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.model = model
+        ones = torch.ones(1, 2, dtype=torch.long)
+        with torch.no_grad():
+            cache = model(input_ids=ones, decoder_input_ids=ones, use_cache=True).past_key_values.self_attention_cache
+        self.shapes = [(layer.keys.shape[1], layer.keys.shape[3]) for layer in cache.layers]
+
+    def forward(
+        self, input_ids: torch.Tensor, states: torch.Tensor, mask: torch.Tensor, past: tuple[torch.Tensor, ...]
+    ) -> tuple[torch.Tensor, ...]:
+        from transformers import DynamicCache, EncoderDecoderCache
+        from transformers.modeling_outputs import BaseModelOutput
+
+        own = DynamicCache()
+        for i in range(len(self.shapes)):
+            own.update(past[2 * i], past[2 * i + 1], i)
+        out = self.model(
+            encoder_outputs=BaseModelOutput(last_hidden_state=states),
+            attention_mask=mask,
+            decoder_input_ids=input_ids,
+            past_key_values=EncoderDecoderCache(own, DynamicCache()),
+            use_cache=True,
+        )
+        layers = out.past_key_values.self_attention_cache.layers
+        return (out.logits, *(t for layer in layers for t in (layer.keys, layer.values)))
+
+
+def runtime_greedy(
+    sessions: dict[str, Any], ids: np.ndarray, mask: np.ndarray, settings: Any, most: int, exactly: bool = False
+) -> np.ndarray:
+    """Greedy translations (B, <= most) of sources `ids` (B, S) by the runtime's encoder and
+    decoder graphs, as `generate` decodes with `settings` and one beam: from the decoder's
+    start token, the forced first token and banned tokens of `settings`, EOS forced at the
+    last step where `settings` force one, padding after each row's EOS; with `exactly`, `most`
+    tokens whatever comes (speed, not quality)."""
+    states = sessions["encoder"].run(None, {"input_ids": ids, "attention_mask": mask})[0]
+    b = len(ids)
+    cache = KvCache(sessions["decoder"], b)
+    eos = np.atleast_1d(np.asarray(settings.eos_token_id if settings.eos_token_id is not None else [], dtype=np.int64))
+    banned = [w[0] for w in settings.bad_words_ids or () if len(w) == 1]
+    pad = settings.pad_token_id if settings.pad_token_id is not None else (eos[0] if len(eos) else 0)
+    step = np.full((b, 1), settings.decoder_start_token_id, np.int64)
+    out, done = [], np.zeros(b, bool)
+    for t in range(most):
+        logits = cache.run({"input_ids": step, "encoder_hidden_states": states, "encoder_attention_mask": mask})[:, -1]
+        logits[:, banned] = -np.inf
+        token = logits.argmax(-1)
+        if t == 0 and settings.forced_bos_token_id is not None:
+            token[:] = settings.forced_bos_token_id
+        if t == most - 1 and settings.forced_eos_token_id is not None and not exactly:
+            token[:] = np.atleast_1d(settings.forced_eos_token_id)[0]
+        token = np.where(done, pad, token)
+        out.append(token)
+        done |= np.isin(token, eos)
+        if done.all() and not exactly:
+            break
+        step = token[:, None].astype(np.int64)
+    return np.stack(out, 1)
 
 
 def train_pair_tokenizer(pairs: list[tuple[str, str]], vocab_size: int) -> Any:

@@ -271,8 +271,9 @@ def trial_json(spec: StudySpec, study: optuna.Study, number: int) -> dict[str, A
     card = model_card(spec, number)
     on_sets = StudyRecord(study).teacher_eval_sets
     runs = {"brief": r.eval_sets or {}, "full": (full or {}).get(EVAL_SETS) or {}, "teacher": on_sets}
+    scored_on_sets = [m.name for m in task.metrics if m.kind == "quality" and not m.runtime]  # in PyTorch
     sets = {
-        name: {run: {m: format_metric(task, m, values.get(name, {}).get(m)) for m in quality_metrics(task)} for run, values in runs.items()}
+        name: {run: {m: format_metric(task, m, values.get(name, {}).get(m)) for m in scored_on_sets} for run, values in runs.items()}
         for name in dict.fromkeys([*on_sets, *runs["brief"], *runs["full"]])
     }
     return {

@@ -31,6 +31,7 @@ from distill import (
     WeightedTeacher,
     make_loss,
     prepare,
+    runtime,
     train,
 )
 from distill.errors import InputError
@@ -109,7 +110,7 @@ class TaskContract:
 
     def test_the_teacher_is_measured_with_every_declared_metric(self, study):
         task, data, *_ = study
-        assert set(data.meta["teacher_metrics"]) == {m.name for m in task.metrics}
+        assert set(data.meta["teacher_metrics"]) == {m.name for m in task.metrics if not m.runtime}
         assert data.meta["task"] == task.name
 
     def test_a_space_larger_than_the_teacher_is_refused_up_front(self, study):
@@ -135,8 +136,8 @@ class TaskContract:
                 assert len(text) == data.meta["eval_items"] and all(isinstance(t, str) for t in text)
                 assert (data.path / "eval_references.npy").exists()
             size = task.size(student, data, CPU)
-            assert set(quality) == {m.name for m in task.metrics if m.kind == "quality"}
-            assert set(size) == {m.name for m in task.metrics if m.kind == "size"}
+            assert set(quality) == {m.name for m in task.metrics if m.kind == "quality" and not m.runtime}
+            assert set(size) == {m.name for m in task.metrics if m.kind == "size" and not m.runtime}
             assert all(np.isfinite(v) for v in (*quality.values(), *size.values()))
 
     def test_a_student_of_the_teachers_shape_sliced_from_it_scores_as_the_teacher(self, study, setup):
@@ -202,6 +203,36 @@ class TaskContract:
         )
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert not any(p.suffix == ".bin" for p in folder.rglob("*"))  # safetensors only
+
+    def test_the_runtime_graphs_score_as_pytorch_and_run_without_the_project(self, study, tmp_path):
+        """The ONNX graphs in fp32 give the PyTorch student's held-out scores; in int8 they run
+        and are smaller; the speed metrics are measured; and the export's runtime files run
+        with the card's snippet in a process that imports neither torch nor this project."""
+        task, data, loss, fits, _ = study
+        torch.manual_seed(0)
+        student = task.build_student(_arch(fits, seed=1), data, CPU).eval()
+        expected = scores_and_text(task.evaluate(student, data, "eval", CPU))[0]
+        folder = tmp_path / "export"
+        folder.mkdir()
+        task.export(student, data, folder)
+        files = runtime.export(task, student, data, folder / runtime.FOLDER)
+        fp32 = runtime.sessions(files["fp32"], threads=1)
+        got = scores_and_text(task.runtime_evaluate(fp32, data, "eval"))[0]
+        assert set(got) == set(expected)
+        for name, value in expected.items():
+            assert got[name] == pytest.approx(value, rel=1e-3, abs=1e-3), name
+        measured = runtime.measure_files(task, files["int8"], data, "int8", threads=1)
+        declared = {m.name for m in task.metrics if m.runtime == "int8"}
+        assert set(measured) == declared
+        assert all(np.isfinite(v) for v in measured.values())
+        assert measured["runtime_int8_file_mb"] < runtime.files_mb(files["fp32"])
+        for precision in ("", "_int8"):
+            code = task.card.runtime_usage.format(path=folder, file=f"{precision}.onnx")
+            code += "\nassert not {'torch', 'nas', 'distill'} & set(sys.modules)\n"
+            proc = subprocess.run(
+                [sys.executable, "-c", "import sys\n" + code], capture_output=True, text=True, cwd=tmp_path, timeout=300
+            )
+            assert proc.returncode == 0, proc.stderr[-3000:]
 
     def test_divergences_over_the_whole_vocabulary_from_a_live_teacher(self, study):
         """Every task that gives next-token logits: a live teacher's full logits, and its top k

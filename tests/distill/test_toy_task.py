@@ -18,8 +18,9 @@ import torch
 from distill import prepare
 from distill.cache import PreparedData
 from distill.errors import InputError
-from distill.evaluate import param_counts
+from distill.evaluate import median_ms, param_counts
 from distill.losses import topk_kd_loss
+from distill.runtime import OnnxGraph, with_runtime
 from distill.tasks import TASKS, get_task
 from distill.tasks.base import NON_EMBEDDING_PARAMS, PARAMS, Batch, CardParts, Metric, OutputArray, Task, Teacher
 from distill.teachers import TeacherSource
@@ -32,6 +33,17 @@ USAGE = """import torch
 from transformers import AutoModelForSequenceClassification
 model = AutoModelForSequenceClassification.from_pretrained("{path}")
 print(model(input_ids=torch.tensor([[1, 2, 3, 4]])).logits.argmax(-1))"""
+
+RUNTIME_USAGE = """import numpy as np
+import onnxruntime as ort
+session = ort.InferenceSession("{path}/onnx/model{file}")
+print(session.run(None, {{"input_ids": np.array([[1, 2, 3, 4]], dtype=np.int64)}})[0].argmax(-1))"""
+
+QUALITY = (
+    Metric("agreement", "quality", "max", "{:.3f}", "agreement with the teacher's class"),
+    Metric("kl", "quality", "min", "{:.4f}", "KL to the teacher's class distribution (lower is better)"),
+)
+SPEED = (Metric("latency_ms", "size", "min", "{:.3f}", "latency, ms/sequence (batch 1)"),)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,12 +98,7 @@ class SymbolClassifier(Task):
     name = "toy-classifier"
     data_config = SymbolData
     space = ClassifierSpace
-    metrics = (
-        Metric("agreement", "quality", "max", "{:.3f}", "agreement with the teacher's class"),
-        Metric("kl", "quality", "min", "{:.4f}", "KL to the teacher's class distribution (lower is better)"),
-        PARAMS,
-        NON_EMBEDDING_PARAMS,
-    )
+    metrics = with_runtime((*QUALITY, PARAMS, NON_EMBEDDING_PARAMS), SPEED)
     loss_params = ClassifierLossParams
     default_weights = {"forward_kl": 1.0, "ce": 0.5}
     outputs = {"topk": ("teacher_logprobs", "teacher_indices")}
@@ -99,7 +106,7 @@ class SymbolClassifier(Task):
     eval_outputs = ("topk",)
     held_out_params = {"temperature": 1.0}
     teacher_batch = 32
-    card = CardParts("transformers", "text-classification", USAGE, "sequences", "seq_s")
+    card = CardParts("transformers", "text-classification", USAGE, "sequences", "seq_s", runtime_usage=RUNTIME_USAGE)
 
     def load_data(self, data: SymbolData, base_dir: Path, seed: int) -> dict[str, list[Any]]:
         rng = np.random.default_rng(seed)
@@ -175,7 +182,10 @@ class SymbolClassifier(Task):
     def evaluate(self, student: torch.nn.Module, data: PreparedData, split: str, device: torch.device) -> dict[str, Any]:
         student.to(device).eval()
         batch = self.batch(data, split, np.arange(len(self.lengths(data, split))), device)  # one batch: a few items
-        logits = self.forward(student, batch, set(), {})["student_logits"].float()  # (N, 1, classes)
+        return self._scores(self.forward(student, batch, set(), {})["student_logits"].float(), data, split, device)
+
+    def _scores(self, logits: torch.Tensor, data: PreparedData, split: str, device: torch.device) -> dict[str, Any]:
+        """Agreement and KL of the logits (N, 1, classes) of every item of `split`."""
         t_logp = torch.from_numpy(np.array(data.array(f"{split}_teacher_logprobs"))).to(device)
         t_idx = torch.from_numpy(np.array(data.array(f"{split}_teacher_indices"))).to(device)
         agreement = (logits.argmax(-1) == t_idx[..., 0].long()).float().mean().item()
@@ -195,6 +205,27 @@ class SymbolClassifier(Task):
 
     def export(self, student: torch.nn.Module, data: PreparedData, folder: Path) -> None:
         student.cpu().save_pretrained(folder)
+
+    def onnx_graphs(self, student: torch.nn.Module, data: PreparedData) -> dict[str, OnnxGraph]:
+        class Logits(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.model = student
+
+            def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+                return self.model(input_ids=input_ids).logits
+
+        ids = torch.ones(2, 5, dtype=torch.long)
+        axes = {0: torch.export.Dim("batch"), 1: torch.export.Dim("symbols")}
+        return {"model": OnnxGraph(Logits(), (ids,), ["input_ids"], ["logits"], (axes,))}
+
+    def runtime_speed(self, sessions: dict[str, Any], data: PreparedData) -> dict[str, float]:
+        ids = data.array("eval_ids")[:1].astype(np.int64)
+        return {"latency_ms": median_ms(lambda: sessions["model"].run(None, {"input_ids": ids}), torch.device("cpu"))}
+
+    def runtime_evaluate(self, sessions: dict[str, Any], data: PreparedData, split: str) -> dict[str, Any]:
+        logits = sessions["model"].run(None, {"input_ids": data.array(f"{split}_ids").astype(np.int64)})[0]
+        return self._scores(torch.from_numpy(logits)[:, None], data, split, torch.device("cpu"))
 
 
 def _config(arch: dict[str, Any], data: PreparedData) -> Any:
