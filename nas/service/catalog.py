@@ -15,7 +15,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from distill.cache import TEACHER_METRICS
 from distill.errors import InputError
-from distill.tasks import Task, format_metric, quality_metrics
+from distill.tasks import Task, format_metric
 from nas._compat import storage_of
 from nas.dominance import hypervolume, to_minimize
 from nas.full import export_dir
