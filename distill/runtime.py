@@ -163,28 +163,45 @@ def files_mb(files: dict[str, Path]) -> float:
 
 
 def measure(
-    task: Any, student: torch.nn.Module, data: Any, precisions: tuple[str, ...], threads: int | None = None
+    task: Any,
+    student: torch.nn.Module,
+    data: Any,
+    speed: tuple[str, ...] = (),
+    quality: tuple[str, ...] = (),
+    threads: int | None = None,
 ) -> dict[str, float]:
-    """Every runtime metric of `student` at `precisions`: exported and quantized in a
-    temporary folder, timed (`Task.runtime_speed`) and scored on the held-out split
-    (`Task.runtime_evaluate`) in ONNX Runtime."""
+    """The runtime metrics of `student`, exported and quantized in a temporary folder: at the
+    precisions `speed`, its speed (`Task.runtime_speed`) and the size of its files; at the
+    precisions `quality`, its scores on the held-out split (`Task.runtime_evaluate`)."""
+    precisions = tuple(p for p in PRECISIONS if p in {*speed, *quality})
     if not precisions:
         return {}
     out: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="distill-onnx-") as tmp:
         files = export(task, student, data, Path(tmp), precisions)
         for p in precisions:
-            out |= measure_files(task, files[p], data, p, threads)
+            out |= measure_files(task, files[p], data, p, threads, speed=p in speed, quality=p in quality)
     return out
 
 
-def measure_files(task: Any, files: dict[str, Path], data: Any, precision: str, threads: int | None = None) -> dict[str, float]:
-    """The runtime metrics of the graphs `files` (of one precision)."""
+def measure_files(
+    task: Any,
+    files: dict[str, Path],
+    data: Any,
+    precision: str,
+    threads: int | None = None,
+    *,
+    speed: bool = True,
+    quality: bool = True,
+) -> dict[str, float]:
+    """The runtime metrics of the graphs `files` (of one precision): speed and file size
+    with `speed`, held-out scores with `quality`."""
     from distill.tasks.base import scores_and_text
 
     running = sessions(files, threads)
-    values = {**task.runtime_speed(running, data), "file_mb": files_mb(files)}
-    values |= scores_and_text(task.runtime_evaluate(running, data, "eval"))[0]
+    values = {**task.runtime_speed(running, data), "file_mb": files_mb(files)} if speed else {}
+    if quality:
+        values |= scores_and_text(task.runtime_evaluate(running, data, "eval"))[0]
     return {metric_name(precision, k): float(v) for k, v in values.items()}
 
 

@@ -24,6 +24,8 @@ from distill.loop import FULL_RUN, Budget
 from distill.losses import LOSSES
 from distill.objective import LossConfig, allowed_terms, on_policy_terms
 from distill.precision import PRECISIONS
+from distill.runtime import PRECISIONS as RUNTIME_PRECISIONS
+from distill.runtime import precision_of
 from distill.tasks import DEFAULT_TASK, TASKS, Task, get_task
 from distill.teacher_outputs import aligned_only
 from distill.teachers import TeacherConfig, TeacherTraining
@@ -245,9 +247,34 @@ class Resources:
             raise ValueError(f"precision: must be one of {', '.join(map(repr, PRECISIONS))}, got {self.precision!r}")
 
 
+@dataclasses.dataclass(frozen=True)
+class Runtime:
+    """The edge runtime every trial is also measured in (the `[runtime]` section): the
+    student exported to ONNX and run by ONNX Runtime on the trial's CPU threads, with fp32
+    weights and with int8 weights (dynamic quantization): latency, throughput, file size and
+    the held-out quality of that model, as `runtime_<precision>_<metric>` metrics. Off by
+    default: exporting and measuring adds seconds to every trial."""
+
+    measure: tuple[str, ...] = ()
+    """precisions measured at the end of every trial: any of fp32, int8. Those of runtime
+    metrics that [objectives] or [constraints] name are measured whatever this lists (their
+    speed and size before training, as other size metrics are)"""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "measure", tuple(self.measure))
+        unknown = [p for p in self.measure if p not in RUNTIME_PRECISIONS]
+        if unknown:
+            raise ValueError(f"measure: unknown precision {unknown[0]!r}; allowed: {', '.join(RUNTIME_PRECISIONS)}")
+
+    def with_named(self, metrics: list[str]) -> Runtime:
+        """Measuring also the precisions of the runtime metrics among `metrics`, in a fixed order."""
+        wanted = set(self.measure) | {precision_of(n) for n in metrics} - {None}
+        return Runtime(tuple(p for p in RUNTIME_PRECISIONS if p in wanted))
+
+
 SECTIONS = (
     "study", "teacher", "data", "eval", "space", "brief", "loss", "full", "objectives", "constraints", "multi_fidelity",
-    "resources",
+    "resources", "runtime",
 )  # fmt: skip
 NESTED: dict[tuple[str, str], type] = {("teacher", "train"): TeacherTraining}
 RENAMED = {"distill": "[brief] (the brief run of every trial; its [distill.loss] table is [loss])"}
@@ -300,6 +327,9 @@ class StudySpec:
     """the teachers after the first when the spec lists several (`[[teacher]]`), in order"""
     recipe: RecipeSpace = RecipeSpace()
     """`[space.recipe]`: the parts of the loss and budgets searched with the architecture"""
+    runtime: Runtime = Runtime()
+    """`[runtime]`: the precisions every trial is measured at in the edge runtime (those the
+    objectives and constraints name included)"""
 
     @property
     def task(self) -> Task:
@@ -674,6 +704,8 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
     if brief_budget.workers != 1:
         raise SpecError("brief.workers: each trial's brief run is one process (Ray runs trials side by side); set [full] workers")
     _check_recipes(task, recipe, loss, brief_budget, full_budget)
+    constraints = _build_constraints(task, raw.get("constraints", {}))
+    named = [n for n, _ in objectives.metrics] + [b.metric for b in constraints.bounds]
     return StudySpec(
         path=path.resolve(),
         study=study,
@@ -686,8 +718,9 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
         full=full_budget,
         loss=loss,
         objectives=objectives,
-        constraints=_build_constraints(task, raw.get("constraints", {})),
+        constraints=constraints,
         evals=_build_evals(task, raw.get("eval", []), data),
         multi_fidelity=_build(MultiFidelity, raw.get("multi_fidelity", {}), "multi_fidelity"),
         resources=_build(Resources, raw.get("resources", {}), "resources"),
+        runtime=_build(Runtime, raw.get("runtime", {}), "runtime").with_named(named),
     )

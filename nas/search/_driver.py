@@ -84,6 +84,7 @@ def trial_plan(
         others=others,
         by_temperature=by_temperature or {},
         precision=spec.resources.precision,
+        runtime=spec.runtime.measure,
     )
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from distill import Budget, LossConfig, PreparedData, train
+from distill import Budget, LossConfig, PreparedData, runtime, train
 from distill.precision import computing_in, resolve
 from distill.run import build_loss, build_student
 from distill.tasks import get_task
@@ -56,6 +56,8 @@ class TrialPlan:
     """the longest a repeated architecture waits for its twin's result before it fails"""
     precision: str = "fp32"
     """`[resources] precision` ("auto" is resolved on the worker's device)"""
+    runtime: tuple[str, ...] = ()
+    """`[runtime]`: the precisions the trial is measured at in the edge runtime at its end"""
 
 
 def with_recipe(plan: TrialPlan, recipe: dict[str, Any] | None) -> TrialPlan:
@@ -125,8 +127,16 @@ def _run_trial(
     phases = Phases()
     with phases("build"):
         student = build_student(task, arch, data, device, plan.seed)
+    # The runtime's speed and file size, where an objective or a bound needs them from the
+    # first rung on; its quality, at every rung, where an objective is one.
+    named = [*plan.objectives, *(b.metric for b in plan.size_bounds.bounds)]
+    early = tuple(p for p in plan.runtime if p in {runtime.precision_of(n) for n in named})
+    kinds = {m.name: m.kind for m in task.metrics}
+    at_rungs = tuple(p for p in plan.runtime if p in {runtime.precision_of(n) for n in plan.objectives if kinds[n] == "quality"})
     with phases("size"):
         size = task.size(student, data, device)  # of the architecture, not of its weights: known before training
+    with phases("runtime"):
+        size |= runtime.measure(task, student, data, speed=early)
     missed = plan.size_bounds.missed(size)
     if missed is not None:
         return {**size, NOT_TRAINED: f"infeasible before training: {missed}", "device": str(device), **phases.record()}
@@ -140,6 +150,8 @@ def _run_trial(
         if step in stops[:-1]:
             with phases("rungs"):
                 rungs.append({"step": step, **scores_and_text(task.evaluate(student, data, "eval", device))[0]})
+            with phases("runtime"):
+                rungs[-1] |= runtime.measure(task, student, data, quality=at_rungs)
             student.train()
             if report is not None:
                 report(len(rungs) - 1, {**rungs[-1], **size, RUNGS: list(rungs)})
@@ -151,6 +163,10 @@ def _run_trial(
     stride = max(1, len(result.losses) // CURVE_POINTS)
     with phases("evaluate"):
         quality, sets, texts = held_out_scores(task, student, data, plan.evals, device)
+    with phases("runtime"):  # speed and size of the same graphs, where they were not measured before training
+        measured = runtime.measure(task, student, data, tuple(p for p in plan.runtime if p not in early), plan.runtime)
+    size |= {k: v for k, v in measured.items() if kinds[k] == "size"}
+    quality |= {k: v for k, v in measured.items() if kinds[k] == "quality"}
     return {
         **quality,
         **({EVAL_SETS: sets} if plan.evals else {}),
