@@ -85,6 +85,12 @@ def _parser() -> argparse.ArgumentParser:
         "--workers", type=int, help="train on this many data-parallel workers, a Ray Train job (overrides full.workers)"
     )
     d.add_argument("--address", help="with --workers: run them on an existing Ray cluster (e.g. auto)")
+    d.add_argument(
+        "--runtime",
+        choices=["onnx"],
+        help="also export the student for ONNX Runtime (onnx/model.onnx, fp32) and give its figures beside the teacher's there",
+    )
+    d.add_argument("--int8", action="store_true", help="with --runtime: also its int8 model (weights quantized, onnx/*_int8.onnx)")
     f = _command(
         sub,
         "rank-check",
@@ -237,6 +243,8 @@ def _distill(args: argparse.Namespace, spec: Any, progress: Progress | None) -> 
     from nas import commands
 
     task = spec.task
+    if args.int8 and not args.runtime:
+        raise InputError("--int8: the int8 model is one of the runtime's files; give --runtime onnx too")
     bar = _StepBar(spec, progress=progress)
     # what makes this export from scratch: the same arguments, without those about an earlier run
     command = shlex.join(["nas", *[a for a in args.argv if a not in ("--resume", "--restart", "--overwrite")]])
@@ -252,6 +260,7 @@ def _distill(args: argparse.Namespace, spec: Any, progress: Progress | None) -> 
             command=command,
             on_step=bar,
             address=args.address,
+            runtime=(("fp32", "int8") if args.int8 else ("fp32",)) if args.runtime else (),
         )
     finally:
         bar.close()

@@ -114,20 +114,32 @@ def distill(
     command: str = "",
     on_step: StepSink | None = None,
     address: str | None = None,
+    runtime: tuple[str, ...] = (),
 ) -> DistillResult:
     """Fully distill trial `trial`, or the front's best at quality metric `best` within
     `max_params`, and export it (with `[full] workers` > 1: on Ray Train workers, on the
-    cluster at `address` or a Ray of this machine's own)."""
+    cluster at `address` or a Ray of this machine's own), with the edge runtime's files at
+    the precisions `runtime` ("fp32", "int8") beside it."""
     from distill.tasks import quality_metrics
     from nas.full import full_distill, select_trial
     from nas.study import StudyRecord, load_existing_study
+    from nas.study._record import TEACHER_RUNTIME
 
     if address is not None and spec.full.workers < 2:
         raise InputError(f"--address: a full run goes to a Ray cluster as workers: give --workers 2 or more (full.workers is {spec.full.workers})")
     study = load_existing_study(spec)
     picked = select_trial(study, number=trial, best=best, max_params=max_params, metrics=quality_metrics(spec.task))
     record = full_distill(
-        spec, picked, study, resume=resume, restart=restart, overwrite=overwrite, command=command, on_step=on_step, address=address
+        spec,
+        picked,
+        study,
+        resume=resume,
+        restart=restart,
+        overwrite=overwrite,
+        command=command,
+        on_step=on_step,
+        address=address,
+        runtime_files=runtime,
     )
     return DistillResult(
         trial=picked.number,
@@ -135,7 +147,7 @@ def distill(
         command=command,
         metrics=record["metrics"],
         brief=record["brief"],
-        teacher_metrics=StudyRecord(study).teacher_metrics,
+        teacher_metrics={**StudyRecord(study).teacher_metrics, **record.get(TEACHER_RUNTIME, {})},
     )
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import optuna
 import torch
 
-from distill import train
+from distill import runtime, train
 from distill.cache import PRECISION
 from distill.errors import InputError
 from distill.files import file_written_whole, written_whole
@@ -38,7 +38,7 @@ from nas.recipe import apply_recipe
 from nas.search.trial import held_out_scores, pick_device
 from nas.spec import StudySpec
 from nas.study import StudyRecord, TrialRecord, distilled_records, distinct_complete, front_trials
-from nas.study._record import ARCH, EVAL_SETS, EVAL_SETS_INFO, RECIPE
+from nas.study._record import ARCH, EVAL_SETS, EVAL_SETS_INFO, RECIPE, RUNTIME_FILES, TEACHER_RUNTIME
 from nas.study.locks import study_writer
 from nas.texts import TEXTS, save_generated, save_references
 
@@ -113,14 +113,18 @@ def full_distill(
     command: str = "",
     on_step: Callable[[int, int, float], None] | None = None,
     address: str | None = None,
+    runtime_files: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Distill `trial`'s architecture with the `[full]` budget and the trial's recipe (where
     the search sampled one), export it, record it. One run per trial at a time; the
     checkpoints of an unfinished run are continued (`resume`, when they were made with the
-    same settings) or discarded (`restart`), never silently."""
+    same settings) or discarded (`restart`), never silently. The export holds the edge
+    runtime's files (`distill.runtime`) at the precisions `runtime_files` and those
+    `[runtime]` measures, measured beside the teacher's in the same runtime."""
     doing = f"trial {trial.number} of study {spec.name!r} is being distilled"
+    precisions = tuple(p for p in runtime.PRECISIONS if p in {*runtime_files, *spec.runtime.measure})
     with study_writer(spec, f"distill-{trial.number}", doing, lambda: study):
-        return _full_distill(spec, trial, study, resume, restart, overwrite, command, on_step, address)
+        return _full_distill(spec, trial, study, resume, restart, overwrite, command, on_step, address, precisions)
 
 
 def _full_distill(
@@ -133,6 +137,7 @@ def _full_distill(
     command: str,
     on_step: Callable[[int, int, float], None] | None,
     address: str | None = None,
+    precisions: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     out = export_dir(spec, trial.number)
     ckpt = checkpoint_dir(spec, trial.number)
@@ -191,6 +196,13 @@ def _full_distill(
     logger.info("exporting trial %d to %s", trial.number, out)
     with written_whole(out) as tmp:
         task.export(run.student, data, tmp)
+        if precisions:
+            logger.info("exporting trial %d to ONNX (%s) and measuring it in ONNX Runtime", trial.number, ", ".join(precisions))
+            files = runtime.export(task, run.student, data, tmp / runtime.FOLDER, precisions)
+            for p in precisions:
+                record["metrics"] |= runtime.measure_files(task, files[p], data, p)
+            record[RUNTIME_FILES] = {p: [f"{runtime.FOLDER}/{f.name}" for f in files[p].values()] for p in precisions}
+            record[TEACHER_RUNTIME] = teacher_runtime(spec, data, precisions)
         if run.texts:  # what the scores were computed on, to recompute them with other tools
             save_references(tmp / TEXTS, {"eval": data, **evals})
             save_generated(tmp / TEXTS, "student", run.texts)
@@ -221,6 +233,32 @@ def _record_left_export(
     if made.exists() and made.stat().st_mtime <= (out / EXPORT_RECORD).stat().st_mtime:  # that run's, not a later one's
         shutil.rmtree(ckpt, ignore_errors=True)
     return record
+
+
+TEACHER_RUNTIME_FILE = "runtime_teacher.json"
+"""in a study's folder: the teacher's runtime metrics, by the cache of its outputs the held-out split is in"""
+
+
+def teacher_runtime(spec: StudySpec, data: Any, precisions: tuple[str, ...]) -> dict[str, float]:
+    """The teacher's runtime metrics at `precisions` (`distill.runtime.measure` on the
+    teacher as a student), measured once per study and cache of teacher outputs and kept in
+    the study's folder."""
+    path = spec.out_dir / TEACHER_RUNTIME_FILE
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, ValueError):
+        stored = {}
+    have = stored.get(data.path.name, {})
+    missing = tuple(p for p in precisions if not any(runtime.precision_of(k) == p for k in have))
+    if missing:
+        task = spec.task
+        logger.info("measuring the teacher in ONNX Runtime (%s), once per study", ", ".join(missing))
+        teacher = task.as_student(task.load_teacher(data.teacher_source), data)
+        have |= runtime.measure(task, teacher, data, missing, missing)
+        stored[data.path.name] = have
+        with file_written_whole(path) as tmp:
+            tmp.write_text(json.dumps(stored, indent=2))
+    return {k: v for k, v in have.items() if runtime.precision_of(k) in precisions}
 
 
 def run_settings(spec: StudySpec, arch: dict[str, Any]) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from distill.cache import PRECISION, TEACHER_METRICS
 from distill.tasks import Metric
 from nas.pareto import provenance
 from nas.spec import StudySpec
-from nas.study._record import EVAL_SETS
+from nas.study._record import EVAL_SETS, RUNTIME_FILES, TEACHER_RUNTIME
 from nas.texts import TEXTS
 
 
@@ -73,6 +73,28 @@ the student's and the teacher's outputs, one line per item):
 """
 
 
+def _runtime(task: Any, record: dict[str, Any]) -> str:
+    """How to run the export's edge-runtime files (`distill.runtime`), where it has them."""
+    files = record.get(RUNTIME_FILES) or {}
+    if not files:
+        return ""
+    listed = "; ".join(f"{p}: " + ", ".join(f"`{f}`" for f in names) for p, names in files.items())
+    suffix = "_int8.onnx" if "int8" in files else ".onnx"
+    return f"""
+## In ONNX Runtime
+
+The student as ONNX graphs ({listed}). int8: the weights of its matrix products and embeddings
+quantized to int8 per output channel, activations quantized at run time (ONNX Runtime's dynamic
+quantization). The rows marked ONNX Runtime below were measured with these files on ONNX
+Runtime's CPU execution provider, the teacher's with its own graphs made the same way; text is
+generated greedily there. Run it with onnxruntime, numpy and the tokenizer alone:
+
+```python
+{task.card.runtime_usage.format(path="path/to/this/folder", file=suffix)}
+```
+"""
+
+
 def _teacher_size_note(meta: dict[str, Any]) -> str:
     if meta.get(PRECISION, "fp32") != "bf16":
         return ""
@@ -91,16 +113,17 @@ def _precision(run: str, teacher: str) -> str:
 
 def model_card(spec: StudySpec, meta: dict[str, Any], number: int, arch: dict[str, Any], record: dict[str, Any]) -> str:
     task, budget = spec.task, spec.full
-    teacher = meta[TEACHER_METRICS]
+    teacher = {**meta[TEACHER_METRICS], **(record.get(TEACHER_RUNTIME) or {})}
     student, brief = record["metrics"], record["brief"]
-    ratios = {m.name: student[m.name] / teacher[m.name] for m in task.metrics if teacher.get(m.name) and m.name in student}
+    shown = [m for m in task.metrics if not m.runtime or m.name in student]  # the runtime's where it was measured
+    ratios = {m.name: student[m.name] / teacher[m.name] for m in shown if teacher.get(m.name) and m.name in student}
     size = "\n".join(
         f"| {m.label} | {m.format(student.get(m.name))} | {m.format(teacher.get(m.name))} | "
         f"{f'{ratios[m.name]:.3f}' if m.name in ratios else '-'} |"
-        for m in task.metrics
+        for m in shown
         if m.kind == "size"
     )
-    quality = _rows([m for m in task.metrics if m.kind == "quality"], student, brief, teacher)
+    quality = _rows([m for m in shown if m.kind == "quality"], student, brief, teacher)
     extra = _eval_sets(task, record)
     settings = meta.get("data", {})
     if settings.get("mix"):  # each part's source is on its own line below
@@ -135,7 +158,7 @@ parameters{tokenizer}. Load it with:
 ```python
 {task.card.usage.format(path="path/to/this/folder")}
 ```
-
+{_runtime(task, record)}
 ## Size, measured on {record["device"]}
 
 | | student | teacher | student / teacher |

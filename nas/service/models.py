@@ -3,7 +3,7 @@ documents each from here."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -32,6 +32,10 @@ class DistillRequest(BaseModel):
     resume: bool = Field(default=False, description="continue an unfinished run from its last checkpoint")
     restart: bool = Field(default=False, description="discard an unfinished run's checkpoints")
     overwrite: bool = Field(default=False, description="replace an earlier export of this trial")
+    runtime: Literal["onnx"] | None = Field(
+        default=None, description="also export the student for ONNX Runtime and measure it beside the teacher there"
+    )
+    int8: bool = Field(default=False, description="with runtime: also its int8 model (weights quantized)")
 
     @model_validator(mode="after")
     def _one_pick(self) -> DistillRequest:
@@ -41,6 +45,8 @@ class DistillRequest(BaseModel):
             raise ValueError("max_params goes with best")
         if self.resume and self.restart:
             raise ValueError("resume and restart exclude each other")
+        if self.int8 and self.runtime is None:
+            raise ValueError("int8 goes with runtime")
         return self
 
 

@@ -27,7 +27,7 @@ EVAL_SETS = "eval_sets"  # {extra evaluation set: quality metrics} (`[[eval]]`);
 LOSS_CURVE = "loss_curve"  # training losses, about 50 points
 TRAIN_STEPS = "train_steps"  # the optimizer steps it trained for
 RAY_NODE = "ray_node"  # the Ray node that ran it
-PHASE_SECONDS = "phase_seconds"  # {build, size, loss, train, rungs, evaluate}: where its time went
+PHASE_SECONDS = "phase_seconds"  # {build, size, runtime, loss, train, rungs, evaluate}: where its time went
 PEAK_RSS = "peak_rss_mb"  # the highest resident memory of the worker process that ran it, so far
 # PRECISION: what it trained and was measured in ("bf16" or "fp32"; `distill.precision`)
 TRIAL_ATTRS = (
@@ -46,6 +46,8 @@ EVAL_SETS_INFO = "eval_sets_info"  # {extra evaluation set: what reading its dat
 CONSTRAINTS = "constraints"  # {metric: limit} the trials were judged by
 SAMPLER = "sampler"  # the sampler's name; a resumed study keeps it
 DISTILLED = "distilled"  # `distilled:<trial>`: the record of that trial's full distillation
+RUNTIME_FILES = "runtime_files"  # in a full run's record: {precision: the export's edge-runtime files}
+TEACHER_RUNTIME = "teacher_runtime"  # in a full run's record: the teacher's runtime metrics at those precisions
 RANK_CHECK = "rank_check"  # the last `nas rank-check` measurement (studies made before: "fidelity")
 
 INTERRUPTED = "interrupted: the search stopped before this trial finished"

@@ -49,9 +49,9 @@ def study_spec(tmp_path_factory, teacher_dirs, ray_local):
 
 @pytest.fixture(scope="module")
 def distilled(study_spec):
-    """One uninterrupted full run of the best-perplexity front trial."""
+    """One uninterrupted full run of the best-perplexity front trial, with its ONNX Runtime files."""
     path, spec = study_spec
-    proc = _nas("distill", str(path), "--best", "perplexity", *FULL)
+    proc = _nas("distill", str(path), "--best", "perplexity", "--runtime", "onnx", "--int8", *FULL)
     assert proc.returncode == 0, proc.stderr[-3000:]
     study = optuna.load_study(study_name=spec.name, storage=spec.storage_url)
     number = int(next(iter(distilled_records(study))))
@@ -87,6 +87,37 @@ def test_export_loads_and_generates_with_plain_transformers(distilled, tmp_path)
     files = {p.name for p in export_dir(spec, number).iterdir()}
     assert {"model.safetensors", "config.json", "generation_config.json", "README.md", "tokenizer.json"} <= files
     assert not any(f.endswith(".bin") for f in files)
+
+
+def test_the_export_runs_in_onnx_runtime_and_its_card_gives_its_figures_beside_the_teachers(distilled, tmp_path):
+    from distill import runtime
+
+    _, spec, number, proc = distilled
+    folder = export_dir(spec, number)
+    assert {p.name for p in (folder / "onnx").iterdir()} == {"model.onnx", "model_int8.onnx"}
+    study = optuna.load_study(study_name=spec.name, storage=spec.storage_url)
+    record = distilled_records(study)[str(number)]
+    measured = {m.name for m in spec.task.metrics if m.runtime}
+    assert measured <= set(record["metrics"]) and measured == set(record["teacher_runtime"])
+    assert record["metrics"]["runtime_int8_file_mb"] < record["metrics"]["runtime_fp32_file_mb"]
+    assert record["teacher_runtime"]["runtime_int8_file_mb"] < record["teacher_runtime"]["runtime_fp32_file_mb"]
+    card = (folder / "README.md").read_text()
+    for m in spec.task.metrics:
+        if m.runtime:
+            value, teacher = m.format(record["metrics"][m.name]), m.format(record["teacher_runtime"][m.name])
+            assert f"| {m.label} | {value} |" in card and f"| {teacher} |" in card, m.name
+    assert "runtime_int8_perplexity" in proc.stdout or "perplexity" in proc.stdout
+    # the card's snippet, as printed there, on the int8 model: no torch, no project
+    code = card.split("## In ONNX Runtime", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    code = code.replace("path/to/this/folder", str(folder)) + "\nimport sys\nassert not {'torch', 'nas', 'distill'} & set(sys.modules)\n"
+    assert "model_int8.onnx" in code
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.startswith("The")
+    # the fp32 graph scores as the exported PyTorch model did
+    data = PreparedData(next((spec.out_dir / "cache").iterdir()))
+    fp32 = runtime.measure_files(spec.task, {"model": folder / "onnx" / "model.onnx"}, data, "fp32", speed=False)
+    assert fp32["runtime_fp32_perplexity"] == pytest.approx(record["metrics"]["runtime_fp32_perplexity"], rel=1e-6)
 
 
 def test_model_card_numbers_match_a_fresh_evaluation(distilled):

@@ -66,7 +66,8 @@ def start_distill(name: str, request: DistillRequest, svc: Svc) -> Job:
             "set resume to continue it or restart to discard it",
         )
     args = ["distill", svc.spec_arg(file), *request.overrides, "--trial", str(n)]
-    args += [f"--{flag}" for flag in ("resume", "restart", "overwrite") if getattr(request, flag)]
+    args += [f"--{flag}" for flag in ("resume", "restart", "overwrite", "int8") if getattr(request, flag)]
+    args += ["--runtime", request.runtime] if request.runtime else []
     with svc.starting:
         svc.refuse_busy(spec, f"distill-{n}", f"trial: trial {n} of study {name!r} is being distilled", name, n)
         job = svc.jobs.start(name, spec.out_dir, "distill", args, trial=n, overrides=request.overrides)
