@@ -12,7 +12,7 @@ from typing import Any
 
 import optuna
 
-from search_spaces._common import WidthArch, sample_init, sample_width
+from search_spaces._common import WidthArch, multiple_of, sample_init, sample_width, widest
 
 LLAMA_FAMILY = ("llama", "qwen2", "mistral")
 INITS = ("random", "teacher")
@@ -47,8 +47,13 @@ class DecoderSpace:
     width; families and head_dim must then be the teacher's), or both"""
     layer_pick: tuple[str, ...] = ("even",)
     """which teacher layers a teacher-initialized student takes: even, first, every_other"""
+    multiple_of: int | str = 1
+    """widths a weight's rows run along (heads x head_dim, FFN size) as multiples of this, so
+    that every student quantizes in an edge runtime without fallback: a number, or llama.cpp
+    (256) or mlx (64); head counts and FFN sizes are rounded up (`search_spaces._common`)"""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "multiple_of", multiple_of(self.multiple_of))
         for name in ("families", "heads", "head_dim", "ffn_ratio", "tie_embeddings", "init", "layer_pick"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
             if not getattr(self, name):
@@ -89,14 +94,17 @@ class DecoderSpace:
                 f"and head_dim = [{head_dim}] (the teacher's); got {list(self.families)} and {list(self.head_dim)}"
             )
         ffn = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * config.hidden_size
+        heads, _, widest_ffn = widest(self)
         limits = (
             ("layers", max(self.layers), config.num_hidden_layers),
-            ("heads", max(self.heads), config.num_attention_heads),
+            ("heads", heads, config.num_attention_heads),
             ("ffn_ratio", max(self.ffn_ratio), ffn / config.hidden_size),
         )
         for key, asked, most in limits:
             if asked > most:
                 raise ValueError(f"{key}: {asked} exceeds the teacher's {most:g}; students sliced from it cannot be larger")
+        if widest_ffn > ffn:
+            raise ValueError(f"multiple_of: an FFN rounded up to {widest_ffn} exceeds the teacher's {ffn}; students sliced from it cannot be larger")
 
     def sample(self, trial: optuna.trial.BaseTrial) -> dict[str, Any]:
         """Sample one architecture: `suggest_*` calls only, returns the plain-dict architecture."""
@@ -118,6 +126,7 @@ class DecoderSpace:
             "ffn_ratio": width["ffn_ratio"],
             "tie_embeddings": tie,
             **sample_init(trial, self),
+            **{k: v for k, v in width.items() if k == "multiple_of"},
         }
 
 
@@ -134,8 +143,10 @@ class DecoderArch(WidthArch):
     tie_embeddings: bool
     init: str = "random"
     layer_pick: str = "even"
+    multiple_of: int = 1
 
     def __post_init__(self) -> None:
+        self.check_multiple()
         if self.init not in INITS or self.layer_pick not in LAYER_PICKS:
             raise ValueError(f"init/layer_pick: allowed {', '.join(INITS)} / {', '.join(LAYER_PICKS)}")
         if self.family not in FAMILIES:

@@ -14,7 +14,7 @@ from typing import Any
 
 import optuna
 
-from search_spaces._common import WidthArch, sample_init, sample_width
+from search_spaces._common import WidthArch, multiple_of, sample_init, sample_width, widest
 
 INITS = ("random", "teacher")
 LAYER_PICKS = ("even", "first", "every_other")
@@ -36,8 +36,13 @@ class EncoderSpace:
     """how students start: random, teacher (a slice of the teacher's weights), or both"""
     layer_pick: tuple[str, ...] = ("even",)
     """which teacher layers a teacher-initialized student takes: even, first, every_other"""
+    multiple_of: int | str = 1
+    """widths a weight's rows run along (heads x head_dim, FFN size) as multiples of this, so
+    that every student quantizes in an edge runtime without fallback: a number, or llama.cpp
+    (256) or mlx (64); head counts and FFN sizes are rounded up (`search_spaces._common`)"""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "multiple_of", multiple_of(self.multiple_of))
         for name in ("heads", "head_dim", "ffn_ratio", "init", "layer_pick"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
             if not getattr(self, name):
@@ -67,13 +72,12 @@ class EncoderSpace:
         if "teacher" not in self.init:
             return
         head_dim = config.hidden_size // config.num_attention_heads
-        widest = max(h * d for h in self.heads for d in self.head_dim)
-        ffn = max(round(r * h * d) for r in self.ffn_ratio for h in self.heads for d in self.head_dim)
+        heads, width, ffn = widest(self)  # rounded where multiple_of asks
         limits = (
             ("layers", "depth", max(self.layers), config.num_hidden_layers),
-            ("heads", "head count", max(self.heads), config.num_attention_heads),
+            ("heads", "head count", heads, config.num_attention_heads),
             ("head_dim", "head width", max(self.head_dim), head_dim),
-            ("heads", "width (heads x head_dim)", widest, config.hidden_size),
+            ("heads", "width (heads x head_dim)", width, config.hidden_size),
             ("ffn_ratio", "FFN width", ffn, config.intermediate_size),
         )
         for key, what, asked, most in limits:
@@ -105,8 +109,10 @@ class EncoderArch(WidthArch):
     ffn_ratio: float
     init: str = "random"
     layer_pick: str = "even"
+    multiple_of: int = 1
 
     def __post_init__(self) -> None:
+        self.check_multiple()
         if self.family != "bert":
             raise ValueError(f"family: encoder students are bert, got {self.family!r}")
         if min(self.layers, self.heads, self.head_dim) < 1:

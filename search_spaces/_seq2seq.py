@@ -24,8 +24,10 @@ from search_spaces._common import (
     check_positive_ints,
     check_positive_numbers,
     check_range,
+    multiple_of,
     sample_init,
     sample_width,
+    widest,
 )
 
 SEQ2SEQ_FAMILIES = ("marian", "t5")
@@ -60,8 +62,13 @@ class Seq2SeqSpace:
     layer_pick: tuple[str, ...] = ("even",)
     """which teacher layers (of the encoder and of the decoder) a teacher-initialized student
     takes: even, first, every_other"""
+    multiple_of: int | str = 1
+    """widths a weight's rows run along (heads x head_dim, FFN size) as multiples of this, so
+    that every student quantizes in an edge runtime without fallback: a number, or llama.cpp
+    (256) or mlx (64); head counts and FFN sizes are rounded up (`search_spaces._common`)"""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "multiple_of", multiple_of(self.multiple_of))
         as_choices(self, ("families", "heads", "head_dim", "ffn_ratio", "share_embeddings", "init", "layer_pick"))
         for name in ("encoder_layers", "decoder_layers"):
             object.__setattr__(self, name, check_range(name, getattr(self, name)))
@@ -106,15 +113,18 @@ class Seq2SeqSpace:
                 f"init: students initialized from the teacher need families = [{config.model_type!r}] "
                 f"and head_dim = [{shape['head_dim']}] (the teacher's); got {list(self.families)} and {list(self.head_dim)}"
             )
+        heads, _, ffn = widest(self)
         limits = (
             ("encoder_layers", max(self.encoder_layers), shape["encoder_layers"]),
             ("decoder_layers", max(self.decoder_layers), shape["decoder_layers"]),
-            ("heads", max(self.heads), shape["heads"]),
+            ("heads", heads, shape["heads"]),
             ("ffn_ratio", max(self.ffn_ratio), shape["ffn"] / shape["hidden"]),
         )
         for key, asked, most in limits:
             if asked > most:
                 raise ValueError(f"{key}: {asked} exceeds the teacher's {most:g}; students sliced from it cannot be larger")
+        if ffn > shape["ffn"]:
+            raise ValueError(f"multiple_of: an FFN rounded up to {ffn} exceeds the teacher's {shape['ffn']}; students sliced from it cannot be larger")
 
     def sample(self, trial: optuna.trial.BaseTrial) -> dict[str, Any]:
         """Sample one architecture: `suggest_*` calls only, returns the plain-dict architecture."""
@@ -178,8 +188,10 @@ class Seq2SeqArch(WidthArch):
     share_embeddings: bool
     init: str = "random"
     layer_pick: str = "even"
+    multiple_of: int = 1
 
     def __post_init__(self) -> None:
+        self.check_multiple()
         if self.family not in SEQ2SEQ_FAMILIES:
             raise ValueError(f"family: unknown {self.family!r}; allowed: {', '.join(SEQ2SEQ_FAMILIES)}")
         if min(self.encoder_layers, self.decoder_layers, self.heads, self.head_dim) < 1:

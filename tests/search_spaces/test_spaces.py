@@ -195,3 +195,49 @@ def test_t5_students_generate_with_any_sampled_depths():
     assert all(d <= e for e, d in depths) and (1, 1) in depths and any(d == 3 for _, d in depths)
     with pytest.raises(ValueError, match="^decoder_layers: "):
         Seq2SeqArch("t5", 1, 2, heads=2, head_dim=8, ffn_ratio=2.0, share_embeddings=True)
+
+
+def _row_lengths(model):
+    """The length of every weight row an edge runtime quantizes in blocks: the input width of
+    each linear layer (GPT-2's Conv1D keeps its weight transposed) and of each embedding table
+    (T5's relative-position buckets, a (buckets, heads) table, are not a weight matrix)."""
+    from transformers.pytorch_utils import Conv1D
+
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            yield name, module.in_features
+        elif isinstance(module, Conv1D):
+            yield name, module.weight.shape[0]
+        elif isinstance(module, torch.nn.Embedding) and "relative_attention_bias" not in name:
+            yield name, module.embedding_dim
+
+
+@pytest.mark.parametrize("multiple", [64, "llama.cpp"])
+@pytest.mark.parametrize("space, build", SPACES.values(), ids=SPACES.keys())
+def test_every_sampled_student_has_rows_in_whole_blocks_where_multiple_of_asks(space, build, multiple):
+    """`[space] multiple_of` rounds head counts and FFN sizes so that every weight row of every
+    sampled student is whole blocks of the runtime's quantization (llama.cpp: 256)."""
+    import dataclasses
+
+    from search_spaces._common import RUNTIME_MULTIPLES, head_choices
+
+    rounded = dataclasses.replace(space, multiple_of=multiple)
+    block = RUNTIME_MULTIPLES.get(multiple, multiple)
+    assert rounded.multiple_of == block
+    for arch, params in _samples(rounded, 6):
+        a, model, expected, run = build(arch)
+        assert a.heads in head_choices(rounded, a.head_dim) and a.multiple_of == block
+        assert param_counts(model) == expected, a.short()
+        bad = {name: n for name, n in _row_lengths(model) if n % block}
+        assert not bad, (a.short(), bad)
+        assert run(torch.randint(0, 97, (1, 8)))
+        assert rounded.sample(optuna.trial.FixedTrial(params)) == arch  # still only suggest calls
+
+
+def test_rounding_is_refused_where_it_makes_a_sliced_student_larger_than_its_teacher():
+    fits = EncoderSpace(heads=(2,), head_dim=(8,), ffn_ratio=(2.0,), init=("teacher",), multiple_of=64)
+    fits.check_teacher(ENCODER_TEACHER)  # 8 heads of 8: the teacher's own width
+    with pytest.raises(ValueError, match="^heads: "):
+        EncoderSpace(heads=(2,), head_dim=(8,), init=("teacher",), multiple_of="llama.cpp").check_teacher(ENCODER_TEACHER)
+    with pytest.raises(ValueError, match="^multiple_of: unknown runtime 'gguf'"):
+        DecoderSpace(multiple_of="gguf")
