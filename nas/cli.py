@@ -85,11 +85,7 @@ def _parser() -> argparse.ArgumentParser:
         "--workers", type=int, help="train on this many data-parallel workers, a Ray Train job (overrides full.workers)"
     )
     d.add_argument("--address", help="with --workers: run them on an existing Ray cluster (e.g. auto)")
-    d.add_argument(
-        "--runtime",
-        choices=["onnx"],
-        help="also export the student for ONNX Runtime (onnx/model.onnx, fp32) and give its figures beside the teacher's there",
-    )
+    d.add_argument("--runtime", choices=["onnx"], help="also export it for ONNX Runtime (onnx/*.onnx), measured beside the teacher")
     d.add_argument("--int8", action="store_true", help="with --runtime: also its int8 model (weights quantized, onnx/*_int8.onnx)")
     f = _command(
         sub,

@@ -197,12 +197,7 @@ def _full_distill(
     with written_whole(out) as tmp:
         task.export(run.student, data, tmp)
         if precisions:
-            logger.info("exporting trial %d to ONNX (%s) and measuring it in ONNX Runtime", trial.number, ", ".join(precisions))
-            files = runtime.export(task, run.student, data, tmp / runtime.FOLDER, precisions)
-            for p in precisions:
-                record["metrics"] |= runtime.measure_files(task, files[p], data, p)
-            record[RUNTIME_FILES] = {p: [f"{runtime.FOLDER}/{f.name}" for f in files[p].values()] for p in precisions}
-            record[TEACHER_RUNTIME] = teacher_runtime(spec, data, precisions)
+            record |= runtime_export(spec, run.student, data, tmp, precisions, record["metrics"])
         if run.texts:  # what the scores were computed on, to recompute them with other tools
             save_references(tmp / TEXTS, {"eval": data, **evals})
             save_generated(tmp / TEXTS, "student", run.texts)
@@ -237,6 +232,21 @@ def _record_left_export(
 
 TEACHER_RUNTIME_FILE = "runtime_teacher.json"
 """in a study's folder: the teacher's runtime metrics, by the cache of its outputs the held-out split is in"""
+
+
+def runtime_export(
+    spec: StudySpec, student: torch.nn.Module, data: Any, folder: Path, precisions: tuple[str, ...], metrics: dict[str, Any]
+) -> dict[str, Any]:
+    """The edge runtime's files of `student` in `folder`'s `onnx/` at `precisions`, their
+    runtime metrics added to `metrics`; the record's keys of them and of the teacher's."""
+    logger.info("exporting the student to ONNX (%s) and measuring it in ONNX Runtime", ", ".join(precisions))
+    files = runtime.export(spec.task, student, data, folder / runtime.FOLDER, precisions)
+    for p in precisions:
+        metrics |= runtime.measure_files(spec.task, files[p], data, p)
+    return {
+        RUNTIME_FILES: {p: [f"{runtime.FOLDER}/{f.name}" for f in files[p].values()] for p in precisions},
+        TEACHER_RUNTIME: teacher_runtime(spec, data, precisions),
+    }
 
 
 def teacher_runtime(spec: StudySpec, data: Any, precisions: tuple[str, ...]) -> dict[str, float]:

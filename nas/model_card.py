@@ -120,9 +120,8 @@ def model_card(spec: StudySpec, meta: dict[str, Any], number: int, arch: dict[st
     size = "\n".join(
         f"| {m.label} | {m.format(student.get(m.name))} | {m.format(teacher.get(m.name))} | "
         f"{f'{ratios[m.name]:.3f}' if m.name in ratios else '-'} |"
-        for m in shown
-        if m.kind == "size"
-    )
+        for m in shown if m.kind == "size"
+    )  # fmt: skip
     quality = _rows([m for m in shown if m.kind == "quality"], student, brief, teacher)
     extra = _eval_sets(task, record)
     settings = meta.get("data", {})

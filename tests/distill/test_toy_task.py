@@ -342,5 +342,5 @@ source = "skewed"
         card = model_card(spec, data.meta, 0, arch, record)
         assert "pipeline_tag: text-classification" in card and TOY.card.usage.format(path="path/to/this/folder") in card
         assert "It has 100.0% of the teacher's\nparameters. Load it with:" in card and "tokenizer" not in card
-        assert all(m.label in card for m in TOY.metrics)
+        assert all(m.label in card for m in TOY.metrics if not m.runtime)  # the runtime's where it was measured
         assert "| agreement with the teacher's class | 1.000 | 0.500 | 1.000 |" in card  # the skewed set's row: full, brief, teacher
