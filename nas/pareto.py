@@ -67,20 +67,26 @@ def front_json(study: optuna.Study) -> str:
 
 
 def front_table(study: optuna.Study) -> str:
-    """A plain-text table: trial, architecture in short, every objective, and the full run's
-    score of the first objective for students that were fully distilled."""
+    """A plain-text table: trial, architecture in short, every objective, the edge runtime's
+    latency and first objective where trials were measured there (`[runtime]`), and the full
+    run's score of the first objective for students that were fully distilled."""
     rows = front_rows(study)
     if not rows:
         return f"study {study.study_name}: no complete trial yet"
     task = task_of(study)
     names = list(rows[0]["objectives"])
+    added = runtime_columns(task, names, rows)
+    for r in rows:
+        r["objectives"] |= {n: r["metrics"].get(n) for n in added}
     arrows = {n: ("↓" if d == optuna.study.StudyDirection.MINIMIZE else "↑") for n, d in zip(names, study.directions)}
+    arrows |= dict.fromkeys(added, "")  # measured, not an objective
+    names += added
     quality = names[0]
     full = any(r["full"] for r in rows)
     sets = eval_set_names(study)
     what = "architecture | recipe" if any(r[RECIPE] for r in rows) else "architecture"
     header = (
-        ["trial", what, *[f"{n} {arrows[n]}" for n in names]]
+        ["trial", what, *[f"{n} {arrows[n]}".rstrip() for n in names]]
         + [f"{s} {quality}" for s in sets]
         + ([f"full {quality}", *[f"full {s} {quality}" for s in sets]] if full else [])
     )
@@ -103,6 +109,16 @@ def front_table(study: optuna.Study) -> str:
         )
     lines = text_table(header, body)
     return f"Pareto front of {study.study_name}: {len(rows)} architectures\n" + "\n".join(lines)
+
+
+def runtime_columns(task: Any, objectives: list[str], rows: list[dict[str, Any]]) -> list[str]:
+    """The runtime metrics the front table adds where its trials have them: at each precision,
+    the runtime's first speed metric (its latency) and its measure of the first objective."""
+    wanted = []
+    for p in dict.fromkeys(m.runtime for m in task.metrics if m.runtime):
+        speed = next(m.name for m in task.metrics if m.runtime == p and m.kind == "size")
+        wanted += [speed, f"runtime_{p}_{objectives[0]}"]
+    return [n for n in wanted if n not in objectives and any(n in r["metrics"] for r in rows)]
 
 
 def provenance(attrs: dict[str, Any]) -> list[str]:

@@ -6,6 +6,7 @@ import math
 import pytest
 from optuna.trial import TrialState
 
+from nas.pareto import front_table
 from nas.prepare import prepare_study
 from nas.search import run_search
 from nas.search._driver import trial_plan
@@ -45,7 +46,10 @@ def test_a_trial_is_measured_in_the_runtime_and_a_bound_on_its_speed_is_checked_
 @pytest.mark.usefixtures("ray_local")
 def test_a_search_bounded_on_runtime_latency_keeps_no_infeasible_trial_on_the_front(spec_path):
     free = load_spec(spec_path, ["study.trials=4", "study.concurrency=1", "runtime.measure=['int8']", "study.name=rt-free"])
-    latencies = sorted(t.user_attrs[BOUND] for t in distinct_complete(run_search(free)))
+    searched = run_search(free)
+    latencies = sorted(t.user_attrs[BOUND] for t in distinct_complete(searched))
+    header = front_table(searched).splitlines()[1]  # measured, not objectives: shown beside them
+    assert "runtime_int8_latency_ms" in header and "runtime_int8_perplexity" in header
     bound = latencies[len(latencies) // 2]
     bounded = load_spec(
         spec_path,
