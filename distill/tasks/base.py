@@ -119,7 +119,10 @@ class Task(abc.ABC):
     `on_policy_batch` (on a budget's on-policy share) and `forward` (the loss terms of
     `distill.losses` take their inputs from there), `lengths` for the budget, `evaluate` and
     `size` at the end; `rate_per_item` when a full run's progress bar starts, `export` after a
-    full run and `rescore` for its model card.
+    full run and `rescore` for its model card. Where the edge runtime is measured
+    (`distill.runtime`: a trial of a spec with `[runtime]`, `nas distill --runtime`):
+    `onnx_graphs` of a CPU copy of the student, then `runtime_speed` and `runtime_evaluate` on
+    ONNX Runtime sessions of each precision.
 
     The abstract methods are what every task implements. The others have defaults that say
     the task has no such part (no teacher training, no outputs of its own, no stacks of
