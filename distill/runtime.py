@@ -90,12 +90,15 @@ def _quiet() -> Iterator[None]:
     """torch's exporter prints its progress and warns at every traced transformers check."""
     with warnings.catch_warnings(), open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
         warnings.simplefilter("ignore")
-        previous = logging.getLogger("torch.onnx").level
-        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+        loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "onnx_ir")]
+        previous = [logger.level for logger in loggers]
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
         try:
             yield
         finally:
-            logging.getLogger("torch.onnx").setLevel(previous)
+            for logger, level in zip(loggers, previous):
+                logger.setLevel(level)
 
 
 def export(task: Any, student: torch.nn.Module, data: Any, folder: Path, precisions: tuple[str, ...] = PRECISIONS) -> dict[str, dict[str, Path]]:
