@@ -232,6 +232,20 @@ class KvCache:
         return values["logits"]
 
 
+def cache_argument(model: torch.nn.Module) -> str:
+    """The name a transformers model takes its KV cache by: `cache` (transformers 5.25 on),
+    `past_key_values` before (deprecated since, gone in 5.40)."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def cache_of(out: Any) -> Any:
+    """The KV cache of a transformers model's output, under either name."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
+
+
 def cache_names(layers: int) -> tuple[list[str], list[str]]:
     """The names of a decoder graph's cache inputs and outputs, in the order of its arguments."""
     past = [f"{PAST}.{i}.{kind}" for i in range(layers) for kind in ("key", "value")]
@@ -244,7 +258,9 @@ __all__ = [
     "RUNTIME",
     "KvCache",
     "OnnxGraph",
+    "cache_argument",
     "cache_names",
+    "cache_of",
     "export",
     "files_mb",
     "graph_file",

@@ -21,7 +21,7 @@ from distill.evaluate import median_ms, param_counts, peak_memory_mb
 from distill.intermediate import Stack, run_with_layers
 from distill.losses import next_token_ce, topk_kd_loss
 from distill.precision import autocast
-from distill.runtime import KvCache, OnnxGraph, cache_names, with_runtime
+from distill.runtime import KvCache, OnnxGraph, cache_argument, cache_names, cache_of, with_runtime
 from distill.tasks.base import (
     NON_EMBEDDING_PARAMS,
     PARAMS,
@@ -426,7 +426,7 @@ class WithCache(torch.nn.Module):
         super().__init__()
         self.model = model
         with torch.no_grad():
-            cache = model(input_ids=torch.ones(1, 2, dtype=torch.long), use_cache=True).past_key_values
+            cache = cache_of(model(input_ids=torch.ones(1, 2, dtype=torch.long), use_cache=True))
         self.shapes = [(layer.keys.shape[1], layer.keys.shape[3]) for layer in cache.layers]
 
     def forward(
@@ -437,10 +437,9 @@ class WithCache(torch.nn.Module):
         cache = DynamicCache(config=self.model.config)
         for i in range(len(self.shapes)):
             cache.update(past[2 * i], past[2 * i + 1], i)
-        out = self.model(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, past_key_values=cache, use_cache=True
-        )
-        return (out.logits, *(t for layer in out.past_key_values.layers for t in (layer.keys, layer.values)))
+        given = {cache_argument(self.model): cache}
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True, **given)
+        return (out.logits, *(t for layer in cache_of(out).layers for t in (layer.keys, layer.values)))
 
 
 def latency_ms_per_token(model: torch.nn.Module, seq_len: int, *, device: torch.device | str = "cpu") -> float:

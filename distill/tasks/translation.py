@@ -22,7 +22,7 @@ from distill.evaluate import median_ms, param_counts, peak_memory_mb
 from distill.intermediate import Stack, run_with_layers
 from distill.losses import next_token_ce, topk_kd_loss
 from distill.precision import autocast
-from distill.runtime import KvCache, OnnxGraph, cache_names, with_runtime
+from distill.runtime import KvCache, OnnxGraph, cache_argument, cache_names, cache_of, with_runtime
 from distill.tasks.base import (
     GENERATED,
     NON_EMBEDDING_PARAMS,
@@ -688,7 +688,7 @@ class DecoderWithCache(torch.nn.Module):
         self.model = model
         ones = torch.ones(1, 2, dtype=torch.long)
         with torch.no_grad():
-            cache = model(input_ids=ones, decoder_input_ids=ones, use_cache=True).past_key_values.self_attention_cache
+            cache = cache_of(model(input_ids=ones, decoder_input_ids=ones, use_cache=True)).self_attention_cache
         self.shapes = [(layer.keys.shape[1], layer.keys.shape[3]) for layer in cache.layers]
 
     def forward(
@@ -704,10 +704,10 @@ class DecoderWithCache(torch.nn.Module):
             encoder_outputs=BaseModelOutput(last_hidden_state=states),
             attention_mask=mask,
             decoder_input_ids=input_ids,
-            past_key_values=EncoderDecoderCache(own, DynamicCache()),
             use_cache=True,
+            **{cache_argument(self.model): EncoderDecoderCache(own, DynamicCache())},
         )
-        layers = out.past_key_values.self_attention_cache.layers
+        layers = cache_of(out).self_attention_cache.layers
         return (out.logits, *(t for layer in layers for t in (layer.keys, layer.values)))
 
 
