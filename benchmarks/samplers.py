@@ -94,7 +94,7 @@ def _brief(arch: dict[str, Any]) -> dict[str, Any]:
 
     spec, plan = _WORK["spec"], _WORK["plan"]
     out = run_trial(arch, plan)
-    sizes = {m.name: out[m.name] for m in spec.task.metrics if m.kind == "size"}
+    sizes = {m.name: out[m.name] for m in spec.task.metrics if m.kind == "size" and m.name in out}  # the runtime's where measured
     return {
         "kind": "brief",
         "arch": arch,
@@ -112,7 +112,7 @@ def _full(arch: dict[str, Any]) -> dict[str, Any]:
     spec = _WORK["spec"]
     run = distill_arch(spec, arch, _WORK["data"])
     result = run.result
-    quality = {m.name: run.metrics[m.name] for m in spec.task.metrics if m.kind == "quality"}
+    quality = {m.name: run.metrics[m.name] for m in spec.task.metrics if m.kind == "quality" and m.name in run.metrics}
     return {
         "kind": "full",
         "arch": arch,

@@ -44,11 +44,12 @@ def metric_name(precision: str, name: str) -> str:
     return f"runtime_{precision}_{name}"
 
 
-def with_runtime(metrics: tuple[Any, ...], speed: tuple[Any, ...]) -> tuple[Any, ...]:
+def with_runtime(metrics: tuple[Any, ...], speed: tuple[Any, ...], greedy: tuple[str, ...] = ()) -> tuple[Any, ...]:
     """A task's `metrics` (`distill.tasks.base.Metric`s, quality first) with their runtime
     counterparts, for each precision: the quality metrics of the runtime model's outputs
-    after the task's quality metrics; its `speed` metrics as the task measures them in the
-    runtime, and the size of the model's files, after the size metrics."""
+    after the task's quality metrics (those named in `greedy` scored on greedy output, said in
+    their labels); its `speed` metrics as the task measures them in the runtime, and the size
+    of the model's files, after the size metrics."""
     quality = [m for m in metrics if m.kind == "quality"]
     runtime_quality, runtime_size = [], []
     for p in PRECISIONS:
@@ -58,7 +59,9 @@ def with_runtime(metrics: tuple[Any, ...], speed: tuple[Any, ...]) -> tuple[Any,
 
         files = dataclasses.replace(speed[0], name="file_mb", direction="min", fmt="{:.2f}", label="model files, MiB")
         runtime_size += [named(m, "size") for m in (*speed, files)]
-        runtime_quality += [named(m, "quality") for m in quality]
+        runtime_quality += [
+            named(dataclasses.replace(m, label=m.label + ", greedy") if m.name in greedy else m, "quality") for m in quality
+        ]
     return (*quality, *runtime_quality, *(m for m in metrics if m.kind != "quality"), *runtime_size)
 
 
@@ -90,15 +93,15 @@ def _quiet() -> Iterator[None]:
     """torch's exporter prints its progress and warns at every traced transformers check."""
     with warnings.catch_warnings(), open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
         warnings.simplefilter("ignore")
-        loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "onnx_ir")]
-        previous = [logger.level for logger in loggers]
-        for logger in loggers:
-            logger.setLevel(logging.ERROR)
+        chatty = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "onnx_ir")]
+        previous = [one.level for one in chatty]
+        for one in chatty:
+            one.setLevel(logging.ERROR)
         try:
             yield
         finally:
-            for logger, level in zip(loggers, previous):
-                logger.setLevel(level)
+            for one, level in zip(chatty, previous):
+                one.setLevel(level)
 
 
 def export(task: Any, student: torch.nn.Module, data: Any, folder: Path, precisions: tuple[str, ...] = PRECISIONS) -> dict[str, dict[str, Path]]:
@@ -135,11 +138,13 @@ def quantize_int8(source: Path, target: Path) -> Path:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with _quiet():
-        logging.disable(logging.WARNING)  # its advice to preprocess, on the root logger
+        disabled = logging.root.manager.disable
+        logging.disable(max(disabled, logging.WARNING))  # its advice to preprocess, on the root logger
         try:
-            quantize_dynamic(source, target, weight_type=QuantType.QInt8, per_channel=True)
+            large = source.with_name(source.name + ".data").exists() or source.stat().st_size > 2**30
+            quantize_dynamic(source, target, weight_type=QuantType.QInt8, per_channel=True, use_external_data_format=large)
         finally:
-            logging.disable(logging.NOTSET)
+            logging.disable(disabled)
     return target
 
 

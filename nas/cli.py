@@ -68,7 +68,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     pick = d.add_mutually_exclusive_group(required=True)
     pick.add_argument("--trial", type=int, help="the trial number to distill")
-    metrics = "; ".join(f"{', '.join(quality_metrics(t))} ({t.name})" for t in TASKS.values())
+    own = {t.name: [m.name for m in t.metrics if m.kind == "quality" and not m.runtime] for t in TASKS.values()}
+    metrics = "; ".join(f"{', '.join(names)} ({name})" for name, names in own.items()) + "; runtime_fp32_/runtime_int8_ each, where measured"
     pick.add_argument(
         "--best", metavar="METRIC", help=f"the front trial best at a quality metric of the task: {metrics}"
     )

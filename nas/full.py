@@ -251,21 +251,24 @@ def runtime_export(
 
 def teacher_runtime(spec: StudySpec, data: Any, precisions: tuple[str, ...]) -> dict[str, float]:
     """The teacher's runtime metrics at `precisions` (`distill.runtime.measure` on the
-    teacher as a student), measured once per study and cache of teacher outputs and kept in
-    the study's folder."""
+    teacher as a student), measured once per cache of teacher outputs, thread count and ONNX
+    Runtime release, and kept in the study's folder."""
     path = spec.out_dir / TEACHER_RUNTIME_FILE
     try:
         stored = json.loads(path.read_text())
     except (OSError, ValueError):
         stored = {}
-    have = stored.get(data.path.name, {})
+    import onnxruntime
+
+    key = f"{data.path.name} threads={torch.get_num_threads()} onnxruntime={onnxruntime.__version__}"
+    have = stored.get(key, {})
     missing = tuple(p for p in precisions if not any(runtime.precision_of(k) == p for k in have))
     if missing:
         task = spec.task
         logger.info("measuring the teacher in ONNX Runtime (%s), once per study", ", ".join(missing))
         teacher = task.as_student(task.load_teacher(data.teacher_source), data)
         have |= runtime.measure(task, teacher, data, missing, missing)
-        stored[data.path.name] = have
+        stored[key] = have
         with file_written_whole(path) as tmp:
             tmp.write_text(json.dumps(stored, indent=2))
     return {k: v for k, v in have.items() if runtime.precision_of(k) in precisions}

@@ -9,6 +9,7 @@ from typing import Any
 import optuna
 
 from distill.cache import DATA_INFO, SCORING, TEACHER_METRICS
+from distill.runtime import metric_name
 from distill.tasks import format_metric
 from nas.recipe import describe_recipe
 from nas.study import StudyRecord, TrialRecord, distilled_records, front_trials, task_of
@@ -117,7 +118,7 @@ def runtime_columns(task: Any, objectives: list[str], rows: list[dict[str, Any]]
     wanted = []
     for p in dict.fromkeys(m.runtime for m in task.metrics if m.runtime):
         speed = next(m.name for m in task.metrics if m.runtime == p and m.kind == "size")
-        wanted += [speed, f"runtime_{p}_{objectives[0]}"]
+        wanted += [speed, metric_name(p, objectives[0])]
     return [n for n in wanted if n not in objectives and any(n in r["metrics"] for r in rows)]
 
 

@@ -13,12 +13,6 @@ RUNTIME_MULTIPLES = {"llama.cpp": 256, "mlx": 64}
 """The block an edge runtime quantizes a weight's rows in: llama.cpp's k-quants take rows in
 blocks of 256 (other rows fall back to larger formats), MLX quantizes in groups of 64."""
 
-MULTIPLE_OF_HELP = """every width a weight's rows run along (hidden size = heads x head_dim, FFN
-size) a multiple of this, so that every student quantizes in an edge runtime without falling
-back: a number, or a runtime's name (llama.cpp: 256, mlx: 64). Head counts are rounded up to
-make the width one, FFN sizes up to the next multiple; 1: no rounding"""
-
-
 def multiple_of(value: Any) -> int:
     """`[space] multiple_of` as a number (a runtime's name resolved); ValueError naming the key."""
     if isinstance(value, str):

@@ -85,7 +85,7 @@ METRICS = with_runtime(
         *QUALITY,
         PARAMS,
         NON_EMBEDDING_PARAMS,
-        Metric("latency_ms", "size", "min", "{:.4f}", "latency, ms/token (batch 1)"),
+        Metric("latency_ms", "size", "min", "{:.4f}", "latency of a forward pass over a block, ms/token (batch 1)"),
         PEAK_MEMORY,
     ),
     RUNTIME_SPEED,

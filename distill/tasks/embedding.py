@@ -93,9 +93,8 @@ RUNTIME_USAGE = """import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-tokenizer = Tokenizer.from_file("{path}/tokenizer.json")
-tokenizer.enable_padding()  # the attention mask hides the padding
-tokenizer.enable_truncation(max_length=512)
+tokenizer = Tokenizer.from_file("{path}/tokenizer.json")  # it truncates at the export's length
+tokenizer.enable_padding()  # to the longest of a batch: the attention mask hides the padding
 session = ort.InferenceSession("{path}/onnx/model{file}")
 batch = tokenizer.encode_batch(["A sentence to embed.", "Another one."])
 feeds = {{

@@ -86,6 +86,7 @@ SPEED = (
 METRICS = with_runtime(
     (*QUALITY, PARAMS, NON_EMBEDDING_PARAMS, *SPEED, PEAK_MEMORY),
     tuple(dataclasses.replace(m, label=m.label + ", greedy with the KV cache") for m in SPEED),
+    greedy=("bleu", "chrf"),
 )
 
 USAGE = """from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
@@ -120,7 +121,8 @@ for _ in range(settings["max_new_tokens"]):  # greedy
     logits = values["logits"][0, -1]
     for banned in settings.get("bad_words_ids") or []:
         logits[banned] = -np.inf
-    tokens.append(int(logits.argmax()))
+    first = len(tokens) == 1 and settings.get("forced_bos_token_id") is not None  # a multilingual teacher's language
+    tokens.append(settings["forced_bos_token_id"] if first else int(logits.argmax()))
     if tokens[-1] in eos:
         break
 print(tokenizer.decode(tokens, skip_special_tokens=True))"""

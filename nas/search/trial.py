@@ -129,9 +129,9 @@ def _run_trial(
         student = build_student(task, arch, data, device, plan.seed)
     # The runtime's speed and file size, where an objective or a bound needs them from the
     # first rung on; its quality, at every rung, where an objective is one.
-    named = [*plan.objectives, *(b.metric for b in plan.size_bounds.bounds)]
-    early = tuple(p for p in plan.runtime if p in {runtime.precision_of(n) for n in named})
     kinds = {m.name: m.kind for m in task.metrics}
+    named = [*(n for n in plan.objectives if kinds[n] == "size"), *(b.metric for b in plan.size_bounds.bounds)]
+    early = tuple(p for p in plan.runtime if p in {runtime.precision_of(n) for n in named})
     at_rungs = tuple(p for p in plan.runtime if p in {runtime.precision_of(n) for n in plan.objectives if kinds[n] == "quality"})
     with phases("size"):
         size = task.size(student, data, device)  # of the architecture, not of its weights: known before training

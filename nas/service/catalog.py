@@ -159,10 +159,12 @@ class Catalog:
 
 
 def metric_table(task: Task, study: optuna.Study) -> list[dict[str, Any]]:
-    """The study's objectives first, then the task's other metrics: name, label, direction."""
+    """The study's objectives first, then the task's other metrics (the edge runtime's where a
+    trial has them): name, label, direction."""
     objectives = study.metric_names or []
     declared = {m.name: m for m in task.metrics}
-    names = [*objectives, *[n for n in declared if n not in objectives]]
+    measured = {k for t in study.get_trials(deepcopy=False) for k in t.user_attrs}
+    names = [*objectives, *[n for n, m in declared.items() if n not in objectives and (not m.runtime or n in measured)]]
     return [
         {
             "name": n,
